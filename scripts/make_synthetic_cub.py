@@ -1,0 +1,33 @@
+"""Write the synthetic mini-CUB: CUB-200-2011's file layout, with the class evidence only inside each box."""
+# --- configuration (each constant is also a flag: --num-classes 20, ...) ---
+DATASET_ROOT = "dataset/synthetic/CUB_200_2011"  # folder that will hold images.txt
+NUM_CLASSES = 10  # number of synthetic species (2..200)
+IMAGES_PER_CLASS = 40  # half go to the train split, half to the test split
+SEED = 0  # same seed, same images
+# ---------------------------------------------------------------------------
+from pathlib import Path
+
+from vitlrp import cli
+from vitlrp.errors import UserError
+from vitlrp.synthetic import make_synthetic_cub, synthetic_params
+
+
+def main(cfg):
+    root = Path(cfg.DATASET_ROOT)
+    wanted = {"num_classes": cfg.NUM_CLASSES, "images_per_class": cfg.IMAGES_PER_CLASS, "seed": cfg.SEED}
+    have = synthetic_params(root)
+    if have is not None and all(have.get(k) == v for k, v in wanted.items()):
+        print(f"Synthetic mini-CUB already at {root} ({cfg.NUM_CLASSES} classes x {cfg.IMAGES_PER_CLASS} images, "
+              f"seed {cfg.SEED}); nothing to do")
+        return 0
+    if have is None and root.exists() and any(root.iterdir()):
+        raise UserError(f"{root} exists and is not a synthetic mini-CUB; choose another --dataset-root")
+    make_synthetic_cub(root, cfg.NUM_CLASSES, cfg.IMAGES_PER_CLASS, cfg.SEED)
+    total = cfg.NUM_CLASSES * cfg.IMAGES_PER_CLASS
+    print(f"Wrote synthetic mini-CUB to {root}: {cfg.NUM_CLASSES} classes, {total} images "
+          f"({(cfg.IMAGES_PER_CLASS + 1) // 2 * cfg.NUM_CLASSES} train / {cfg.IMAGES_PER_CLASS // 2 * cfg.NUM_CLASSES} test)")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main, globals())

@@ -1,0 +1,20 @@
+"""vitlrp: fine-tune torchvision's ViT-B/16 on CUB-200-2011 and explain it with AttnLRP + zennit's Gamma rule.
+
+One concept per module:
+
+- ``cli``         constants block → ``--flags``, one-line errors
+- ``fileio``      atomic writes
+- ``preprocess``  resize + center crop + normalize, and the same mapping for boxes and part points
+- ``cub``         the CUB-200-2011 folder layout and dataset
+- ``synthetic``   the synthetic mini-CUB (CUB layout, known evidence box)
+- ``download``    fetch, md5-check and safely extract the CUB archive
+- ``models``      ViT building, pretrained weights, checkpoints
+- ``training``    the fine-tuning loop pieces
+- ``explain``     AttnLRP (LXT) + Gamma rule (zennit), batched
+- ``fastgamma``   an exact, faster implementation of zennit's generalized Gamma rule for Linear layers
+- ``render``      heatmaps, overlays, comparison panels, grids
+- ``metrics``     faithfulness, localization and noise metrics for relevance maps
+- ``gallery``     the HTML gallery
+- ``runtime``     devices, seeding, distributed helpers
+"""
+__version__ = "0.1.0"

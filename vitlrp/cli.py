@@ -1,0 +1,159 @@
+"""Turn a script's constants block into command-line flags.
+
+Every UPPER_CASE constant (bool, int, float, str or list) defined at the top of a script can be
+overridden as ``--kebab-case value`` (or ``--kebab-case=value``), typed by its default: bools take
+true/false, lists take comma-separated values. ``--help`` lists them with their defaults and the comment
+written beside each. Bad flags and :class:`~vitlrp.errors.UserError` end the script with one line.
+"""
+import os
+import re
+import sys
+import tokenize
+from types import SimpleNamespace
+
+from .errors import UserError
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+_SUPPORTED = (bool, int, float, str, list, tuple)
+
+
+def _flag(name):
+    return "--" + name.lower().replace("_", "-")
+
+
+def _constants(namespace):
+    return {k: v for k, v in namespace.items()
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*", k) and isinstance(v, _SUPPORTED)}
+
+
+def _comments(path):
+    """Map constant name -> the comment on its line in the script source (for --help)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tokens = list(tokenize.generate_tokens(fh.readline))
+    except (OSError, TypeError, tokenize.TokenError, SyntaxError):
+        return {}
+    first, comments = {}, {}
+    for tok in tokens:
+        line = tok.start[0]
+        if tok.type == tokenize.NAME and tok.start[1] == 0:
+            first.setdefault(line, tok.string)
+        elif tok.type == tokenize.COMMENT and line in first:
+            comments[first[line]] = tok.string.lstrip("# ").strip()
+    return comments
+
+
+def parse_value(name, text, default):
+    """Parse ``text`` into the type of ``default``; raise UserError naming the flag otherwise."""
+    flag = _flag(name)
+    if isinstance(default, bool):
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise UserError(f"{flag} expects true or false, got {text!r}")
+    if isinstance(default, (list, tuple)):
+        item_default = default[0] if len(default) else ""
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        return [parse_value(name, t, item_default) for t in items]
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise UserError(f"{flag} expects an integer, got {text!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise UserError(f"{flag} expects a number, got {text!r}") from None
+    return text
+
+
+def _format_default(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "(empty)"
+    if value == "":
+        return "(empty)"
+    return str(value)
+
+
+def _type_name(value):
+    if isinstance(value, (list, tuple)):
+        return "LIST"
+    return {bool: "BOOL", int: "INT", float: "FLOAT"}.get(type(value), "STR")
+
+
+def help_text(namespace):
+    consts = _constants(namespace)
+    comments = _comments(namespace.get("__file__"))
+    script = os.path.relpath(namespace.get("__file__", "script.py"))
+    lines = [f"usage: python {script} [--flag value ...]", ""]
+    doc = (namespace.get("__doc__") or "").strip()
+    if doc:
+        lines += [doc, ""]
+    lines.append("flags (each overrides the constant of the same name at the top of the script):")
+    width = max((len(_flag(k)) + len(_type_name(v)) + 1 for k, v in consts.items()), default=10)
+    for name, value in consts.items():
+        head = f"{_flag(name)} {_type_name(value)}"
+        note = comments.get(name, "")
+        lines.append(f"  {head:<{width}}  default: {_format_default(value)}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines)
+
+
+def configure(namespace, argv=None):
+    """Apply ``--flags`` from ``argv`` to the UPPER_CASE constants of ``namespace``; return them as a namespace.
+
+    The script's globals are updated too, so code may use either ``cfg.NAME`` or ``NAME``.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    consts = _constants(namespace)
+    by_flag = {_flag(k): k for k in consts}
+    values = dict(consts)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(help_text(namespace))
+            raise SystemExit(0)
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}: flags look like --name value (see --help)")
+        flag, eq, text = arg.partition("=")
+        if flag not in by_flag:
+            raise UserError(f"unknown flag {flag} (see --help for the list)")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise UserError(f"{flag} needs a value")
+            i += 1
+            text = argv[i]
+        name = by_flag[flag]
+        values[name] = parse_value(name, text, consts[name])
+        i += 1
+    namespace.update(values)
+    return SimpleNamespace(**values)
+
+
+def config_dict(cfg):
+    """The effective configuration as a JSON-ready dict."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
+
+
+def run(main, namespace, argv=None):
+    """Parse flags into ``namespace`` and call ``main(cfg)``; a UserError becomes one line and exit status 2.
+
+    ``main`` may return an int exit status (e.g. 1 when some samples failed).
+    """
+    try:
+        cfg = configure(namespace, argv)
+        status = main(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(int(status or 0))
+

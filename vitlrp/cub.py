@@ -1,0 +1,240 @@
+"""The CUB-200-2011 folder layout: annotation files, splits, boxes, parts, and a torch Dataset.
+
+``root`` is the folder that holds ``images.txt`` (``CUB_200_2011/`` inside the official archive).
+Ids in the files are 1-based; labels here are 0-based class indices (class id - 1).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import UserError
+from .preprocess import open_rgb
+
+SPLITS = ("train", "test", "all")
+# The 15 CUB part names, in the order of parts/parts.txt.
+PART_NAMES = ("back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing",
+              "nape", "right eye", "right leg", "right wing", "tail", "throat")
+FETCH_HINT = ("run `python scripts/download_cub.py` (or `python scripts/make_synthetic_cub.py` for the "
+              "synthetic mini-CUB), or pass --dataset-root with the folder that holds images.txt")
+
+
+def display_name(class_dir):
+    """``'001.Black_footed_Albatross'`` → ``'Black footed Albatross'``."""
+    name = class_dir.split(".", 1)[1] if "." in class_dir and class_dir.split(".", 1)[0].isdigit() else class_dir
+    return name.replace("_", " ")
+
+
+def _rows(path, ncols, what, required=True):
+    """Yield ``(line_number, fields)`` of a whitespace-separated annotation file with ``ncols`` columns."""
+    if not path.is_file():
+        if required:
+            raise UserError(f"missing annotation file {path}: the CUB folder is incomplete; {FETCH_HINT}")
+        return None
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            fields = line.split(maxsplit=ncols - 1) if ncols == 2 else line.split()
+            if len(fields) != ncols:
+                raise UserError(f"{path}:{no}: expected '{what}', got {line.strip()!r}")
+            rows.append((no, fields))
+    return rows
+
+
+def _number(path, no, text, kind=int):
+    try:
+        return kind(text)
+    except ValueError:
+        raise UserError(f"{path}:{no}: {text!r} is not a number") from None
+
+
+@dataclass
+class CUBAnnotations:
+    """All annotations of a CUB folder, one row per image in ``images.txt`` order."""
+
+    root: Path
+    image_ids: np.ndarray      # [N] 1-based ids
+    paths: list                # [N] paths relative to images/
+    labels: np.ndarray         # [N] 0-based class index
+    is_train: np.ndarray       # [N] bool
+    class_dirs: list           # [C] e.g. '001.Black_footed_Albatross'
+    class_names: list          # [C] display names
+    boxes: np.ndarray = None   # [N, 4] x, y, w, h in pixels, or None without bounding_boxes.txt
+    part_names: list = None    # [P]
+    parts: np.ndarray = None   # [N, P, 3] x, y, visible, or None without parts/
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def split_indices(self, split):
+        if split == "train":
+            return np.flatnonzero(self.is_train)
+        if split == "test":
+            return np.flatnonzero(~self.is_train)
+        if split == "all":
+            return np.arange(len(self.paths))
+        raise UserError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+
+    def image_path(self, row):
+        return self.root / "images" / self.paths[row]
+
+
+def load_cub(root):
+    """Read and cross-check the annotation files of the CUB folder ``root``.
+
+    Raises a one-line :class:`UserError` naming the path (missing root) or file and line (bad annotations).
+    """
+    root = Path(root)
+    if not (root / "images.txt").is_file():
+        where = f"{root} has no images.txt" if root.is_dir() else f"{root} does not exist"
+        raise UserError(f"CUB dataset not found: {where}; {FETCH_HINT}")
+
+    f_images, f_labels = root / "images.txt", root / "image_class_labels.txt"
+    f_split, f_classes = root / "train_test_split.txt", root / "classes.txt"
+    classes = _rows(f_classes, 2, "class_id class_name")
+    class_dirs = []
+    for no, (cid, name) in classes:
+        if _number(f_classes, no, cid) != len(class_dirs) + 1:
+            raise UserError(f"{f_classes}:{no}: class ids must run 1, 2, 3, ... in order, got {cid}")
+        class_dirs.append(name.strip())
+
+    ids, paths, first_line = [], [], {}
+    for no, (iid, rel) in _rows(f_images, 2, "image_id path"):
+        iid = _number(f_images, no, iid)
+        if iid in first_line:
+            raise UserError(f"{f_images}:{no}: image id {iid} repeats line {first_line[iid]}")
+        first_line[iid] = no
+        ids.append(iid)
+        paths.append(rel.strip())
+
+    def per_image(path, ncols, what, convert, required=True):
+        rows = _rows(path, ncols, what, required)
+        if rows is None:
+            return None
+        out = {}
+        for no, fields in rows:
+            iid = _number(path, no, fields[0])
+            if iid not in first_line:
+                raise UserError(f"{path}:{no}: image id {iid} is not in images.txt")
+            out[iid] = convert(no, fields[1:])
+        for iid in ids:
+            if iid not in out:
+                raise UserError(f"{f_images}:{first_line[iid]}: image id {iid} has no entry in {path.name}")
+        return out
+
+    def label(no, fields):
+        cid = _number(f_labels, no, fields[0])
+        if not 1 <= cid <= len(class_dirs):
+            raise UserError(f"{f_labels}:{no}: class {cid} is outside classes.txt (1..{len(class_dirs)})")
+        return cid - 1
+
+    def split(no, fields):
+        flag = _number(f_split, no, fields[0])
+        if flag not in (0, 1):
+            raise UserError(f"{f_split}:{no}: is_training_image must be 0 or 1, got {fields[0]}")
+        return bool(flag)
+
+    labels = per_image(f_labels, 2, "image_id class_id", label)
+    is_train = per_image(f_split, 2, "image_id is_training_image", split)
+    f_boxes = root / "bounding_boxes.txt"
+    boxes = per_image(f_boxes, 5, "image_id x y width height",
+                      lambda no, f: [_number(f_boxes, no, v, float) for v in f], required=False)
+
+    part_names = parts = None
+    f_part_names, f_part_locs = root / "parts" / "parts.txt", root / "parts" / "part_locs.txt"
+    if f_part_names.is_file() and f_part_locs.is_file():
+        part_names = [name.strip() for _, (_, name) in _rows(f_part_names, 2, "part_id part_name")]
+        parts = np.zeros((len(ids), len(part_names), 3), dtype=np.float32)
+        row_of = {iid: r for r, iid in enumerate(ids)}
+        seen = np.zeros((len(ids), len(part_names)), dtype=bool)
+        for no, fields in _rows(f_part_locs, 5, "image_id part_id x y visible"):
+            iid, pid = _number(f_part_locs, no, fields[0]), _number(f_part_locs, no, fields[1])
+            if iid not in row_of:
+                raise UserError(f"{f_part_locs}:{no}: image id {iid} is not in images.txt")
+            if not 1 <= pid <= len(part_names):
+                raise UserError(f"{f_part_locs}:{no}: part {pid} is outside parts.txt (1..{len(part_names)})")
+            parts[row_of[iid], pid - 1] = [_number(f_part_locs, no, v, float) for v in fields[2:]]
+            seen[row_of[iid], pid - 1] = True
+        if not seen.all():
+            r, p = np.argwhere(~seen)[0]
+            raise UserError(f"{f_part_locs}: image id {ids[r]} has no entry for part {p + 1}")
+
+    return CUBAnnotations(
+        root=root,
+        image_ids=np.array(ids, dtype=np.int64),
+        paths=paths,
+        labels=np.array([labels[i] for i in ids], dtype=np.int64),
+        is_train=np.array([is_train[i] for i in ids], dtype=bool),
+        class_dirs=class_dirs,
+        class_names=[display_name(c) for c in class_dirs],
+        boxes=None if boxes is None else np.array([boxes[i] for i in ids], dtype=np.float32),
+        part_names=part_names,
+        parts=parts,
+    )
+
+
+class CUBDataset(Dataset):
+    """One split of a CUB folder as model inputs.
+
+    Each item is a dict with ``image`` (normalized ``[3, S, S]``), ``label`` and ``index`` (position in the split).
+    With ``annotations=True`` (eval geometry only) it adds ``box`` (``[4]`` x0, y0, x1, y1 edges) and
+    ``parts`` (``[P, 3]`` x, y, visible) in model-input pixels; a part outside the crop counts as not visible.
+    With ``report_errors=True`` an unreadable image yields a zero image and its message in ``error``
+    instead of raising, so a batch job can skip and report it.
+    """
+
+    def __init__(self, ann, split, preprocessing, train_augment=False, annotations=False, report_errors=False):
+        if annotations and train_augment:
+            raise ValueError("annotations are only defined for the deterministic eval geometry")
+        if annotations and ann.boxes is None:
+            raise UserError(f"{ann.root} has no bounding_boxes.txt, which this step needs")
+        if annotations and ann.parts is None:
+            raise UserError(f"{ann.root} has no parts/parts.txt and parts/part_locs.txt, which this step needs")
+        self.ann = ann
+        self.split = split
+        self.rows = ann.split_indices(split)
+        self.preprocessing = preprocessing
+        self.transform = preprocessing.train_transform() if train_augment else preprocessing.eval_transform()
+        self.annotations = annotations
+        self.report_errors = report_errors
+
+    def __len__(self):
+        return len(self.rows)
+
+    @property
+    def labels(self):
+        return self.ann.labels[self.rows]
+
+    def image_path(self, index):
+        return self.ann.image_path(self.rows[index])
+
+    def __getitem__(self, index):
+        row = self.rows[index]
+        item = {"label": int(self.ann.labels[row]), "index": int(index)}
+        if self.report_errors:
+            item["error"] = ""
+        try:
+            img = open_rgb(self.ann.image_path(row))
+        except OSError as err:
+            if not self.report_errors:
+                raise
+            size = self.preprocessing.crop_size
+            img, item["error"] = None, str(err)
+            item["image"] = torch.zeros(3, size, size)
+        if img is not None:
+            item["image"] = self.transform(img)
+        if self.annotations:
+            width, height = img.size if img is not None else (1, 1)
+            item["box"] = torch.from_numpy(
+                self.preprocessing.map_box(self.ann.boxes[row], width, height).astype(np.float32))
+            xy = self.preprocessing.map_points(self.ann.parts[row, :, :2], width, height)
+            size = self.preprocessing.crop_size
+            inside = (xy >= -0.5).all(1) & (xy < size - 0.5).all(1)
+            visible = (self.ann.parts[row, :, 2] > 0) & inside & (img is not None)
+            item["parts"] = torch.from_numpy(np.concatenate([xy, visible[:, None]], 1).astype(np.float32))
+        return item

@@ -36,11 +36,12 @@ def _rows(path, ncols, what, required=True):
     rows = []
     with open(path, encoding="utf-8") as fh:
         for no, line in enumerate(fh, 1):
-            if not line.strip():
+            line = line.strip()  # else the last field of a 2-column row keeps its newline
+            if not line:
                 continue
             fields = line.split(maxsplit=ncols - 1) if ncols == 2 else line.split()
             if len(fields) != ncols:
-                raise UserError(f"{path}:{no}: expected '{what}', got {line.strip()!r}")
+                raise UserError(f"{path}:{no}: expected '{what}', got {line!r}")
             rows.append((no, fields))
     return rows
 

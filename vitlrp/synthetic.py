@@ -91,7 +91,8 @@ def _bird(img, box, spec, rng):
     # body ellipse in the lower-back part of the box, head circle at the front top
     body = np.array([x + 0.05 * bw, y + 0.3 * bh, x + 0.8 * bw, y + 0.95 * bh])
     head_r = 0.2 * min(bw, bh)
-    head_c = np.array([x + 0.75 * bw, y + 0.05 * bh + head_r])
+    # the beak tip reaches 1.6 head radii in front of the head centre: keep it inside the box
+    head_c = np.array([x + min(0.75 * bw, bw - 1.65 * head_r), y + 0.05 * bh + head_r])
     if facing < 0:
         body[[0, 2]] = 2 * x + bw - body[[2, 0]]
         head_c[0] = 2 * x + bw - head_c[0]

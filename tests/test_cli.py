@@ -1,0 +1,180 @@
+"""vitlrp.cli: constants block → typed --flags, --help, one-line errors."""
+import runpy
+import textwrap
+
+import pytest
+
+from vitlrp import cli
+from vitlrp.errors import UserError
+
+from conftest import error_lines, run_script
+
+SCRIPT = '''\
+"""A tiny demo script."""
+# --- configuration ---
+EPOCHS = 3  # number of passes over the data
+LR = 0.001  # learning rate
+USE_AMP = True  # mixed precision
+NAME = "run"  # run name
+TAGS = []  # free-form tags
+SIZES = [224, 384]  # crop sizes
+SCALE = (0.25, 1.0)  # crop scale range
+# ---------------------
+lower_case = 5
+TABLE = {"a": 1}
+from vitlrp import cli
+
+
+def main(cfg):
+    print(f"EPOCHS={EPOCHS!r} LR={LR!r} NAME={NAME!r} TAGS={TAGS!r} cfg.LR={cfg.LR!r}")
+    if NAME == "fail":
+        from vitlrp.errors import UserError
+        raise UserError("the run failed on purpose")
+    return 3 if NAME == "three" else 0
+
+
+if __name__ == "__main__":
+    cli.run(main, globals())
+'''
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "demo.py"
+    path.write_text(SCRIPT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def ns(script):
+    return runpy.run_path(str(script), run_name="demo")
+
+
+def test_defaults_unchanged_without_flags(ns):
+    cfg = cli.configure(ns, [])
+    assert (cfg.EPOCHS, cfg.LR, cfg.USE_AMP, cfg.NAME, cfg.TAGS, cfg.SIZES) == (3, 0.001, True, "run", [], [224, 384])
+    assert not hasattr(cfg, "lower_case") and not hasattr(cfg, "TABLE")
+
+
+def test_typed_overrides_and_globals_updated(ns):
+    cfg = cli.configure(ns, ["--epochs", "7", "--lr", "2e-4", "--use-amp", "false", "--name", "abc",
+                             "--tags", "a, b,c", "--sizes", "96,128", "--scale", "0.5,0.9"])
+    assert cfg.EPOCHS == 7 and type(cfg.EPOCHS) is int
+    assert cfg.LR == pytest.approx(2e-4) and type(cfg.LR) is float
+    assert cfg.USE_AMP is False
+    assert cfg.NAME == "abc"
+    assert cfg.TAGS == ["a", "b", "c"]  # empty-list default → list of str
+    assert cfg.SIZES == [96, 128] and all(type(s) is int for s in cfg.SIZES)
+    assert cfg.SCALE == [0.5, 0.9]
+    # the script's globals follow the flags
+    assert (ns["EPOCHS"], ns["LR"], ns["USE_AMP"], ns["NAME"], ns["TAGS"]) == (7, cfg.LR, False, "abc", ["a", "b", "c"])
+
+
+@pytest.mark.parametrize("text,value", [("true", True), ("FALSE", False), ("yes", True), ("0", False)])
+def test_bool_values(ns, text, value):
+    assert cli.configure(ns, ["--use-amp", text]).USE_AMP is value
+
+
+def test_equals_form_and_negative_numbers(ns):
+    cfg = cli.configure(ns, ["--epochs=11", "--lr=-0.5", "--name=a=b", "--tags="])
+    assert (cfg.EPOCHS, cfg.LR, cfg.NAME, cfg.TAGS) == (11, -0.5, "a=b", [])
+    assert cli.configure(ns, ["--lr", "-1"]).LR == -1.0
+
+
+def test_int_text_for_float_constant_stays_float(ns):
+    cfg = cli.configure(ns, ["--lr", "1"])
+    assert cfg.LR == 1.0 and type(cfg.LR) is float
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--epochs", "2.5"], "--epochs"),
+    (["--lr", "fast"], "--lr"),
+    (["--use-amp", "maybe"], "--use-amp"),
+    (["--sizes", "1,x"], "--sizes"),
+    (["--nope", "1"], "--nope"),
+    (["--lower-case", "1"], "--lower-case"),
+    (["--table", "1"], "--table"),
+    (["--epochs"], "--epochs"),
+    (["epochs", "3"], "epochs"),
+])
+def test_bad_flags_raise_one_line_user_error(ns, argv, needle):
+    with pytest.raises(UserError) as info:
+        cli.configure(ns, argv)
+    message = str(info.value)
+    assert needle in message and "\n" not in message
+    assert ns["EPOCHS"] == 3  # nothing applied
+
+
+def test_help_lists_every_constant_default_and_comment(ns, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.configure(ns, ["--lr", "5", "--help"])
+    assert info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "A tiny demo script." in out
+    expected = {
+        "--epochs": ("INT", "default: 3", "# number of passes over the data"),
+        "--lr": ("FLOAT", "default: 0.001", "# learning rate"),
+        "--use-amp": ("BOOL", "default: true", "# mixed precision"),
+        "--name": ("STR", "default: run", "# run name"),
+        "--tags": ("LIST", "default: (empty)", "# free-form tags"),
+        "--sizes": ("LIST", "default: 224,384", "# crop sizes"),
+        "--scale": ("LIST", "default: 0.25,1.0", "# crop scale range"),
+    }
+    lines = out.splitlines()
+    for flag, parts in expected.items():
+        line = next((l for l in lines if l.strip().startswith(flag + " ")), None)
+        assert line is not None, f"{flag} missing from --help:\n{out}"
+        for part in parts:
+            assert part in line, (flag, part, line)
+    assert "--lower-case" not in out and "--table" not in out
+
+
+def test_config_dict_is_json_ready(ns):
+    import json
+
+    d = cli.config_dict(cli.configure(ns, ["--epochs", "4"]))
+    assert d["EPOCHS"] == 4 and d["SCALE"] == [0.25, 1.0]
+    json.dumps(d)
+
+
+def test_run_turns_user_error_into_exit_2(ns, capsys):
+    def main(cfg):
+        raise UserError("something is wrong: fix it")
+
+    with pytest.raises(SystemExit) as info:
+        cli.run(main, ns, [])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: something is wrong: fix it\n"
+
+    with pytest.raises(SystemExit) as info:
+        cli.run(lambda cfg: 0, ns, ["--epochs", "x"])
+    assert info.value.code == 2
+    assert error_lines(capsys.readouterr().err) == ["error: --epochs expects an integer, got 'x'"]
+
+
+def test_run_returns_main_status(ns):
+    for status, code in ((None, 0), (0, 0), (1, 1)):
+        with pytest.raises(SystemExit) as info:
+            cli.run(lambda cfg, s=status: s, ns, [])
+        assert info.value.code == code
+
+
+def test_script_subprocess_exit_codes_and_single_error_line(script):
+    ok = run_script(script, "--lr", "0.5", "--tags", "x,y", cwd=script.parent)
+    assert ok.returncode == 0, ok.stderr
+    assert "EPOCHS=3 LR=0.5 NAME='run' TAGS=['x', 'y'] cfg.LR=0.5" in ok.stdout
+
+    bad = run_script(script, "--bogus", "1", cwd=script.parent)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == ["error: unknown flag --bogus (see --help for the list)"]
+    assert "Traceback" not in bad.stderr
+
+    fail = run_script(script, "--name", "fail", cwd=script.parent)
+    assert fail.returncode == 2
+    assert fail.stderr.strip().splitlines() == ["error: the run failed on purpose"]
+
+    assert run_script(script, "--name", "three", cwd=script.parent).returncode == 3
+
+    helped = run_script(script, "--help", cwd=script.parent)
+    assert helped.returncode == 0 and "--epochs INT" in helped.stdout and "usage:" in helped.stdout

@@ -1,0 +1,307 @@
+"""vitlrp.cub and vitlrp.preprocess: the CUB layout, the dataset, and the annotation geometry."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from vitlrp.cub import CUBDataset, display_name, load_cub
+from vitlrp.errors import UserError
+from vitlrp.preprocess import Preprocessing, open_rgb
+
+from conftest import CUB_CLASS_DIRS, CUB_IMAGES, CUB_PART_NAMES, INVISIBLE_PARTS, fixture_box, fixture_parts
+
+PRE = Preprocessing(crop_size=32, resize_size=36)
+
+
+def one_line_error(fn, *needles):
+    with pytest.raises(UserError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+# --- load_cub --------------------------------------------------------------------------------------------
+def test_load_cub_counts_ids_labels_splits(cub_fixture):
+    ann = load_cub(cub_fixture(first_id=5))
+    n = len(CUB_IMAGES)
+    assert len(ann.paths) == n and ann.num_classes == 3
+    assert ann.image_ids.tolist() == list(range(5, 5 + n))  # 1-based ids from the file, kept as they are
+    assert ann.labels.tolist() == [s["cls"] - 1 for s in CUB_IMAGES]  # 0-based
+    assert ann.is_train.tolist() == [s["train"] for s in CUB_IMAGES]
+    assert ann.split_indices("train").tolist() == [0, 2, 4]
+    assert ann.split_indices("test").tolist() == [1, 3, 5]
+    assert ann.split_indices("all").tolist() == list(range(n))
+    assert ann.class_dirs == list(CUB_CLASS_DIRS)
+    assert ann.class_names == ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross"]
+    assert all(ann.image_path(r).is_file() for r in range(n))
+    one_line_error(lambda: ann.split_indices("val"), "'val'", "train")
+
+
+def test_display_name():
+    assert display_name("001.Black_footed_Albatross") == "Black footed Albatross"
+    assert display_name("200.Common_Yellowthroat") == "Common Yellowthroat"
+    assert display_name("No_Number") == "No Number"
+
+
+def test_boxes_and_parts(cub_fixture):
+    ann = load_cub(cub_fixture())
+    assert ann.boxes.shape == (len(CUB_IMAGES), 4)
+    assert ann.part_names == list(CUB_PART_NAMES)
+    assert ann.parts.shape == (len(CUB_IMAGES), 15, 3)
+    for r, spec in enumerate(CUB_IMAGES):
+        np.testing.assert_allclose(ann.boxes[r], fixture_box(*spec["size"]), atol=0.051)
+        np.testing.assert_allclose(ann.parts[r], fixture_parts(*spec["size"]), atol=0.051)
+    visible = ann.parts[:, :, 2]
+    assert set(np.unique(visible)) == {0.0, 1.0}
+    assert (visible[:, list(INVISIBLE_PARTS)] == 0).all() and visible.sum() == len(CUB_IMAGES) * 12
+
+
+def test_without_boxes_and_parts(cub_fixture):
+    ann = load_cub(cub_fixture(boxes=False, parts=False))
+    assert ann.boxes is None and ann.parts is None and ann.part_names is None
+    one_line_error(lambda: CUBDataset(ann, "test", PRE, annotations=True), "bounding_boxes.txt")
+
+
+# --- dataset ---------------------------------------------------------------------------------------------
+def test_dataset_grayscale_and_cmyk_become_rgb(cub_fixture):
+    root = cub_fixture(draw=lambda iid, size: Image.new("RGB", size, (200, 30, 40)))
+    ann = load_cub(root)
+    assert Image.open(ann.image_path(2)).mode == "L" and Image.open(ann.image_path(3)).mode == "CMYK"
+    ds = CUBDataset(ann, "all", PRE)
+    assert len(ds) == len(CUB_IMAGES) and ds.labels.tolist() == ann.labels.tolist()
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+        assert item["label"] == ann.labels[i] and item["index"] == i
+    gray = PRE.denormalize(ds[2]["image"])
+    assert torch.allclose(gray[0], gray[1], atol=1e-5) and torch.allclose(gray[1], gray[2], atol=1e-5)
+    cmyk = PRE.denormalize(ds[3]["image"]).mean(dim=(1, 2)) * 255
+    assert torch.allclose(cmyk, torch.tensor([200.0, 30.0, 40.0]), atol=6), cmyk  # colours survive CMYK
+
+
+def test_dataset_split_lengths(cub_fixture):
+    ann = load_cub(cub_fixture())
+    train, test = CUBDataset(ann, "train", PRE), CUBDataset(ann, "test", PRE)
+    assert len(train) == 3 and len(test) == 3
+    assert test.image_path(0) == ann.image_path(1)
+    assert CUBDataset(ann, "train", PRE, train_augment=True)[0]["image"].shape == (3, 32, 32)
+    with pytest.raises(ValueError):
+        CUBDataset(ann, "test", PRE, train_augment=True, annotations=True)
+
+
+def test_dataset_annotations_in_model_input_pixels(cub_fixture):
+    ann = load_cub(cub_fixture())
+    ds = CUBDataset(ann, "all", PRE, annotations=True)
+    for i, spec in enumerate(CUB_IMAGES):
+        item = ds[i]
+        w, h = spec["size"]
+        assert item["box"].shape == (4,) and item["parts"].shape == (15, 3)
+        np.testing.assert_allclose(item["box"].numpy(), PRE.map_box(fixture_box(w, h), w, h), atol=1e-4)
+        np.testing.assert_allclose(item["parts"][:, :2].numpy(), PRE.map_points(ann.parts[i, :, :2], w, h),
+                                   atol=1e-3)
+        box = item["box"].numpy()
+        assert 0 <= box[0] < box[2] <= 32 and 0 <= box[1] < box[3] <= 32
+        vis = item["parts"][:, 2].numpy()
+        assert (vis[list(INVISIBLE_PARTS)] == 0).all()
+        xy = item["parts"][:, :2].numpy()
+        inside = (xy >= -0.5).all(1) & (xy < 31.5).all(1)
+        assert ((vis == 1) == (inside & (fixture_parts(w, h)[:, 2] > 0))).all()
+
+
+def test_part_outside_crop_counts_as_not_visible(cub_fixture):
+    root = cub_fixture()
+    locs = root / "parts" / "part_locs.txt"
+    lines = locs.read_text().splitlines()
+    lines[0] = "1 1 0.0 24.0 1"  # image 1 is 64x48 landscape: x=0 is cut away by the center crop
+    locs.write_text("\n".join(lines) + "\n")
+    ann = load_cub(root)
+    assert ann.parts[0, 0, 2] == 1
+    item = CUBDataset(ann, "all", PRE, annotations=True)[0]
+    assert item["parts"][0, 0] < -0.5 and item["parts"][0, 2] == 0
+
+
+def test_corrupt_image(cub_fixture):
+    ann = load_cub(cub_fixture(corrupt={2}))
+    bad = ann.image_path(1)
+    ds = CUBDataset(ann, "test", PRE, annotations=True)
+    with pytest.raises(OSError) as info:
+        ds[0]
+    assert str(bad) in str(info.value)
+    with pytest.raises(OSError, match="cannot read image"):
+        open_rgb(bad)
+
+    tolerant = CUBDataset(ann, "test", PRE, annotations=True, report_errors=True)
+    item = tolerant[0]
+    assert item["error"] and str(bad) in item["error"]
+    assert item["image"].shape == (3, 32, 32) and not item["image"].any()
+    assert not item["parts"][:, 2].any()
+    assert tolerant[1]["error"] == "" and tolerant[1]["image"].abs().sum() > 0
+
+
+# --- annotation errors -----------------------------------------------------------------------------------
+def _edit(path, lineno, new):
+    lines = path.read_text().splitlines()
+    if new is None:
+        del lines[lineno - 1]
+    else:
+        lines[lineno - 1] = new
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_root_missing(tmp_path):
+    missing = tmp_path / "nowhere" / "CUB_200_2011"
+    one_line_error(lambda: load_cub(missing), str(missing), "does not exist", "scripts/download_cub.py")
+    tmp_path.joinpath("empty").mkdir()
+    one_line_error(lambda: load_cub(tmp_path / "empty"), "has no images.txt", "scripts/download_cub.py")
+
+
+@pytest.mark.parametrize("name", ["image_class_labels.txt", "train_test_split.txt", "classes.txt"])
+def test_annotation_file_missing(cub_fixture, name):
+    root = cub_fixture()
+    (root / name).unlink()
+    one_line_error(lambda: load_cub(root), "missing annotation file", str(root / name))
+
+
+def test_image_without_label(cub_fixture):
+    root = cub_fixture()
+    _edit(root / "image_class_labels.txt", 4, None)  # drop image 4's label
+    one_line_error(lambda: load_cub(root), "images.txt:4", "image id 4", "image_class_labels.txt")
+
+
+def test_label_outside_classes(cub_fixture):
+    root = cub_fixture()
+    _edit(root / "image_class_labels.txt", 3, "3 4")
+    one_line_error(lambda: load_cub(root), "image_class_labels.txt:3", "class 4", "1..3")
+    _edit(root / "image_class_labels.txt", 3, "3 0")
+    one_line_error(lambda: load_cub(root), "image_class_labels.txt:3", "class 0")
+
+
+def test_label_for_unknown_image(cub_fixture):
+    root = cub_fixture()
+    with open(root / "train_test_split.txt", "a") as fh:
+        fh.write("99 1\n")
+    one_line_error(lambda: load_cub(root), "train_test_split.txt:7", "image id 99")
+
+
+@pytest.mark.parametrize("name,lineno,line,needle", [
+    ("bounding_boxes.txt", 2, "2 1.0 2.0", "expected"),
+    ("bounding_boxes.txt", 5, "5 1.0 2.0 x 4.0", "'x' is not a number"),
+    ("images.txt", 3, "3", "expected"),
+    ("image_class_labels.txt", 3, "3 x", "'x' is not a number"),
+    ("train_test_split.txt", 2, "2", "expected"),
+    ("images.txt", 2, "two 001.Black_footed_Albatross/a.jpg", "'two' is not a number"),
+    ("images.txt", 6, "1 001.Black_footed_Albatross/dup.jpg", "repeats line 1"),
+    ("train_test_split.txt", 1, "1 2", "must be 0 or 1"),
+    ("classes.txt", 2, "5 002.Laysan_Albatross", "class ids must run"),
+    ("parts/part_locs.txt", 20, "2 5 1.0 2.0", "expected"),
+    ("parts/part_locs.txt", 20, "2 16 1.0 2.0 1", "part 16"),
+    ("parts/part_locs.txt", 20, None, "no entry for part 5"),
+])
+def test_malformed_lines(cub_fixture, name, lineno, line, needle):
+    root = cub_fixture()
+    _edit(root / name, lineno, line)
+    where = str(root / name) if line is None else f"{root / name}:{lineno}"
+    one_line_error(lambda: load_cub(root), where, needle)
+
+
+def test_blank_lines_and_paths_with_spaces(cub_fixture):
+    root = cub_fixture()
+    text = (root / "images.txt").read_text()
+    (root / "images.txt").write_text("\n" + text.replace("\n", "\n\n"))
+    ann = load_cub(root)
+    assert len(ann.paths) == len(CUB_IMAGES)
+    assert ann.part_names[6] == "left eye"  # `7 left eye`: names keep their spaces
+
+
+# --- geometry: resize + center crop ---------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(333, 500), (500, 333), (100, 100), (17, 301), (301, 17), (64, 48), (36, 50)])
+@pytest.mark.parametrize("pre", [Preprocessing(32, 36), Preprocessing.for_size(48, "bicubic")])
+def test_resized_size_and_crop_offset_match_torchvision(size, pre):
+    rng = np.random.default_rng(size[0] * 1000 + size[1])
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    resized = T.Resize(pre.resize_size, antialias=True)(img)
+    assert resized.size == pre.resized_size(*size)
+    left, top = pre.crop_offset(*size)
+    crop = pre.crop_size
+    expected = np.asarray(T.CenterCrop(crop)(resized))
+    assert np.array_equal(np.asarray(resized.crop((left, top, left + crop, top + crop))), expected)
+    assert pre.eval_transform()(img).shape == (3, crop, crop)
+
+
+def test_for_size_and_dict_roundtrip():
+    pre = Preprocessing.for_size(224, "bicubic")
+    assert (pre.crop_size, pre.resize_size, pre.interpolation) == (224, 256, "bicubic")
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+    with pytest.raises(ValueError):
+        Preprocessing(32, 36, "lanczos")
+
+
+def _brightness(pre, img):
+    """Model input → [H, W] brightness in [0, 1]."""
+    return pre.denormalize(pre.eval_transform()(img)).mean(0).numpy()
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(160, 100), (90, 150), (40, 28), (30, 44)])  # landscape/portrait, down/up-scaled
+def test_map_points_follow_a_bright_dot(size, interpolation):
+    pre = Preprocessing(48, 56, interpolation)
+    w, h = size
+    rng = np.random.default_rng(w * h)
+    checked = 0
+    yy, xx = np.mgrid[0:48, 0:48]
+    for _ in range(40):
+        px, py = int(rng.integers(1, w - 1)), int(rng.integers(1, h - 1))
+        mx, my = pre.map_points([[px, py]], w, h)[0]
+        if not (6 <= mx <= 41 and 6 <= my <= 41):
+            continue  # cropped away or too close to the crop border
+        arr = np.zeros((h, w, 3), dtype=np.uint8)
+        if w > 60:  # downscaled: a 3x3 square centred on the point survives the antialiasing
+            arr[py - 1:py + 2, px - 1:px + 2] = 255
+        else:
+            arr[py, px] = 255
+        bright = _brightness(pre, Image.fromarray(arr))
+        ay, ax = np.unravel_index(np.argmax(bright), bright.shape)
+        assert abs(ax - mx) <= 1.0 and abs(ay - my) <= 1.0, (size, (px, py), (mx, my), (ax, ay))
+        # sub-pixel: the blob's centroid sits on the mapped point (catches a missing half-pixel correction)
+        cx, cy = (bright * xx).sum() / bright.sum(), (bright * yy).sum() / bright.sum()
+        assert abs(cx - mx) <= 0.15 and abs(cy - my) <= 0.15, (size, (px, py), (mx, my), (cx, cy))
+        checked += 1
+    assert checked >= 8
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size,box", [
+    ((160, 100), (40, 20, 70, 50)),   # landscape, box inside the crop
+    ((160, 100), (5, 30, 60, 40)),    # landscape, box cut by the crop's left edge
+    ((90, 150), (20, 40, 45, 70)),    # portrait
+    ((90, 150), (10, 2, 50, 40)),     # portrait, box cut by the crop's top edge
+    ((30, 44), (6, 10, 15, 20)),      # upscaled
+])
+def test_map_box_matches_a_white_rectangle(size, box, interpolation):
+    pre = Preprocessing(48, 56, interpolation)
+    w, h = size
+    x, y, bw, bh = box
+    arr = np.zeros((h, w, 3), dtype=np.uint8)
+    arr[y:y + bh, x:x + bw] = 255
+    level = _brightness(pre, Image.fromarray(arr))
+    bright = level > 0.5
+    cols, rows = np.flatnonzero(bright.any(0)), np.flatnonzero(bright.any(1))
+    x0, y0, x1, y1 = pre.map_box(box, w, h)
+    # sub-pixel: a row / column through the middle has the box's mapped width / height as mass, centred on it
+    centres = np.arange(48) + 0.5  # pixel k covers [k, k + 1)
+    row, col = level[int((y0 + y1) / 2)], level[:, int((x0 + x1) / 2)]
+    assert abs(row.sum() - (x1 - x0)) <= 0.1 and abs(col.sum() - (y1 - y0)) <= 0.1
+    assert abs((row * centres).sum() / row.sum() - (x0 + x1) / 2) <= 0.1
+    assert abs((col * centres).sum() / col.sum() - (y0 + y1) / 2) <= 0.1
+    assert abs(cols[0] - x0) <= 1.5 and abs(cols[-1] + 1 - x1) <= 1.5, ((x0, x1), (cols[0], cols[-1]))
+    assert abs(rows[0] - y0) <= 1.5 and abs(rows[-1] + 1 - y1) <= 1.5, ((y0, y1), (rows[0], rows[-1]))
+    assert 0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 48
+
+
+def test_map_box_clips_to_crop():
+    pre = Preprocessing(48, 56)
+    np.testing.assert_allclose(pre.map_box((0, 0, 160, 100), 160, 100), [0, 0, 48, 48])

@@ -1,0 +1,77 @@
+"""Devices, seeding, and the few distributed helpers the scripts share."""
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+def resolve_device(name):
+    """``'auto'`` → CUDA when available, else CPU; ``'cuda'`` without CUDA is a one-line error."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"DEVICE={name} but CUDA is not available to torch {torch.__version__} "
+                            "(check the driver and that torch is a CUDA build), or use --device cpu")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"unknown DEVICE {name!r}: use auto, cuda, cuda:N or cpu")
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Distributed:
+    """Rank/world of a ``torchrun`` launch (a single process otherwise)."""
+
+    def __init__(self):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def init(self, device):
+        """Join the process group (NCCL on CUDA, gloo on CPU); return the device this rank uses."""
+        if not self.enabled:
+            return device
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return device
+
+    def all_reduce_sum(self, values, device):
+        """Sum a list of numbers over all ranks."""
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        if self.enabled:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def all_gather_objects(self, obj):
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def close(self):
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,196 @@
+"""The fine-tuning loop: optimizer, schedule, deterministic sampling, one epoch of training, evaluation, curves.
+
+Determinism: every training item is augmented under its own seed, derived from (seed, epoch, position), and
+the shuffling of epoch ``e`` depends only on (seed, e). So a resumed run, a run with another number of
+loader workers, and an uninterrupted run see the same batches (bit-identical on the CPU).
+"""
+import math
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "test_loss", "top1", "top5", "train_img_per_s", "epoch_seconds"]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class WarmupCosine:
+    """Linear warmup for ``warmup`` steps, then cosine decay to zero at ``total`` steps (a LambdaLR factor)."""
+
+    def __init__(self, warmup, total):
+        self.warmup, self.total = int(warmup), max(int(total), 1)
+
+    def __call__(self, step):
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, lr, weight_decay):
+    """AdamW; no weight decay on biases, norms, the class token and position embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(("class_token", "pos_embedding")) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
+class EpochSampler(Sampler):
+    """Yields ``(index, item_seed)``; the order of epoch ``e`` depends only on ``(seed, e)``.
+
+    With several processes each rank takes every ``world``-th item (padded, like DistributedSampler).
+    """
+
+    def __init__(self, n, seed, shuffle=True, rank=0, world=1):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return math.ceil(self.n / self.world)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        seeds = rng.integers(0, 2**62, size=self.n)
+        pad = len(self) * self.world - self.n
+        order = np.concatenate([order, order[:pad]])
+        for i in order[self.rank::self.world]:
+            yield int(i), int(seeds[i])
+
+
+class SeededItems(Dataset):
+    """Apply a dataset's random augmentation under the seed the sampler hands out with each index."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def make_loader(dataset, batch_size, num_workers, device, sampler=None, seeded=False):
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = dict(persistent_workers=True, prefetch_factor=4)
+    return DataLoader(SeededItems(dataset) if seeded else dataset, batch_size=batch_size, sampler=sampler,
+                      shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda", **kwargs)
+
+
+class ShardSampler(Sampler):
+    """Rank ``r`` of ``w`` takes items ``r, r+w, ...`` once each (no padding, so sums over ranks are exact)."""
+
+    def __init__(self, n, rank=0, world=1):
+        self.indices = list(range(rank, n, world))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def amp_dtype(amp, device):
+    """``'auto'`` → bf16 on CUDA, none on the CPU."""
+    amp = amp.lower()
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "none"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, dtype, grad_clip,
+                    desc="train", progress=True, check_every=10):
+    """One pass over ``loader``; returns ``{'train_loss', 'train_img_per_s', 'lr'}`` (this rank's figures).
+
+    Raises :class:`NonFiniteLoss` when the loss becomes NaN or infinite (checked every ``check_every`` steps
+    to avoid a device sync per step).
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    seen, start = 0, time.perf_counter()
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
+    for step, batch in enumerate(bar):
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = criterion(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss_sum += loss.detach().double() * len(labels)
+        seen += len(labels)
+        if (step + 1) % check_every == 0 or step + 1 == len(loader):
+            mean = loss_sum.item() / seen
+            if not math.isfinite(mean):
+                raise NonFiniteLoss(f"the training loss became {mean} at step {step + 1}")
+            bar.set_postfix(loss=f"{mean:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    elapsed = time.perf_counter() - start
+    return {"train_loss": loss_sum.item() / max(seen, 1), "train_img_per_s": seen / elapsed,
+            "lr": scheduler.get_last_lr()[0], "seen": seen}
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, dtype, dist=None, progress=True):
+    """Top-1, top-5 and mean loss over ``loader`` (summed over ranks when ``dist`` is given)."""
+    model.eval()
+    totals = [0.0, 0.0, 0.0, 0.0]  # loss sum, top-1 hits, top-5 hits, count
+    for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        totals[0] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        totals[1] += (top[:, 0] == labels).sum().item()
+        totals[2] += (top == labels[:, None]).any(1).sum().item()
+        totals[3] += len(labels)
+    if dist is not None:
+        totals = dist.all_reduce_sum(totals, device)
+    n = max(totals[3], 1)
+    return {"test_loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n}
+
+
+def plot_curves(rows, path):
+    """Loss and accuracy per epoch from ``summary.csv`` rows, as one PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fileio import save_figure
+
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train")
+    ax1.plot(epochs, [float(r["test_loss"]) for r in rows], "o-", label="test")
+    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax2.plot(epochs, [100 * float(r["top1"]) for r in rows], "o-", label="top-1")
+    ax2.plot(epochs, [100 * float(r["top5"]) for r in rows], "o-", label="top-5")
+    ax2.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy", ylim=(0, 100))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)

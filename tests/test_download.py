@@ -41,12 +41,14 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def http_dir(tmp_path):
+def http_dir(tmp_path, monkeypatch):
     """(folder, base_url): an HTTP server on 127.0.0.1 serving ``folder``."""
+    for key in ("NO_PROXY", "no_proxy"):  # in-process requests must not go to a proxy either
+        monkeypatch.setenv(key, "127.0.0.1,localhost")
     folder = tmp_path / "www"
     folder.mkdir()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield folder, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -180,21 +182,12 @@ def test_unsafe_archives_are_refused(tmp_path, cub_fixture, member, needle):
                                         "--expected-md5", "")
     assert code == 2
     assert len(error_lines(err)) == 1 and "refusing to extract" in error_lines(err)[0] and needle in err
+    assert "Traceback" not in err
+    if member is _evil_member:
+        assert error_lines(err) == ["error: refusing to extract '../evil.txt': the archive has a path outside its folder"]
     assert _snapshot(work) == ["data"]  # nothing extracted, no temporary folder left
     assert not (tmp_path / "evil.txt").exists() and not (work / "evil.txt").exists()
     assert not (work / "outside").exists() and not (tmp_path / "outside").exists()
-
-
-def test_evil_archive_subprocess(tmp_path, cub_fixture):
-    archive = make_archive(tmp_path / "bad.tgz", cub_fixture(), extra=[_evil_member()])
-    root = tmp_path / "work" / "CUB_200_2011"
-    res = run_script("download_cub", "--dataset-root", root, "--archive", archive, "--expected-md5", "",
-                     cwd=tmp_path)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert error_lines(res.stderr) == ["error: refusing to extract '../evil.txt': the archive has a path outside "
-                                       "its folder"]
-    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "work" / "evil.txt").exists()
-    assert not root.exists()
 
 
 def test_extract_replaces_an_old_dataset_and_rejects_non_cub(tmp_path, cub_fixture):

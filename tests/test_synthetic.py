@@ -135,11 +135,10 @@ def test_script_refuses_to_overwrite_a_foreign_folder(tmp_path):
     root = tmp_path / "real_cub"
     root.mkdir()
     (root / "images.txt").write_text("1 001.A/a.jpg\n")
-    res = run_script("make_synthetic_cub", "--dataset-root", root, "--num-classes", 2, "--images-per-class", 2,
-                     cwd=tmp_path)
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [f"error: {root} exists and is not a synthetic mini-CUB; "
-                                       "choose another --dataset-root"]
-    assert "Traceback" not in res.stderr
+    code, out, err = run_script_inprocess("make_synthetic_cub", "--dataset-root", root, "--num-classes", 2,
+                                          "--images-per-class", 2)
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: {root} exists and is not a synthetic mini-CUB; "
+                                        "choose another --dataset-root"]
     assert sorted(p.name for p in root.iterdir()) == ["images.txt"]
     assert not (root / MARKER).exists()

@@ -47,6 +47,8 @@ def download(url, dest, progress=True, timeout=60):
     except (urllib.error.URLError, OSError, ValueError) as err:
         dest.unlink(missing_ok=True)
         reason = getattr(err, "reason", None) or err
+        if isinstance(err, urllib.error.HTTPError):
+            reason = f"HTTP {err.code} {err.reason}"
         raise OSError(f"download of {url} failed: {reason}") from None
 
 
@@ -96,10 +98,13 @@ def fetch_cub(dataset_root, urls=(CUB_URL,), expected_md5=CUB_MD5, archive=None,
     dataset_root = Path(dataset_root)
     marker = dataset_root / VERIFIED
     if marker.is_file() and (dataset_root / "images.txt").is_file():
-        info = json.loads(marker.read_text())
-        if info.get("md5") == expected_md5:
+        try:
+            info = json.loads(marker.read_text())
+        except ValueError:
+            info = {}
+        if info.get("md5") and info.get("md5") == (expected_md5 or info.get("md5")):
             ann = load_cub(dataset_root)
-            log(f"CUB already present and verified at {dataset_root} ({len(ann.paths)} images, md5 {expected_md5}); "
+            log(f"CUB already present and verified at {dataset_root} ({len(ann.paths)} images, md5 {info['md5']}); "
                 "nothing to do")
             return "present"
 

@@ -142,8 +142,8 @@ def _render(iid, k, seed, size_range, grayscale_every):
     box = (round(cx - bw / 2), round(cy - bh / 2), round(bw), round(bh))
     points = _bird(img, box, class_spec(k), rng)
     visible = rng.random(len(PART_NAMES)) < 0.85
-    # CUB writes invisible parts as 0 0 0
-    points = np.where(visible[:, None], np.clip(points, 0, [w - 1, h - 1]), 0)
+    # continuous coordinates -> pixel indices (CUB's convention), invisible parts written as 0 0 0 like CUB
+    points = np.where(visible[:, None], np.clip(points - 0.5, 0, [w - 1, h - 1]), 0)
     if grayscale_every and iid % grayscale_every == 0:
         img = img.convert("L")
     noise = rng.normal(0, 6, size=np.asarray(img).shape)

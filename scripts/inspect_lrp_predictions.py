@@ -1,0 +1,77 @@
+"""Show what the model predicted for the samples of a heatmap run (confidence, top-5, correct or not)."""
+# --- configuration (each constant is also a flag) ---
+OUTPUT_DIR = "results/lrp_samples"  # the folder holding lrp_results.json
+CHECKPOINT_PATH = ""  # empty = the checkpoint recorded in lrp_results.json
+DEVICE = "auto"  # auto, cuda, cpu
+TOP_K = 5  # how many classes to list per sample
+# ----------------------------------------------------
+import json
+from pathlib import Path
+
+from vitlrp import cli
+from vitlrp.errors import UserError
+from vitlrp.fileio import write_csv, write_json
+from vitlrp.models import load_checkpoint, model_from_checkpoint
+from vitlrp.predict import predict_files
+from vitlrp.runtime import resolve_device
+
+
+def main(cfg):
+    out = Path(cfg.OUTPUT_DIR)
+    results_path = out / "lrp_results.json"
+    if not results_path.is_file():
+        raise UserError(f"{results_path} not found: run `python scripts/test_vit_forward.py` first "
+                        "(or pass --output-dir with the folder of a finished run)")
+    try:
+        samples = json.loads(results_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(f"{results_path} is not valid JSON ({err})") from None
+    ckpt_path = cfg.CHECKPOINT_PATH or next((s["checkpoint"] for s in samples if s.get("checkpoint")),
+                                            "checkpoints/vit_cub_best.pt")
+    device = resolve_device(cfg.DEVICE)
+    ckpt = load_checkpoint(ckpt_path)
+    model, prep = model_from_checkpoint(ckpt)
+    names = ckpt["class_names"]
+    preds = predict_files(model.to(device), prep, [s["img_path"] for s in samples], cfg.TOP_K)
+
+    rows = []
+    print(f"Checkpoint: {ckpt_path}   samples: {len(samples)}")
+    print(f"{'sample_idx':>10}  {'true species':<30} {'predicted species':<30} {'conf':>6}  ok")
+    for s, p in zip(samples, preds):
+        row = {"sample_idx": s["sample_idx"], "img_path": s["img_path"], "label": s["label"],
+               "label_name": names[s["label"]], "error": p["error"]}
+        if p["error"]:
+            print(f"{s['sample_idx']:>10}  {names[s['label']]:<30} unreadable: {p['error']}")
+            rows.append(row)
+            continue
+        top = [{"class": c, "name": names[c], "prob": pr} for c, pr in zip(p["topk"], p["probs"])]
+        row.update(predicted_class=top[0]["class"], predicted_name=top[0]["name"], confidence=top[0]["prob"],
+                   correct=top[0]["class"] == s["label"], topk=top,
+                   same_as_explained=s.get("predicted_class") in (None, top[0]["class"]))
+        mark = "✓" if row["correct"] else "✗"
+        print(f"{s['sample_idx']:>10}  {names[s['label']]:<30.30} {top[0]['name']:<30.30} {top[0]['prob']:>6.1%}  {mark}")
+        print(" " * 12 + "top-%d: " % len(top) + ", ".join(f"{t['name']} {t['prob']:.1%}" for t in top))
+        rows.append(row)
+
+    ok = [r for r in rows if not r["error"]]
+    correct = [r for r in ok if r["correct"]]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    print("-" * 84)
+    print(f"{len(correct)}/{len(ok)} correct ({mean([r['correct'] for r in ok]):.1%}); mean confidence "
+          f"{mean([r['confidence'] for r in ok]):.1%} (correct {mean([r['confidence'] for r in correct]):.1%}, "
+          f"wrong {mean([r['confidence'] for r in ok if not r['correct']]):.1%})"
+          + (f"; {len(rows) - len(ok)} unreadable" if len(ok) < len(rows) else ""))
+    changed = [r["sample_idx"] for r in ok if not r["same_as_explained"]]
+    if changed:
+        print(f"warning: predictions differ from the heatmap run for samples {changed} (another checkpoint?)")
+    write_json(out / "predictions.json", rows)
+    write_csv(out / "predictions.csv", [{**r, "topk": "; ".join(f"{t['name']} {t['prob']:.4f}" for t in r.get("topk", []))}
+                                        for r in rows],
+              ["sample_idx", "label", "label_name", "predicted_class", "predicted_name", "confidence", "correct",
+               "topk", "img_path", "error"])
+    print(f"Wrote {out / 'predictions.json'} and {out / 'predictions.csv'}")
+    return 1 if len(ok) < len(rows) else 0
+
+
+if __name__ == "__main__":
+    cli.run(main, globals())

@@ -1,0 +1,164 @@
+"""LRP heatmaps for a fine-tuned ViT: AttnLRP (LXT) + zennit's Gamma rule, batched, written to OUTPUT_DIR."""
+# --- configuration (each constant is also a flag: --preset aggressive, --num-samples 50, ...) ---
+CHECKPOINT_PATH = "checkpoints/vit_cub_best.pt"  # written by scripts/train_vit_cub.py
+DATASET_ROOT = "dataset/raw/CUB_200_2011"  # folder holding images.txt
+SPLIT = "test"  # train, test or all
+NUM_SAMPLES = 20  # images drawn with random.seed(SEED); 0 = the whole split
+SEED = 42  # same seed, same images, whatever the gammas
+# Gamma Rule Configuration
+CONV_GAMMA = 1.0  # Gamma for the Conv2d layer (patch embedding)
+LIN_GAMMA = 0.5  # Gamma for Linear layers (MLP + head; attention too only with GAMMA_ATTENTION)
+PRESET = ""  # baseline, conservative, balanced, aggressive, very_aggressive; overrides the two gammas
+GAMMA_ATTENTION = False  # route the attention projections through nn.Linear so that LIN_GAMMA reaches them
+TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
+BATCH_SIZE = 32  # images explained at once
+DTYPE = "fp32"  # fp32, or bf16 (a pure-bf16 copy of the model; about 2x faster on a GPU)
+IMPL = "fused"  # fused (exact, faster) or zennit (the reference hooks); same maps
+DEVICE = "auto"  # auto, cuda, cpu
+NUM_WORKERS = 4  # JPEG decoding processes
+OUTPUT_DIR = "results/lrp_samples"  # heatmaps, overlays, comparisons, raw tensors, JSON, index.html
+COMPARE_PRESETS = []  # e.g. baseline,balanced,aggressive: adds a γ comparison grid per sample
+# ----------------------------------------------------------------------------------------------
+import math
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vitlrp import cli, render
+from vitlrp.errors import UserError
+from vitlrp.explain import DTYPES, PRESETS, Explainer, resolve_gammas
+from vitlrp.fileio import ensure_writable_dir, torch_save, write_json, write_text
+from vitlrp.gallery import write_heatmap_gallery
+from vitlrp.pipeline import load_model_and_split, loader, sample_indices
+from vitlrp.runtime import resolve_device
+
+
+def check_config(cfg):
+    for name in ("CONV_GAMMA", "LIN_GAMMA"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise UserError(f"{name} must be a finite number >= 0, got {getattr(cfg, name)}")
+    gammas = resolve_gammas(cfg.PRESET, cfg.CONV_GAMMA, cfg.LIN_GAMMA)
+    if cfg.TARGET not in ("pred", "label"):
+        raise UserError(f"TARGET must be pred or label, got {cfg.TARGET!r}")
+    if cfg.DTYPE not in DTYPES:
+        raise UserError(f"DTYPE must be one of {', '.join(DTYPES)}, got {cfg.DTYPE!r}")
+    if cfg.IMPL not in ("fused", "zennit"):
+        raise UserError(f"IMPL must be fused or zennit, got {cfg.IMPL!r}")
+    if cfg.BATCH_SIZE <= 0:
+        raise UserError(f"BATCH_SIZE must be positive, got {cfg.BATCH_SIZE}")
+    unknown = [p for p in cfg.COMPARE_PRESETS if p not in PRESETS]
+    if unknown:
+        raise UserError(f"unknown preset(s) in COMPARE_PRESETS: {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
+    return gammas
+
+
+def main(cfg):
+    conv_gamma, lin_gamma = check_config(cfg)
+    device = resolve_device(cfg.DEVICE)
+    out = Path(cfg.OUTPUT_DIR)
+    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device)
+    indices = sample_indices(len(dataset), cfg.NUM_SAMPLES, cfg.SEED, split=cfg.SPLIT)
+    ensure_writable_dir(out, "OUTPUT_DIR")
+    (out / "lrp_results.json").unlink(missing_ok=True)  # the folder is complete again only when this run ends
+
+    names, prep = ckpt["class_names"], dataset.preprocessing
+    dtype = DTYPES[cfg.DTYPE]
+    print(f"Using device: {device}")
+    print(f"Using Gamma rule: Conv2d gamma={conv_gamma}, Linear gamma={lin_gamma}"
+          + (f" (preset {cfg.PRESET})" if cfg.PRESET else ""))
+    print(f"Dataset size: {len(dataset)}")
+    print(f"Will generate LRP for {len(indices)} samples")
+    with ExitStack() as stack:
+        explainer = stack.enter_context(Explainer(model, conv_gamma, lin_gamma, cfg.GAMMA_ATTENTION, dtype, cfg.IMPL))
+        grid = {p: stack.enter_context(Explainer(model, *PRESETS[p], cfg.GAMMA_ATTENTION, dtype, cfg.IMPL))
+                for p in cfg.COMPARE_PRESETS}
+        print("Model loaded successfully.")
+        coverage = explainer.describe()
+        gamma_layers = list(explainer.gamma_layers())
+        print(coverage)
+        results, grid_rows, done = [], [], 0
+        for batch in tqdm(loader(dataset, indices, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device), desc="explain",
+                          unit="batch", leave=False, disable=len(indices) <= cfg.BATCH_SIZE):
+            ok = [i for i, err in enumerate(batch["error"]) if not err]
+            images = batch["image"][ok]
+            labels = batch["label"][ok].to(device)
+            maps, grid_maps = {}, {}
+            if ok:
+                logits, relevance = explainer(images, None if cfg.TARGET == "pred" else labels)
+                target = logits.argmax(1) if cfg.TARGET == "pred" else labels
+                grid_maps = {p: ex(images, target)[1] for p, ex in grid.items()}
+                probs = logits.softmax(1)
+                maps = {row: k for k, row in enumerate(ok)}
+            rgb = prep.denormalize(batch["image"]).permute(0, 2, 3, 1).numpy()
+            for row in range(len(batch["label"])):
+                done += 1
+                idx = int(batch["index"][row])
+                label = int(batch["label"][row])
+                entry = {"sample_idx": idx, "img_path": str(Path(dataset.image_path(idx)).resolve()), "label": label}
+                print(f"\n[{done}/{len(indices)}] Processing sample_idx={idx} ...")
+                if row not in maps:
+                    entry.update(target_class=None, label_name=names[label], error=batch["error"][row], files={})
+                    print(f"  ✗ Skipped: {batch['error'][row]}")
+                    results.append(entry)
+                    continue
+                k = maps[row]
+                tgt, pred = int(target[k]), int(logits[k].argmax())
+                rel = relevance[k].cpu()
+                files = {key: f"lrp_{key}_{idx:06d}.{ext}" for key, ext in
+                         (("heatmap", "png"), ("overlay", "png"), ("comparison", "png"), ("relevance_raw", "pt"))}
+                heat, over = render.heatmap(rel), render.overlay(rgb[row], rel)
+                render.save_png(heat, out / files["heatmap"])
+                render.save_png(over, out / files["overlay"])
+                title = (f"#{idx}  true: {names[label]}  |  pred: {names[pred]} ({probs[k, pred]:.1%})  |  "
+                         f"γ conv {conv_gamma:g}, lin {lin_gamma:g}")
+                render.save_png(render.panels([render.to_uint8(rgb[row]), heat, over],
+                                              ["image", f"relevance of class {tgt}", "overlay"], title),
+                                out / files["comparison"])
+                torch_save(out / files["relevance_raw"], rel.float().contiguous())
+                if grid_maps:
+                    files["gamma_grid"] = f"lrp_gamma_grid_{idx:06d}.png"
+                    tiles = [render.to_uint8(rgb[row])] + [render.heatmap(grid_maps[p][k]) for p in grid]
+                    caps = ["image"] + [f"{p} ({PRESETS[p][0]:g}/{PRESETS[p][1]:g})" for p in grid]
+                    grid_rows.append(render.panels(tiles, caps, f"#{idx}  {names[label]}  →  class {tgt}"))
+                    render.save_png(grid_rows[-1], out / files["gamma_grid"])
+                explained = float(logits[k, tgt])
+                entry.update({
+                    "target_class": tgt,
+                    "gamma_params": {"conv_gamma": conv_gamma, "lin_gamma": lin_gamma},
+                    "files": files,
+                    "label_name": names[label], "target_name": names[tgt],
+                    "predicted_class": pred, "predicted_name": names[pred],
+                    "confidence": float(probs[k, pred]), "target_confidence": float(probs[k, tgt]),
+                    "correct": pred == label,
+                    "explained_logit": explained, "relevance_sum": float(rel.double().sum()),
+                    "target_mode": cfg.TARGET, "preset": cfg.PRESET, "dtype": cfg.DTYPE, "impl": cfg.IMPL,
+                    "gamma_attention": cfg.GAMMA_ATTENTION, "gamma_layers": gamma_layers,
+                    "preprocessing": prep.to_dict(), "checkpoint": str(cfg.CHECKPOINT_PATH), "error": None,
+                })
+                print(f"  ✓ Target class: {tgt} (label: {label})")
+                print(f"  ✓ Saved: {files['overlay']}")
+                print(f"  ✓ Saved: {files['comparison']}")
+                print(f"  ✓ Relevance sum {entry['relevance_sum']:.4g} for logit {explained:.4g}")
+                results.append(entry)
+
+    if grid_rows:
+        render.save_png(render.stack(grid_rows), out / "lrp_gamma_grid_overview.png")
+    write_text(out / "lrp_image_paths.txt", "".join(f"{r['img_path']}\n" for r in results if not r.get("error")))
+    write_json(out / "config.json", {**cli.config_dict(cfg), "conv_gamma": conv_gamma, "lin_gamma": lin_gamma,
+                                     "gamma_coverage": coverage, "gamma_layers": gamma_layers,
+                                     "preprocessing": prep.to_dict(), "device": str(device)})
+    write_json(out / "lrp_results.json", results)
+    write_heatmap_gallery(out, results, cli.config_dict(cfg), coverage, grid_overview=bool(grid_rows))
+    failed = sum(1 for r in results if r.get("error"))
+    print("\n" + "=" * 60)
+    print(f"Completed! Generated {len(results) - failed}/{len(results)} samples"
+          + (f" ({failed} unreadable, see lrp_results.json)" if failed else ""))
+    print(f"Gamma parameters: Conv2d={conv_gamma}, Linear={lin_gamma}")
+    print(f"Output directory: {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    cli.run(main, globals())

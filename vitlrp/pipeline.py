@@ -1,0 +1,114 @@
+"""Steps the explaining scripts share: checkpoint + dataset with checks, the seeded sample, batches, methods."""
+import random
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .cub import CUBDataset, load_cub
+from .errors import UserError
+from .explain import PRESETS, Explainer, check_gamma, input_x_gradient
+from .models import check_classes, load_checkpoint, model_from_checkpoint
+
+
+def load_model_and_split(checkpoint_path, dataset_root, split, device, annotations=False):
+    """``(checkpoint, model on device, dataset)``; every mismatch is a one-line UserError before any work."""
+    ckpt = load_checkpoint(checkpoint_path)
+    ann = load_cub(dataset_root)
+    check_classes(ckpt, ann.class_names, dataset_root)
+    dataset = CUBDataset(ann, split, _prep(ckpt), annotations=annotations, report_errors=True)
+    model, _ = model_from_checkpoint(ckpt)
+    return ckpt, model.to(device), dataset
+
+
+def _prep(ckpt):
+    from .preprocess import Preprocessing
+
+    return Preprocessing.from_dict(ckpt["preprocessing"])
+
+
+def sample_indices(n_total, n, seed, what="NUM_SAMPLES", split="test"):
+    """``random.seed(seed)`` then ``n`` distinct indices (``n = 0``: all, in order); same images whatever else."""
+    if n < 0:
+        raise UserError(f"{what} must be >= 0, got {n}")
+    if n > n_total:
+        raise UserError(f"{what}={n} is larger than the {split} split ({n_total} images); use at most {n_total} "
+                        "or 0 for all")
+    if n == 0:
+        return list(range(n_total))
+    random.seed(seed)
+    return random.sample(range(n_total), n)
+
+
+def loader(dataset, indices, batch_size, num_workers, device):
+    """Batches of ``dataset[indices]`` in that order."""
+    if batch_size <= 0:
+        raise UserError(f"BATCH_SIZE must be positive, got {batch_size}")
+    kwargs = dict(prefetch_factor=4) if num_workers > 0 else {}
+    return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", **kwargs)
+
+
+@dataclass(frozen=True)
+class Method:
+    """An attribution method by name: a γ setting (``kind='lrp'``), ``input_x_gradient`` or ``random``."""
+
+    name: str
+    kind: str
+    conv_gamma: float = 0.0
+    lin_gamma: float = 0.0
+    gamma_attention: bool = False
+
+
+METHOD_HELP = ("a preset (" + ", ".join(PRESETS) + "), gamma:<conv>:<lin>, either with +attn (γ on the attention "
+               "projections too), input_x_gradient, or random")
+
+
+def parse_method(name):
+    """``'balanced'``, ``'gamma:1:0.5'``, ``'balanced+attn'``, ``'input_x_gradient'``, ``'random'`` → Method."""
+    base, attn = (name[:-5], True) if name.endswith("+attn") else (name, False)
+    if base in PRESETS:
+        return Method(name, "lrp", *PRESETS[base], attn)
+    if base.startswith("gamma:"):
+        parts = base.split(":")
+        try:
+            conv, lin = float(parts[1]), float(parts[2])
+            if len(parts) != 3:
+                raise ValueError
+        except (ValueError, IndexError):
+            raise UserError(f"method {name!r} must look like gamma:<conv>:<lin>, e.g. gamma:1:0.5") from None
+        return Method(name, "lrp", check_gamma(f"{name} conv gamma", conv), check_gamma(f"{name} lin gamma", lin),
+                      attn)
+    if base in ("input_x_gradient", "random") and not attn:
+        return Method(name, base)
+    raise UserError(f"unknown method {name!r}: use {METHOD_HELP}")
+
+
+class MethodRunner:
+    """Context manager computing ``(logits, relevance)`` of one Method for batches (explainer entered once)."""
+
+    def __init__(self, method, model, dtype=torch.float32, impl="zennit", seed=0):
+        self.method, self.model, self.dtype, self.impl = method, model, dtype, impl
+        self.generator = torch.Generator().manual_seed(seed)
+        self.explainer = None
+
+    def __enter__(self):
+        if self.method.kind == "lrp":
+            self.explainer = Explainer(self.model, self.method.conv_gamma, self.method.lin_gamma,
+                                       self.method.gamma_attention, self.dtype, self.impl).__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.explainer is not None:
+            self.explainer.__exit__(*exc)
+        return False
+
+    def __call__(self, images, target):
+        if self.method.kind == "lrp":
+            return self.explainer(images, target)
+        if self.method.kind == "input_x_gradient":
+            return input_x_gradient(self.model, images, target)
+        with torch.no_grad():
+            logits = self.model(images.to(next(self.model.parameters()).device)).float()
+        size = images.shape[-2:]
+        return logits, torch.randn((len(images), *size), generator=self.generator)

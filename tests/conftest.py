@@ -165,3 +165,22 @@ def run_script_inprocess_fixture():
 def error_lines(stderr):
     """The ``error: ...`` lines of a script's stderr (tqdm bars may share stderr)."""
     return [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
+
+
+TINY_TRAIN_FLAGS = ("--model", "vit_tiny", "--pretrained", "none", "--epochs", "15", "--batch-size", "32",
+                    "--lr", "1e-3", "--warmup-epochs", "1", "--num-workers", "0", "--device", "cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(mini_cub, tmp_path_factory):
+    """``vit_tiny`` trained once per session on the mini-CUB (CPU, ~30 s).
+
+    Returns a dict with ``checkpoint`` (best), ``last``, ``dataset_root``, ``output_dir`` and ``stdout``.
+    """
+    out = tmp_path_factory.mktemp("trained_tiny")
+    code, stdout, stderr = run_script_inprocess(
+        "train_vit_cub", "--dataset-root", mini_cub, *TINY_TRAIN_FLAGS,
+        "--checkpoint-dir", out / "checkpoints", "--output-dir", out / "train")
+    assert code == 0, stderr[-2000:]
+    return {"checkpoint": out / "checkpoints" / "vit_cub_best.pt", "last": out / "checkpoints" / "vit_cub_last.pt",
+            "dataset_root": mini_cub, "output_dir": out / "train", "stdout": stdout}

@@ -135,8 +135,8 @@ class Explainer:
 
     Use as a context manager; inside, ``explainer(images, target)`` returns ``(logits, relevance)`` with
     ``relevance`` the ``[B, H, W]`` pixel relevance (channels summed, float32) of ``target`` (one class per row;
-    ``None`` = the predicted class). The zennit composite is attached for the forward and the backward of each
-    batch and removed after it.
+    ``None`` = the predicted class). LXT's patches and the zennit composite are attached for the forward and
+    the backward of each batch and removed after it, so plain forwards in between run the original model.
 
     Parameters
     ----------
@@ -157,36 +157,34 @@ class Explainer:
         self.gamma_attention = gamma_attention
         self.dtype = dtype
         self.impl = impl
-        self._stack = None
+        self._open = False
         self._acted = {}
 
     # --- context ----------------------------------------------------------------------------------
     def __enter__(self):
-        from contextlib import ExitStack
-
-        stack = ExitStack()
-        try:
-            param = next(self.model.parameters())
-            self.lrp_model = self.model
-            if param.dtype != self.dtype:
-                self.lrp_model = copy.deepcopy(self.model).to(self.dtype)
-            self.lrp_model.eval()
-            self.device = param.device
-            stack.enter_context(lxt_patched())
-            if self.gamma_attention:
-                stack.enter_context(attention_as_linear(self.lrp_model))
-            self.rules = self._rule_map()
-        except BaseException:
-            stack.close()
-            raise
-        self._stack = stack
+        param = next(self.model.parameters())
+        self.device = param.device
+        self.lrp_model = self.model
+        if param.dtype != self.dtype:
+            self.lrp_model = copy.deepcopy(self.model).to(self.dtype)
+        self.lrp_model.eval()
+        self._open = True
         return self
 
     def __exit__(self, *exc):
-        stack, self._stack = self._stack, None
+        self._open = False
         self.lrp_model = None
-        stack.close()
         return False
+
+    @contextmanager
+    def _patched(self):
+        """LXT's patches (and the attention swap) for the duration of one batch; the process is plain outside."""
+        with lxt_patched():
+            if self.gamma_attention:
+                with attention_as_linear(self.lrp_model):
+                    yield
+            else:
+                yield
 
     def _rule_map(self):
         """module name → (module, γ) for every module the Gamma rule is registered on."""
@@ -209,7 +207,8 @@ class Explainer:
                     self._acted[name] = type(module).__name__
             return hook
 
-        for name, (module, _) in self.rules.items():
+        rules = self._rule_map()
+        for name, (module, _) in rules.items():
             handles.append(module.register_forward_pre_hook(probe(name)))
         try:
             if self.impl == "zennit":
@@ -223,7 +222,7 @@ class Explainer:
             else:
                 from .fastgamma import gamma_rules
 
-                with gamma_rules({m: g for m, g in self.rules.values()}):
+                with gamma_rules({m: g for m, g in rules.values()}):
                     yield
         finally:
             for h in handles:
@@ -231,10 +230,10 @@ class Explainer:
 
     # --- explaining -------------------------------------------------------------------------------
     def __call__(self, images, target=None):
-        if self._stack is None:
+        if not self._open:
             raise RuntimeError("use the Explainer inside a `with` block")
         x = images.to(self.device, self.dtype).requires_grad_(True)
-        with torch.enable_grad(), self._rules_attached():
+        with self._patched(), torch.enable_grad(), self._rules_attached():
             logits = self.lrp_model(x)
             if target is None:
                 target = logits.argmax(1)

@@ -1,0 +1,151 @@
+"""Which γ setting explains best, in numbers: faithfulness (patch removal) and CUB localization (box, parts).
+
+Several GPUs: torchrun --nproc_per_node=N scripts/evaluate_lrp.py (each rank scores a shard; rank 0 merges).
+"""
+# --- configuration (each constant is also a flag: --num-images 0, --methods balanced,random, ...) ---
+CHECKPOINT_PATH = "checkpoints/vit_cub_best.pt"  # written by scripts/train_vit_cub.py
+DATASET_ROOT = "dataset/raw/CUB_200_2011"  # folder holding images.txt, bounding_boxes.txt and parts/
+SPLIT = "test"  # train, test or all
+NUM_IMAGES = 500  # images drawn with random.seed(SEED); 0 = the whole split
+SEED = 0  # which images
+METHODS = ["baseline", "conservative", "balanced", "aggressive", "very_aggressive", "input_x_gradient", "random"]  # also gamma:<conv>:<lin>, <preset>+attn
+TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
+PERTURB_STEPS = 10  # MoRF/LeRF curve points (patches removed in this many equal steps)
+PART_TOLERANCE_PX = 15  # part pointing game radius, in model-input pixels
+BATCH_SIZE = 32  # images scored at once
+DTYPE = "fp32"  # fp32 or bf16 (LRP on a pure-bf16 model copy; perturbation forwards in bf16 too)
+IMPL = "fused"  # fused or zennit (same maps)
+DEVICE = "auto"  # auto, cuda, cpu
+NUM_WORKERS = 4  # JPEG decoding processes
+OUTPUT_DIR = "results/lrp_eval"  # per_image.csv, summary.csv/json, PNG plots
+# -------------------------------------------------------------------------------------------------
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vitlrp import cli
+from vitlrp import evaluation as E
+from vitlrp.errors import UserError
+from vitlrp.explain import DTYPES
+from vitlrp.fileio import ensure_writable_dir, write_csv, write_json
+from vitlrp.metrics import METRICS
+from vitlrp.pipeline import MethodRunner, load_model_and_split, loader, parse_method, sample_indices
+from vitlrp.runtime import Distributed, resolve_device
+
+
+def check_config(cfg):
+    if not cfg.METHODS:
+        raise UserError("METHODS is empty: name at least one method")
+    methods = [parse_method(m) for m in cfg.METHODS]
+    if len({m.name for m in methods}) < len(methods):
+        raise UserError("METHODS lists a method twice")
+    if cfg.PERTURB_STEPS < 2:
+        raise UserError(f"PERTURB_STEPS must be at least 2, got {cfg.PERTURB_STEPS}")
+    if cfg.PART_TOLERANCE_PX < 0:
+        raise UserError(f"PART_TOLERANCE_PX must be >= 0, got {cfg.PART_TOLERANCE_PX}")
+    if cfg.DTYPE not in DTYPES:
+        raise UserError(f"DTYPE must be one of {', '.join(DTYPES)}, got {cfg.DTYPE!r}")
+    if cfg.TARGET not in ("pred", "label"):
+        raise UserError(f"TARGET must be pred or label, got {cfg.TARGET!r}")
+    if cfg.IMPL not in ("fused", "zennit"):
+        raise UserError(f"IMPL must be fused or zennit, got {cfg.IMPL!r}")
+    return methods
+
+
+def main(cfg):
+    methods = check_config(cfg)
+    dist = Distributed()
+    device = dist.init(resolve_device(cfg.DEVICE))
+    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device,
+                                                annotations=True)
+    indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
+    out = Path(cfg.OUTPUT_DIR)
+    if dist.is_main:
+        ensure_writable_dir(out, "OUTPUT_DIR")
+        print(f"Evaluating {len(methods)} methods on {len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} "
+              f"({device}{f' x{dist.world_size}' if dist.enabled else ''}, {cfg.DTYPE})")
+    dtype, patch = DTYPES[cfg.DTYPE], model.patch_size
+    plain = model if dtype == torch.float32 else model.to(dtype)
+
+    @torch.no_grad()
+    def forward(images):
+        return plain(images.to(device, dtype)).float()
+
+    shard = indices[dist.rank::dist.world_size]
+    rows, curves = [], {m.name: {"morf": [], "lerf": []} for m in methods}
+    bars = [tqdm(total=len(shard), desc=f"{m.name:<18}", unit="img", position=i, disable=not dist.is_main)
+            for i, m in enumerate(methods)]
+    with ExitStack() as stack:
+        runners = [stack.enter_context(MethodRunner(m, plain, dtype, cfg.IMPL, seed=cfg.SEED + dist.rank))
+                   for m in methods]
+        for batch in loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device):
+            ok = [i for i, err in enumerate(batch["error"]) if not err]
+            for i in (i for i in range(len(batch["error"])) if batch["error"][i]):
+                rows += [{"method": m.name, "sample_idx": int(batch["index"][i]), "label": int(batch["label"][i]),
+                          "error": batch["error"][i]} for m in methods]
+            if ok:
+                images = batch["image"][ok].to(device)
+                logits = forward(images)
+                target = logits.argmax(1) if cfg.TARGET == "pred" else batch["label"][ok].to(device)
+                prob = lambda x, t=target: forward(x).softmax(1).gather(1, t.view(-1, 1)).squeeze(1)  # noqa: E731
+                start = prob(images)
+                end = prob(torch.zeros_like(images))
+                for m, runner, bar in zip(methods, runners, bars):
+                    m_logits, relevance = runner(images, target)
+                    scored, c = E.score_batch(relevance, m_logits, target, batch, ok, prob, images, patch,
+                                              cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, start, end)
+                    rows += [{"method": m.name, **r} for r in scored]
+                    curves[m.name]["morf"].append(c["morf"])
+                    curves[m.name]["lerf"].append(c["lerf"])
+            for bar in bars:
+                bar.update(len(batch["error"]))
+    for bar in bars:
+        bar.close()
+
+    gathered = dist.all_gather_objects((rows, curves))
+    if not dist.is_main:
+        dist.close()
+        return 0
+    rows = [r for part, _ in gathered for r in part]
+    for _, part in gathered[1:]:
+        for name, c in part.items():
+            curves[name]["morf"] += c["morf"]
+            curves[name]["lerf"] += c["lerf"]
+    names = [m.name for m in methods]
+    rows.sort(key=lambda r: (names.index(r["method"]), r["sample_idx"]))
+    summary = E.summarize(rows, names)
+    write_csv(out / "per_image.csv", rows, E.ROW_FIELDS)
+    write_csv(out / "summary.csv", [{"method": m, "metric": k, **summary[m][k]} for m in names for k in METRICS],
+              ["method", "metric", "mean", "ci95", "n"])
+    best = E.best_methods(summary)
+    write_json(out / "summary.json", {
+        "n_images": len(indices), "split": cfg.SPLIT, "checkpoint": str(cfg.CHECKPOINT_PATH),
+        "dataset_root": str(cfg.DATASET_ROOT), "config": cli.config_dict(cfg),
+        "perturbation_baseline": "removed patches are set to 0 after normalization (the mean colour)",
+        "higher_is_better": METRICS, "methods": summary,
+        "best": {k: {"method": m, "mean": v} for k, (m, v) in best.items()},
+    })
+    E.plot_curves(curves, cfg.PERTURB_STEPS, out / "curves_morf_lerf.png")
+    for metric in METRICS:
+        E.plot_bars(summary, metric, out / f"bar_{metric}.png")
+    E.plot_table(summary, out / "ranking.png")
+    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "world_size": dist.world_size})
+
+    print()
+    for line in E.table_lines(summary):
+        print(line)
+    print()
+    for metric, (method, value) in best.items():
+        print(f"best {metric:<16} {method:<22} {value:.3f}  ({'higher' if METRICS[metric] else 'lower'} is better)")
+    failed = sum(1 for r in rows if r["error"]) // max(len(methods), 1)
+    if failed:
+        print(f"{failed} image(s) could not be read; they are listed in per_image.csv with their error")
+    print(f"Output directory: {out}")
+    dist.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    cli.run(main, globals())

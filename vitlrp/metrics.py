@@ -1,0 +1,149 @@
+"""Scores of relevance maps, batched (``[B, H, W]`` maps in model-input pixels).
+
+Localization uses CUB's box and parts mapped into the model input (see :mod:`vitlrp.preprocess`); a pixel
+belongs to a box when its centre lies inside it. Faithfulness removes the ViT's own patches in order of their
+summed relevance and records the target probability (MoRF: most relevant first, LeRF: least relevant first).
+A removed patch is set to 0 in normalized space, i.e. the dataset's mean colour.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+# metric → True when higher is better
+METRICS = {
+    "box_share": True,          # share of positive relevance inside the box
+    "pointing_game": True,      # the maximum lies in the box
+    "part_pointing": True,      # the maximum lies within tolerance of a visible part
+    "rank_accuracy": True,      # share of the top-K pixels inside the box, K = box area (Arras et al., CLEVR-XAI)
+    "negative_share": False,    # share of |relevance| that is negative
+    "gini": True,               # concentration of |relevance| (1 = one pixel, 0 = uniform)
+    "morf_auc": False,          # area under the MoRF probability curve (a faithful map drops it fast)
+    "lerf_auc": True,           # area under the LeRF curve (removing irrelevant patches keeps the prediction)
+    "lerf_minus_morf": True,    # the difference, the headline faithfulness score
+}
+
+
+def box_mask(boxes, size):
+    """``[B, 4]`` boxes (x0, y0, x1, y1 edges) → ``[B, size, size]`` bool masks of the pixels whose centre is inside."""
+    c = torch.arange(size, dtype=torch.float32, device=boxes.device) + 0.5
+    b = boxes.float()
+    inside_x = (c[None, :] >= b[:, 0:1]) & (c[None, :] < b[:, 2:3])
+    inside_y = (c[None, :] >= b[:, 1:2]) & (c[None, :] < b[:, 3:4])
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def _safe_div(a, b):
+    return torch.where(b > 0, a / b.clamp(min=torch.finfo(b.dtype).tiny), torch.full_like(a, math.nan))
+
+
+def box_share(relevance, mask):
+    """Share of the positive relevance that lies inside ``mask`` (NaN when there is none)."""
+    pos = relevance.clamp(min=0).flatten(1).double()
+    return _safe_div((pos * mask.flatten(1)).sum(1), pos.sum(1)).float()
+
+
+def _argmax_yx(relevance):
+    flat = relevance.flatten(1).argmax(1)
+    w = relevance.shape[-1]
+    return flat // w, flat % w
+
+
+def pointing_game(relevance, mask):
+    """1 where the most relevant pixel lies inside ``mask``, else 0."""
+    y, x = _argmax_yx(relevance)
+    return mask[torch.arange(len(mask)), y, x].float()
+
+
+def part_pointing(relevance, parts, tolerance):
+    """1 where the most relevant pixel is within ``tolerance`` pixels of a visible part (NaN: no visible part)."""
+    y, x = _argmax_yx(relevance)
+    d = torch.hypot(parts[..., 0] - x[:, None].float(), parts[..., 1] - y[:, None].float())
+    visible = parts[..., 2] > 0
+    hit = ((d <= tolerance) & visible).any(1).float()
+    return torch.where(visible.any(1), hit, torch.full_like(hit, math.nan))
+
+
+def rank_accuracy(relevance, mask):
+    """Share of the K most relevant pixels inside ``mask``, with K its pixel count (NaN for an empty mask)."""
+    flat, m = relevance.flatten(1), mask.flatten(1)
+    out = torch.full((len(flat),), math.nan)
+    for i in range(len(flat)):
+        k = int(m[i].sum())
+        if k:
+            top = flat[i].topk(k).indices
+            out[i] = m[i][top].float().mean()
+    return out
+
+
+def negative_share(relevance):
+    """Share of the total absolute relevance that is negative."""
+    r = relevance.flatten(1).double()
+    return _safe_div(r.clamp(max=0).abs().sum(1), r.abs().sum(1)).float()
+
+
+def gini(relevance):
+    """Gini coefficient of |relevance| per map: 0 for a uniform map, → 1 when all mass is in one pixel."""
+    v = relevance.flatten(1).abs().double().sort(1).values
+    n = v.shape[1]
+    i = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
+    return _safe_div(((2 * i - n - 1) * v).sum(1), n * v.sum(1)).float()
+
+
+def patch_scores(relevance, patch):
+    """Summed relevance per ``patch`` x ``patch`` cell: ``[B, L]`` in row-major patch order."""
+    return F.avg_pool2d(relevance[:, None].float(), patch).flatten(1) * patch * patch
+
+
+def removal_fractions(steps):
+    return [s / steps for s in range(steps + 1)]
+
+
+def perturbed(images, order, count, patch, value=0.0):
+    """``images`` with the first ``count`` patches of each row's ``order`` set to ``value``."""
+    b, _, h, w = images.shape
+    gw = w // patch
+    keep = torch.ones(b, (h // patch) * gw, device=images.device)
+    if count:
+        keep.scatter_(1, order[:, :count].to(images.device), 0.0)
+    keep = keep.view(b, 1, h // patch, gw).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    return images * keep + value * (1 - keep)
+
+
+@torch.no_grad()
+def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=None):
+    """Target probabilities as patches are removed: ``{'morf': [B, steps+1], 'lerf': [B, steps+1]}``.
+
+    ``prob_fn(images) -> [B]`` returns the target probability. ``start`` / ``end`` (the probabilities with
+    nothing / everything removed, the same for every method) may be passed to save two forwards.
+    """
+    n = scores.shape[1]
+    counts = [round(f * n) for f in removal_fractions(steps)]
+    start = prob_fn(images) if start is None else start
+    end = prob_fn(perturbed(images, scores.argsort(1), n, patch)) if end is None else end
+    out = {}
+    for name, descending in (("morf", True), ("lerf", False)):
+        order = torch.sort(scores, dim=1, descending=descending, stable=True).indices
+        cols = [start.float().cpu()]
+        for c in counts[1:-1]:
+            cols.append(prob_fn(perturbed(images, order, c, patch)).float().cpu())
+        cols.append(end.float().cpu())
+        out[name] = torch.stack(cols, 1)
+    return out
+
+
+def auc(curves):
+    """Trapezoid area under ``[B, steps+1]`` curves over removal fractions 0..1."""
+    c = curves.double()
+    return ((c[:, 1:] + c[:, :-1]) / 2).mean(1).float()
+
+
+def mean_ci(values):
+    """``(mean, half-width of the 95% interval, n)`` of the finite values (normal approximation)."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    v = v[torch.isfinite(v)]
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    half = 1.96 * float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
+    return float(v.mean()), half, n

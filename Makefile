@@ -17,8 +17,26 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The whole pipeline on the synthetic mini-CUB, through the same scripts a user runs on CUB (only flags differ).
+MINI := dataset/synthetic/CUB_200_2011
+DEMO := results/demo
+DEMO_CKPT := $(DEMO)/checkpoints/vit_cub_best.pt
+
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(PY) scripts/make_synthetic_cub.py --dataset-root $(MINI)
+	$(PY) scripts/train_vit_cub.py --dataset-root $(MINI) --model vit_tiny --pretrained none --epochs 15 \
+	    --batch-size 32 --lr 1e-3 --warmup-epochs 1 --num-workers 2 \
+	    --checkpoint-dir $(DEMO)/checkpoints --output-dir $(DEMO)/train
+	$(PY) scripts/test_vit_forward.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-samples 12 \
+	    --compare-presets baseline,conservative,balanced,aggressive,very_aggressive --num-workers 2 \
+	    --output-dir $(DEMO)/lrp_samples
+	$(PY) scripts/inspect_lrp_predictions.py --output-dir $(DEMO)/lrp_samples
+	$(PY) scripts/evaluate_lrp.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 0 \
+	    --num-workers 2 --output-dir $(DEMO)/lrp_eval
+	$(PY) scripts/build_gallery.py --results-dir $(DEMO) --title "Demo on the synthetic mini-CUB (not real birds)"
+	@echo
+	@echo "Demo done. Look at $(DEMO)/index.html (all results), $(DEMO)/lrp_samples/index.html (heatmaps),"
+	@echo "$(DEMO)/lrp_eval/summary.csv (which gamma explains best) and $(DEMO)/train/curves.png."
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py

@@ -66,6 +66,9 @@ def main(cfg):
     ann = load_cub(cfg.DATASET_ROOT)
     ckpt_dir, out_dir = Path(cfg.CHECKPOINT_DIR), Path(cfg.OUTPUT_DIR)
     last_path, best_path = ckpt_dir / "vit_cub_last.pt", ckpt_dir / "vit_cub_best.pt"
+    if cfg.RESUME and not last_path.is_file():
+        raise UserError(f"--resume true but {last_path} does not exist: pass the --checkpoint-dir of the run "
+                        "to continue, or start afresh without --resume")
     if dist.is_main:
         ensure_writable_dir(ckpt_dir, "CHECKPOINT_DIR")
         ensure_writable_dir(out_dir, "OUTPUT_DIR")

@@ -20,13 +20,30 @@ def _e(text):
     return html.escape(str(text))
 
 
+# After loading, the page counts its images and flags missing ones (a moved or deleted PNG shows up at once).
+_CHECK = """
+<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0));
+  document.documentElement.dataset.images = `loaded:${imgs.length - broken.length} broken:${broken.length}`;
+  if (broken.length) {
+    const p = document.createElement('p');
+    p.className = 'bad';
+    p.textContent = `${broken.length} picture(s) could not be loaded: ` + broken.map(i => i.getAttribute('src')).join(', ');
+    document.body.prepend(p);
+  }
+});
+</script>"""
+
+
 def page(title, body):
     return (f"<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>"
-            f"<style>{_STYLE}</style></head><body>\n<h1>{_e(title)}</h1>\n{body}\n</body></html>\n")
+            f"<style>{_STYLE}</style>{_CHECK}</head><body>\n<h1>{_e(title)}</h1>\n{body}\n</body></html>\n")
 
 
 def img(src, alt, prefix=""):
-    return f'<img src="{_e(prefix + src)}" alt="{_e(alt)}" loading="lazy">'
+    return f'<img src="{_e(prefix + src)}" alt="{_e(alt)}">'
 
 
 def heatmap_cards(results, prefix=""):
@@ -64,3 +81,93 @@ def write_heatmap_gallery(out_dir, results, config, coverage, grid_overview=Fals
         body += ["<h2>γ presets, all samples</h2>", img("lrp_gamma_grid_overview.png", "gamma preset overview")]
     body += ["<h2>Configuration</h2>", config_block(config)]
     write_text(Path(out_dir) / "index.html", page("LRP heatmaps", "\n".join(body)))
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _training_section(train_dir, prefix):
+    import csv
+
+    rows = list(csv.DictReader(open(train_dir / "summary.csv", encoding="utf-8")))
+    best = max(rows, key=lambda r: float(r["top1"])) if rows else None
+    parts = ["<h2>Training</h2>"]
+    if best:
+        parts.append(f"<p>{len(rows)} epochs; best test top-1 {float(best['top1']):.1%} (top-5 "
+                     f"{float(best['top5']):.1%}) at epoch {best['epoch']}.</p>")
+    if (train_dir / "curves.png").exists():
+        parts.append(img("curves.png", "training curves", prefix))
+    config = _read_json(train_dir / "config.json")
+    if config:
+        parts += ["<details><summary>training configuration</summary>", config_block(config), "</details>"]
+    return parts
+
+
+def _heatmap_section(lrp_dir, prefix):
+    results = _read_json(lrp_dir / "lrp_results.json") or []
+    config = _read_json(lrp_dir / "config.json") or {}
+    predictions = {p["sample_idx"]: p for p in (_read_json(lrp_dir / "predictions.json") or [])}
+    parts = ["<h2>Heatmaps</h2>", f"<p class=note>{_e(config.get('gamma_coverage', ''))}</p>"]
+    for r in results:
+        p = predictions.get(r["sample_idx"])
+        if p and p.get("topk"):
+            r = {**r, "topk_text": ", ".join(f"{t['name']} {t['prob']:.1%}" for t in p["topk"])}
+        parts.append(heatmap_cards([r], prefix))
+        if r.get("topk_text"):
+            parts.append(f"<p class=note>top-5: {_e(r['topk_text'])}</p>")
+    if (lrp_dir / "lrp_gamma_grid_overview.png").exists():
+        parts += ["<h3>γ presets, all samples</h3>", img("lrp_gamma_grid_overview.png", "gamma preset overview", prefix)]
+    if config:
+        parts += ["<details><summary>heatmap configuration</summary>", config_block(config), "</details>"]
+    return parts
+
+
+def summary_table(summary):
+    """HTML table of an evaluation summary (mean ± 95% CI per metric and method)."""
+    from .metrics import METRICS
+
+    head = "<tr><th>method</th>" + "".join(f"<th>{_e(m)} {'↑' if up else '↓'}</th>" for m, up in METRICS.items())
+    rows = [head + "</tr>"]
+    for method, s in summary["methods"].items():
+        cells = "".join(f"<td>{s[m]['mean']:.3f} ± {s[m]['ci95']:.3f}</td>" for m in METRICS)
+        rows.append(f"<tr><td>{_e(method)}</td>{cells}</tr>")
+    return "<table>" + "\n".join(rows) + "</table>"
+
+
+def _evaluation_section(eval_dir, prefix):
+    from .metrics import METRICS
+
+    summary = _read_json(eval_dir / "summary.json")
+    parts = ["<h2>Evaluation</h2>",
+             f"<p>{summary['n_images']} images of the {_e(summary['split'])} split; mean ± 95% confidence interval; "
+             f"↑ higher is better, ↓ lower is better. {_e(summary['perturbation_baseline'])}.</p>",
+             summary_table(summary),
+             "<p>" + "; ".join(f"best {_e(k)}: <b>{_e(v['method'])}</b> ({v['mean']:.3f})"
+                               for k, v in summary["best"].items()) + "</p>"]
+    for name, alt in [("curves_morf_lerf.png", "MoRF and LeRF curves"), ("ranking.png", "ranked table")] + \
+            [(f"bar_{m}.png", f"{m} per method") for m in METRICS]:
+        if (eval_dir / name).exists():
+            parts.append(img(name, alt, prefix))
+    parts += ["<details><summary>evaluation configuration</summary>", config_block(summary["config"]), "</details>"]
+    return parts
+
+
+def write_results_gallery(results_dir, title="Results"):
+    """``index.html`` over a results folder holding any of ``train/``, ``lrp_samples/``, ``lrp_eval/``."""
+    root = Path(results_dir)
+    body = []
+    if (root / "train" / "summary.csv").exists():
+        body += _training_section(root / "train", "train/")
+    if (root / "lrp_samples" / "lrp_results.json").exists():
+        body += _heatmap_section(root / "lrp_samples", "lrp_samples/")
+    if (root / "lrp_eval" / "summary.json").exists():
+        body += _evaluation_section(root / "lrp_eval", "lrp_eval/")
+    if not body:
+        body = ["<p>Nothing here yet: no train/, lrp_samples/ or lrp_eval/ results.</p>"]
+    path = root / "index.html"
+    write_text(path, page(title, "\n".join(body)))
+    return path

@@ -87,6 +87,8 @@ def panels(images, captions, title=None, pad=6):
     tiles = [_enlarge(a) for a in images]
     font, small = _font(15), _font(13)
     w = sum(t.width for t in tiles) + pad * (len(tiles) + 1)
+    if title:
+        w = max(w, int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 2 * pad)
     h_title = 24 if title else 0
     h = max(t.height for t in tiles) + h_title + 24 + 2 * pad
     canvas = Image.new("RGB", (w, h), "white")

@@ -1,0 +1,251 @@
+"""Speed of explaining and training, in one process: images/s, ratios, peak GPU memory and map fidelity, as JSON.
+
+On a GPU it measures ViT-B/16 at full size; on the CPU it runs the same rows small (so CI exercises it).
+"""
+# --- configuration (each constant is also a flag) ---
+DEVICE = "auto"  # auto, cuda, cpu
+MODEL = ""  # empty = vit_b_16 on CUDA, vit_tiny on the CPU
+IMAGE_SIZE = 0  # 0 = the model's default (224 for vit_b_16)
+RUN = []  # rows to run (empty = all): seed_style, lrp_zennit_fp32, lrp_zennit_bf16, lrp_fused_fp32, lrp_fused_bf16, input_x_gradient, explain_jpeg, train_fp32, train_bf16, train_bf16_compile, train_jpeg
+LRP_BATCH = 0  # 0 = 64 on CUDA, 8 on the CPU
+TRAIN_BATCH = 0  # 0 = 128 on CUDA, 16 on the CPU
+SEED_STYLE_IMAGES = 0  # images for the one-at-a-time path; 0 = 16 on CUDA, 2 on the CPU
+JPEG_IMAGES = 0  # JPEGs for the end-to-end rows; 0 = 2048 on CUDA, 32 on the CPU
+NUM_WORKERS = 16  # decoding processes for the JPEG rows
+REPEATS = 0  # timed repeats per row, the median is reported; 0 = 5 on CUDA, 1 on the CPU
+COMPILE_ON_CPU = False  # torch.compile rows are skipped on the CPU unless set (slow to compile)
+OUTPUT_DIR = "results/benchmark"  # benchmark.json
+# ------------------------------------------------------
+import datetime
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vitlrp import cli
+from vitlrp.cub import CUBDataset, load_cub
+from vitlrp.errors import UserError
+from vitlrp.explain import Explainer, input_x_gradient, lxt_patched
+from vitlrp.fileio import ensure_writable_dir, write_json
+from vitlrp.models import build_vit
+from vitlrp.pipeline import loader
+from vitlrp.preprocess import Preprocessing
+from vitlrp.runtime import resolve_device
+from vitlrp.synthetic import make_synthetic_cub
+from vitlrp.training import EpochSampler, WarmupCosine, make_loader, make_optimizer, train_one_epoch
+
+ROWS = ["seed_style", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16", "input_x_gradient",
+        "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg"]
+CUB_TEST_IMAGES = 5794
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, n_images, device, repeats):
+    """Median images/s over ``repeats`` calls of ``fn`` (after one warm-up call) and the peak GPU memory."""
+    fn()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"images_per_s": n_images / statistics.median(times), "median_s": statistics.median(times),
+            "repeats": repeats, "peak_mem_mib": peak}
+
+
+def random_model(arch, size, device):
+    """A model with random weights *and* biases (fidelity depends on them) and a non-zero head."""
+    torch.manual_seed(0)
+    model = build_vit(arch, 200, size)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "bias" in name:
+                p.normal_(0, 0.02)
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model.eval().to(device)
+
+
+def cosine_min(maps, ref):
+    return float(torch.nn.functional.cosine_similarity(maps.flatten(1).double(), ref.flatten(1).double()).min())
+
+
+def main(cfg):
+    device = resolve_device(cfg.DEVICE)
+    cuda = device.type == "cuda"
+    arch = cfg.MODEL or ("vit_b_16" if cuda else "vit_tiny")
+    size = cfg.IMAGE_SIZE or build_vit(arch, 2).image_size
+    lrp_batch = cfg.LRP_BATCH or (64 if cuda else 8)
+    train_batch = cfg.TRAIN_BATCH or (128 if cuda else 16)
+    seed_n = cfg.SEED_STYLE_IMAGES or (16 if cuda else 2)
+    jpeg_n = cfg.JPEG_IMAGES or (2048 if cuda else 32)
+    rows = cfg.RUN or ROWS
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise UserError(f"unknown RUN row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    if cfg.REPEATS < 0:
+        raise UserError(f"REPEATS must be >= 0, got {cfg.REPEATS}")
+    cfg.REPEATS = cfg.REPEATS or (5 if cuda else 1)
+    out = ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are true fp32; bf16 rows say so
+    gpu = torch.cuda.get_device_name(device) if cuda else None
+    print(f"Benchmark on {gpu or 'CPU'} ({device}), torch {torch.__version__}, {arch} at {size}px, "
+          f"LRP batch {lrp_batch}, train batch {train_batch}")
+
+    model = random_model(arch, size, device)
+    torch.manual_seed(1)
+    x = torch.randn(lrp_batch, 3, size, size, device=device)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    results = {}
+
+    def lrp_row(name, impl, dtype):
+        with Explainer(model, 1.0, 0.5, dtype=dtype, impl=impl) as ex:
+            maps = ex(x, target)[1]
+            r = measure(lambda: ex(x, target), lrp_batch, device, cfg.REPEATS)
+        return r, maps
+
+    reference = None
+    for name in rows:
+        if name.endswith("compile") and not cuda and not cfg.COMPILE_ON_CPU:
+            results[name] = {"skipped": "torch.compile rows run on CUDA only (or with --compile-on-cpu true)"}
+            print(f"  {name:<20} skipped: {results[name]['skipped']}")
+            continue
+        print(f"  {name:<20}", end="", flush=True)
+        if name == "seed_style":
+            r = measure(lambda: seed_style(model, x[:seed_n], target[:seed_n]), seed_n, device, max(1, cfg.REPEATS // 2))
+        elif name.startswith("lrp_"):
+            _, impl, dt = name.split("_")
+            r, maps = lrp_row(name, impl, torch.bfloat16 if dt == "bf16" else torch.float32)
+            if reference is None:
+                with Explainer(model, 1.0, 0.5, impl="zennit") as ex:
+                    reference = ex(x, target)[1]
+            r["min_cosine_vs_fp32_zennit"] = cosine_min(maps, reference)
+        elif name == "input_x_gradient":
+            r = measure(lambda: input_x_gradient(model, x, target), lrp_batch, device, cfg.REPEATS)
+        elif name == "explain_jpeg":
+            r = explain_from_jpeg(model, size, device, jpeg_n, lrp_batch, cfg)
+        elif name.startswith("train"):
+            r = train_row(name, arch, size, device, train_batch, jpeg_n, cfg)
+        results[name] = r
+        print(f" {r['images_per_s']:>9.1f} img/s" + (f"  peak {r['peak_mem_mib']:.0f} MiB" if r.get("peak_mem_mib") else ""))
+
+    timed = {k: r for k, r in results.items() if "skipped" not in r}
+    base, floor = timed.get("seed_style"), timed.get("input_x_gradient")
+    for r in timed.values():
+        r["x_seed_style"] = r["images_per_s"] / base["images_per_s"] if base else None
+        r["x_input_x_gradient"] = r["images_per_s"] / floor["images_per_s"] if floor else None
+    if "explain_jpeg" in results:
+        results["explain_jpeg"]["cub_test_split_seconds"] = CUB_TEST_IMAGES / results["explain_jpeg"]["images_per_s"]
+
+    print(f"\n{'row':<20} {'img/s':>10} {'x seed':>8} {'x IxG':>7} {'peak MiB':>9} {'cos vs fp32':>12}")
+    def cell(value, width, spec):
+        return format(value, f">{width}{spec}") if value is not None else f"{'-':>{width}}"
+
+    for name, r in timed.items():
+        print(f"{name:<20} {r['images_per_s']:>10.1f} {cell(r['x_seed_style'], 8, '.1f')} "
+              f"{cell(r['x_input_x_gradient'], 7, '.2f')} {cell(r.get('peak_mem_mib'), 9, '.0f')} "
+              f"{cell(r.get('min_cosine_vs_fp32_zennit'), 12, '.4f')}")
+    report = {"date": datetime.date.today().isoformat(), "device": gpu or "cpu", "torch": torch.__version__,
+              "model": arch, "image_size": size, "lrp_batch": lrp_batch, "train_batch": train_batch,
+              "config": cli.config_dict(cfg), "rows": results}
+    write_json(Path(out) / "benchmark.json", report)
+    print(f"\nWrote {Path(out) / 'benchmark.json'}")
+    return 0
+
+
+def seed_style(model, x, target):
+    """The seed's loop: one image at a time, fp32, composite registered and removed around each backward."""
+    from zennit.composites import LayerMapComposite
+    from zennit.rules import Gamma
+
+    with lxt_patched():
+        for i in range(len(x)):
+            composite = LayerMapComposite([(torch.nn.Conv2d, Gamma(1.0)), (torch.nn.Linear, Gamma(0.5))])
+            composite.register(model)
+            xi = x[i:i + 1].clone().requires_grad_(True)
+            model(xi)[0, target[i]].backward()
+            (xi * xi.grad).sum(1)
+            composite.remove()
+    model.zero_grad(set_to_none=True)
+
+
+def jpeg_dataset(size, n):
+    """``n`` JPEGs of CUB's typical size (the synthetic generator at 375-500 px), in a temporary CUB folder."""
+    root = Path(tempfile.mkdtemp(prefix="vitlrp-bench-")) / "CUB_200_2011"
+    per_class = max(2, -(-2 * n // 10))
+    make_synthetic_cub(root, num_classes=10, images_per_class=per_class, seed=0, size_range=(375, 500),
+                       progress=False)
+    return load_cub(root)
+
+
+_JPEGS = {}
+
+
+def _ann(size, n):
+    if n not in _JPEGS:
+        _JPEGS[n] = jpeg_dataset(size, n)
+    return _JPEGS[n]
+
+
+def explain_from_jpeg(model, size, device, n, batch, cfg):
+    """JPEG files → real loader → fused γ-LRP (bf16 on CUDA) → maps on the host."""
+    ann = _ann(size, n)
+    ds = CUBDataset(ann, "test", Preprocessing.for_size(size), report_errors=True)
+    indices = list(range(min(n, len(ds))))
+    dl = loader(ds, indices, batch, min(cfg.NUM_WORKERS, os.cpu_count() or 1), device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with Explainer(model, 1.0, 0.5, dtype=dtype, impl="fused") as ex:
+        def run():
+            for b in dl:
+                ex(b["image"].to(device, non_blocking=True), None)[1].cpu()
+        r = measure(run, len(indices), device, max(1, cfg.REPEATS // 2))
+    r["dtype"] = str(dtype).replace("torch.", "")
+    return r
+
+
+def train_row(name, arch, size, device, batch, n, cfg):
+    """Training steps (forward, backward, AdamW) from device tensors or from JPEGs through the real loader."""
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    model = build_vit(arch, 200, size).to(device)
+    optimizer = make_optimizer(model, 1e-4, 0.05)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(0, 10**6))
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    dtype = None if name == "train_fp32" else torch.bfloat16
+    if name == "train_jpeg":
+        ann = _ann(size, n)
+        ds = CUBDataset(ann, "train", Preprocessing.for_size(size), train_augment=True)
+        sampler = EpochSampler(len(ds), 0)
+        batches = make_loader(ds, batch, min(cfg.NUM_WORKERS, os.cpu_count() or 1), device, sampler, seeded=True)
+        count = len(ds)
+        if not cuda:
+            dtype = None
+    else:
+        steps = 5 if cuda else 2
+        batches = [{"image": torch.randn(batch, 3, size, size, device=device),
+                    "label": torch.randint(0, 200, (batch,), device=device)}] * steps
+        count = batch * steps
+    if not cuda and dtype is not None:
+        dtype = torch.bfloat16  # CPU autocast supports bf16 too; slow, but the row runs
+    run_model = torch.compile(model) if name.endswith("compile") else model
+    r = measure(lambda: train_one_epoch(run_model, batches, optimizer, scheduler, scaler, criterion, device, dtype,
+                                        1.0, progress=False), count, device, max(1, cfg.REPEATS // 2))
+    r["amp"] = str(dtype).replace("torch.", "") if dtype else "none"
+    return r
+
+
+if __name__ == "__main__":
+    cli.run(main, globals())

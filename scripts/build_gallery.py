@@ -1,0 +1,22 @@
+"""Build one index.html over a results folder (training curves, heatmaps with predictions, evaluation)."""
+# --- configuration (each constant is also a flag) ---
+RESULTS_DIR = "results"  # a folder holding train/, lrp_samples/ and/or lrp_eval/ (results/demo for the demo)
+TITLE = "ViT-B/16 on CUB-200-2011: AttnLRP with the Gamma rule"  # page title
+# ----------------------------------------------------
+from pathlib import Path
+
+from vitlrp import cli
+from vitlrp.errors import UserError
+from vitlrp.gallery import write_results_gallery
+
+
+def main(cfg):
+    if not Path(cfg.RESULTS_DIR).is_dir():
+        raise UserError(f"RESULTS_DIR {cfg.RESULTS_DIR} does not exist; run the pipeline first or pass --results-dir")
+    path = write_results_gallery(cfg.RESULTS_DIR, cfg.TITLE)
+    print(f"Gallery: {path}  (open it in a browser; links are relative, it works offline)")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main, globals())

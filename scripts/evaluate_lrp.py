@@ -120,8 +120,10 @@ def main(cfg):
     write_csv(out / "summary.csv", [{"method": m, "metric": k, **summary[m][k]} for m in names for k in METRICS],
               ["method", "metric", "mean", "ci95", "n"])
     best = E.best_methods(summary)
+    failed = sum(1 for r in rows if r["error"]) // max(len(methods), 1)
     write_json(out / "summary.json", {
-        "n_images": len(indices), "split": cfg.SPLIT, "checkpoint": str(cfg.CHECKPOINT_PATH),
+        "n_images": len(indices) - failed, "n_failed": failed, "n_sampled": len(indices),  # scored, unreadable, drawn
+        "split": cfg.SPLIT, "checkpoint": str(cfg.CHECKPOINT_PATH),
         "dataset_root": str(cfg.DATASET_ROOT), "config": cli.config_dict(cfg),
         "perturbation_baseline": "removed patches are set to 0 after normalization (the mean colour)",
         "higher_is_better": METRICS, "methods": summary,
@@ -139,7 +141,6 @@ def main(cfg):
     print()
     for metric, (method, value) in best.items():
         print(f"best {metric:<16} {method:<22} {value:.3f}  ({'higher' if METRICS[metric] else 'lower'} is better)")
-    failed = sum(1 for r in rows if r["error"]) // max(len(methods), 1)
     if failed:
         print(f"{failed} image(s) could not be read; they are listed in per_image.csv with their error")
     print(f"Output directory: {out}")

@@ -116,7 +116,8 @@ def main(cfg):
                 render.save_png(render.panels([render.to_uint8(rgb[row]), heat, over],
                                               ["image", f"relevance of class {tgt}", "overlay"], title),
                                 out / files["comparison"])
-                torch_save(out / files["relevance_raw"], rel.float().contiguous())
+                # clone: rel is a view of the whole batch, and torch.save writes the view's entire storage
+                torch_save(out / files["relevance_raw"], rel.float().clone())
                 if grid_maps:
                     files["gamma_grid"] = f"lrp_gamma_grid_{idx:06d}.png"
                     tiles = [render.to_uint8(rgb[row])] + [render.heatmap(grid_maps[p][k]) for p in grid]

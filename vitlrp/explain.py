@@ -134,9 +134,10 @@ class Explainer:
     """AttnLRP (LXT) with zennit's Gamma rule on a torchvision ``VisionTransformer``.
 
     Use as a context manager; inside, ``explainer(images, target)`` returns ``(logits, relevance)`` with
-    ``relevance`` the ``[B, H, W]`` pixel relevance (channels summed, float32) of ``target`` (one class per row;
-    ``None`` = the predicted class). LXT's patches and the zennit composite are attached for the forward and
-    the backward of each batch and removed after it, so plain forwards in between run the original model.
+    ``relevance`` the ``[B, H, W]`` pixel relevance (channels summed; float32, or float64 for a float64 ``dtype``)
+    of ``target`` (one class per row, or one class for all rows; ``None`` = the predicted class). LXT's patches and
+    the zennit composite are attached for the forward and the backward of each batch and removed after it, so
+    plain forwards in between run the original model.
 
     Parameters
     ----------
@@ -232,15 +233,15 @@ class Explainer:
     def __call__(self, images, target=None):
         if not self._open:
             raise RuntimeError("use the Explainer inside a `with` block")
-        x = images.to(self.device, self.dtype).requires_grad_(True)
+        # detach: a fresh leaf, so the caller's tensor is not switched to requires_grad as a side effect
+        x = images.detach().to(self.device, self.dtype).requires_grad_(True)
+        out_dtype = torch.promote_types(self.dtype, torch.float32)  # bf16 → float32; float64 stays float64
         with self._patched(), torch.enable_grad(), self._rules_attached():
             logits = self.lrp_model(x)
-            if target is None:
-                target = logits.argmax(1)
-            target = torch.as_tensor(target, device=logits.device).view(-1, 1)
+            target = _target_index(logits, target)
             (grad,) = torch.autograd.grad(logits.gather(1, target).sum(), x)
-        relevance = (x.detach().float() * grad.float()).sum(1)
-        return logits.detach().float(), relevance
+        relevance = (x.detach().to(out_dtype) * grad.to(out_dtype)).sum(1)
+        return logits.detach().to(out_dtype), relevance
 
     def gamma_layers(self):
         """Names of the modules the Gamma rule acted on so far (a dry run on a blank image if none yet)."""
@@ -268,11 +269,21 @@ class Explainer:
 def input_x_gradient(model, images, target=None):
     """Plain Input×Gradient on the *unpatched* model: ``(logits, relevance [B, H, W])``."""
     device = next(model.parameters()).device
-    x = images.to(device).requires_grad_(True)
+    x = images.detach().to(device).requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
-        if target is None:
-            target = logits.argmax(1)
-        target = torch.as_tensor(target, device=device).view(-1, 1)
+        target = _target_index(logits, target)
         (grad,) = torch.autograd.grad(logits.gather(1, target).sum(), x)
     return logits.detach().float(), (x.detach() * grad).sum(1).float()
+
+
+def _target_index(logits, target):
+    """``[B, 1]`` class indices for ``gather``: ``None`` = the argmax, a single class is used for every row."""
+    if target is None:
+        return logits.argmax(1, keepdim=True)
+    target = torch.as_tensor(target, device=logits.device).reshape(-1)
+    if target.numel() == 1:
+        target = target.expand(logits.shape[0])
+    if target.numel() != logits.shape[0]:
+        raise ValueError(f"target has {target.numel()} entries for a batch of {logits.shape[0]}")
+    return target.reshape(-1, 1)

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from .errors import UserError
 
+# mkstemp creates private (0600) files; give the final file the permissions a plain open() would
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path):
@@ -22,6 +26,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -37,10 +37,15 @@ def _safe_div(a, b):
     return torch.where(b > 0, a / b.clamp(min=torch.finfo(b.dtype).tiny), torch.full_like(a, math.nan))
 
 
+def _nan_where_empty(values, mask):
+    """NaN for rows whose mask is empty (a box cropped away entirely): the score is undefined, not 0."""
+    return torch.where(mask.flatten(1).any(1).to(values.device), values, torch.full_like(values, math.nan))
+
+
 def box_share(relevance, mask):
-    """Share of the positive relevance that lies inside ``mask`` (NaN when there is none)."""
+    """Share of the positive relevance that lies inside ``mask`` (NaN when there is none, or the mask is empty)."""
     pos = relevance.clamp(min=0).flatten(1).double()
-    return _safe_div((pos * mask.flatten(1)).sum(1), pos.sum(1)).float()
+    return _nan_where_empty(_safe_div((pos * mask.flatten(1)).sum(1), pos.sum(1)).float(), mask)
 
 
 def _argmax_yx(relevance):
@@ -50,9 +55,10 @@ def _argmax_yx(relevance):
 
 
 def pointing_game(relevance, mask):
-    """1 where the most relevant pixel lies inside ``mask``, else 0."""
+    """1 where the most relevant pixel lies inside ``mask``, else 0 (NaN for an empty mask)."""
     y, x = _argmax_yx(relevance)
-    return mask[torch.arange(len(mask)), y, x].float()
+    rows = torch.arange(len(mask), device=mask.device)
+    return _nan_where_empty(mask[rows, y.to(mask.device), x.to(mask.device)].float(), mask)
 
 
 def part_pointing(relevance, parts, tolerance):

@@ -84,8 +84,16 @@ def load_pretrained(model, pretrained):
     """Load ImageNet (or file) weights into ``model`` except the classifier head; adapt position embeddings."""
     state = {k: v for k, v in pretrained_state_dict(pretrained).items() if not k.startswith("heads.")}
     pos = state.get("encoder.pos_embedding")
-    if pos is not None and pos.shape != model.encoder.pos_embedding.shape:
+    own_pos = model.encoder.pos_embedding
+    if pos is not None and pos.shape != own_pos.shape and pos.ndim == 3 and pos.shape[-1] == own_pos.shape[-1]:
         state = interpolate_embeddings(model.image_size, model.patch_size, state)
+    own = model.state_dict()
+    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
+    wrong = [k for k, v in state.items() if k in own and shape(v) != shape(own[k])]
+    if wrong:  # another architecture (e.g. a vit_b_16 file for vit_tiny): load_state_dict would raise a traceback
+        k = wrong[0]
+        raise UserError(f"weights {pretrained} do not fit this model: {k} has shape {shape(state[k])}, the "
+                        f"model expects {shape(own[k])} ({len(wrong)} tensors differ)")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("heads.")]
     if missing or unexpected:

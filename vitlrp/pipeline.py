@@ -106,9 +106,11 @@ class MethodRunner:
     def __call__(self, images, target):
         if self.method.kind == "lrp":
             return self.explainer(images, target)
+        param = next(self.model.parameters())  # a bf16 model needs bf16 inputs (DTYPE=bf16)
+        images_in = images.to(param.device, param.dtype)
         if self.method.kind == "input_x_gradient":
-            return input_x_gradient(self.model, images, target)
+            return input_x_gradient(self.model, images_in, target)
         with torch.no_grad():
-            logits = self.model(images.to(next(self.model.parameters()).device)).float()
+            logits = self.model(images_in).float()
         size = images.shape[-2:]
         return logits, torch.randn((len(images), *size), generator=self.generator)

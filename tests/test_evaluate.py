@@ -1,0 +1,307 @@
+"""scripts/evaluate_lrp.py end to end on the trained vit_tiny + synthetic mini-CUB, and the method plumbing."""
+import copy
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import astuple
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from vitlrp import evaluation as E
+from vitlrp.cub import load_cub
+from vitlrp.errors import UserError
+from vitlrp.metrics import METRICS
+from vitlrp.models import load_checkpoint, model_from_checkpoint
+from vitlrp.pipeline import MethodRunner, parse_method, sample_indices
+
+from conftest import REPO_ROOT, error_lines, run_script_inprocess
+
+SCRIPT = "evaluate_lrp"
+MAIN_METHODS = ["balanced", "baseline", "input_x_gradient", "random"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def flags(trained, out, root=None, **extra):
+    args = ["--checkpoint-path", trained["checkpoint"], "--dataset-root", root or trained["dataset_root"],
+            "--num-workers", "0", "--device", "cpu", "--output-dir", out]
+    for key, value in extra.items():
+        args += ["--" + key.replace("_", "-"), value]
+    return args
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def by_method(rows, method):
+    return [r for r in rows if r["method"] == method]
+
+
+def linked_copy(src, dst):
+    """A copy of a CUB folder whose files are symlinks into ``src`` (unlink before changing one!)."""
+    shutil.copytree(src, dst, copy_function=os.symlink)
+    return dst
+
+
+def run(trained, out, root=None, **extra):
+    code, stdout, stderr = run_script_inprocess(SCRIPT, *flags(trained, out, root, **extra))
+    return code, stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def main_run(trained_tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_main")
+    code, stdout, stderr = run(trained_tiny, out, num_images=40, methods=",".join(MAIN_METHODS), perturb_steps=4,
+                               batch_size=20)
+    assert code == 0, stderr[-3000:]
+    return {"out": out, "stdout": stdout, "stderr": stderr, "rows": read_rows(out / "per_image.csv"),
+            "summary": json.loads((out / "summary.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def small_run(trained_tiny, tmp_path_factory):
+    """8 images, one process: γ given as numbers, +attn, and the preset (also the reference of the DDP run)."""
+    out = tmp_path_factory.mktemp("eval_small")
+    code, stdout, stderr = run(trained_tiny, out, num_images=8, methods="balanced,gamma:1:0.5,balanced+attn",
+                               perturb_steps=2, batch_size=8)
+    assert code == 0, stderr[-3000:]
+    return {"out": out, "stdout": stdout, "rows": read_rows(out / "per_image.csv")}
+
+
+# --- outputs ---------------------------------------------------------------------------------------------------
+
+
+def test_output_files(main_run, trained_tiny):
+    out, rows = main_run["out"], main_run["rows"]
+    with open(out / "per_image.csv", encoding="utf-8") as fh:
+        assert next(csv.reader(fh)) == E.ROW_FIELDS
+    for method in MAIN_METHODS:
+        mine = by_method(rows, method)
+        assert len(mine) == 40, method
+        assert len({r["sample_idx"] for r in mine}) == 40
+        assert all(r["error"] == "" for r in mine)
+        assert all(math.isfinite(float(r[m])) for r in mine for m in ("box_share", "morf_auc", "lerf_auc"))
+    assert len(rows) == 40 * len(MAIN_METHODS)
+
+    summary_rows = read_rows(out / "summary.csv")
+    assert list(summary_rows[0]) == ["method", "metric", "mean", "ci95", "n"]
+    assert [(r["method"], r["metric"]) for r in summary_rows] == [(m, k) for m in MAIN_METHODS for k in METRICS]
+
+    s = main_run["summary"]
+    assert {"n_images", "methods", "best", "config", "perturbation_baseline", "checkpoint"} <= set(s)
+    assert s["n_images"] == 40 and s["n_failed"] == 0
+    assert list(s["methods"]) == MAIN_METHODS
+    assert s["checkpoint"] == str(trained_tiny["checkpoint"])
+    assert s["config"]["METHODS"] == MAIN_METHODS and s["config"]["PERTURB_STEPS"] == 4
+    assert "0" in s["perturbation_baseline"]
+    assert all(b["method"] != "random" for b in s["best"].values())
+    for r in summary_rows:  # the CSV and the JSON agree, and the means are the per-image means
+        entry = s["methods"][r["method"]][r["metric"]]
+        assert float(r["mean"]) == pytest.approx(entry["mean"]) and int(r["n"]) == entry["n"]
+        values = [float(x[r["metric"]]) for x in by_method(rows, r["method"]) if math.isfinite(float(x[r["metric"]]))]
+        assert entry["mean"] == pytest.approx(sum(values) / len(values), abs=1e-6)
+    assert s["methods"]["balanced"]["box_share"]["n"] == 40
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["METHODS"] == MAIN_METHODS and config["world_size"] == 1
+    pngs = ["curves_morf_lerf.png", "ranking.png"] + [f"bar_{m}.png" for m in METRICS]
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
+        with Image.open(out / name) as img:
+            img.verify()
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(pngs)
+
+
+def test_console_ends_with_table_best_lines_and_output_dir(main_run):
+    lines = main_run["stdout"].rstrip("\n").splitlines()
+    assert lines[-1].startswith("Output directory:") and str(main_run["out"]) in lines[-1]
+    best = lines[-1 - len(METRICS):-1]
+    assert [line.split()[1] for line in best] == list(METRICS)
+    assert all(line.startswith("best ") and line.split()[2] != "random" for line in best)
+    assert "(lower is better)" in best[list(METRICS).index("morf_auc")]
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    assert all(m in lines[header] for m in METRICS)
+    assert [line.split()[0] for line in lines[header + 2:header + 2 + len(MAIN_METHODS)]] == MAIN_METHODS
+
+
+def test_balanced_beats_random_on_the_mini_cub(main_run):
+    s = main_run["summary"]["methods"]
+    names = ("box_share", "pointing_game", "lerf_minus_morf", "morf_auc", "lerf_auc")
+    print()
+    for method in MAIN_METHODS:
+        print(f"mini-CUB 40 images  {method:<17}" + "  ".join(
+            f"{k} {s[method][k]['mean']:.3f}±{s[method][k]['ci95']:.3f}" for k in names))
+    bal, rnd = s["balanced"], s["random"]
+    assert bal["box_share"]["mean"] > rnd["box_share"]["mean"] + 0.2
+    assert bal["pointing_game"]["mean"] > rnd["pointing_game"]["mean"] + 0.2
+    assert bal["lerf_minus_morf"]["mean"] > 0.1
+    assert bal["lerf_minus_morf"]["mean"] > rnd["lerf_minus_morf"]["mean"] + 0.15
+    assert bal["morf_auc"]["mean"] < rnd["morf_auc"]["mean"]
+
+
+# --- methods ---------------------------------------------------------------------------------------------------
+
+
+def test_gamma_and_attn_methods_run(small_run):
+    rows = small_run["rows"]
+    for method in ("balanced", "gamma:1:0.5", "balanced+attn"):
+        mine = by_method(rows, method)
+        assert len(mine) == 8 and all(r["error"] == "" for r in mine), method
+        assert all(math.isfinite(float(r["box_share"])) for r in mine)
+    # gamma:1:0.5 is balanced's γ pair: the same maps, the same scores
+    for a, b in zip(by_method(rows, "balanced"), by_method(rows, "gamma:1:0.5")):
+        assert a["sample_idx"] == b["sample_idx"]
+        for metric in METRICS:
+            assert float(a[metric]) == pytest.approx(float(b[metric]), abs=1e-6, nan_ok=True)
+
+
+@pytest.mark.parametrize("methods, named", [
+    ("balanced,no_such_method", "no_such_method"),
+    ("gamma:x:1", "gamma:x:1"),
+    ("gamma:1", "gamma:1"),
+    ("gamma:1:-0.5", "gamma:1:-0.5"),
+    ("input_x_gradient+attn", "input_x_gradient+attn"),
+    ("balanced,balanced", "twice"),
+])
+def test_bad_methods_are_one_error_line(trained_tiny, tmp_path, methods, named):
+    code, stdout, stderr = run(trained_tiny, tmp_path / "out", methods=methods, num_images=4)
+    assert code == 2
+    errors = error_lines(stderr)
+    assert len(errors) == 1 and named in errors[0], stderr
+    assert not (tmp_path / "out" / "per_image.csv").exists()
+
+
+def test_parse_method():
+    assert astuple(parse_method("gamma:1:0.5"))[1:] == ("lrp", 1.0, 0.5, False)
+    assert astuple(parse_method("balanced+attn"))[1:] == ("lrp", 1.0, 0.5, True)
+    assert parse_method("gamma:0:2+attn").gamma_attention is True
+    assert parse_method("input_x_gradient").kind == "input_x_gradient"
+    assert parse_method("random").kind == "random"
+    for bad in ("gamma:x:1", "gamma:1:2:3", "gamma::1", "random+attn", "Balanced", ""):
+        with pytest.raises(UserError):
+            parse_method(bad)
+
+
+# --- bad inputs ------------------------------------------------------------------------------------------------
+
+
+def test_num_images_larger_than_the_split(trained_tiny, tmp_path):
+    code, _, stderr = run(trained_tiny, tmp_path / "out", num_images=201, methods="random")
+    assert code == 2
+    errors = error_lines(stderr)
+    assert len(errors) == 1 and "NUM_IMAGES=201" in errors[0] and "200" in errors[0], stderr
+
+
+@pytest.mark.parametrize("missing, named", [("bounding_boxes.txt", "bounding_boxes.txt"),
+                                            ("parts/part_locs.txt", "part_locs.txt")])
+def test_missing_annotation_file(trained_tiny, tmp_path, missing, named):
+    # the checkpoint's classes are the mini-CUB's, so the folder is a copy of it with one file taken away
+    root = linked_copy(trained_tiny["dataset_root"], tmp_path / "CUB_200_2011")
+    (root / missing).unlink()
+    code, _, stderr = run(trained_tiny, tmp_path / "out", root, num_images=4, methods="random")
+    assert code == 2
+    errors = error_lines(stderr)
+    assert len(errors) == 1 and named in errors[0], stderr
+
+
+# --- failures, seeds, several processes --------------------------------------------------------------------------
+
+
+def test_unreadable_image_is_counted_and_reported(trained_tiny, main_run, tmp_path):
+    root = linked_copy(trained_tiny["dataset_root"], tmp_path / "CUB_200_2011")
+    ann = load_cub(root)
+    idx = sample_indices(len(ann.split_indices("test")), 40, 0)[3]
+    path = ann.image_path(ann.split_indices("test")[idx])
+    path.unlink()  # a symlink into the shared mini-CUB: replace it, never write through it
+    path.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg " + bytes(64))
+
+    out = tmp_path / "out"
+    code, stdout, stderr = run(trained_tiny, out, root, num_images=40, methods="random,input_x_gradient",
+                               perturb_steps=2, batch_size=20)
+    assert code == 1, stderr[-2000:]
+    assert "1 image(s) could not be read" in stdout
+    assert stdout.rstrip().splitlines()[-1].startswith("Output directory:")
+    rows = read_rows(out / "per_image.csv")
+    for method in ("random", "input_x_gradient"):
+        mine = by_method(rows, method)
+        assert len(mine) == 40
+        bad = [r for r in mine if r["error"]]
+        assert [int(r["sample_idx"]) for r in bad] == [idx] and path.name in bad[0]["error"]
+        assert bad[0]["box_share"] == ""
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_images"] == 39 and s["n_failed"] == 1 and s["n_sampled"] == 40
+    for method in ("random", "input_x_gradient"):
+        assert s["methods"][method]["n_images"] == 39 and s["methods"][method]["n_failed"] == 1
+        assert s["methods"][method]["box_share"]["n"] == 39
+    # the same SEED draws the same images whatever the methods (the failed one included)
+    assert {r["sample_idx"] for r in rows} == {r["sample_idx"] for r in main_run["rows"]}
+
+
+def test_input_x_gradient_runs_on_the_unpatched_model(trained_tiny):
+    model, _ = model_from_checkpoint(load_checkpoint(trained_tiny["checkpoint"]))
+    x = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([1, 4])
+
+    def torch_own_forwards():
+        return all(cls.forward.__module__.startswith("torch.nn.")
+                   for cls in (nn.LayerNorm, nn.GELU, nn.MultiheadAttention))
+
+    assert torch_own_forwards()
+    xg = x.clone().requires_grad_(True)
+    model(xg).gather(1, target.view(-1, 1)).sum().backward()
+    plain = (xg.detach() * xg.grad).sum(1)
+
+    ixg = MethodRunner(parse_method("input_x_gradient"), model)
+    with ixg:
+        _, outside = ixg(x, target)
+    with MethodRunner(parse_method("baseline"), model) as lrp:
+        _, lrp_map = lrp(x, target)
+        assert torch_own_forwards()  # LXT's patches are gone between batches
+        with ixg:
+            _, inside = ixg(x, target)
+    assert torch_own_forwards()
+    assert torch.equal(inside, outside)
+    torch.testing.assert_close(outside, plain, rtol=1e-5, atol=1e-7)
+    # and the LRP map really is a different computation (else the comparison above proves nothing)
+    assert not torch.allclose(lrp_map, outside, rtol=1e-2, atol=1e-4)
+
+
+def test_non_lrp_methods_take_fp32_batches_on_a_bf16_model(trained_tiny):
+    model, _ = model_from_checkpoint(load_checkpoint(trained_tiny["checkpoint"]))
+    model16 = copy.deepcopy(model).to(torch.bfloat16)
+    x = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
+    for name in ("input_x_gradient", "random"):
+        with MethodRunner(parse_method(name), model16, torch.bfloat16) as runner:
+            logits, rel = runner(x, torch.tensor([0, 2]))
+        assert logits.dtype == rel.dtype == torch.float32 and rel.shape == (2, *x.shape[-2:]), name
+        assert torch.isfinite(rel).all()
+
+
+def test_two_processes_match_one(trained_tiny, small_run, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           str(REPO_ROOT / "scripts" / "evaluate_lrp.py"),
+           *map(str, flags(trained_tiny, out, num_images=8, methods="balanced,random", perturb_steps=2))]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cpu x2" in proc.stdout
+    rows = read_rows(out / "per_image.csv")
+    single = by_method(small_run["rows"], "balanced")
+    for method in ("balanced", "random"):
+        mine = by_method(rows, method)
+        assert sorted(int(r["sample_idx"]) for r in mine) == sorted(int(r["sample_idx"]) for r in single), method
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    # rank 0 and rank 1 scored half each; every value equals the one-process run's
+    for a, b in zip(by_method(rows, "balanced"), single):
+        assert a["sample_idx"] == b["sample_idx"]
+        for field in E.ROW_FIELDS[1:-1]:
+            assert float(a[field]) == pytest.approx(float(b[field]), abs=1e-5, nan_ok=True), field

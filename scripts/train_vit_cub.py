@@ -75,6 +75,8 @@ def main(cfg):
     resume = load_checkpoint(last_path) if cfg.RESUME else None
     if resume is not None and resume["class_names"] != ann.class_names:
         raise UserError(f"{last_path} was trained on other classes than {cfg.DATASET_ROOT}")
+    if resume is not None:
+        _check_same_recipe(cfg, resume, last_path)
 
     image_size = cfg.IMAGE_SIZE or default_image_size(cfg.MODEL, cfg.PRETRAINED)
     preprocessing = weights_preprocessing(cfg.PRETRAINED, image_size)
@@ -169,6 +171,20 @@ def main(cfg):
         print(f"{done}. Best test top-1 {best_acc:.2%}; checkpoints: {best_path}, {last_path}")
     dist.close()
     return 0
+
+
+# A resumed run continues the same optimisation: these settings must match the checkpoint's.
+RECIPE = ("MODEL", "PRETRAINED", "IMAGE_SIZE", "EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "WARMUP_EPOCHS",
+          "LABEL_SMOOTHING", "GRAD_CLIP", "AMP", "SEED")
+
+
+def _check_same_recipe(cfg, resume, path):
+    saved = resume.get("config", {})
+    for name in RECIPE:
+        if name in saved and saved[name] != getattr(cfg, name):
+            raise UserError(f"--resume true with {name}={getattr(cfg, name)!r}, but {path} was trained with "
+                            f"{name}={saved[name]!r}; use the same settings (or start a new run in another "
+                            "--checkpoint-dir)")
 
 
 def _summary_until(path, resume):

@@ -219,6 +219,18 @@ def test_resume_restores_a_summary_row_lost_in_a_crash(mini_cub, run_a, tmp_path
     assert_same_weights(model_state(tmp_path / "ck" / "vit_cub_last.pt"), model_state(run_a / "ck" / "vit_cub_last.pt"))
 
 
+def test_resume_with_another_recipe_is_refused(mini_cub, run_a, tmp_path):
+    import shutil
+
+    shutil.copytree(run_a / "ck", tmp_path / "ck")
+    before = (tmp_path / "ck" / "vit_cub_last.pt").read_bytes()
+    code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "5", "--resume", "true")
+    assert code == 2 and stdout == ""
+    (line,) = error_lines(stderr)
+    assert "EPOCHS=5" in line and "EPOCHS=3" in line and "--checkpoint-dir" in line
+    assert (tmp_path / "ck" / "vit_cub_last.pt").read_bytes() == before
+
+
 def test_number_of_loader_workers_does_not_change_the_result(mini_cub, tmp_path):
     states = {}
     for workers in (0, 2):

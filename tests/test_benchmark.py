@@ -1,0 +1,39 @@
+"""scripts/benchmark.py runs on the CPU at small sizes and writes every row to its JSON."""
+import json
+import math
+
+from conftest import run_script_inprocess
+
+# what the speed issue asks the benchmark to measure
+EXPECTED_ROWS = ["seed_style", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16",
+                 "input_x_gradient", "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg"]
+
+
+def test_benchmark_runs_every_row_on_the_cpu(tmp_path):
+    code, out, err = run_script_inprocess(
+        "benchmark", "--device", "cpu", "--image-size", "32", "--lrp-batch", "2", "--train-batch", "4",
+        "--seed-style-images", "1", "--jpeg-images", "4", "--num-workers", "0", "--output-dir", tmp_path)
+    assert code == 0, err[-3000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["device"] == "cpu" and report["torch"] and report["model"] == "vit_tiny"
+    rows = report["rows"]
+    assert list(rows) == EXPECTED_ROWS
+    assert "skipped" in rows["train_bf16_compile"]  # torch.compile only on CUDA unless asked
+    timed = {k: r for k, r in rows.items() if "skipped" not in r}
+    for name, r in timed.items():
+        assert r["images_per_s"] > 0 and math.isfinite(r["images_per_s"]), name
+        assert r["x_seed_style"] == r["images_per_s"] / rows["seed_style"]["images_per_s"]
+        assert r["x_input_x_gradient"] == r["images_per_s"] / rows["input_x_gradient"]["images_per_s"]
+    for name in ("lrp_zennit_fp32", "lrp_fused_fp32"):
+        assert rows[name]["min_cosine_vs_fp32_zennit"] > 0.9999, name  # the same maps
+    for name in ("lrp_zennit_bf16", "lrp_fused_bf16"):
+        assert rows[name]["min_cosine_vs_fp32_zennit"] > 0.95, name  # reported, not hidden
+    assert rows["explain_jpeg"]["cub_test_split_seconds"] > 0
+    for name in EXPECTED_ROWS:
+        assert name in out  # the printed table
+    assert "x seed" in out and "x IxG" in out
+
+
+def test_benchmark_rejects_an_unknown_row(tmp_path):
+    code, _, err = run_script_inprocess("benchmark", "--device", "cpu", "--run", "nope", "--output-dir", tmp_path)
+    assert code == 2 and "unknown RUN row(s) nope" in err

@@ -1,0 +1,90 @@
+"""The HTML galleries: built from real script outputs, rendered in headless Chromium, every picture loaded."""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import run_script_inprocess
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def render_dom(page, tmp_path):
+    """The DOM of ``page`` after load, from headless Chromium (flags keep it off the closed network)."""
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--allow-file-access-from-files",
+         "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def image_counts(dom):
+    match = re.search(r'data-images="loaded:(\d+) broken:(\d+)"', dom)
+    assert match, "the page's load check did not run"
+    return int(match.group(1)), int(match.group(2))
+
+
+@pytest.fixture(scope="module")
+def results(trained_tiny, tmp_path_factory):
+    """A results folder made by the real scripts: train/, lrp_samples/ (+ predictions), lrp_eval/, index.html."""
+    root = tmp_path_factory.mktemp("results")
+    shutil.copytree(trained_tiny["output_dir"], root / "train")
+    common = ("--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root", trained_tiny["dataset_root"],
+              "--num-workers", "0", "--device", "cpu")
+    code, _, err = run_script_inprocess("test_vit_forward", *common, "--num-samples", "3",
+                                        "--compare-presets", "baseline,balanced", "--output-dir", root / "lrp_samples")
+    assert code == 0, err[-2000:]
+    code, _, err = run_script_inprocess("inspect_lrp_predictions", "--output-dir", root / "lrp_samples",
+                                        "--device", "cpu")
+    assert code == 0, err[-2000:]
+    code, _, err = run_script_inprocess("evaluate_lrp", *common, "--num-images", "6", "--methods", "balanced,random",
+                                        "--perturb-steps", "2", "--output-dir", root / "lrp_eval")
+    assert code == 0, err[-2000:]
+    code, out, err = run_script_inprocess("build_gallery", "--results-dir", root)
+    assert code == 0, err[-2000:]
+    assert "index.html" in out
+    return root
+
+
+def test_gallery_links_are_relative_and_cover_every_section(results):
+    html = (results / "index.html").read_text(encoding="utf-8")
+    for heading in ("Training", "Heatmaps", "Evaluation"):
+        assert f"<h2>{heading}</h2>" in html
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(srcs) >= 3 + 3 + 1 + 2  # curves, 3 comparisons, 3 grids, overview, eval plots
+    for src in srcs:
+        assert not src.startswith(("/", "file:", "http")), src
+        assert (results / src).is_file(), src
+    assert "top-5:" in html  # predictions from inspect_lrp_predictions.py
+    assert "balanced" in html and "random" in html  # the evaluation table
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium; .ci/run does it)")
+def test_every_picture_loads_in_headless_chromium(results, tmp_path):
+    for page in (results / "index.html", results / "lrp_samples" / "index.html"):
+        srcs = re.findall(r'<img src="([^"]+)"', page.read_text(encoding="utf-8"))
+        loaded, broken = image_counts(render_dom(page, tmp_path))
+        assert (loaded, broken) == (len(srcs), 0), page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium; .ci/run does it)")
+def test_a_missing_picture_is_reported_by_the_page(results, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(results / "lrp_samples", copy)
+    victim = sorted(copy.glob("lrp_comparison_*.png"))[0]
+    victim.unlink()
+    dom = render_dom(copy / "index.html", tmp_path)
+    loaded, broken = image_counts(dom)
+    assert broken == 1 and loaded > 0
+    assert "could not be loaded" in dom and victim.name in dom
+
+
+def test_gallery_script_errors_on_a_missing_folder(tmp_path):
+    code, out, err = run_script_inprocess("build_gallery", "--results-dir", tmp_path / "nope")
+    assert code == 2 and [l for l in err.splitlines() if l.startswith("error:")] == [
+        f"error: RESULTS_DIR {tmp_path / 'nope'} does not exist; run the pipeline first or pass --results-dir"]

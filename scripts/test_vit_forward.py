@@ -29,7 +29,8 @@ from tqdm import tqdm
 from vitlrp import cli, render
 from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES, PRESETS, Explainer, resolve_gammas
-from vitlrp.fileio import ensure_writable_dir, torch_save, write_json, write_text
+from vitlrp.fileio import ensure_writable_dir, write_json, write_text
+from vitlrp.heatmaps import write_grid, write_sample
 from vitlrp.gallery import write_heatmap_gallery
 from vitlrp.pipeline import load_model_and_split, loader, sample_indices
 from vitlrp.runtime import resolve_device
@@ -106,24 +107,14 @@ def main(cfg):
                 k = maps[row]
                 tgt, pred = int(target[k]), int(logits[k].argmax())
                 rel = relevance[k].cpu()
-                files = {key: f"lrp_{key}_{idx:06d}.{ext}" for key, ext in
-                         (("heatmap", "png"), ("overlay", "png"), ("comparison", "png"), ("relevance_raw", "pt"))}
-                heat, over = render.heatmap(rel), render.overlay(rgb[row], rel)
-                render.save_png(heat, out / files["heatmap"])
-                render.save_png(over, out / files["overlay"])
                 title = (f"#{idx}  true: {names[label]}  |  pred: {names[pred]} ({probs[k, pred]:.1%})  |  "
                          f"γ conv {conv_gamma:g}, lin {lin_gamma:g}")
-                render.save_png(render.panels([render.to_uint8(rgb[row]), heat, over],
-                                              ["image", f"relevance of class {tgt}", "overlay"], title),
-                                out / files["comparison"])
-                # clone: rel is a view of the whole batch, and torch.save writes the view's entire storage
-                torch_save(out / files["relevance_raw"], rel.float().clone())
+                files = write_sample(out, idx, rgb[row], rel, title, tgt)
                 if grid_maps:
-                    files["gamma_grid"] = f"lrp_gamma_grid_{idx:06d}.png"
-                    tiles = [render.to_uint8(rgb[row])] + [render.heatmap(grid_maps[p][k]) for p in grid]
-                    caps = ["image"] + [f"{p} ({PRESETS[p][0]:g}/{PRESETS[p][1]:g})" for p in grid]
-                    grid_rows.append(render.panels(tiles, caps, f"#{idx}  {names[label]}  →  class {tgt}"))
-                    render.save_png(grid_rows[-1], out / files["gamma_grid"])
+                    files["gamma_grid"], picture = write_grid(
+                        out, idx, rgb[row], {f"{p} ({PRESETS[p][0]:g}/{PRESETS[p][1]:g})": grid_maps[p][k] for p in grid},
+                        f"#{idx}  {names[label]}  →  class {tgt}")
+                    grid_rows.append(picture)
                 explained = float(logits[k, tgt])
                 entry.update({
                     "target_class": tgt,

@@ -49,10 +49,14 @@ def gamma_input_gradient(x, weight, bias, z, grad_out, gamma):
     return (rel_in / _stabilize(xf, LXT_EPS)).to(x.dtype)
 
 
-class _GammaLinear(torch.autograd.Function):
+class _GammaRule(torch.autograd.Function):
+    """Forward: the layer itself (``nn.Linear``, or a Conv2d whose kernel equals its stride, i.e. ViT's patch
+    embedding, which is a Linear on patches); backward: the Gamma rule's input gradient."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, gamma):
-        z = F.linear(x, weight, bias)
+        conv = weight.ndim == 4
+        z = F.conv2d(x, weight, bias, stride=weight.shape[-2:]) if conv else F.linear(x, weight, bias)
         ctx.save_for_backward(x, weight, bias, z)
         ctx.gamma = gamma
         return z
@@ -60,25 +64,10 @@ class _GammaLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, z = ctx.saved_tensors
-        shape = x.shape
-        grad = gamma_input_gradient(x.reshape(-1, shape[-1]), weight, bias, z.reshape(-1, z.shape[-1]),
-                                    grad_out.reshape(-1, z.shape[-1]), ctx.gamma)
-        return grad.view(shape), None, None, None
-
-
-class _GammaPatchConv(torch.autograd.Function):
-    """A Conv2d whose kernel equals its stride (ViT's patch embedding): the rule of a Linear on patches."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, gamma):
-        z = F.conv2d(x, weight, bias, stride=weight.shape[-2:])
-        ctx.save_for_backward(x, weight, bias, z)
-        ctx.gamma = gamma
-        return z
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight, bias, z = ctx.saved_tensors
+        if weight.ndim == 2:
+            grad = gamma_input_gradient(x.reshape(-1, x.shape[-1]), weight, bias, z.reshape(-1, z.shape[-1]),
+                                        grad_out.reshape(-1, z.shape[-1]), ctx.gamma)
+            return grad.view(x.shape), None, None, None
         k = weight.shape[-2:]
         patches = F.unfold(x, k, stride=k).transpose(1, 2)                 # [B, L, C*kh*kw]
         b, out = z.shape[0], z.shape[1]
@@ -101,16 +90,12 @@ def gamma_rules(module_gammas):
     patched = []
     try:
         for module, gamma in module_gammas.items():
-            if isinstance(module, nn.Linear):
-                fn = _GammaLinear
-            elif isinstance(module, nn.Conv2d) and _is_patch_conv(module):
-                fn = _GammaPatchConv
-            else:
+            if not (isinstance(module, nn.Linear) or isinstance(module, nn.Conv2d) and _is_patch_conv(module)):
                 raise ValueError(f"the fused Gamma rule supports nn.Linear and patch-embedding nn.Conv2d, "
                                  f"not {module}")
 
-            def forward(x, _m=module, _fn=fn, _g=float(gamma)):
-                return _fn.apply(x, _m.weight, _m.bias, _g)
+            def forward(x, _m=module, _g=float(gamma)):
+                return _GammaRule.apply(x, _m.weight, _m.bias, _g)
 
             module.forward = forward
             patched.append(module)

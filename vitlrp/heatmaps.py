@@ -1,0 +1,36 @@
+"""The per-sample files of a heatmap run, named as the original description fixes them."""
+from . import render
+from .fileio import torch_save
+
+KINDS = (("heatmap", "png"), ("overlay", "png"), ("comparison", "png"), ("relevance_raw", "pt"))
+
+
+def sample_files(idx):
+    """``{'heatmap': 'lrp_heatmap_001234.png', ..., 'relevance_raw': 'lrp_relevance_raw_001234.pt'}``."""
+    return {kind: f"lrp_{kind}_{idx:06d}.{ext}" for kind, ext in KINDS}
+
+
+def write_sample(out, idx, image, relevance, title, target):
+    """Heatmap, overlay, the 3-panel comparison and the raw ``[H, W]`` float32 tensor of one sample.
+
+    ``image`` is the model input as RGB in [0, 1] (``[H, W, 3]``); returns the file names written.
+    """
+    files = sample_files(idx)
+    heat, over = render.heatmap(relevance), render.overlay(image, relevance)
+    render.save_png(heat, out / files["heatmap"])
+    render.save_png(over, out / files["overlay"])
+    render.save_png(render.panels([render.to_uint8(image), heat, over],
+                                  ["image", f"relevance of class {target}", "overlay"], title),
+                    out / files["comparison"])
+    # clone: a row of a batch is a view, and torch.save would write the whole batch's storage
+    torch_save(out / files["relevance_raw"], relevance.detach().float().cpu().clone())
+    return files
+
+
+def write_grid(out, idx, image, maps, title):
+    """The image beside one map per labelled setting (``maps``: caption → relevance); returns (name, picture)."""
+    name = f"lrp_gamma_grid_{idx:06d}.png"
+    picture = render.panels([render.to_uint8(image)] + [render.heatmap(m) for m in maps.values()],
+                            ["image"] + list(maps), title)
+    render.save_png(picture, out / name)
+    return name, picture

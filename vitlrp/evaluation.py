@@ -21,7 +21,7 @@ def score_batch(relevance, logits, target, batch, rows_ok, prob_fn, images, patc
     scores = {
         "box_share": M.box_share(rel, mask), "pointing_game": M.pointing_game(rel, mask),
         "part_pointing": M.part_pointing(rel, batch["parts"][rows_ok].to(rel.device), tolerance),
-        "rank_accuracy": M.rank_accuracy(rel.cpu(), mask.cpu()), "negative_share": M.negative_share(rel),
+        "rank_accuracy": M.rank_accuracy(rel, mask), "negative_share": M.negative_share(rel),
         "gini": M.gini(rel), "morf_auc": morf, "lerf_auc": lerf, "lerf_minus_morf": lerf - morf,
     }
     scores = {k: v.float().cpu() for k, v in scores.items()}

@@ -72,14 +72,11 @@ def part_pointing(relevance, parts, tolerance):
 
 def rank_accuracy(relevance, mask):
     """Share of the K most relevant pixels inside ``mask``, with K its pixel count (NaN for an empty mask)."""
-    flat, m = relevance.flatten(1), mask.flatten(1)
-    out = torch.full((len(flat),), math.nan)
-    for i in range(len(flat)):
-        k = int(m[i].sum())
-        if k:
-            top = flat[i].topk(k).indices
-            out[i] = m[i][top].float().mean()
-    return out
+    flat, m = relevance.flatten(1), mask.flatten(1).to(relevance.device)
+    k = m.sum(1)
+    order = flat.argsort(1, descending=True)
+    inside_first_k = m.gather(1, order).double().cumsum(1).gather(1, (k - 1).clamp(min=0)[:, None]).squeeze(1)
+    return torch.where(k > 0, inside_first_k / k.clamp(min=1), torch.full_like(inside_first_k, math.nan)).float()
 
 
 def negative_share(relevance):

@@ -19,7 +19,7 @@ def main(cfg):
     if cfg.VERIFY:
         ann = load_cub(cfg.DATASET_ROOT)
         bad = find_unreadable(ann)
-        for path, message in bad:
+        for _, message in bad:
             print(f"  unreadable: {message}")
         print(f"Verified {len(ann.paths)} images: {len(bad)} unreadable")
         return 1 if bad else 0

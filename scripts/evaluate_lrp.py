@@ -90,16 +90,15 @@ def main(cfg):
                 logits = forward(images)
                 target = logits.argmax(1) if cfg.TARGET == "pred" else batch["label"][ok].to(device)
                 prob = lambda x, t=target: forward(x).softmax(1).gather(1, t.view(-1, 1)).squeeze(1)  # noqa: E731
-                start = prob(images)
-                end = prob(torch.zeros_like(images))
-                for m, runner, bar in zip(methods, runners, bars):
+                start, end = prob(images), prob(torch.zeros_like(images))  # nothing / everything removed
+            for m, runner, bar in zip(methods, runners, bars):
+                if ok:
                     m_logits, relevance = runner(images, target)
                     scored, c = E.score_batch(relevance, m_logits, target, batch, ok, prob, images, patch,
                                               cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, start, end)
                     rows += [{"method": m.name, **r} for r in scored]
                     curves[m.name]["morf"].append(c["morf"])
                     curves[m.name]["lerf"].append(c["lerf"])
-            for bar in bars:
                 bar.update(len(batch["error"]))
     for bar in bars:
         bar.close()

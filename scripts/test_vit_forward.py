@@ -23,7 +23,6 @@ import math
 from contextlib import ExitStack
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from vitlrp import cli, render

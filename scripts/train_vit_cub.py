@@ -35,7 +35,7 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.fileio import append_csv_row, ensure_writable_dir, write_csv, write_json
 from vitlrp.models import (ARCHS, WEIGHTS, build_vit, default_image_size, load_checkpoint, load_pretrained,
-                           save_checkpoint, unwrap, weights_preprocessing)
+                           save_checkpoint, weights_preprocessing)
 from vitlrp.runtime import Distributed, resolve_device, seed_everything
 from vitlrp.training import (SUMMARY_FIELDS, EpochSampler, NonFiniteLoss, ShardSampler, WarmupCosine, amp_dtype,
                              evaluate, make_loader, make_optimizer, plot_curves, train_one_epoch)

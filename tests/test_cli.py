@@ -1,6 +1,5 @@
 """vitlrp.cli: constants block → typed --flags, --help, one-line errors."""
 import runpy
-import textwrap
 
 import pytest
 

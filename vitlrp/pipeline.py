@@ -16,15 +16,9 @@ def load_model_and_split(checkpoint_path, dataset_root, split, device, annotatio
     ckpt = load_checkpoint(checkpoint_path)
     ann = load_cub(dataset_root)
     check_classes(ckpt, ann.class_names, dataset_root)
-    dataset = CUBDataset(ann, split, _prep(ckpt), annotations=annotations, report_errors=True)
-    model, _ = model_from_checkpoint(ckpt)
+    model, preprocessing = model_from_checkpoint(ckpt)
+    dataset = CUBDataset(ann, split, preprocessing, annotations=annotations, report_errors=True)
     return ckpt, model.to(device), dataset
-
-
-def _prep(ckpt):
-    from .preprocess import Preprocessing
-
-    return Preprocessing.from_dict(ckpt["preprocessing"])
 
 
 def sample_indices(n_total, n, seed, what="NUM_SAMPLES", split="test"):

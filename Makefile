@@ -15,6 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # The whole pipeline on the synthetic mini-CUB, through the same scripts a user runs on CUB (only flags differ).

@@ -6,7 +6,7 @@ On a GPU it measures ViT-B/16 at full size; on the CPU it runs the same rows sma
 DEVICE = "auto"  # auto, cuda, cpu
 MODEL = ""  # empty = vit_b_16 on CUDA, vit_tiny on the CPU
 IMAGE_SIZE = 0  # 0 = the model's default (224 for vit_b_16)
-RUN = []  # rows to run (empty = all): seed_style, lrp_zennit_fp32, lrp_zennit_bf16, lrp_fused_fp32, lrp_fused_bf16, input_x_gradient, explain_jpeg, train_fp32, train_bf16, train_bf16_compile, train_jpeg
+RUN = []  # rows to run, e.g. lrp_fused_fp32,explain_jpeg (empty = all; the list is in ROWS below)
 LRP_BATCH = 0  # 0 = 64 on CUDA, 8 on the CPU
 TRAIN_BATCH = 0  # 0 = 128 on CUDA, 16 on the CPU
 SEED_STYLE_IMAGES = 0  # images for the one-at-a-time path; 0 = 16 on CUDA, 2 on the CPU
@@ -124,7 +124,8 @@ def main(cfg):
             continue
         print(f"  {name:<20}", end="", flush=True)
         if name == "seed_style":
-            r = measure(lambda: seed_style(model, x[:seed_n], target[:seed_n]), seed_n, device, max(1, cfg.REPEATS // 2))
+            r = measure(lambda: seed_style(model, x[:seed_n], target[:seed_n]), seed_n, device,
+                        max(1, cfg.REPEATS // 2))
         elif name.startswith("lrp_"):
             _, impl, dt = name.split("_")
             r, maps = lrp_row(name, impl, torch.bfloat16 if dt == "bf16" else torch.float32)
@@ -139,7 +140,8 @@ def main(cfg):
         elif name.startswith("train"):
             r = train_row(name, arch, size, device, train_batch, jpeg_n, cfg)
         results[name] = r
-        print(f" {r['images_per_s']:>9.1f} img/s" + (f"  peak {r['peak_mem_mib']:.0f} MiB" if r.get("peak_mem_mib") else ""))
+        peak = f"  peak {r['peak_mem_mib']:.0f} MiB" if r.get("peak_mem_mib") else ""
+        print(f" {r['images_per_s']:>9.1f} img/s{peak}")
 
     timed = {k: r for k, r in results.items() if "skipped" not in r}
     base, floor = timed.get("seed_style"), timed.get("input_x_gradient")

@@ -49,7 +49,8 @@ def main(cfg):
                    correct=top[0]["class"] == s["label"], topk=top,
                    same_as_explained=s.get("predicted_class") in (None, top[0]["class"]))
         mark = "✓" if row["correct"] else "✗"
-        print(f"{s['sample_idx']:>10}  {names[s['label']]:<30.30} {top[0]['name']:<30.30} {top[0]['prob']:>6.1%}  {mark}")
+        print(f"{s['sample_idx']:>10}  {names[s['label']]:<30.30} {top[0]['name']:<30.30} "
+              f"{top[0]['prob']:>6.1%}  {mark}")
         print(" " * 12 + "top-%d: " % len(top) + ", ".join(f"{t['name']} {t['prob']:.1%}" for t in top))
         rows.append(row)
 
@@ -65,8 +66,8 @@ def main(cfg):
     if changed:
         print(f"warning: predictions differ from the heatmap run for samples {changed} (another checkpoint?)")
     write_json(out / "predictions.json", rows)
-    write_csv(out / "predictions.csv", [{**r, "topk": "; ".join(f"{t['name']} {t['prob']:.4f}" for t in r.get("topk", []))}
-                                        for r in rows],
+    topk_text = lambda r: "; ".join(f"{t['name']} {t['prob']:.4f}" for t in r.get("topk", []))  # noqa: E731
+    write_csv(out / "predictions.csv", [{**r, "topk": topk_text(r)} for r in rows],
               ["sample_idx", "label", "label_name", "predicted_class", "predicted_name", "confidence", "correct",
                "topk", "img_path", "error"])
     print(f"Wrote {out / 'predictions.json'} and {out / 'predictions.csv'}")

@@ -25,7 +25,8 @@ def main(cfg):
     make_synthetic_cub(root, cfg.NUM_CLASSES, cfg.IMAGES_PER_CLASS, cfg.SEED)
     total = cfg.NUM_CLASSES * cfg.IMAGES_PER_CLASS
     print(f"Wrote synthetic mini-CUB to {root}: {cfg.NUM_CLASSES} classes, {total} images "
-          f"({(cfg.IMAGES_PER_CLASS + 1) // 2 * cfg.NUM_CLASSES} train / {cfg.IMAGES_PER_CLASS // 2 * cfg.NUM_CLASSES} test)")
+          f"({(cfg.IMAGES_PER_CLASS + 1) // 2 * cfg.NUM_CLASSES} train / "
+          f"{cfg.IMAGES_PER_CLASS // 2 * cfg.NUM_CLASSES} test)")
     return 0
 
 

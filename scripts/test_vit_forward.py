@@ -29,8 +29,8 @@ from vitlrp import cli, render
 from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES, PRESETS, Explainer, resolve_gammas
 from vitlrp.fileio import ensure_writable_dir, write_json, write_text
-from vitlrp.heatmaps import write_grid, write_sample
 from vitlrp.gallery import write_heatmap_gallery
+from vitlrp.heatmaps import write_grid, write_sample
 from vitlrp.pipeline import load_model_and_split, loader, sample_indices
 from vitlrp.runtime import resolve_device
 
@@ -111,7 +111,8 @@ def main(cfg):
                 files = write_sample(out, idx, rgb[row], rel, title, tgt)
                 if grid_maps:
                     files["gamma_grid"], picture = write_grid(
-                        out, idx, rgb[row], {f"{p} ({PRESETS[p][0]:g}/{PRESETS[p][1]:g})": grid_maps[p][k] for p in grid},
+                        out, idx, rgb[row],
+                        {f"{p} ({PRESETS[p][0]:g}/{PRESETS[p][1]:g})": grid_maps[p][k] for p in grid},
                         f"#{idx}  {names[label]}  →  class {tgt}")
                     grid_rows.append(picture)
                 explained = float(logits[k, tgt])

@@ -34,11 +34,30 @@ from vitlrp import cli
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.fileio import append_csv_row, ensure_writable_dir, write_csv, write_json
-from vitlrp.models import (ARCHS, WEIGHTS, build_vit, default_image_size, load_checkpoint, load_pretrained,
-                           save_checkpoint, weights_preprocessing)
+from vitlrp.models import (
+    ARCHS,
+    WEIGHTS,
+    build_vit,
+    default_image_size,
+    load_checkpoint,
+    load_pretrained,
+    save_checkpoint,
+    weights_preprocessing,
+)
 from vitlrp.runtime import Distributed, resolve_device, seed_everything
-from vitlrp.training import (SUMMARY_FIELDS, EpochSampler, NonFiniteLoss, ShardSampler, WarmupCosine, amp_dtype,
-                             evaluate, make_loader, make_optimizer, plot_curves, train_one_epoch)
+from vitlrp.training import (
+    SUMMARY_FIELDS,
+    EpochSampler,
+    NonFiniteLoss,
+    ShardSampler,
+    WarmupCosine,
+    amp_dtype,
+    evaluate,
+    make_loader,
+    make_optimizer,
+    plot_curves,
+    train_one_epoch,
+)
 
 
 def check_config(cfg, dist):
@@ -164,10 +183,12 @@ def main(cfg):
             plot_curves(rows, out_dir / "curves.png")
             print(f"epoch {epoch}/{cfg.EPOCHS}  train loss {float(row['train_loss']):.3f}  "
                   f"test loss {metrics['test_loss']:.3f}  top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  "
-                  f"{float(row['train_img_per_s']):.0f} img/s  {row['epoch_seconds']}s" + ("  *best*" if is_best else ""))
+                  f"{float(row['train_img_per_s']):.0f} img/s  {row['epoch_seconds']}s"
+                  + ("  *best*" if is_best else ""))
         dist.barrier()
     if dist.is_main:
-        done = "Finished" if last_epoch == cfg.EPOCHS else f"Stopped after epoch {last_epoch} (resume with --resume true)"
+        done = ("Finished" if last_epoch == cfg.EPOCHS
+                else f"Stopped after epoch {last_epoch} (resume with --resume true)")
         print(f"{done}. Best test top-1 {best_acc:.2%}; checkpoints: {best_path}, {last_path}")
     dist.close()
     return 0

@@ -2,11 +2,10 @@
 import runpy
 
 import pytest
+from conftest import error_lines, run_script
 
 from vitlrp import cli
 from vitlrp.errors import UserError
-
-from conftest import error_lines, run_script
 
 SCRIPT = '''\
 """A tiny demo script."""
@@ -121,7 +120,7 @@ def test_help_lists_every_constant_default_and_comment(ns, capsys):
     }
     lines = out.splitlines()
     for flag, parts in expected.items():
-        line = next((l for l in lines if l.strip().startswith(flag + " ")), None)
+        line = next((ln for ln in lines if ln.strip().startswith(flag + " ")), None)
         assert line is not None, f"{flag} missing from --help:\n{out}"
         for part in parts:
             assert part in line, (flag, part, line)

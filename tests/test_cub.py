@@ -2,14 +2,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import CUB_CLASS_DIRS, CUB_IMAGES, CUB_PART_NAMES, INVISIBLE_PARTS, fixture_box, fixture_parts
 from PIL import Image
 from torchvision import transforms as T
 
 from vitlrp.cub import CUBDataset, display_name, load_cub
 from vitlrp.errors import UserError
 from vitlrp.preprocess import Preprocessing, open_rgb
-
-from conftest import CUB_CLASS_DIRS, CUB_IMAGES, CUB_PART_NAMES, INVISIBLE_PARTS, fixture_box, fixture_parts
 
 PRE = Preprocessing(crop_size=32, resize_size=36)
 

@@ -7,11 +7,10 @@ import tarfile
 import threading
 
 import pytest
+from conftest import error_lines, run_script, run_script_inprocess
 
 from vitlrp.download import check_members, extract_cub, fetch_cub
 from vitlrp.errors import UserError
-
-from conftest import error_lines, run_script, run_script_inprocess
 
 
 def make_archive(path, cub_root, extra=()):
@@ -184,7 +183,8 @@ def test_unsafe_archives_are_refused(tmp_path, cub_fixture, member, needle):
     assert len(error_lines(err)) == 1 and "refusing to extract" in error_lines(err)[0] and needle in err
     assert "Traceback" not in err
     if member is _evil_member:
-        assert error_lines(err) == ["error: refusing to extract '../evil.txt': the archive has a path outside its folder"]
+        assert error_lines(err) == [
+            "error: refusing to extract '../evil.txt': the archive has a path outside its folder"]
     assert _snapshot(work) == ["data"]  # nothing extracted, no temporary folder left
     assert not (tmp_path / "evil.txt").exists() and not (work / "evil.txt").exists()
     assert not (work / "outside").exists() and not (tmp_path / "outside").exists()

@@ -11,6 +11,7 @@ from dataclasses import astuple
 
 import pytest
 import torch
+from conftest import REPO_ROOT, error_lines, run_script_inprocess
 from PIL import Image
 from torch import nn
 
@@ -20,8 +21,6 @@ from vitlrp.errors import UserError
 from vitlrp.metrics import METRICS
 from vitlrp.models import load_checkpoint, model_from_checkpoint
 from vitlrp.pipeline import MethodRunner, parse_method, sample_indices
-
-from conftest import REPO_ROOT, error_lines, run_script_inprocess
 
 SCRIPT = "evaluate_lrp"
 MAIN_METHODS = ["balanced", "baseline", "input_x_gradient", "random"]

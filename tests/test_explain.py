@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import run_script
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
@@ -14,8 +15,6 @@ from vitlrp import fastgamma
 from vitlrp.errors import UserError
 from vitlrp.explain import PRESETS, Explainer, check_gamma, lxt_patched, resolve_gammas
 from vitlrp.models import build_vit
-
-from conftest import run_script
 
 TINY = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5)
 IMPLS = ("zennit", "fused")

@@ -4,7 +4,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import run_script_inprocess
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -85,5 +84,5 @@ def test_a_missing_picture_is_reported_by_the_page(results, tmp_path):
 
 def test_gallery_script_errors_on_a_missing_folder(tmp_path):
     code, out, err = run_script_inprocess("build_gallery", "--results-dir", tmp_path / "nope")
-    assert code == 2 and [l for l in err.splitlines() if l.startswith("error:")] == [
+    assert code == 2 and [ln for ln in err.splitlines() if ln.startswith("error:")] == [
         f"error: RESULTS_DIR {tmp_path / 'nope'} does not exist; run the pipeline first or pass --results-dir"]

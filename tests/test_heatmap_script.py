@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import error_lines, run_script_inprocess
 
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.explain import PRESETS, Explainer
 from vitlrp.models import load_checkpoint
 from vitlrp.pipeline import load_model_and_split
 from vitlrp.preprocess import Preprocessing
-
-from conftest import error_lines, run_script_inprocess
 
 SCRIPT = "test_vit_forward"
 N = 6

@@ -1,13 +1,12 @@
 """vitlrp.synthetic and scripts/make_synthetic_cub.py: the mini-CUB in CUB's layout, deterministic per seed."""
 import numpy as np
 import pytest
+from conftest import CUB_PART_NAMES, run_script, run_script_inprocess
 from PIL import Image
 
 from vitlrp.cub import load_cub
 from vitlrp.errors import UserError
 from vitlrp.synthetic import MARKER, _bird, class_spec, make_synthetic_cub, synthetic_params
-
-from conftest import CUB_PART_NAMES, run_script, run_script_inprocess
 
 CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt", "bounding_boxes.txt",
              "parts/parts.txt", "parts/part_locs.txt")

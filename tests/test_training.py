@@ -15,6 +15,7 @@ import urllib.error
 
 import pytest
 import torch
+from conftest import REPO_ROOT, error_lines, run_script_inprocess
 from PIL import Image
 
 import vitlrp.models as models
@@ -23,8 +24,6 @@ from vitlrp.errors import UserError
 from vitlrp.models import build_vit, load_checkpoint, load_pretrained, model_from_checkpoint, weights_preprocessing
 from vitlrp.preprocess import Preprocessing
 from vitlrp.training import SUMMARY_FIELDS
-
-from conftest import REPO_ROOT, error_lines, run_script_inprocess
 
 # Tiny settings for the mechanics tests (about half a second per epoch on the mini-CUB).
 TINY32 = ("--model", "vit_tiny", "--pretrained", "none", "--batch-size", "32", "--lr", "1e-3", "--warmup-epochs", "1",

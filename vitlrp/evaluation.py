@@ -69,8 +69,8 @@ def table_lines(summary):
     head = f"{'method':<22}" + "".join(f"{n:>17}" for n in names)
     lines = [head, "-" * len(head)]
     for method, s in summary.items():
-        cells = "".join(f"{s[n]['mean']:>10.3f} ±{s[n]['ci95']:<5.3f}" if math.isfinite(s[n]["mean"]) else f"{'n/a':>17}"
-                        for n in names)
+        cells = "".join(f"{s[n]['mean']:>10.3f} ±{s[n]['ci95']:<5.3f}" if math.isfinite(s[n]["mean"])
+                        else f"{'n/a':>17}" for n in names)
         lines.append(f"{method:<22}{cells}")
     return lines
 

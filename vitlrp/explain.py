@@ -262,7 +262,8 @@ class Explainer:
         if self.gamma_attention:
             text += f"; {len(attn)} attention projections (value + output; query/key carry no relevance in CP-LRP)"
         else:
-            text += "; attention projections get LRP-0 (torchvision calls F.linear on them; GAMMA_ATTENTION=true routes them through gamma)"
+            text += ("; attention projections get LRP-0 (torchvision calls F.linear on them; "
+                     "GAMMA_ATTENTION=true routes them through gamma)")
         return text
 
 

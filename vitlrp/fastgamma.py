@@ -9,7 +9,8 @@ output ``R = g ⊙ z`` (LXT's convention, ``g`` the incoming gradient), the same
 - ``s± = [z ≷ 0] R / d±``, ``S = s⁺ + s⁻``; ``U = s⁺W⁺ + s⁻W⁻`` (one matmul), ``V = SW − U``
 - input relevance ``x ⊙ SW + γ (x⁺ ⊙ U + x⁻ ⊙ V)``; the returned gradient is that divided by ``x`` (stabilised).
 
-That is 1 + 2 + 3 matmul units per layer instead of 11. Element-wise steps run in (at least) float32, matmuls in the model's dtype.
+That is 1 + 2 + 3 matmul units per layer instead of 11. Element-wise steps run in (at least) float32, matmuls in
+the model's dtype.
 The forward is the layer's own (``F.linear`` / ``F.conv2d``), so logits are unchanged.
 """
 from contextlib import contextmanager

@@ -30,7 +30,8 @@ window.addEventListener('load', () => {
   if (broken.length) {
     const p = document.createElement('p');
     p.className = 'bad';
-    p.textContent = `${broken.length} picture(s) could not be loaded: ` + broken.map(i => i.getAttribute('src')).join(', ');
+    p.textContent = `${broken.length} picture(s) could not be loaded: `
+      + broken.map(i => i.getAttribute('src')).join(', ');
     document.body.prepend(p);
   }
 });
@@ -120,7 +121,8 @@ def _heatmap_section(lrp_dir, prefix):
         if r.get("topk_text"):
             parts.append(f"<p class=note>top-5: {_e(r['topk_text'])}</p>")
     if (lrp_dir / "lrp_gamma_grid_overview.png").exists():
-        parts += ["<h3>γ presets, all samples</h3>", img("lrp_gamma_grid_overview.png", "gamma preset overview", prefix)]
+        parts += ["<h3>γ presets, all samples</h3>",
+                  img("lrp_gamma_grid_overview.png", "gamma preset overview", prefix)]
     if config:
         parts += ["<details><summary>heatmap configuration</summary>", config_block(config), "</details>"]
     return parts

@@ -65,7 +65,8 @@ def _pattern(kind, h, w, rng):
 def _background(h, w, rng):
     """Class-independent clutter: a muted gradient, random shapes and noise."""
     c0, c1 = rng.uniform(60, 200, size=(2, 3))
-    t = np.linspace(0, 1, h)[:, None, None] * rng.uniform(0.3, 1) + np.linspace(0, 1, w)[None, :, None] * rng.uniform(0, 0.7)
+    t = (np.linspace(0, 1, h)[:, None, None] * rng.uniform(0.3, 1)
+         + np.linspace(0, 1, w)[None, :, None] * rng.uniform(0, 0.7))
     img = Image.fromarray(np.clip(c0 + (c1 - c0) * t / t.max(), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(8, 16))):

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vitlrp import cli
+from vitlrp import cli, plots
 from vitlrp import evaluation as E
 from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES
@@ -129,10 +129,10 @@ def main(cfg):
         "higher_is_better": METRICS, "methods": summary,
         "best": {k: {"method": m, "mean": v} for k, (m, v) in best.items()},
     })
-    E.plot_curves(curves, cfg.PERTURB_STEPS, out / "curves_morf_lerf.png")
+    plots.perturbation_curves(curves, cfg.PERTURB_STEPS, out / "curves_morf_lerf.png")
     for metric in METRICS:
-        E.plot_bars(summary, metric, out / f"bar_{metric}.png")
-    E.plot_table(summary, out / "ranking.png")
+        plots.metric_bars(summary, metric, out / f"bar_{metric}.png")
+    plots.ranking_table(summary, out / "ranking.png")
     write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "world_size": dist.world_size})
 
     print()

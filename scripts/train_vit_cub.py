@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from vitlrp import cli
+from vitlrp import cli, plots
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.fileio import append_csv_row, ensure_writable_dir, write_csv, write_json
@@ -55,7 +55,6 @@ from vitlrp.training import (
     evaluate,
     make_loader,
     make_optimizer,
-    plot_curves,
     train_one_epoch,
 )
 
@@ -180,7 +179,7 @@ def main(cfg):
                 save_checkpoint(best_path, model, cfg.MODEL, ann.class_names, preprocessing, **state)
             append_csv_row(summary_path, row, SUMMARY_FIELDS)
             rows.append(row)
-            plot_curves(rows, out_dir / "curves.png")
+            plots.training_curves(rows, out_dir / "curves.png")
             print(f"epoch {epoch}/{cfg.EPOCHS}  train loss {float(row['train_loss']):.3f}  "
                   f"test loss {metrics['test_loss']:.3f}  top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  "
                   f"{float(row['train_img_per_s']):.0f} img/s  {row['epoch_seconds']}s"

@@ -13,6 +13,7 @@ One concept per module:
 - ``explain``     AttnLRP (LXT) + Gamma rule (zennit), batched
 - ``fastgamma``   an exact, faster implementation of zennit's generalized Gamma rule for Linear layers
 - ``render``      heatmaps, overlays, comparison panels, grids
+- ``plots``       matplotlib figures: training curves, evaluation plots
 - ``metrics``     faithfulness, localization and noise metrics for relevance maps
 - ``gallery``     the HTML gallery
 - ``runtime``     devices, seeding, distributed helpers

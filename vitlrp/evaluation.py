@@ -1,10 +1,7 @@
-"""Which attribution method explains best: score batches of maps, summarise with confidence intervals, plot."""
+"""Which attribution method explains best: score batches of maps, summarise with confidence intervals."""
 import math
 
-import torch
-
 from . import metrics as M
-from .fileio import save_figure
 
 ROW_FIELDS = ["method", "sample_idx", "label", "target", "predicted", "correct", *M.METRICS,
               "relevance_sum", "explained_logit", "error"]
@@ -73,69 +70,3 @@ def table_lines(summary):
                         else f"{'n/a':>17}" for n in names)
         lines.append(f"{method:<22}{cells}")
     return lines
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(curves, steps, path):
-    """Mean MoRF and LeRF curves per method."""
-    plt = _plt()
-    x = M.removal_fractions(steps)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, kind, title in ((axes[0], "morf", "most relevant first (lower is better)"),
-                            (axes[1], "lerf", "least relevant first (higher is better)")):
-        for method, c in curves.items():
-            if len(c[kind]):
-                ax.plot(x, torch.cat(c[kind]).mean(0).numpy(), marker="o", ms=3, label=method)
-        ax.set(title=title, xlabel="fraction of patches removed", ylim=(0, 1))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("probability of the explained class")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
-
-
-def plot_bars(summary, metric, path):
-    """One bar per method with its 95% interval."""
-    plt = _plt()
-    methods = list(summary)
-    means = [summary[m][metric]["mean"] for m in methods]
-    errs = [summary[m][metric]["ci95"] if math.isfinite(summary[m][metric]["ci95"]) else 0 for m in methods]
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(methods)), 3.6))
-    ax.bar(range(len(methods)), means, yerr=errs, capsize=4, color="#4C72B0")
-    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-    better = "higher" if M.METRICS[metric] else "lower"
-    ax.set(title=f"{metric} ({better} is better)")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
-
-
-def plot_table(summary, path):
-    """The methods ranked by LeRF − MoRF, with every metric, as a table figure."""
-    plt = _plt()
-    order = sorted(summary, key=lambda m: -summary[m]["lerf_minus_morf"]["mean"]
-                   if math.isfinite(summary[m]["lerf_minus_morf"]["mean"]) else math.inf)
-    cols = list(M.METRICS)
-    cells = [[f"{summary[m][c]['mean']:.3f}" for c in cols] for m in order]
-    fig, ax = plt.subplots(figsize=(1.25 * len(cols) + 2, 0.45 * len(order) + 1.2))
-    ax.axis("off")
-    t = ax.table(cellText=cells, rowLabels=order, colLabels=[c.replace("_", "\n") for c in cols], loc="center")
-    t.auto_set_font_size(False)
-    t.set_fontsize(8)
-    t.scale(1, 1.6)
-    for (row, _), cell in t.get_celld().items():
-        if row == 0:
-            cell.set_height(cell.get_height() * 1.8)
-    ax.set_title("methods ranked by LeRF − MoRF (higher is more faithful)", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)

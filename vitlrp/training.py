@@ -1,4 +1,4 @@
-"""The fine-tuning loop: optimizer, schedule, deterministic sampling, one epoch of training, evaluation, curves.
+"""The fine-tuning loop: optimizer, schedule, deterministic sampling, one epoch of training, evaluation.
 
 Determinism: every training item is augmented under its own seed, derived from (seed, epoch, position), and
 the shuffling of epoch ``e`` depends only on (seed, e). So a resumed run, a run with another number of
@@ -170,27 +170,3 @@ def evaluate(model, loader, device, dtype, dist=None, progress=True):
         totals = dist.all_reduce_sum(totals, device)
     n = max(totals[3], 1)
     return {"test_loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n}
-
-
-def plot_curves(rows, path):
-    """Loss and accuracy per epoch from ``summary.csv`` rows, as one PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .fileio import save_figure
-
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train")
-    ax1.plot(epochs, [float(r["test_loss"]) for r in rows], "o-", label="test")
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax2.plot(epochs, [100 * float(r["top1"]) for r in rows], "o-", label="top-1")
-    ax2.plot(epochs, [100 * float(r["top5"]) for r in rows], "o-", label="top-5")
-    ax2.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy", ylim=(0, 100))
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)

@@ -7,12 +7,15 @@ from pathlib import Path
 
 from vitlrp import cli
 from vitlrp.errors import UserError
+from vitlrp.fileio import ensure_writable_dir
 from vitlrp.gallery import write_results_gallery
 
 
 def main(cfg):
     if not Path(cfg.RESULTS_DIR).is_dir():
-        raise UserError(f"RESULTS_DIR {cfg.RESULTS_DIR} does not exist; run the pipeline first or pass --results-dir")
+        what = "is a file, not a folder" if Path(cfg.RESULTS_DIR).exists() else "does not exist"
+        raise UserError(f"RESULTS_DIR {cfg.RESULTS_DIR} {what}; run the pipeline first or pass --results-dir")
+    ensure_writable_dir(cfg.RESULTS_DIR, "RESULTS_DIR")  # index.html is written there
     path = write_results_gallery(cfg.RESULTS_DIR, cfg.TITLE)
     print(f"Gallery: {path}  (open it in a browser; links are relative, it works offline)")
     return 0

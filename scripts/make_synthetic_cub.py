@@ -8,7 +8,6 @@ SEED = 0  # same seed, same images
 from pathlib import Path
 
 from vitlrp import cli
-from vitlrp.errors import UserError
 from vitlrp.synthetic import make_synthetic_cub, synthetic_params
 
 
@@ -20,8 +19,6 @@ def main(cfg):
         print(f"Synthetic mini-CUB already at {root} ({cfg.NUM_CLASSES} classes x {cfg.IMAGES_PER_CLASS} images, "
               f"seed {cfg.SEED}); nothing to do")
         return 0
-    if have is None and root.exists() and any(root.iterdir()):
-        raise UserError(f"{root} exists and is not a synthetic mini-CUB; choose another --dataset-root")
     make_synthetic_cub(root, cfg.NUM_CLASSES, cfg.IMAGES_PER_CLASS, cfg.SEED)
     total = cfg.NUM_CLASSES * cfg.IMAGES_PER_CLASS
     print(f"Wrote synthetic mini-CUB to {root}: {cfg.NUM_CLASSES} classes, {total} images "

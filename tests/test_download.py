@@ -3,11 +3,15 @@ import functools
 import hashlib
 import http.server
 import io
+import os
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
 
 import pytest
-from conftest import error_lines, run_script, run_script_inprocess
+from conftest import REPO_ROOT, error_lines, run_script, run_script_inprocess
 
 from vitlrp.download import check_members, extract_cub, fetch_cub
 from vitlrp.errors import UserError
@@ -190,12 +194,19 @@ def test_unsafe_archives_are_refused(tmp_path, cub_fixture, member, needle):
     assert not (work / "outside").exists() and not (tmp_path / "outside").exists()
 
 
-def test_extract_replaces_an_old_dataset_and_rejects_non_cub(tmp_path, cub_fixture):
+def test_extract_never_replaces_a_folder_and_rejects_non_cub(tmp_path, cub_fixture):
+    # deliberately changed (reliability audit): an existing non-empty folder is refused, not replaced
     root = tmp_path / "CUB_200_2011"
     root.mkdir()
-    (root / "stale.txt").write_text("old")
-    extract_cub(make_archive(tmp_path / "a.tgz", cub_fixture()), root, progress=False)
-    assert (root / "images.txt").is_file() and not (root / "stale.txt").exists()
+    (root / "mine.txt").write_text("user data")
+    archive = make_archive(tmp_path / "a.tgz", cub_fixture())
+    with pytest.raises(UserError, match="not empty.*move that folder away"):
+        extract_cub(archive, root, progress=False)
+    assert _snapshot(root) == ["mine.txt"] and (root / "mine.txt").read_text() == "user data"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    (root / "mine.txt").unlink()  # an empty folder is filled
+    extract_cub(archive, root, progress=False)
+    assert (root / "images.txt").is_file()
 
     notcub = tmp_path / "notcub.tgz"
     with tarfile.open(notcub, "w:gz") as tar:
@@ -204,6 +215,234 @@ def test_extract_replaces_an_old_dataset_and_rejects_non_cub(tmp_path, cub_fixtu
     with pytest.raises(UserError, match="no images.txt"):
         extract_cub(notcub, tmp_path / "x" / "CUB", progress=False)
     (tmp_path / "garbage.tgz").write_bytes(b"not an archive")
-    with pytest.raises(UserError, match="not a readable .tgz"):
+    with pytest.raises(UserError, match="not a complete, readable .tgz"):
         extract_cub(tmp_path / "garbage.tgz", tmp_path / "y" / "CUB", progress=False)
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == []
+
+
+# --- reliability: nothing lost, nothing misleading -------------------------------------------------------------
+
+def _no_hidden_leftovers(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_verify_an_existing_folder_only_checks_it(tmp_path, served_archive, cub_fixture):
+    """A CUB folder the user has (no marker) is verified in place: no download, nothing deleted, counts printed."""
+    url, digest = served_archive
+    root = cub_fixture()
+    (root / "my_notes.txt").write_text("mine")
+    before = _snapshot(root)
+    flags = ("--dataset-root", root, "--url", url, "--fallback-url", "", "--expected-md5", digest)
+    res = run_script("download_cub", *flags, "--verify", "true", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "Downloading" not in res.stdout and "Extracting" not in res.stdout
+    assert "CUB folder found at" in res.stdout and "nothing downloaded" in res.stdout
+    assert "Verified 6 images: 0 unreadable" in res.stdout
+    assert "Counts: 6 images, 3 classes, 3 train / 3 test" in res.stdout
+    warning = [line for line in res.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "11,788 images, 200 classes, 5,994 train / 5,794 test" in warning[0]
+    assert _snapshot(root) == before and (root / "my_notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in root.parent.iterdir()) == ["CUB_200_2011"]  # no archive was fetched
+
+    # without VERIFY: annotations checked, still nothing fetched; a broken image makes VERIFY exit 1
+    code, out, err = run_script_inprocess("download_cub", *flags)
+    assert code == 0 and "nothing downloaded" in out and "Verified" not in out, err
+    (root / "images" / "001.Black_footed_Albatross" / "Black_footed_Albatross_0001_0.jpg").write_bytes(b"oops")
+    code, out, err = run_script_inprocess("download_cub", *flags, "--verify", "true")
+    assert code == 1, err
+    assert "Verified 6 images: 1 unreadable" in out and "unreadable: cannot read image" in out
+    assert _snapshot(root) == before
+
+
+def test_verify_says_when_counts_match_and_skips_the_synthetic_cub(tmp_path, cub_fixture, monkeypatch):
+    from vitlrp import download
+    from vitlrp.synthetic import make_synthetic_cub
+
+    root = cub_fixture()
+    monkeypatch.setattr(download, "OFFICIAL_COUNTS", {"images": 6, "classes": 3, "train": 3, "test": 3})
+    log = []
+    assert download.verify_cub(root, progress=False, log=log.append) == []
+    assert log[-1] == "Counts match the official CUB-200-2011" and not any("warning" in x for x in log)
+
+    mini = make_synthetic_cub(tmp_path / "mini" / "CUB_200_2011", 2, 2, progress=False)
+    log = []
+    download.verify_cub(mini, progress=False, log=log.append)
+    assert "Counts: 4 images, 2 classes, 2 train / 2 test" in log
+    assert "not compared" in log[-1] and not any("warning" in x for x in log)
+
+
+def test_a_folder_is_never_unpacked_over(tmp_path, served_archive, cub_fixture):
+    url, digest = served_archive
+    # an existing CUB folder and --archive: refused, folder untouched
+    root = cub_fixture()
+    before = _snapshot(root)
+    archive = make_archive(tmp_path / "mine.tgz", cub_fixture())
+    code, _, err = run_script_inprocess("download_cub", "--dataset-root", root, "--archive", archive,
+                                        "--expected-md5", "")
+    assert code == 2 and len(error_lines(err)) == 1, err
+    assert "already holds a CUB folder" in err and "never unpacked over" in err
+    assert _snapshot(root) == before
+
+    # a non-empty folder without images.txt: refused before any download, with the folder it probably meant
+    parent = tmp_path / "dataset" / "raw"
+    inner = parent / "CUB_200_2011"
+    inner.mkdir(parents=True)
+    (inner / "images.txt").write_text("")
+    code, out, err = run_script_inprocess("download_cub", "--dataset-root", parent, "--url", url,
+                                          "--fallback-url", "", "--expected-md5", digest)
+    assert code == 2 and len(error_lines(err)) == 1 and "Downloading" not in out, err
+    assert "is not empty but has no images.txt" in err and f"but {inner} has: pass that folder" in err
+    assert sorted(p.name for p in parent.iterdir()) == ["CUB_200_2011"]
+
+
+def _truncated(tmp_path, cub_fixture):
+    whole = make_archive(tmp_path / "whole.tgz", cub_fixture()).read_bytes()
+    return whole[: len(whole) // 2]
+
+
+def test_truncated_archive_without_md5_check(tmp_path, http_dir, cub_fixture):
+    folder, base = http_dir
+    (folder / "CUB_200_2011.tgz").write_bytes(_truncated(tmp_path, cub_fixture))
+    work = tmp_path / "work"
+    root = work / "data" / "CUB_200_2011"
+    res = run_script("download_cub", "--dataset-root", root, "--url", f"{base}/CUB_200_2011.tgz",
+                     "--fallback-url", "", "--expected-md5", "", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    errors = error_lines(res.stderr)
+    assert len(errors) == 1 and "is not a complete, readable .tgz archive" in errors[0], res.stderr
+    assert not root.exists() and _no_hidden_leftovers(root.parent)
+    assert sorted(p.name for p in root.parent.iterdir()) == ["CUB_200_2011.tgz"]  # the download is kept to inspect
+
+    # the same archive given by hand
+    local = tmp_path / "cut.tgz"
+    local.write_bytes(_truncated(tmp_path, cub_fixture))
+    other = work / "other" / "CUB_200_2011"
+    code, _, err = run_script_inprocess("download_cub", "--dataset-root", other, "--archive", local,
+                                        "--expected-md5", "")
+    assert code == 2 and len(error_lines(err)) == 1 and "not a complete, readable" in err and "Traceback" not in err
+    assert not other.exists() and _no_hidden_leftovers(other.parent)
+
+
+def test_an_interrupted_extraction_leaves_no_folder_under_the_final_name(tmp_path, cub_fixture, monkeypatch):
+    archive = make_archive(tmp_path / "a.tgz", cub_fixture())
+    root = tmp_path / "data" / "CUB_200_2011"
+    calls = []
+    real_extract = tarfile.TarFile.extract
+
+    def ctrl_c_after_three(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_extract(self, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", ctrl_c_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_cub(root, urls=(), expected_md5="", archive=archive, progress=False, log=lambda _: None)
+    assert not root.exists() and _no_hidden_leftovers(root.parent)
+
+
+def test_a_killed_extraction_then_a_rerun(tmp_path, cub_fixture):
+    """SIGKILL halfway (no cleanup possible): nothing under the final name; the next run notes the leftover."""
+    archive = make_archive(tmp_path / "a.tgz", cub_fixture())
+    root = tmp_path / "data" / "CUB_200_2011"
+    code = (
+        "import os, signal, tarfile, sys\n"
+        "from vitlrp.download import fetch_cub\n"
+        "real, n = tarfile.TarFile.extract, [0]\n"
+        "def extract(self, *a, **k):\n"
+        "    n[0] += 1\n"
+        "    if n[0] > 5: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(self, *a, **k)\n"
+        "tarfile.TarFile.extract = extract\n"
+        "fetch_cub(sys.argv[1], urls=(), expected_md5='', archive=sys.argv[2], progress=False)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    res = subprocess.run([sys.executable, "-c", code, str(root), str(archive)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert not root.exists()
+    leftovers = [p for p in root.parent.iterdir() if p.name.startswith(".extract.")]
+    assert len(leftovers) == 1
+    code, out, err = run_script_inprocess("download_cub", "--dataset-root", root, "--archive", archive,
+                                          "--expected-md5", "")
+    assert code == 0, err
+    assert f"note: {leftovers[0]} is left from an interrupted run" in out
+    assert (root / "images.txt").is_file() and (root / ".verified.json").is_file()
+
+
+def test_two_runs_at_once(tmp_path, served_archive):
+    """Two downloads into the same root at the same time: each uses its own temporary names; one folder results."""
+    url, digest = served_archive
+    root = tmp_path / "data" / "CUB_200_2011"
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def one_run():
+        barrier.wait()
+        try:
+            outcomes.append(fetch_cub(root, urls=(url,), expected_md5=digest, progress=False, log=lambda _: None))
+        except UserError as err:
+            outcomes.append(str(err))
+
+    threads = [threading.Thread(target=one_run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert "extracted" in outcomes, outcomes
+    other = [o for o in outcomes if o != "extracted"]
+    assert all(o == "present" or "another run" in o for o in other), outcomes
+    assert (root / "images.txt").is_file() and _no_hidden_leftovers(root.parent)
+    assert sorted(p.name for p in root.parent.iterdir()) == ["CUB_200_2011", "CUB_200_2011.tgz"]
+
+
+def test_unwritable_places_and_a_file_as_dataset_root(tmp_path, served_archive):
+    url, digest = served_archive
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    flags = ("--url", url, "--fallback-url", "", "--expected-md5", digest)
+    code, out, err = run_script_inprocess("download_cub", "--dataset-root", blocker / "CUB_200_2011", *flags)
+    assert code == 2 and len(error_lines(err)) == 1 and "Traceback" not in err, err
+    assert f"{blocker}: it is a file, not a folder" in err and "Downloading" not in out
+    code, out, err = run_script_inprocess("download_cub", "--dataset-root", blocker, *flags, "--verify", "true")
+    assert code == 2 and error_lines(err) == [
+        f"error: dataset root {blocker} is a file, not a folder; pass the folder that holds (or will hold) "
+        "images.txt"], err
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores read-only permissions, so nothing would be refused")
+def test_read_only_parent(tmp_path, served_archive):
+    url, digest = served_archive
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        code, out, err = run_script_inprocess("download_cub", "--dataset-root", locked / "CUB_200_2011", "--url",
+                                              url, "--fallback-url", "", "--expected-md5", digest)
+        assert code == 2 and len(error_lines(err)) == 1 and "cannot write to" in err and "Downloading" not in out
+    finally:
+        locked.chmod(0o755)
+
+
+def test_archive_already_beside_the_root_is_reused_and_kept(tmp_path, cub_fixture):
+    parent = tmp_path / "data"
+    parent.mkdir()
+    archive = make_archive(parent / "CUB_200_2011.tgz", cub_fixture())
+    root = parent / "CUB_200_2011"
+    flags = ("--dataset-root", root, "--url", "http://127.0.0.1:9/none", "--fallback-url", "")
+    code, out, err = run_script_inprocess("download_cub", *flags, "--expected-md5", "0" * 32)
+    assert code == 2 and "move it away" in err and archive.is_file() and not root.exists()
+    code, out, err = run_script_inprocess("download_cub", *flags, "--expected-md5", md5(archive),
+                                          "--keep-archive", "false")
+    assert code == 0, err
+    assert f"Using the archive already at {archive}" in out and "Downloading" not in out
+    assert archive.is_file()  # not downloaded by this run, so not deleted
+
+
+def test_errors_become_one_line():
+    from vitlrp.download import one_line
+
+    assert one_line(OSError("first line\n  second line\n")) == "first line second line"
+    assert one_line(EOFError()) == "EOFError"

@@ -17,6 +17,8 @@ SPLITS = ("train", "test", "all")
 # The 15 CUB part names, in the order of parts/parts.txt.
 PART_NAMES = ("back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing",
               "nape", "right eye", "right leg", "right wing", "tail", "throat")
+# The official CUB-200-2011 (Wah et al. 2011); a subset or the synthetic mini-CUB legitimately differs.
+OFFICIAL_COUNTS = {"images": 11788, "classes": 200, "train": 5994, "test": 5794}
 FETCH_HINT = ("run `python scripts/download_cub.py` (or `python scripts/make_synthetic_cub.py` for the "
               "synthetic mini-CUB), or pass --dataset-root with the folder that holds images.txt")
 
@@ -34,15 +36,23 @@ def _rows(path, ncols, what, required=True):
             raise UserError(f"missing annotation file {path}: the CUB folder is incomplete; {FETCH_HINT}")
         return None
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for no, line in enumerate(fh, 1):
-            line = line.strip()  # else the last field of a 2-column row keeps its newline
-            if not line:
-                continue
-            fields = line.split(maxsplit=ncols - 1) if ncols == 2 else line.split()
-            if len(fields) != ncols:
-                raise UserError(f"{path}:{no}: expected '{what}', got {line!r}")
-            rows.append((no, fields))
+    no = 0
+    try:
+        # utf-8-sig: a file saved by an editor that starts it with a byte-order mark reads the same
+        with open(path, encoding="utf-8-sig") as fh:
+            for no, line in enumerate(fh, 1):
+                line = line.strip()  # else the last field of a 2-column row keeps its newline
+                if not line:
+                    continue
+                fields = line.split(maxsplit=ncols - 1) if ncols == 2 else line.split()
+                if len(fields) != ncols:
+                    raise UserError(f"{path}:{no}: expected '{what}', got {line!r}")
+                rows.append((no, fields))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} after line {no}); "
+                        "save the file as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     return rows
 
 
@@ -85,6 +95,33 @@ class CUBAnnotations:
         return self.root / "images" / self.paths[row]
 
 
+def nested_hint(root):
+    """`` (but root/X has: pass that folder)`` when a folder one level down holds images.txt, else ''."""
+    inner = sorted(Path(root).glob("*/images.txt"))
+    return f" (but {inner[0].parent} has: pass that folder)" if inner else ""
+
+
+def not_found_reason(root):
+    """Why ``root`` is no CUB folder, in words (for a folder without ``images.txt``)."""
+    root = Path(root)
+    if root.is_dir():
+        return f"{root} has no images.txt" + nested_hint(root)
+    if root.exists():
+        return f"{root} is a file, not a folder"
+    return f"{root} does not exist"
+
+
+def split_counts(ann):
+    """``{"images", "classes", "train", "test"}`` of ``ann`` (same keys as :data:`OFFICIAL_COUNTS`)."""
+    train = int(ann.is_train.sum())
+    return {"images": len(ann.paths), "classes": ann.num_classes, "train": train, "test": len(ann.paths) - train}
+
+
+def format_counts(counts):
+    return (f"{counts['images']:,} images, {counts['classes']} classes, "
+            f"{counts['train']:,} train / {counts['test']:,} test")
+
+
 def load_cub(root):
     """Read and cross-check the annotation files of the CUB folder ``root``.
 
@@ -92,8 +129,7 @@ def load_cub(root):
     """
     root = Path(root)
     if not (root / "images.txt").is_file():
-        where = f"{root} has no images.txt" if root.is_dir() else f"{root} does not exist"
-        raise UserError(f"CUB dataset not found: {where}; {FETCH_HINT}")
+        raise UserError(f"CUB dataset not found: {not_found_reason(root)}; {FETCH_HINT}")
 
     f_images, f_labels = root / "images.txt", root / "image_class_labels.txt"
     f_split, f_classes = root / "train_test_split.txt", root / "classes.txt"

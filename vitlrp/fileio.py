@@ -87,6 +87,13 @@ def append_csv_row(path, row, fieldnames):
 def ensure_writable_dir(path, what="output folder"):
     """Create ``path`` if needed and check a file can be written there; raise a one-line UserError otherwise."""
     path = Path(path)
+    for folder in (path, *path.parents):  # the nearest existing one decides: a file there is no folder
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is" if folder == path else f"lies under {folder}, which is"
+                raise UserError(f"cannot write to {what} {path}: it {where} a file, not a folder; "
+                                "choose another folder")
+            break
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)

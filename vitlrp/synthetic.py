@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .cub import PART_NAMES
 from .errors import UserError
+from .fileio import ensure_writable_dir
 
 HUES = ("Red", "Orange", "Yellow", "Lime", "Green", "Teal", "Cyan", "Azure", "Blue", "Violet", "Magenta",
         "Rose")
@@ -154,13 +155,21 @@ def _render(iid, k, seed, size_range, grayscale_every):
 
 def make_synthetic_cub(root, num_classes=10, images_per_class=40, seed=0, size_range=(120, 200),
                        grayscale_every=17, progress=True):
-    """Write the mini-CUB to ``root`` (the folder that will hold ``images.txt``), replacing it atomically."""
+    """Write the mini-CUB to ``root`` (the folder that will hold ``images.txt``), replacing it atomically.
+
+    An existing ``root`` is replaced only if it is empty or an earlier mini-CUB (it holds ``synthetic.json``).
+    """
     if not 2 <= num_classes <= 200:
         raise UserError(f"NUM_CLASSES must be between 2 and 200, got {num_classes}")
     if images_per_class < 2:
         raise UserError(f"IMAGES_PER_CLASS must be at least 2 (one train, one test image), got {images_per_class}")
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.is_file():
+        raise UserError(f"dataset root {root} is a file, not a folder; choose another folder")
+    if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
+        raise UserError(f"{root} exists and is not a synthetic mini-CUB (no {MARKER}); it is left as it is: "
+                        "choose another folder")
+    ensure_writable_dir(root.parent, "the folder above the dataset root")
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         lines = {n: [] for n in ("images", "labels", "split", "boxes", "parts")}
@@ -195,14 +204,18 @@ def make_synthetic_cub(root, num_classes=10, images_per_class=40, seed=0, size_r
         params = {"num_classes": num_classes, "images_per_class": images_per_class, "seed": seed,
                   "size_range": list(size_range), "grayscale_every": grayscale_every}
         (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
-        if root.exists():
-            old = root.with_name(f".{root.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(root, old)
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
+        try:
+            if root.exists():
+                old = root.with_name(f".{root.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(root, old)
+                os.replace(tmp, root)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, root)
+        except OSError as err:
+            raise UserError(f"cannot move the new mini-CUB to {root} ({err.strerror or err}): did another run "
+                            "write it at the same time? Run again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -212,6 +225,6 @@ def make_synthetic_cub(root, num_classes=10, images_per_class=40, seed=0, size_r
 def synthetic_params(root):
     """The generator parameters recorded in ``root``, or None if it is not a complete mini-CUB."""
     try:
-        return json.loads((Path(root) / MARKER).read_text(encoding="utf-8"))
+        return json.loads((Path(root) / MARKER).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return None

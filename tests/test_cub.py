@@ -158,6 +158,33 @@ def test_root_missing(tmp_path):
     one_line_error(lambda: load_cub(tmp_path / "empty"), "has no images.txt", "scripts/download_cub.py")
 
 
+def test_root_is_a_file_or_one_level_too_high(tmp_path, cub_fixture):
+    a_file = tmp_path / "CUB_200_2011.tgz"
+    a_file.write_bytes(b"x")
+    one_line_error(lambda: load_cub(a_file), f"{a_file} is a file, not a folder")
+    root = cub_fixture()
+    one_line_error(lambda: load_cub(root.parent), "has no images.txt", f"but {root} has: pass that folder")
+
+
+@pytest.mark.parametrize("name", ["classes.txt", "images.txt", "image_class_labels.txt", "parts/part_locs.txt"])
+def test_annotation_files_with_a_byte_order_mark(cub_fixture, name):
+    """An editor that saves 'UTF-8 with BOM' must not turn the first id into '\\ufeff1' is not a number."""
+    root = cub_fixture()
+    expected = load_cub(root)
+    path = root / name
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    ann = load_cub(root)
+    assert ann.class_dirs == expected.class_dirs and ann.paths == expected.paths
+    assert (ann.labels == expected.labels).all() and np.array_equal(ann.parts, expected.parts)
+
+
+def test_annotation_file_not_utf8(cub_fixture):
+    root = cub_fixture()
+    path = root / "classes.txt"
+    path.write_bytes(path.read_bytes() + "4 004.Gro\u00dfer_Vogel\n".encode("latin-1"))
+    one_line_error(lambda: load_cub(root), f"{path}:4: not UTF-8 text (byte 0xdf)", "save the file as UTF-8")
+
+
 @pytest.mark.parametrize("name", ["image_class_labels.txt", "train_test_split.txt", "classes.txt"])
 def test_annotation_file_missing(cub_fixture, name):
     root = cub_fixture()

@@ -1,4 +1,5 @@
 """The HTML galleries: built from real script outputs, rendered in headless Chromium, every picture loaded."""
+import os
 import re
 import shutil
 import subprocess
@@ -86,3 +87,24 @@ def test_gallery_script_errors_on_a_missing_folder(tmp_path):
     code, out, err = run_script_inprocess("build_gallery", "--results-dir", tmp_path / "nope")
     assert code == 2 and [ln for ln in err.splitlines() if ln.startswith("error:")] == [
         f"error: RESULTS_DIR {tmp_path / 'nope'} does not exist; run the pipeline first or pass --results-dir"]
+
+
+def test_gallery_script_on_a_file_or_an_unwritable_folder(tmp_path):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("x")
+    code, _, err = run_script_inprocess("build_gallery", "--results-dir", a_file)
+    assert code == 2 and [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        f"error: RESULTS_DIR {a_file} is a file, not a folder; run the pipeline first or pass --results-dir"]
+    if os.geteuid() == 0:
+        pytest.skip("root ignores read-only permissions: the read-only case cannot be shown")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        code, _, err = run_script_inprocess("build_gallery", "--results-dir", locked)
+        assert code == 2 and "Traceback" not in err
+        assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+            f"error: cannot write to RESULTS_DIR {locked}: Permission denied; choose another folder"]
+        assert not (locked / "index.html").exists()
+    finally:
+        locked.chmod(0o755)

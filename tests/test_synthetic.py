@@ -1,4 +1,6 @@
 """vitlrp.synthetic and scripts/make_synthetic_cub.py: the mini-CUB in CUB's layout, deterministic per seed."""
+import os
+
 import numpy as np
 import pytest
 from conftest import CUB_PART_NAMES, run_script, run_script_inprocess
@@ -137,7 +139,49 @@ def test_script_refuses_to_overwrite_a_foreign_folder(tmp_path):
     code, out, err = run_script_inprocess("make_synthetic_cub", "--dataset-root", root, "--num-classes", 2,
                                           "--images-per-class", 2)
     assert code == 2
-    assert err.strip().splitlines() == [f"error: {root} exists and is not a synthetic mini-CUB; "
-                                        "choose another --dataset-root"]
+    # the check moved into make_synthetic_cub (so the library never replaces a foreign folder either)
+    assert err.strip().splitlines() == [f"error: {root} exists and is not a synthetic mini-CUB (no {MARKER}); it is "
+                                        "left as it is: choose another dataset root"]
     assert sorted(p.name for p in root.iterdir()) == ["images.txt"]
     assert not (root / MARKER).exists()
+
+
+def test_library_refuses_a_foreign_folder_and_a_file(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a synthetic mini-CUB"):
+        make_synthetic_cub(root, 2, 2, progress=False)
+    assert [p.name for p in root.iterdir()] == ["notes.txt"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        make_synthetic_cub(a_file, 2, 2, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine"]
+
+
+def test_script_under_a_file_is_one_line(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code, _, err = run_script_inprocess("make_synthetic_cub", "--dataset-root", a_file / "CUB_200_2011",
+                                        "--num-classes", 2, "--images-per-class", 2)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"error: cannot write to the folder above the dataset root {a_file}: it is "
+                                        "a file, not a folder; choose another folder"]
+    code, _, err = run_script_inprocess("make_synthetic_cub", "--dataset-root", a_file)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: dataset root {a_file} is a file, not a folder; choose another dataset root"]
+    assert a_file.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores read-only permissions, so nothing would be refused")
+def test_script_into_a_read_only_folder_is_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        code, _, err = run_script_inprocess("make_synthetic_cub", "--dataset-root", locked / "CUB_200_2011",
+                                            "--num-classes", 2, "--images-per-class", 2)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write to" in err
+    finally:
+        locked.chmod(0o755)

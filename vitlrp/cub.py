@@ -36,7 +36,6 @@ def _rows(path, ncols, what, required=True):
             raise UserError(f"missing annotation file {path}: the CUB folder is incomplete; {FETCH_HINT}")
         return None
     rows = []
-    no = 0
     try:
         # utf-8-sig: a file saved by an editor that starts it with a byte-order mark reads the same
         with open(path, encoding="utf-8-sig") as fh:
@@ -48,12 +47,22 @@ def _rows(path, ncols, what, required=True):
                 if len(fields) != ncols:
                     raise UserError(f"{path}:{no}: expected '{what}', got {line!r}")
                 rows.append((no, fields))
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} after line {no}); "
-                        "save the file as UTF-8") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}:{_first_non_utf8(path)}; save the file as UTF-8") from None
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     return rows
+
+
+def _first_non_utf8(path):
+    """``'LINE: not UTF-8 text (byte 0xNN)'`` for the first byte of ``path`` that is not UTF-8."""
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    try:
+        raw.decode("utf-8")
+        return " not UTF-8 text"
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        return f"{line}: not UTF-8 text (byte 0x{raw[err.start]:02x})"
 
 
 def _number(path, no, text, kind=int):

@@ -165,10 +165,10 @@ def make_synthetic_cub(root, num_classes=10, images_per_class=40, seed=0, size_r
         raise UserError(f"IMAGES_PER_CLASS must be at least 2 (one train, one test image), got {images_per_class}")
     root = Path(root)
     if root.is_file():
-        raise UserError(f"dataset root {root} is a file, not a folder; choose another folder")
+        raise UserError(f"dataset root {root} is a file, not a folder; choose another dataset root")
     if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
         raise UserError(f"{root} exists and is not a synthetic mini-CUB (no {MARKER}); it is left as it is: "
-                        "choose another folder")
+                        "choose another dataset root")
     ensure_writable_dir(root.parent, "the folder above the dataset root")
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:

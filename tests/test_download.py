@@ -446,3 +446,15 @@ def test_errors_become_one_line():
 
     assert one_line(OSError("first line\n  second line\n")) == "first line second line"
     assert one_line(EOFError()) == "EOFError"
+
+
+def test_an_archive_with_broken_annotations_is_not_unpacked(tmp_path, cub_fixture):
+    src = cub_fixture()
+    (src / "classes.txt").write_text("1 001.A\n1 002.B\n")
+    archive = make_archive(tmp_path / "bad.tgz", src)
+    root = tmp_path / "data" / "CUB_200_2011"
+    code, _, err = run_script_inprocess("download_cub", "--dataset-root", root, "--archive", archive,
+                                        "--expected-md5", "")
+    assert code == 2 and len(error_lines(err)) == 1, err
+    assert f"{archive} holds an inconsistent CUB folder, not unpacked:" in err and "class ids must run" in err
+    assert not root.exists() and _no_hidden_leftovers(root.parent)

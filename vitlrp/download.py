@@ -121,7 +121,10 @@ def extract_cub(archive, dataset_root, progress=True, marker=None):
         found = sorted(tmp.rglob("images.txt"), key=lambda p: len(p.parts))
         if not found:
             raise UserError(f"{archive} holds no images.txt: it is not the CUB-200-2011 archive")
-        ann = load_cub(found[0].parent)
+        try:
+            ann = load_cub(found[0].parent)
+        except UserError as err:  # its paths name the temporary folder, which is removed below
+            raise UserError(f"{archive} holds an inconsistent CUB folder, not unpacked: {err}") from None
         if marker:
             write_json(found[0].parent / marker[0], marker[1])
         try:

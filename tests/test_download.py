@@ -233,13 +233,13 @@ def test_verify_an_existing_folder_only_checks_it(tmp_path, served_archive, cub_
     (root / "my_notes.txt").write_text("mine")
     before = _snapshot(root)
     flags = ("--dataset-root", root, "--url", url, "--fallback-url", "", "--expected-md5", digest)
-    res = run_script("download_cub", *flags, "--verify", "true", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert "Downloading" not in res.stdout and "Extracting" not in res.stdout
-    assert "CUB folder found at" in res.stdout and "nothing downloaded" in res.stdout
-    assert "Verified 6 images: 0 unreadable" in res.stdout
-    assert "Counts: 6 images, 3 classes, 3 train / 3 test" in res.stdout
-    warning = [line for line in res.stdout.splitlines() if line.startswith("warning:")]
+    code, out, err = run_script_inprocess("download_cub", *flags, "--verify", "true")
+    assert code == 0, err
+    assert "Downloading" not in out and "Extracting" not in out
+    assert "CUB folder found at" in out and "nothing downloaded" in out
+    assert "Verified 6 images: 0 unreadable" in out
+    assert "Counts: 6 images, 3 classes, 3 train / 3 test" in out
+    warning = [line for line in out.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "11,788 images, 200 classes, 5,994 train / 5,794 test" in warning[0]
     assert _snapshot(root) == before and (root / "my_notes.txt").read_text() == "mine"
     assert sorted(p.name for p in root.parent.iterdir()) == ["CUB_200_2011"]  # no archive was fetched
@@ -305,14 +305,17 @@ def test_truncated_archive_without_md5_check(tmp_path, http_dir, cub_fixture):
     (folder / "CUB_200_2011.tgz").write_bytes(_truncated(tmp_path, cub_fixture))
     work = tmp_path / "work"
     root = work / "data" / "CUB_200_2011"
-    res = run_script("download_cub", "--dataset-root", root, "--url", f"{base}/CUB_200_2011.tgz",
-                     "--fallback-url", "", "--expected-md5", "", cwd=tmp_path)
-    assert res.returncode == 2
-    assert "Traceback" not in res.stderr
-    errors = error_lines(res.stderr)
-    assert len(errors) == 1 and "is not a complete, readable .tgz archive" in errors[0], res.stderr
-    assert not root.exists() and _no_hidden_leftovers(root.parent)
-    assert sorted(p.name for p in root.parent.iterdir()) == ["CUB_200_2011.tgz"]  # the download is kept to inspect
+    code, _, err = run_script_inprocess("download_cub", "--dataset-root", root, "--url", f"{base}/CUB_200_2011.tgz",
+                                        "--fallback-url", "", "--expected-md5", "")
+    assert code == 2 and "Traceback" not in err
+    errors = error_lines(err)
+    assert len(errors) == 1 and "is not a complete, readable .tgz archive" in errors[0], err
+    assert errors[0].endswith("; the downloaded CUB_200_2011.tgz was deleted: run again, or pass --archive PATH")
+    assert list(root.parent.iterdir()) == []  # no folder, no bad archive a re-run would reuse, no temporary files
+    make_archive(folder / "CUB_200_2011.tgz", cub_fixture())  # the server is fixed: the re-run downloads again
+    code, out, err = run_script_inprocess("download_cub", "--dataset-root", root, "--url",
+                                          f"{base}/CUB_200_2011.tgz", "--fallback-url", "", "--expected-md5", "")
+    assert code == 0 and "Downloading" in out and (root / "images.txt").is_file(), err
 
     # the same archive given by hand
     local = tmp_path / "cut.tgz"
@@ -433,7 +436,8 @@ def test_archive_already_beside_the_root_is_reused_and_kept(tmp_path, cub_fixtur
     root = parent / "CUB_200_2011"
     flags = ("--dataset-root", root, "--url", "http://127.0.0.1:9/none", "--fallback-url", "")
     code, out, err = run_script_inprocess("download_cub", *flags, "--expected-md5", "0" * 32)
-    assert code == 2 and "move it away" in err and archive.is_file() and not root.exists()
+    assert code == 2 and f"(move {archive} away to download it again)" in err
+    assert archive.is_file() and not root.exists()
     code, out, err = run_script_inprocess("download_cub", *flags, "--expected-md5", md5(archive),
                                           "--keep-archive", "false")
     assert code == 0, err

@@ -116,8 +116,7 @@ def extract_cub(archive, dataset_root, progress=True, marker=None):
         except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
             if isinstance(err, OSError) and err.filename and not str(err.filename).startswith(str(archive)):
                 raise UserError(f"cannot unpack {archive} beside {dataset_root}: {one_line(err)}") from None
-            raise UserError(f"{archive} is not a complete, readable .tgz archive ({one_line(err)}); download it "
-                            "again") from None
+            raise UserError(f"{archive} is not a complete, readable .tgz archive ({one_line(err)})") from None
         found = sorted(tmp.rglob("images.txt"), key=lambda p: len(p.parts))
         if not found:
             raise UserError(f"{archive} holds no images.txt: it is not the CUB-200-2011 archive")
@@ -163,7 +162,7 @@ def fetch_cub(dataset_root, urls, expected_md5, archive=None, keep_archive=True,
     for path in _leftovers(dataset_root.parent):
         log(f"note: {path} is left from an interrupted run; delete it when no other download is running")
 
-    downloaded = False
+    downloaded, way_out = False, ""
     if archive:
         archive = Path(archive)
         if not archive.is_file():
@@ -173,15 +172,22 @@ def fetch_cub(dataset_root, urls, expected_md5, archive=None, keep_archive=True,
     elif (dataset_root.parent / ARCHIVE_NAME).is_file():
         archive = dataset_root.parent / ARCHIVE_NAME
         log(f"Using the archive already at {archive}")
-        digest = _check_md5(archive, expected_md5, progress, hint="move it away to download the archive again")
+        way_out = f"; move {archive} away to download it again"
+        digest = _check_md5(archive, expected_md5, progress, hint=way_out[2:])
     else:
         archive = dataset_root.parent / ARCHIVE_NAME
         digest = _download_any(urls, archive, expected_md5, progress, log)
         downloaded = True
 
     log(f"Extracting {archive} -> {dataset_root}")
-    ann = extract_cub(archive, dataset_root, progress,
-                      marker=(VERIFIED, {"md5": digest, "md5_checked": bool(expected_md5)}))
+    try:
+        ann = extract_cub(archive, dataset_root, progress,
+                          marker=(VERIFIED, {"md5": digest, "md5_checked": bool(expected_md5)}))
+    except UserError as err:
+        if downloaded:  # else the next run would reuse the bad file (possible only with the md5 check skipped)
+            archive.unlink(missing_ok=True)
+            way_out = f"; the downloaded {archive.name} was deleted: run again, or pass --archive PATH"
+        raise UserError(f"{err}{way_out}") from None
     if downloaded and not keep_archive:
         archive.unlink()  # only an archive this run downloaded; a user's own file stays
     log(f"CUB ready at {dataset_root}: {format_counts(split_counts(ann))}")

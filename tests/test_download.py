@@ -374,12 +374,22 @@ def test_a_killed_extraction_then_a_rerun(tmp_path, cub_fixture):
     assert (root / "images.txt").is_file() and (root / ".verified.json").is_file()
 
 
-def test_two_runs_at_once(tmp_path, served_archive):
-    """Two downloads into the same root at the same time: each uses its own temporary names; one folder results."""
+def test_two_runs_at_once(tmp_path, served_archive, monkeypatch):
+    """Two runs into the same root at the same time: each uses its own temporary names; one folder results,
+    the other run says why it stopped, and the archive both used is kept."""
+    from vitlrp import download
+
     url, digest = served_archive
     root = tmp_path / "data" / "CUB_200_2011"
-    barrier = threading.Barrier(2)
+    barrier, both_extracting = threading.Barrier(2), threading.Barrier(2, timeout=30)
     outcomes = []
+    real_extract = download.extract_cub
+
+    def extract_together(*args, **kwargs):  # both runs have passed every check before either moves its folder
+        both_extracting.wait()
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(download, "extract_cub", extract_together)
 
     def one_run():
         barrier.wait()
@@ -393,9 +403,8 @@ def test_two_runs_at_once(tmp_path, served_archive):
         t.start()
     for t in threads:
         t.join()
-    assert "extracted" in outcomes, outcomes
-    other = [o for o in outcomes if o != "extracted"]
-    assert all(o == "present" or "another run" in o for o in other), outcomes
+    assert sorted(outcomes, key=len)[0] == "extracted", outcomes
+    assert "did another run create it meanwhile" in sorted(outcomes, key=len)[1], outcomes
     assert (root / "images.txt").is_file() and _no_hidden_leftovers(root.parent)
     assert sorted(p.name for p in root.parent.iterdir()) == ["CUB_200_2011", "CUB_200_2011.tgz"]
 

@@ -26,6 +26,11 @@ from .preprocess import open_rgb
 from .synthetic import MARKER as SYNTHETIC_MARKER
 
 VERIFIED = ".verified.json"
+
+
+class ArchiveError(UserError):
+    """The archive itself is bad (unreadable, truncated, unsafe, not CUB): a downloaded copy is worth deleting."""
+
 ARCHIVE_NAME = "CUB_200_2011.tgz"
 
 
@@ -73,11 +78,11 @@ def check_members(tar):
     for member in tar.getmembers():
         name = PurePosixPath(member.name)
         if name.is_absolute() or ".." in name.parts or member.name.startswith(("/", "\\")):
-            raise UserError(f"refusing to extract {member.name!r}: the archive has a path outside its folder")
+            raise ArchiveError(f"refusing to extract {member.name!r}: the archive has a path outside its folder")
         if member.issym() or member.islnk():
-            raise UserError(f"refusing to extract {member.name!r}: the archive has a link")
+            raise ArchiveError(f"refusing to extract {member.name!r}: the archive has a link")
         if not (member.isfile() or member.isdir()):
-            raise UserError(f"refusing to extract {member.name!r}: not a regular file or folder")
+            raise ArchiveError(f"refusing to extract {member.name!r}: not a regular file or folder")
 
 
 def _is_empty_dir(path):
@@ -116,14 +121,14 @@ def extract_cub(archive, dataset_root, progress=True, marker=None):
         except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
             if isinstance(err, OSError) and err.filename and not str(err.filename).startswith(str(archive)):
                 raise UserError(f"cannot unpack {archive} beside {dataset_root}: {one_line(err)}") from None
-            raise UserError(f"{archive} is not a complete, readable .tgz archive ({one_line(err)})") from None
+            raise ArchiveError(f"{archive} is not a complete, readable .tgz archive ({one_line(err)})") from None
         found = sorted(tmp.rglob("images.txt"), key=lambda p: len(p.parts))
         if not found:
-            raise UserError(f"{archive} holds no images.txt: it is not the CUB-200-2011 archive")
+            raise ArchiveError(f"{archive} holds no images.txt: it is not the CUB-200-2011 archive")
         try:
             ann = load_cub(found[0].parent)
         except UserError as err:  # its paths name the temporary folder, which is removed below
-            raise UserError(f"{archive} holds an inconsistent CUB folder, not unpacked: {err}") from None
+            raise ArchiveError(f"{archive} holds an inconsistent CUB folder, not unpacked: {err}") from None
         if marker:
             write_json(found[0].parent / marker[0], marker[1])
         try:
@@ -183,7 +188,7 @@ def fetch_cub(dataset_root, urls, expected_md5, archive=None, keep_archive=True,
     try:
         ann = extract_cub(archive, dataset_root, progress,
                           marker=(VERIFIED, {"md5": digest, "md5_checked": bool(expected_md5)}))
-    except UserError as err:
+    except ArchiveError as err:
         if downloaded:  # else the next run would reuse the bad file (possible only with the md5 check skipped)
             archive.unlink(missing_ok=True)
             way_out = f"; the downloaded {archive.name} was deleted: run again, or pass --archive PATH"

@@ -7,13 +7,16 @@ from pathlib import Path
 
 from vitlrp import cli
 from vitlrp.errors import UserError
-from vitlrp.gallery import write_results_gallery
+from vitlrp.gallery import incomplete_runs, write_results_gallery
 
 
 def main(cfg):
     if not Path(cfg.RESULTS_DIR).is_dir():
         raise UserError(f"RESULTS_DIR {cfg.RESULTS_DIR} does not exist; run the pipeline first or pass --results-dir")
     path = write_results_gallery(cfg.RESULTS_DIR, cfg.TITLE)
+    for sub in incomplete_runs(cfg.RESULTS_DIR):
+        print(f"warning: {Path(cfg.RESULTS_DIR) / sub} holds a run that did not finish (see its RUN_INCOMPLETE.txt); "
+              "the page flags it")
     print(f"Gallery: {path}  (open it in a browser; links are relative, it works offline)")
     return 0
 

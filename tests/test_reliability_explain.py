@@ -208,7 +208,7 @@ def test_evaluation_folder_keeps_only_its_last_run(trained_tiny, tmp_path, monke
     (out / "bar_old_metric.png").write_bytes(b"png")  # an older run's output name
     (out / "summary.json").write_text("{}", encoding="utf-8")
     (out / "notes.md").write_text("mine", encoding="utf-8")
-    monkeypatch.setattr("vitlrp.plots.ranking_table", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr("vitlrp.evaluation.summarize", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     code, _, _ = evaluate(trained_tiny, out, n=2)
     monkeypatch.undo()
     assert code == 130 and (out / MARKER).exists() and not (out / "summary.json").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 from vitlrp import cli
 from vitlrp.errors import UserError
 from vitlrp.fileio import ensure_writable_dir
-from vitlrp.gallery import write_results_gallery
+from vitlrp.gallery import incomplete_runs, write_results_gallery
 
 
 def main(cfg):
@@ -17,6 +17,9 @@ def main(cfg):
         raise UserError(f"RESULTS_DIR {cfg.RESULTS_DIR} {what}; run the pipeline first or pass --results-dir")
     ensure_writable_dir(cfg.RESULTS_DIR, "RESULTS_DIR")  # index.html is written there
     path = write_results_gallery(cfg.RESULTS_DIR, cfg.TITLE)
+    for sub in incomplete_runs(cfg.RESULTS_DIR):
+        print(f"warning: {Path(cfg.RESULTS_DIR) / sub} holds a run that did not finish (see its RUN_INCOMPLETE.txt); "
+              "the page flags it")
     print(f"Gallery: {path}  (open it in a browser; links are relative, it works offline)")
     return 0
 

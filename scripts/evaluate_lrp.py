@@ -30,10 +30,15 @@ from vitlrp import cli, plots
 from vitlrp import evaluation as E
 from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES
-from vitlrp.fileio import ensure_writable_dir, write_csv, write_json
+from vitlrp.fileio import write_csv, write_json
 from vitlrp.metrics import METRICS
 from vitlrp.pipeline import MethodRunner, load_model_and_split, loader, parse_method, sample_indices
+from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import Distributed, resolve_device
+
+# every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
+OUTPUT_NAMES = ("per_image.csv", "summary.csv", "summary.json", "config.json", "curves_morf_lerf.png", "bar_*.png",
+                "ranking.png")
 
 
 def check_config(cfg):
@@ -44,6 +49,10 @@ def check_config(cfg):
         raise UserError("METHODS lists a method twice")
     if cfg.PERTURB_STEPS < 2:
         raise UserError(f"PERTURB_STEPS must be at least 2, got {cfg.PERTURB_STEPS}")
+    if cfg.BATCH_SIZE <= 0:
+        raise UserError(f"BATCH_SIZE must be positive, got {cfg.BATCH_SIZE}")
+    if cfg.NUM_WORKERS < 0:
+        raise UserError(f"NUM_WORKERS must be >= 0 (0 = decode in this process), got {cfg.NUM_WORKERS}")
     if cfg.PART_TOLERANCE_PX < 0:
         raise UserError(f"PART_TOLERANCE_PX must be >= 0, got {cfg.PART_TOLERANCE_PX}")
     if cfg.DTYPE not in DTYPES:
@@ -62,9 +71,18 @@ def main(cfg):
     ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device,
                                                 annotations=True)
     indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
-    out = Path(cfg.OUTPUT_DIR)
+    patches = (model.image_size // model.patch_size) ** 2
+    if cfg.PERTURB_STEPS > patches:  # more steps than patches repeat curve points and only cost time
+        raise UserError(f"PERTURB_STEPS must be at most the number of patches ({patches}), got {cfg.PERTURB_STEPS}")
+    with ExitStack() as folder:  # rank 0 alone writes OUTPUT_DIR
+        run = folder.enter_context(RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, ("summary.json",))) \
+            if dist.is_main else None
+        return evaluate(cfg, run, dist, device, methods, model, dataset, indices)
+
+
+def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
+    out = run.path if run else Path(cfg.OUTPUT_DIR)
     if dist.is_main:
-        ensure_writable_dir(out, "OUTPUT_DIR")
         print(f"Evaluating {len(methods)} methods on {len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} "
               f"({device}{f' x{dist.world_size}' if dist.enabled else ''}, {cfg.DTYPE})")
     dtype, patch = DTYPES[cfg.DTYPE], model.patch_size
@@ -120,9 +138,11 @@ def main(cfg):
     write_csv(out / "summary.csv", [{"method": m, "metric": k, **summary[m][k]} for m in names for k in METRICS],
               ["method", "metric", "mean", "ci95", "n"])
     best = E.best_methods(summary)
-    failed = sum(1 for r in rows if r["error"]) // max(len(methods), 1)
+    failed = sorted({r["sample_idx"] for r in rows if r["error"]})  # unreadable, or a non-finite map of a method
+    no_box = E.boxless(rows)
     write_json(out / "summary.json", {
-        "n_images": len(indices) - failed, "n_failed": failed, "n_sampled": len(indices),  # scored, unreadable, drawn
+        "n_images": len(indices) - len(failed), "n_failed": len(failed), "n_sampled": len(indices),
+        "failed_images": failed, "images_without_box": no_box,
         "split": cfg.SPLIT, "checkpoint": str(cfg.CHECKPOINT_PATH),
         "dataset_root": str(cfg.DATASET_ROOT), "config": cli.config_dict(cfg),
         "perturbation_baseline": "removed patches are set to 0 after normalization (the mean colour)",
@@ -134,6 +154,8 @@ def main(cfg):
         plots.metric_bars(summary, metric, out / f"bar_{metric}.png")
     plots.ranking_table(summary, out / "ranking.png")
     write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "world_size": dist.world_size})
+    run.finish(["per_image.csv", "summary.csv", "summary.json", "config.json", "curves_morf_lerf.png", "ranking.png"]
+               + [f"bar_{metric}.png" for metric in METRICS])
 
     print()
     for line in E.table_lines(summary):
@@ -141,8 +163,17 @@ def main(cfg):
     print()
     for metric, (method, value) in best.items():
         print(f"best {metric:<16} {method:<22} {value:.3f}  ({'higher' if METRICS[metric] else 'lower'} is better)")
-    if failed:
-        print(f"{failed} image(s) could not be read; they are listed in per_image.csv with their error")
+    if no_box:
+        print(f"warning: {len(no_box)} image(s) have no usable box (NaN, outside the image, negative size or cropped "
+              f"away); their box metrics are left out of the means: sample_idx {no_box}")
+    unreadable = sorted({r["sample_idx"] for r in rows if r["error"] and not r["error"].startswith("non-finite")})
+    if unreadable:
+        print(f"{len(unreadable)} image(s) could not be read; they are listed in per_image.csv with their error")
+    for name in names:
+        bad = [r["sample_idx"] for r in rows if r["method"] == name and r["error"].startswith("non-finite")]
+        if bad:
+            print(f"{name}: {len(bad)} image(s) got a non-finite map (NaN or inf), left out of its means "
+                  f"(per_image.csv has the error): sample_idx {bad}")
     print(f"Output directory: {out}")
     dist.close()
     return 1 if failed else 0

@@ -13,11 +13,28 @@ from vitlrp.errors import UserError
 from vitlrp.fileio import write_csv, write_json
 from vitlrp.models import load_checkpoint, model_from_checkpoint
 from vitlrp.predict import predict_files
+from vitlrp.runfolder import FolderLock, check_complete
 from vitlrp.runtime import resolve_device
 
 
+def check_same_classes(names, samples, ckpt_path, results_path):
+    """Refuse a checkpoint whose class names differ from those the heatmap run recorded for its samples."""
+    for s in samples:
+        if s.get("label_name") is None:
+            continue
+        mine = names[s["label"]] if 0 <= s["label"] < len(names) else None
+        if mine != s["label_name"]:
+            raise UserError(f"the checkpoint {ckpt_path} was trained on other classes than the heatmap run in "
+                            f"{results_path} (label {s['label']} is {s['label_name']!r} there, "
+                            f"{mine!r} in the checkpoint); pass the checkpoint that run used, or leave "
+                            "CHECKPOINT_PATH empty")
+
+
 def main(cfg):
+    if cfg.TOP_K <= 0:
+        raise UserError(f"TOP_K must be at least 1, got {cfg.TOP_K}")
     out = Path(cfg.OUTPUT_DIR)
+    check_complete(out, "OUTPUT_DIR", "run scripts/test_vit_forward.py again to finish it (see the marker)")
     results_path = out / "lrp_results.json"
     if not results_path.is_file():
         raise UserError(f"{results_path} not found: run `python scripts/test_vit_forward.py` first "
@@ -30,9 +47,16 @@ def main(cfg):
                                             "checkpoints/vit_cub_best.pt")
     device = resolve_device(cfg.DEVICE)
     ckpt = load_checkpoint(ckpt_path)
-    model, prep = model_from_checkpoint(ckpt)
     names = ckpt["class_names"]
-    preds = predict_files(model.to(device), prep, [s["img_path"] for s in samples], cfg.TOP_K)
+    check_same_classes(names, samples, ckpt_path, results_path)
+    model, prep = model_from_checkpoint(ckpt)
+    with FolderLock(out, "OUTPUT_DIR"):  # no heatmap run may start rewriting the folder meanwhile
+        check_complete(out, "OUTPUT_DIR", "run scripts/test_vit_forward.py again to finish it (see the marker)")
+        return report(cfg, out, ckpt_path, model.to(device), prep, names, samples)
+
+
+def report(cfg, out, ckpt_path, model, prep, names, samples):
+    preds = predict_files(model, prep, [s["img_path"] for s in samples], cfg.TOP_K)
 
     rows = []
     print(f"Checkpoint: {ckpt_path}   samples: {len(samples)}")

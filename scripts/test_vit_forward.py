@@ -28,10 +28,11 @@ from tqdm import tqdm
 from vitlrp import cli, render
 from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES, PRESETS, Explainer, resolve_gammas
-from vitlrp.fileio import ensure_writable_dir, write_json, write_text
+from vitlrp.fileio import write_json, write_text
 from vitlrp.gallery import write_heatmap_gallery
-from vitlrp.heatmaps import write_grid, write_sample
-from vitlrp.pipeline import load_model_and_split, loader, sample_indices
+from vitlrp.heatmaps import OUTPUT_NAMES, write_grid, write_sample
+from vitlrp.pipeline import load_model_and_split, loader, nonfinite_error, sample_indices
+from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
 
 
@@ -48,6 +49,8 @@ def check_config(cfg):
         raise UserError(f"IMPL must be fused or zennit, got {cfg.IMPL!r}")
     if cfg.BATCH_SIZE <= 0:
         raise UserError(f"BATCH_SIZE must be positive, got {cfg.BATCH_SIZE}")
+    if cfg.NUM_WORKERS < 0:
+        raise UserError(f"NUM_WORKERS must be >= 0 (0 = decode in this process), got {cfg.NUM_WORKERS}")
     unknown = [p for p in cfg.COMPARE_PRESETS if p not in PRESETS]
     if unknown:
         raise UserError(f"unknown preset(s) in COMPARE_PRESETS: {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
@@ -60,9 +63,13 @@ def main(cfg):
     out = Path(cfg.OUTPUT_DIR)
     ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device)
     indices = sample_indices(len(dataset), cfg.NUM_SAMPLES, cfg.SEED, split=cfg.SPLIT)
-    ensure_writable_dir(out, "OUTPUT_DIR")
-    (out / "lrp_results.json").unlink(missing_ok=True)  # the folder is complete again only when this run ends
+    # the folder is complete again only when this run ends: no results or page of an older run meanwhile
+    with RunFolder(out, "OUTPUT_DIR", OUTPUT_NAMES, clear_first=("lrp_results.json", "index.html")) as run:
+        return explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin_gamma)
 
+
+def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin_gamma):
+    out = run.path
     names, prep = ckpt["class_names"], dataset.preprocessing
     dtype = DTYPES[cfg.DTYPE]
     print(f"Using device: {device}")
@@ -106,6 +113,12 @@ def main(cfg):
                 k = maps[row]
                 tgt, pred = int(target[k]), int(logits[k].argmax())
                 rel = relevance[k].cpu()
+                bad = nonfinite_error(rel, logits[k])
+                if bad:  # e.g. NaN weights or an overflow: no picture of it, the run fails
+                    entry.update(target_class=tgt, label_name=names[label], error=bad, files={})
+                    print(f"  ✗ Failed: {bad}")
+                    results.append(entry)
+                    continue
                 title = (f"#{idx}  true: {names[label]}  |  pred: {names[pred]} ({probs[k, pred]:.1%})  |  "
                          f"γ conv {conv_gamma:g}, lin {lin_gamma:g}")
                 files = write_sample(out, idx, rgb[row], rel, title, tgt)
@@ -127,7 +140,8 @@ def main(cfg):
                     "explained_logit": explained, "relevance_sum": float(rel.double().sum()),
                     "target_mode": cfg.TARGET, "preset": cfg.PRESET, "dtype": cfg.DTYPE, "impl": cfg.IMPL,
                     "gamma_attention": cfg.GAMMA_ATTENTION, "gamma_layers": gamma_layers,
-                    "preprocessing": prep.to_dict(), "checkpoint": str(cfg.CHECKPOINT_PATH), "error": None,
+                    "preprocessing": prep.to_dict(), "error": None,
+                    "checkpoint": str(Path(cfg.CHECKPOINT_PATH).resolve()),  # inspect may run from another folder
                 })
                 print(f"  ✓ Target class: {tgt} (label: {label})")
                 print(f"  ✓ Saved: {files['overlay']}")
@@ -143,10 +157,15 @@ def main(cfg):
                                      "preprocessing": prep.to_dict(), "device": str(device)})
     write_json(out / "lrp_results.json", results)
     write_heatmap_gallery(out, results, cli.config_dict(cfg), coverage, grid_overview=bool(grid_rows))
+    run.finish({f for r in results for f in r["files"].values()} | {"lrp_image_paths.txt", "config.json",
+               "lrp_results.json", "index.html"} | ({"lrp_gamma_grid_overview.png"} if grid_rows else set()))
     failed = sum(1 for r in results if r.get("error"))
+    unreadable = sum(1 for r in results if r.get("error") and r["target_class"] is None)
+    kinds = [f"{n} {what}" for n, what in ((unreadable, "unreadable"), (failed - unreadable, "non-finite map"))
+             if n]
     print("\n" + "=" * 60)
     print(f"Completed! Generated {len(results) - failed}/{len(results)} samples"
-          + (f" ({failed} unreadable, see lrp_results.json)" if failed else ""))
+          + (f" ({', '.join(kinds)}, see lrp_results.json)" if failed else ""))
     print(f"Gamma parameters: Conv2d={conv_gamma}, Linear={lin_gamma}")
     print(f"Output directory: {out}")
     return 1 if failed else 0

@@ -1,7 +1,10 @@
 """Which attribution method explains best: score batches of maps, summarise with confidence intervals."""
 import math
 
+import torch
+
 from . import metrics as M
+from .pipeline import nonfinite_error
 
 ROW_FIELDS = ["method", "sample_idx", "label", "target", "predicted", "correct", *M.METRICS,
               "relevance_sum", "explained_logit", "error"]
@@ -24,15 +27,28 @@ def score_batch(relevance, logits, target, batch, rows_ok, prob_fn, images, patc
     scores = {k: v.float().cpu() for k, v in scores.items()}
     sums = rel.double().sum((1, 2)).cpu()
     explained = logits.gather(1, target.view(-1, 1).to(logits.device)).squeeze(1).cpu()
-    out = []
+    has_box = mask.flatten(1).any(1).cpu()  # False: NaN, outside the image, negative size or cropped away
+    out, finite = [], []
     for k, row in enumerate(rows_ok):
-        entry = {name: float(v[k]) for name, v in scores.items()}
-        entry.update(sample_idx=int(batch["index"][row]), label=int(batch["label"][row]), target=int(target[k]),
-                     predicted=int(logits[k].argmax()), relevance_sum=float(sums[k]),
-                     explained_logit=float(explained[k]), error="")
+        entry = dict(sample_idx=int(batch["index"][row]), label=int(batch["label"][row]), target=int(target[k]),
+                     predicted=int(logits[k].argmax()))
         entry["correct"] = int(entry["predicted"] == entry["label"])
+        error = nonfinite_error(relevance[k], logits[k])
+        finite.append(not error)
+        if error:  # a NaN map would score as NaN and silently drop out of the means
+            out.append({**entry, "error": error})
+            continue
+        entry.update({name: float(v[k]) for name, v in scores.items()})
+        entry.update(relevance_sum=float(sums[k]), explained_logit=float(explained[k]), error="",
+                     no_box=not bool(has_box[k]))
         out.append(entry)
-    return out, curves
+    keep = torch.tensor(finite, dtype=torch.bool)
+    return out, {name: c[keep] for name, c in curves.items()}
+
+
+def boxless(rows):
+    """Sorted ``sample_idx`` of the scored images without a usable box (their box metrics are NaN, not averaged)."""
+    return sorted({r["sample_idx"] for r in rows if r.get("no_box")})
 
 
 def summarize(rows, methods):

@@ -28,11 +28,13 @@ def atomic_path(path):
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError) and err.filename in (None, tmp, str(tmp)):
+            err.filename = str(path)  # name the file the user knows (e.g. disk full), not the temporary one
         raise
 
 

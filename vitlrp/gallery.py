@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from .fileio import write_text
+from .runfolder import MARKER, incomplete_note
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px}
@@ -158,10 +159,17 @@ def _evaluation_section(eval_dir, prefix):
     return parts
 
 
+def incomplete_runs(results_dir):
+    """``{'lrp_samples': marker text, ...}`` for the explaining folders whose last run did not finish."""
+    notes = {sub: incomplete_note(Path(results_dir) / sub) for sub in ("lrp_samples", "lrp_eval")}
+    return {sub: note for sub, note in notes.items() if note is not None}
+
+
 def write_results_gallery(results_dir, title="Results"):
     """``index.html`` over a results folder holding any of ``train/``, ``lrp_samples/``, ``lrp_eval/``."""
     root = Path(results_dir)
-    body = []
+    body = [f"<p class=bad>{_e(sub)}/ holds a run that did not finish ({_e(MARKER)}): {_e(note)}</p>"
+            for sub, note in incomplete_runs(root).items()]
     if (root / "train" / "summary.csv").exists():
         body += _training_section(root / "train", "train/")
     if (root / "lrp_samples" / "lrp_results.json").exists():

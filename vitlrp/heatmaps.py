@@ -3,6 +3,10 @@ from . import render
 from .fileio import torch_save
 
 KINDS = (("heatmap", "png"), ("overlay", "png"), ("comparison", "png"), ("relevance_raw", "pt"))
+# every name a heatmap run (or inspect_lrp_predictions.py on its folder) writes: a finished run removes the older
+# runs' files matching these that it did not rewrite, and nothing else
+OUTPUT_NAMES = ("lrp_*.png", "lrp_*.pt", "lrp_*.json", "lrp_*.txt", "index.html", "config.json", "predictions.json",
+                "predictions.csv")
 
 
 def sample_files(idx):

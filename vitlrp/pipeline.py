@@ -25,6 +25,9 @@ def sample_indices(n_total, n, seed, what="NUM_SAMPLES", split="test"):
     """``random.seed(seed)`` then ``n`` distinct indices (``n = 0``: all, in order); same images whatever else."""
     if n < 0:
         raise UserError(f"{what} must be >= 0, got {n}")
+    if n_total == 0:
+        raise UserError(f"the {split} split has no images; check the dataset's train_test_split.txt or choose "
+                        "another split")
     if n > n_total:
         raise UserError(f"{what}={n} is larger than the {split} split ({n_total} images); use at most {n_total} "
                         "or 0 for all")
@@ -41,6 +44,16 @@ def loader(dataset, indices, batch_size, num_workers, device):
     kwargs = dict(prefetch_factor=4) if num_workers > 0 else {}
     return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=device.type == "cuda", **kwargs)
+
+
+def nonfinite_error(relevance, logits):
+    """The error message of a sample whose map or logits hold NaN or inf (e.g. NaN weights, an overflow), else ''."""
+    bad = int((~torch.isfinite(relevance)).sum())
+    if bad == 0 and bool(torch.isfinite(logits).all()):
+        return ""
+    what = f"{bad} of {relevance.numel()} relevance values" if bad else "the logits"
+    return (f"non-finite map: {what} are NaN or inf (broken weights or an overflow; try DTYPE=fp32 or a smaller "
+            "gamma, and check the checkpoint)")
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,12 @@ SEED = 0  # model init, shuffling and augmentation
 DEVICE = "auto"  # auto, cuda, cpu
 CHECKPOINT_DIR = "checkpoints"  # vit_cub_best.pt and vit_cub_last.pt go here
 RESUME = False  # continue from CHECKPOINT_DIR/vit_cub_last.pt
+OVERWRITE = False  # start afresh in a CHECKPOINT_DIR that already holds checkpoints, replacing them
 STOP_AFTER = 0  # stop after this many epochs in this run (0 = run to EPOCHS); continue with --resume true
 OUTPUT_DIR = "results/train"  # config.json, summary.csv, curves.png
 # -------------------------------------------------------------------------------------
+import contextlib
+import math
 import os
 import time
 from pathlib import Path
@@ -53,6 +56,7 @@ from vitlrp.training import (
     WarmupCosine,
     amp_dtype,
     evaluate,
+    folder_lock,
     make_loader,
     make_optimizer,
     train_one_epoch,
@@ -63,6 +67,12 @@ def check_config(cfg, dist):
     for name in ("EPOCHS", "BATCH_SIZE"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
+    for name in ("IMAGE_SIZE", "WARMUP_EPOCHS", "NUM_WORKERS", "SEED", "STOP_AFTER"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
+    for name in ("LR", "WEIGHT_DECAY", "LABEL_SMOOTHING", "GRAD_CLIP"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise UserError(f"{name} must be a finite number, got {getattr(cfg, name)}")
     if not cfg.LR > 0:
         raise UserError(f"LR must be positive, got {cfg.LR}")
     if cfg.WEIGHT_DECAY < 0 or not 0 <= cfg.LABEL_SMOOTHING < 1 or cfg.GRAD_CLIP < 0 or cfg.WARMUP_EPOCHS < 0:
@@ -75,25 +85,61 @@ def check_config(cfg, dist):
         raise UserError(f"AMP must be auto, bf16, fp16 or none, got {cfg.AMP!r}")
     if cfg.BATCH_SIZE % dist.world_size:
         raise UserError(f"BATCH_SIZE {cfg.BATCH_SIZE} must be divisible by the {dist.world_size} processes")
+    if cfg.RESUME and cfg.OVERWRITE:
+        raise UserError("--resume true continues the checkpoints, --overwrite true replaces them: choose one")
+
+
+def check_checkpoint_dir(cfg, ckpt_dir, last_path):
+    """Refuse to resume without a last checkpoint, or to start afresh over an earlier run's checkpoints."""
+    if cfg.RESUME and not last_path.is_file():
+        raise UserError(f"--resume true but {last_path} does not exist: pass the --checkpoint-dir of the run "
+                        "to continue, or start afresh without --resume")
+    existing = [p.name for p in (ckpt_dir / "vit_cub_best.pt", last_path) if p.exists()]
+    if not cfg.RESUME and not cfg.OVERWRITE and existing:
+        raise UserError(f"{ckpt_dir} already holds {' and '.join(existing)} from an earlier run: continue it with "
+                        "--resume true, write this run to another --checkpoint-dir, or replace them with "
+                        "--overwrite true")
+
+
+def recorded_config(cfg):
+    """The configuration as written to config.json and the checkpoints: paths resolved, so they stay meaningful."""
+    config = cli.config_dict(cfg)
+    for name in ("DATASET_ROOT", "CHECKPOINT_DIR", "OUTPUT_DIR"):
+        config[name] = str(Path(config[name]).resolve())
+    if config["PRETRAINED"] not in WEIGHTS and config["PRETRAINED"].lower() != "none":
+        config["PRETRAINED"] = str(Path(config["PRETRAINED"]).resolve())
+    return config
 
 
 def main(cfg):
+    with contextlib.ExitStack() as held:  # releases the checkpoint folder's lock however the run ends
+        return train(cfg, held)
+
+
+def train(cfg, held):
     dist = Distributed()
     check_config(cfg, dist)
     device = dist.init(resolve_device(cfg.DEVICE))
     ann = load_cub(cfg.DATASET_ROOT)
+    for split in ("train", "test"):
+        if not len(ann.split_indices(split)):
+            raise UserError(f"the {split} split of {cfg.DATASET_ROOT} is empty (train_test_split.txt marks no "
+                            f"image as {split}); training needs images in both splits")
     ckpt_dir, out_dir = Path(cfg.CHECKPOINT_DIR), Path(cfg.OUTPUT_DIR)
     last_path, best_path = ckpt_dir / "vit_cub_last.pt", ckpt_dir / "vit_cub_best.pt"
-    if cfg.RESUME and not last_path.is_file():
-        raise UserError(f"--resume true but {last_path} does not exist: pass the --checkpoint-dir of the run "
-                        "to continue, or start afresh without --resume")
+    check_checkpoint_dir(cfg, ckpt_dir, last_path)
     if dist.is_main:
         ensure_writable_dir(ckpt_dir, "CHECKPOINT_DIR")
         ensure_writable_dir(out_dir, "OUTPUT_DIR")
+        held.enter_context(folder_lock(ckpt_dir))  # one run at a time writes to a checkpoint folder
     resume = load_checkpoint(last_path) if cfg.RESUME else None
     if resume is not None and resume["class_names"] != ann.class_names:
         raise UserError(f"{last_path} was trained on other classes than {cfg.DATASET_ROOT}")
     if resume is not None:
+        missing = [k for k in ("optimizer", "scheduler", "scaler", "epoch", "best_acc") if k not in resume]
+        if missing:
+            raise UserError(f"{last_path} holds no training state ({', '.join(missing)}): --resume true needs the "
+                            "vit_cub_last.pt this script writes")
         _check_same_recipe(cfg, resume, last_path)
 
     image_size = cfg.IMAGE_SIZE or default_image_size(cfg.MODEL, cfg.PRETRAINED)
@@ -108,8 +154,9 @@ def main(cfg):
     model.to(device)
     dtype = amp_dtype(cfg.AMP, device)
 
-    train_set = CUBDataset(ann, "train", preprocessing, train_augment=True)
-    test_set = CUBDataset(ann, "test", preprocessing)
+    # an unreadable image is skipped and reported, not a traceback after an epoch of work
+    train_set = CUBDataset(ann, "train", preprocessing, train_augment=True, report_errors=True)
+    test_set = CUBDataset(ann, "test", preprocessing, report_errors=True)
     workers = min(cfg.NUM_WORKERS, os.cpu_count() or 1)
     sampler = EpochSampler(len(train_set), cfg.SEED, shuffle=True, rank=dist.rank, world=dist.world_size)
     per_rank = cfg.BATCH_SIZE // dist.world_size
@@ -140,7 +187,7 @@ def main(cfg):
     summary_path = out_dir / "summary.csv"
     rows = []
     if dist.is_main:
-        write_json(out_dir / "config.json", {**cli.config_dict(cfg), "world_size": dist.world_size,
+        write_json(out_dir / "config.json", {**recorded_config(cfg), "world_size": dist.world_size,
                                              "preprocessing": preprocessing.to_dict(), "device": str(device)})
         if resume is not None:
             rows = _summary_until(summary_path, resume)
@@ -152,6 +199,9 @@ def main(cfg):
               + (f", resuming after epoch {start_epoch - 1}" if resume else ""))
 
     last_epoch = cfg.EPOCHS if not cfg.STOP_AFTER else min(cfg.EPOCHS, start_epoch - 1 + cfg.STOP_AFTER)
+    saved_epoch = resume["epoch"] if resume is not None else None  # the epoch the last checkpoint on disk holds
+    earlier = resume is None and (last_path.exists() or best_path.exists())  # an earlier run's, with --overwrite
+    skipped = (0, 0)
     for epoch in range(start_epoch, last_epoch + 1):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -160,23 +210,36 @@ def main(cfg):
                                     dtype, cfg.GRAD_CLIP, desc=f"epoch {epoch}/{cfg.EPOCHS}",
                                     progress=dist.is_main)
         except NonFiniteLoss as err:
-            raise UserError(f"{err} in epoch {epoch}; stopped, {last_path} keeps the last good epoch "
-                            "(try a lower --lr or --amp bf16)") from None
-        loss_sum, seen = dist.all_reduce_sum([stats["train_loss"] * stats["seen"], stats["seen"]], device)
+            raise UserError(f"{err} in epoch {epoch}; stopped, " + _on_disk(saved_epoch, last_path, best_path, earlier)
+                            + " (try a lower --lr or --amp bf16)") from None
+        loss_sum, seen, train_skipped = dist.all_reduce_sum(
+            [stats["train_loss"] * stats["seen"], stats["seen"], len(stats["errors"])], device)
+        if not seen:
+            raise UserError(f"no train image of {cfg.DATASET_ROOT} could be read (e.g. {stats['errors'][:1]}); "
+                            "`python scripts/download_cub.py --verify true` lists the unreadable files")
         metrics = evaluate(model, test_loader, device, dtype, dist, progress=dist.is_main)
+        if not metrics["count"]:
+            raise UserError(f"no test image of {cfg.DATASET_ROOT} could be read (e.g. {metrics['errors'][:1]}); "
+                            "`python scripts/download_cub.py --verify true` lists the unreadable files")
+        skipped = (int(train_skipped), metrics["skipped"])
         row = {"epoch": epoch, "lr": f"{stats['lr']:.6g}", "train_loss": f"{loss_sum / seen:.5f}",
                "test_loss": f"{metrics['test_loss']:.5f}", "top1": f"{metrics['top1']:.5f}",
                "top5": f"{metrics['top5']:.5f}", "train_img_per_s": f"{stats['train_img_per_s'] * dist.world_size:.1f}",
-               "epoch_seconds": f"{time.perf_counter() - t0:.1f}"}
+               "epoch_seconds": f"{time.perf_counter() - t0:.1f}", "skipped_images": str(sum(skipped))}
         is_best = metrics["top1"] > best_acc
         best_acc = max(best_acc, metrics["top1"])
         if dist.is_main:
-            state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         scaler=scaler.state_dict(), epoch=epoch, best_acc=best_acc, config=cli.config_dict(cfg),
-                         summary_row=row)
-            save_checkpoint(last_path, model, cfg.MODEL, ann.class_names, preprocessing, **state)
+            if sum(skipped) and epoch == start_epoch:
+                first = (stats["errors"] + metrics["errors"])[:1]
+                print(f"warning: skipped {skipped[0]} unreadable train and {skipped[1]} test image(s) in each epoch "
+                      f"(left out of the loss and the accuracy){': ' + first[0] if first else ''}")
+            meta = dict(epoch=epoch, best_acc=best_acc, config=recorded_config(cfg), summary_row=row)
+            # the last checkpoint carries the training state --resume needs; the best one only what a model needs
+            save_checkpoint(last_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta,
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            scaler=scaler.state_dict())
             if is_best:
-                save_checkpoint(best_path, model, cfg.MODEL, ann.class_names, preprocessing, **state)
+                save_checkpoint(best_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta)
             append_csv_row(summary_path, row, SUMMARY_FIELDS)
             rows.append(row)
             plots.training_curves(rows, out_dir / "curves.png")
@@ -184,11 +247,14 @@ def main(cfg):
                   f"test loss {metrics['test_loss']:.3f}  top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  "
                   f"{float(row['train_img_per_s']):.0f} img/s  {row['epoch_seconds']}s"
                   + ("  *best*" if is_best else ""))
+        saved_epoch = epoch
         dist.barrier()
     if dist.is_main:
         done = ("Finished" if last_epoch == cfg.EPOCHS
                 else f"Stopped after epoch {last_epoch} (resume with --resume true)")
-        print(f"{done}. Best test top-1 {best_acc:.2%}; checkpoints: {best_path}, {last_path}")
+        print(f"{done}. Best test top-1 {best_acc:.2%}; checkpoints: {best_path}, {last_path}"
+              + (f"; {skipped[0]} train and {skipped[1]} test images were unreadable and skipped" if sum(skipped)
+                 else ""))
     dist.close()
     return 0
 
@@ -198,10 +264,19 @@ RECIPE = ("MODEL", "PRETRAINED", "IMAGE_SIZE", "EPOCHS", "BATCH_SIZE", "LR", "WE
           "LABEL_SMOOTHING", "GRAD_CLIP", "AMP", "SEED")
 
 
+def _on_disk(saved_epoch, last_path, best_path, earlier):
+    """What the checkpoint folder holds after a diverged epoch, said truthfully."""
+    if saved_epoch is None:
+        return "no checkpoint of this run was written" + (
+            f" ({last_path.parent} still holds the earlier run's)" if earlier else "")
+    return (f"nothing of this epoch was saved: {last_path} holds epoch {saved_epoch}, {best_path} the best epoch "
+            "up to it")
+
+
 def _check_same_recipe(cfg, resume, path):
-    saved = resume.get("config", {})
+    saved, now = resume.get("config", {}), recorded_config(cfg)
     for name in RECIPE:
-        if name in saved and saved[name] != getattr(cfg, name):
+        if name in saved and saved[name] != now[name] and saved[name] != getattr(cfg, name):
             raise UserError(f"--resume true with {name}={getattr(cfg, name)!r}, but {path} was trained with "
                             f"{name}={saved[name]!r}; use the same settings (or start a new run in another "
                             "--checkpoint-dir)")

@@ -1,10 +1,14 @@
 """Turn a script's constants block into command-line flags.
 
-Every UPPER_CASE constant (bool, int, float, str or list) defined at the top of a script can be
-overridden as ``--kebab-case value`` (or ``--kebab-case=value``), typed by its default: bools take
-true/false, lists take comma-separated values. ``--help`` lists them with their defaults and the comment
-written beside each. Bad flags and :class:`~vitlrp.errors.UserError` end the script with one line.
+The constants block is the run of top-level assignments at the top of a script, before its first ``import``.
+Each UPPER_CASE constant (bool, int, float, str or list) assigned there can be overridden as
+``--kebab-case value`` (or ``--kebab-case=value``), typed by its default: bools take true/false, lists take
+comma-separated values. UPPER_CASE names defined after the first import (tables the code uses, such as the
+training script's ``RECIPE``) are not settings and never become flags. ``--help`` lists the flags with their
+defaults and the comment written beside each. Bad flags and :class:`~vitlrp.errors.UserError` end the script
+with one line.
 """
+import ast
 import os
 import re
 import sys
@@ -22,9 +26,28 @@ def _flag(name):
     return "--" + name.lower().replace("_", "-")
 
 
+def block_names(path):
+    """Names assigned at the top level of the script at ``path`` before its first import (None if unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, TypeError, ValueError, SyntaxError):
+        return None
+    names = []
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            break
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
 def _constants(namespace):
+    """The constants block of the script behind ``namespace`` (all UPPER_CASE globals if it has no source file)."""
+    block = block_names(namespace.get("__file__"))
     return {k: v for k, v in namespace.items()
-            if re.fullmatch(r"[A-Z][A-Z0-9_]*", k) and isinstance(v, _SUPPORTED)}
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*", k) and isinstance(v, _SUPPORTED) and (block is None or k in block)}
 
 
 def _comments(path):

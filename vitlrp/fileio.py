@@ -5,6 +5,7 @@ A reader (or a re-run after a crash) never sees a half-written file under the fi
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -47,16 +48,39 @@ def write_text(path, text):
     write_bytes(path, text.encode("utf-8"))
 
 
+def _finite_or_null(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON has no NaN; strict readers reject it)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Write strict JSON: a NaN or infinite number is written as ``null``."""
+    write_text(path, json.dumps(_finite_or_null(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-def torch_save(path, obj):
+def torch_save(path, obj, what="file"):
+    """``torch.save`` streamed to a temporary file, then renamed (no in-memory copy of the whole file).
+
+    A failed write (disk full, ...) is one UserError; the file previously at ``path`` stays as it was.
+    """
     import torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes(path, buf.getvalue())
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as err:
+        # torch's zip writer reports a failed write as a RuntimeError ("... file write failed")
+        if isinstance(err, RuntimeError) and "write" not in str(err).lower():
+            raise
+        reason = os.strerror(err.errno) if getattr(err, "errno", None) else str(err).splitlines()[0]
+        raise UserError(f"cannot write the {what} {path} ({reason}); the previous one (if any) was left as it "
+                        "was: free some space or choose another folder") from None
 
 
 def save_figure(fig, path, **kwargs):

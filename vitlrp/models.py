@@ -77,6 +77,11 @@ def pretrained_state_dict(pretrained):
     state = _load(path, "weights file")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # one of our checkpoints
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"weights file {pretrained} holds no state dict (a dict of tensors)")
+    bad = non_finite_tensors(state)
+    if bad:
+        raise UserError(f"weights file {pretrained} holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]})")
     return state
 
 
@@ -87,13 +92,9 @@ def load_pretrained(model, pretrained):
     own_pos = model.encoder.pos_embedding
     if pos is not None and pos.shape != own_pos.shape and pos.ndim == 3 and pos.shape[-1] == own_pos.shape[-1]:
         state = interpolate_embeddings(model.image_size, model.patch_size, state)
-    own = model.state_dict()
-    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
-    wrong = [k for k, v in state.items() if k in own and shape(v) != shape(own[k])]
-    if wrong:  # another architecture (e.g. a vit_b_16 file for vit_tiny): load_state_dict would raise a traceback
-        k = wrong[0]
-        raise UserError(f"weights {pretrained} do not fit this model: {k} has shape {shape(state[k])}, the "
-                        f"model expects {shape(own[k])} ({len(wrong)} tensors differ)")
+    problem = _fit_problem(state, model.state_dict(), strict=False)
+    if problem:  # another architecture (e.g. a vit_b_16 file for vit_tiny): load_state_dict would raise a traceback
+        raise UserError(f"weights {pretrained} do not fit this model: {problem}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("heads.")]
     if missing or unexpected:
@@ -102,14 +103,79 @@ def load_pretrained(model, pretrained):
     return model
 
 
+_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"\x89HDF", "an HDF5 (Keras) file"),
+          (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"))
+
+
+def _not_torch(path):
+    """Why ``path`` is plainly not a file ``torch.save`` wrote (e.g. 'is empty (0 bytes)'), or None if it may be one."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if not head:
+        return "is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch's zip format; the legacy pickle format
+        return None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return f"is {kind}"
+    if len(head) > 8 and head[8:9] == b"{" and b'"dtype"' in head:
+        return "is a safetensors file (load it with safetensors and re-save it with torch.save)"
+    if b"\x00" not in head:
+        try:
+            head[:-4].decode("utf-8") if len(head) == 4096 else head.decode("utf-8")
+            return "is a text file"
+        except UnicodeDecodeError:
+            pass
+    return f"is not a PyTorch file (it begins with the bytes {head[:8].hex(' ')})"
+
+
+def _first_line(err):
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def _load(path, what):
+    """``torch.load(weights_only=True)``; every way a file can be wrong is one UserError saying what the file is."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file: pass the file itself")
+    try:
+        problem = _not_torch(path)
+    except OSError as err:
+        raise UserError(f"{what} {path} cannot be read ({err.strerror or err})") from None
+    if problem:
+        raise UserError(f"{what} {path} {problem}; expected a file written by torch.save") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"{what} {path} holds pickled Python objects and was refused (only tensors and plain "
                         "types are loaded); re-save it as a state dict") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise UserError(f"{what} {path} cannot be read ({str(err).splitlines()[0]}); it may be truncated") from None
+    except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError) as err:
+        raise UserError(f"{what} {path} cannot be read ({_first_line(err)}); it may be truncated") from None
+
+
+def _shape(value):
+    return tuple(getattr(value, "shape", ()))
+
+
+def _fit_problem(state, own, strict=True):
+    """Why ``state`` does not load into a model whose state dict is ``own`` (one phrase), or None."""
+    wrong = [k for k, v in state.items() if k in own and _shape(v) != _shape(own[k])]
+    if wrong:
+        k = wrong[0]
+        return (f"{k} has shape {_shape(state[k])}, the model expects {_shape(own[k])} "
+                f"({len(wrong)} tensors differ)")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if strict and (missing or unexpected):
+        return f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+    return None
+
+
+def non_finite_tensors(state):
+    """Names of the floating-point tensors in ``state`` holding NaN or infinite values."""
+    return [k for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def unwrap(model):
@@ -119,28 +185,71 @@ def unwrap(model):
 
 
 def save_checkpoint(path, model, arch, class_names, preprocessing, **extra):
-    """Write a checkpoint atomically (temp file, then ``os.replace``)."""
+    """Write a checkpoint atomically (streamed to a temp file, then ``os.replace``)."""
     model = unwrap(model)
     ckpt = {"format": FORMAT, "arch": arch, "image_size": int(model.image_size),
             "num_classes": len(class_names), "class_names": list(class_names),
             "preprocessing": preprocessing.to_dict(), "model": model.state_dict(), **extra}
-    torch_save(path, ckpt)
+    torch_save(path, ckpt, "checkpoint")
 
 
 def load_checkpoint(path):
-    """Load a checkpoint with ``weights_only=True``; clear one-line errors for every way it can be wrong."""
+    """Load a checkpoint with ``weights_only=True``; clear one-line errors for every way it can be wrong.
+
+    Refused: a missing file or a folder, a file that is not a checkpoint, one whose metadata or weight shapes do not
+    describe a model this package builds, and one whose weights hold NaN or infinite values (a diverged run).
+    """
     path = Path(path)
+    if path.is_dir():
+        inside = [p.name for p in (path / "vit_cub_best.pt", path / "vit_cub_last.pt") if p.is_file()]
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file: pass the file"
+                        + (f", e.g. {path / inside[0]}" if inside else ""))
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found: train one with `python scripts/train_vit_cub.py` "
                         "or pass --checkpoint-path")
     ckpt = _load(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserError(f"{path} is not a checkpoint written by scripts/train_vit_cub.py")
+        hint = ""
+        if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+            hint = " (it is a bare state dict: `scripts/train_vit_cub.py --pretrained PATH` can start a run from it)"
+        raise UserError(f"{path} is not a checkpoint written by scripts/train_vit_cub.py{hint}")
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise UserError(f"checkpoint {path} {problem}")
     return ckpt
+
+
+def _checkpoint_problem(ckpt):
+    """Why a checkpoint dict cannot be rebuilt into a usable model (a phrase), or None."""
+    need = {"arch": str, "image_size": int, "num_classes": int, "class_names": list, "preprocessing": dict,
+            "model": dict}
+    absent = [k for k, kind in need.items() if not isinstance(ckpt.get(k), kind)]
+    if absent:
+        return f"lacks {', '.join(absent)} (or holds the wrong type there); it was not written by this package"
+    if ckpt["arch"] not in ARCHS:
+        return f"names an unknown arch {ckpt['arch']!r} (known: {', '.join(ARCHS)})"
+    if len(ckpt["class_names"]) != ckpt["num_classes"]:
+        return f"names {len(ckpt['class_names'])} classes but says num_classes {ckpt['num_classes']}"
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            own = build_vit(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"]).state_dict()
+    except (UserError, ValueError, RuntimeError) as err:
+        return f"describes no buildable model ({_first_line(err)})"
+    problem = _fit_problem(ckpt["model"], own)
+    if problem:
+        return f"holds weights that do not fit its own {ckpt['arch']} at {ckpt['image_size']} px: {problem}"
+    bad = non_finite_tensors(ckpt["model"])
+    if bad:
+        return (f"holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the training run diverged; "
+                "use an earlier checkpoint or train again with a lower --lr")
+    return None
 
 
 def model_from_checkpoint(ckpt):
     """Rebuild ``(model, preprocessing)`` from a loaded checkpoint, in eval mode on the CPU."""
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise UserError(f"the checkpoint {problem}")
     model = build_vit(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), Preprocessing.from_dict(ckpt["preprocessing"])

@@ -5,14 +5,21 @@ the shuffling of epoch ``e`` depends only on (seed, e). So a resumed run, a run 
 loader workers, and an uninterrupted run see the same batches (bit-identical on the CPU).
 """
 import math
+import os
+import socket
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "test_loss", "top1", "top5", "train_img_per_s", "epoch_seconds"]
+from .errors import UserError
+
+SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "test_loss", "top1", "top5", "train_img_per_s", "epoch_seconds",
+                  "skipped_images"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -114,22 +121,52 @@ def amp_dtype(amp, device):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
 
 
+def readable_rows(batch, device):
+    """A bool mask of the batch rows whose image loaded (``CUBDataset(report_errors=True)``), or None if all did.
+
+    None keeps the common case on exactly the code path of a clean dataset (bit-identical results).
+    """
+    errors = batch.get("error")
+    if not errors or not any(errors):
+        return None
+    return torch.tensor([not e for e in errors], device=device)
+
+
+def _failed(batch):
+    return [e for e in batch.get("error", ()) if e]
+
+
+def weights_finite(model):
+    """True when every parameter and buffer of ``model`` is finite (one device sync)."""
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, dtype, grad_clip,
                     desc="train", progress=True, check_every=10):
-    """One pass over ``loader``; returns ``{'train_loss', 'train_img_per_s', 'lr'}`` (this rank's figures).
+    """One pass over ``loader``; returns ``{'train_loss', 'train_img_per_s', 'lr', 'seen', 'errors'}`` (this rank's).
 
-    Raises :class:`NonFiniteLoss` when the loss becomes NaN or infinite (checked every ``check_every`` steps
-    to avoid a device sync per step).
+    Rows whose image failed to load (an ``error`` field) are left out of the loss; their messages are in
+    ``errors``. The batch still runs forward and backward (so DDP ranks stay in step), a batch of only failed
+    rows with a zero loss. Raises :class:`NonFiniteLoss` when the loss or, after the epoch, a weight becomes NaN or
+    infinite (the loss is checked every ``check_every`` steps to avoid a device sync per step).
     """
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    seen, start = 0, time.perf_counter()
+    seen, errors, start = 0, [], time.perf_counter()
     bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
     for step, batch in enumerate(bar):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
+        ok = readable_rows(batch, device)
+        errors += _failed(batch)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = criterion(model(images), labels)
+            if ok is None:
+                loss = criterion(model(images), labels)
+            else:
+                logits = model(images)
+                loss = criterion(logits[ok], labels[ok]) if ok.any() else logits.sum() * 0.0
+                labels = labels[ok]
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip > 0:
@@ -138,29 +175,44 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, devi
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        loss_sum += loss.detach().double() * len(labels)
-        seen += len(labels)
+        if len(labels):
+            loss_sum += loss.detach().double() * len(labels)
+            seen += len(labels)
         if (step + 1) % check_every == 0 or step + 1 == len(loader):
-            mean = loss_sum.item() / seen
+            mean = loss_sum.item() / max(seen, 1)
             if not math.isfinite(mean):
                 raise NonFiniteLoss(f"the training loss became {mean} at step {step + 1}")
             bar.set_postfix(loss=f"{mean:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    if not weights_finite(model):  # the last steps' updates can overflow after the last loss check
+        raise NonFiniteLoss("the weights became NaN or infinite at the end of the epoch")
     elapsed = time.perf_counter() - start
     return {"train_loss": loss_sum.item() / max(seen, 1), "train_img_per_s": seen / elapsed,
-            "lr": scheduler.get_last_lr()[0], "seen": seen}
+            "lr": scheduler.get_last_lr()[0], "seen": seen, "errors": errors}
 
 
 @torch.no_grad()
 def evaluate(model, loader, device, dtype, dist=None, progress=True):
-    """Top-1, top-5 and mean loss over ``loader`` (summed over ranks when ``dist`` is given)."""
+    """Top-1, top-5 and mean loss over ``loader`` (summed over ranks when ``dist`` is given).
+
+    Rows whose image failed to load are left out of every figure; ``skipped`` counts them (over ranks), ``errors``
+    holds this rank's messages and ``count`` the images scored.
+    """
     model.eval()
-    totals = [0.0, 0.0, 0.0, 0.0]  # loss sum, top-1 hits, top-5 hits, count
+    totals = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss sum, top-1 hits, top-5 hits, count, skipped
+    errors = []
     for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
+        ok = readable_rows(batch, device)
+        errors += _failed(batch)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(images).float()
+        if ok is not None:
+            totals[4] += len(labels) - int(ok.sum())
+            logits, labels = logits[ok], labels[ok]
+            if not len(labels):
+                continue
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         totals[0] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         totals[1] += (top[:, 0] == labels).sum().item()
@@ -169,4 +221,46 @@ def evaluate(model, loader, device, dtype, dist=None, progress=True):
     if dist is not None:
         totals = dist.all_reduce_sum(totals, device)
     n = max(totals[3], 1)
-    return {"test_loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n}
+    return {"test_loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n, "count": int(totals[3]),
+            "skipped": int(totals[4]), "errors": errors}
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def folder_lock(folder, name=".train.lock"):
+    """Hold ``folder/name`` (host and process id) while a run writes to ``folder``.
+
+    A second run into the same folder is refused with a UserError while the first is alive; a lock left by a
+    killed run on this host is taken over.
+    """
+    path, host = Path(folder) / name, socket.gethostname()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner, pid = path.read_text(encoding="utf-8").split()
+                pid = int(pid)
+            except (OSError, ValueError):
+                owner, pid = "?", 0
+            if owner == host and not _alive(pid):
+                path.unlink(missing_ok=True)  # its run was killed
+                continue
+            raise UserError(f"another run (host {owner}, process {pid}) is writing to {folder}: wait for it to end "
+                            f"or choose another folder (if no run is active, delete {path})") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(f"{host} {os.getpid()}\n")
+        break
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,381 @@
+"""Reliability of training, checkpoints and flags: nothing lost, nothing misleading.
+
+Each test reproduces one bad case a user can meet: a diverging run, a second run into the same checkpoint folder,
+an unreadable JPEG, a damaged or foreign checkpoint file, odd flag values, a full disk, a flag that is not a
+setting. Tiny settings: vit_tiny at 32 px, one or two epochs on the hand-written CUB or the mini-CUB.
+"""
+import errno
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, error_lines, run_script_inprocess
+from test_training import TINY32, epoch_lines, read_summary, stray_files, train
+
+from vitlrp import cli, fileio
+from vitlrp.cub import CUBDataset, load_cub
+from vitlrp.errors import UserError
+from vitlrp.models import FORMAT, build_vit, load_checkpoint, model_from_checkpoint, pretrained_state_dict
+from vitlrp.preprocess import Preprocessing
+from vitlrp.training import evaluate, train_one_epoch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(mini_cub, tmp_path_factory):
+    """One epoch of vit_tiny at 32 px on the mini-CUB (EPOCHS=3, stopped after 1); its out folder (ck/, train/)."""
+    out = tmp_path_factory.mktemp("one_epoch")
+    code, _, stderr = train(mini_cub, out, *TINY32, "--epochs", "3", "--stop-after", "1")
+    assert code == 0, stderr[-2000:]
+    return out
+
+
+def copy_run(src, dst):
+    shutil.copytree(src / "ck", dst / "ck")
+    shutil.copytree(src / "train", dst / "train")
+    return {p.name: p.read_bytes() for p in (dst / "ck").iterdir()}
+
+
+def one_error(code, stderr):
+    errors = error_lines(stderr)
+    assert code == 2 and len(errors) == 1, (code, stderr[-2000:])
+    assert "Traceback" not in stderr
+    return errors[0]
+
+
+# --- 1. divergence ------------------------------------------------------------------------------------------
+def test_diverging_learning_rate_writes_no_checkpoint_and_says_so(mini_cub, tmp_path):
+    flags = list(TINY32) + ["--epochs", "2"]
+    flags[flags.index("--lr") + 1] = "1e6"
+    code, stdout, stderr = train(mini_cub, tmp_path, *flags)
+    message = one_error(code, stderr)
+    assert "epoch 1" in message and "no checkpoint of this run was written" in message and "--lr" in message
+    assert not list(tmp_path.rglob("*.pt")) and epoch_lines(stdout) == []
+
+
+def test_weights_that_turn_nan_in_the_last_step_are_not_saved(mini_cub, one_epoch, tmp_path, monkeypatch):
+    """The loss of a step is finite, the update it makes is not: the weights check after the epoch catches it."""
+    before = copy_run(one_epoch, tmp_path)
+    summary_before = (tmp_path / "train" / "summary.csv").read_text(encoding="utf-8")
+    steps_per_epoch = math.ceil(len(load_cub(mini_cub).split_indices("train")) / 32)
+    step, calls = torch.optim.AdamW.step, []
+
+    def poisoned_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == steps_per_epoch:  # the last step of the resumed epoch
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned_step)
+    code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    message = one_error(code, stderr)
+    ck = tmp_path / "ck"
+    assert "weights became NaN or infinite" in message and "epoch 2" in message
+    assert f"{ck / 'vit_cub_last.pt'} holds epoch 1" in message
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
+    assert (tmp_path / "train" / "summary.csv").read_text(encoding="utf-8") == summary_before
+
+
+def write_checkpoint(path, state=None, **overrides):
+    model = build_vit("vit_tiny", 3, 32)
+    ckpt = {"format": FORMAT, "arch": "vit_tiny", "image_size": 32, "num_classes": 3, "class_names": ["a", "b", "c"],
+            "preprocessing": Preprocessing.for_size(32).to_dict(), "model": state or model.state_dict()}
+    ckpt.update(overrides)
+    for key in [k for k, v in overrides.items() if v is None]:
+        del ckpt[key]
+    torch.save(ckpt, path)
+    return path
+
+
+def test_checkpoint_with_nan_weights_is_refused_by_loader_and_rebuilder(tmp_path):
+    state = build_vit("vit_tiny", 3, 32).state_dict()
+    state["heads.head.bias"][1] = float("inf")
+    path = write_checkpoint(tmp_path / "nan.pt", state)
+    with pytest.raises(UserError, match=r"NaN or infinite weights .*heads\.head\.bias.*diverged"):
+        load_checkpoint(path)
+    with pytest.raises(UserError, match="NaN or infinite"):
+        model_from_checkpoint(torch.load(path, weights_only=True))
+    with pytest.raises(UserError, match="NaN or infinite"):
+        pretrained_state_dict(str(path))
+
+
+# --- 4. what a checkpoint file is ---------------------------------------------------------------------------
+def _jpeg(path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(path, format="JPEG")
+
+
+class Pickled:
+    pass
+
+
+BAD_FILES = {
+    # name: (make(path), substring of the message)
+    "empty": (lambda p: p.write_bytes(b""), "is empty (0 bytes)"),
+    "text": (lambda p: p.write_text("epoch 3, top-1 0.81\n"), "is a text file"),
+    "jpeg": (_jpeg, "is a JPEG image"),
+    "random_bytes": (lambda p: p.write_bytes(bytes(range(7, 200))), "is not a PyTorch file (it begins with the bytes"),
+    "truncated": (lambda p: (torch.save({"a": torch.ones(3)}, p), p.write_bytes(p.read_bytes()[:100])),
+                  "cannot be read"),
+    "pickled_object": (lambda p: torch.save({"x": Pickled()}, p), "pickled Python objects"),
+    "bare_state_dict": (lambda p: torch.save(build_vit("vit_tiny", 3, 32).state_dict(), p), "bare state dict"),
+    "no_class_names": (lambda p: write_checkpoint(p, class_names=None), "lacks class_names"),
+    "wrong_arch": (lambda p: write_checkpoint(p, arch="vit_b_16"), "do not fit its own vit_b_16"),
+    "unknown_arch": (lambda p: write_checkpoint(p, arch="resnet50"), "unknown arch 'resnet50'"),
+    "wrong_shapes": (lambda p: write_checkpoint(p, image_size=48), "encoder.pos_embedding has shape (1, 5, 128)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_checkpoint_file_is_one_line_saying_what_it_is(case, tmp_path):
+    make, needle = BAD_FILES[case]
+    path = tmp_path / "model.pt"
+    make(path)
+    with pytest.raises(UserError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert needle in message and str(path) in message and "\n" not in message, message
+
+
+def test_a_folder_passed_as_checkpoint_names_the_file_inside(tmp_path):
+    write_checkpoint(tmp_path / "vit_cub_best.pt")
+    with pytest.raises(UserError, match=re.escape(f"is a folder, not a checkpoint file: pass the file, e.g. "
+                                                  f"{tmp_path / 'vit_cub_best.pt'}")):
+        load_checkpoint(tmp_path)
+
+
+def test_scripts_say_what_a_bad_checkpoint_is(mini_cub, tmp_path):
+    """--resume, --pretrained PATH and an explaining script's --checkpoint-path share the loader."""
+    text = tmp_path / "notes.pt"
+    text.write_text("not weights\n")
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1", "--pretrained", text)
+    assert f"weights file {text} is a text file" in one_error(code, stderr)
+
+    (tmp_path / "ck").mkdir(exist_ok=True)
+    (tmp_path / "ck" / "vit_cub_last.pt").write_bytes(b"")
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1", "--resume", "true")
+    assert "is empty (0 bytes)" in one_error(code, stderr)
+
+    code, _, stderr = run_script_inprocess("test_vit_forward", "--checkpoint-path", tmp_path / "ck",
+                                           "--dataset-root", mini_cub, "--output-dir", tmp_path / "lrp",
+                                           "--device", "cpu", "--num-workers", "0")
+    assert "is a folder" in one_error(code, stderr)
+
+
+def test_resume_from_a_best_checkpoint_without_training_state_is_refused(mini_cub, one_epoch, tmp_path):
+    copy_run(one_epoch, tmp_path)
+    shutil.copy(tmp_path / "ck" / "vit_cub_best.pt", tmp_path / "ck" / "vit_cub_last.pt")
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    assert "holds no training state (optimizer" in one_error(code, stderr)
+
+
+# --- 2. a fresh run into a folder that holds checkpoints --------------------------------------------------
+def test_a_fresh_run_does_not_overwrite_checkpoints_without_being_told(mini_cub, one_epoch, tmp_path):
+    before = copy_run(one_epoch, tmp_path)
+    code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1", "--seed", "1")
+    message = one_error(code, stderr)
+    assert "--resume true" in message and "--checkpoint-dir" in message and "--overwrite true" in message
+    assert stdout == "" and {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()} == before
+
+    code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1", "--seed", "1", "--overwrite", "true")
+    assert code == 0, stderr[-2000:]
+    after = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()}
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in after)
+    assert load_checkpoint(tmp_path / "ck" / "vit_cub_last.pt")["config"]["SEED"] == 1
+
+
+# --- 3. unreadable JPEGs ------------------------------------------------------------------------------------
+def test_unreadable_images_are_skipped_and_counted(cub_fixture, tmp_path):
+    root = cub_fixture(corrupt=(1, 2))  # image 1 is in the train split, image 2 in the test split
+    code, stdout, stderr = train(root, tmp_path, *TINY32, "--batch-size", "2", "--epochs", "2")
+    assert code == 0, stderr[-2000:]
+    assert "warning: skipped 1 unreadable train and 1 test image(s) in each epoch" in stdout
+    assert stdout.count("warning: skipped") == 1 and len(epoch_lines(stdout)) == 2
+    assert "1 train and 1 test images were unreadable and skipped" in stdout
+    _, rows = read_summary(tmp_path / "train")
+    assert [r["skipped_images"] for r in rows] == ["2", "2"]
+    # the accuracy counts the 2 readable test images only: it is 0, 1/2 or 1
+    assert all(float(r["top1"]) in (0.0, 0.5, 1.0) for r in rows)
+    assert load_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")["epoch"] in (1, 2)
+
+
+def test_a_split_where_no_image_is_readable_is_one_error(cub_fixture, tmp_path):
+    root = cub_fixture(corrupt=(2, 4, 6))  # every test image
+    code, _, stderr = train(root, tmp_path, *TINY32, "--batch-size", "2", "--epochs", "1")
+    assert "no test image" in one_error(code, stderr)
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+def _loader(ann, prep, batch_size=4):
+    dataset = CUBDataset(ann, "train", prep, report_errors=True)
+    return dataset, torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+
+
+def test_evaluate_and_training_step_leave_unreadable_rows_out_exactly(cub_fixture):
+    """A batch with an unreadable row gives the same figures and update as the batch without that row."""
+    from conftest import CUB_IMAGES
+
+    all_train = [dict(spec, train=True) for spec in CUB_IMAGES]
+    prep = Preprocessing.for_size(32)
+    bad = load_cub(cub_fixture(images=all_train, corrupt=(3,)))
+    torch.manual_seed(0)
+    model = build_vit("vit_tiny", 3, 32)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.5)
+    keep = [i for i in range(len(all_train)) if i != 2]
+    good_set = torch.utils.data.Subset(CUBDataset(bad, "train", prep, report_errors=True), keep)
+    _, bad_loader = _loader(bad, prep, batch_size=6)
+    clean_loader = torch.utils.data.DataLoader(good_set, batch_size=5)
+    cpu = torch.device("cpu")
+    got, want = (evaluate(model, ld, cpu, None, progress=False) for ld in (bad_loader, clean_loader))
+    assert got["skipped"] == 1 and got["count"] == 5 and want["skipped"] == 0 and len(got["errors"]) == 1
+    for key in ("test_loss", "top1", "top5"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6)
+
+    weights = []
+    for loader in (bad_loader, clean_loader):
+        m = build_vit("vit_tiny", 3, 32)
+        m.load_state_dict(model.state_dict())
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        stats = train_one_epoch(m, loader, opt, sched, torch.amp.GradScaler("cpu", enabled=False),
+                                torch.nn.CrossEntropyLoss(), cpu, None, 0.0, progress=False)
+        assert stats["seen"] == 5
+        weights.append(m.state_dict())
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], atol=1e-5, rtol=1e-4)
+
+
+# --- 5. odd values, empty splits, a full disk ---------------------------------------------------------------
+@pytest.mark.parametrize("flags,needle", [
+    (["--num-workers", "-1"], "NUM_WORKERS must be 0 or more, got -1"),
+    (["--image-size", "-16"], "IMAGE_SIZE must be 0 or more, got -16"),
+    (["--grad-clip", "nan"], "GRAD_CLIP must be a finite number, got nan"),
+    (["--lr", "inf"], "LR must be a finite number, got inf"),
+    (["--stop-after", "-1"], "STOP_AFTER must be 0 or more, got -1"),
+    (["--seed", "-3"], "SEED must be 0 or more, got -3"),
+    (["--overwrite", "true", "--resume", "true"], "choose one"),
+])
+def test_odd_values_are_one_error_line_before_any_work(flags, needle, mini_cub, tmp_path):
+    code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1", *flags)
+    assert needle in one_error(code, stderr) and stdout == ""
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("config.json"))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_split_is_one_error_line_before_any_work(split, cub_fixture, tmp_path):
+    from conftest import CUB_IMAGES
+
+    images = [dict(spec, train=split == "test") for spec in CUB_IMAGES]
+    code, stdout, stderr = train(cub_fixture(images=images), tmp_path, *TINY32, "--epochs", "1")
+    assert f"the {split} split" in one_error(code, stderr) and "is empty" in stderr and stdout == ""
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(mini_cub, one_epoch, tmp_path, monkeypatch):
+    before = copy_run(one_epoch, tmp_path)
+
+    def disk_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    message = one_error(code, stderr)
+    ck = tmp_path / "ck"
+    assert f"cannot write the checkpoint {ck / 'vit_cub_last.pt'} (No space left on device)" in message
+    assert "left as it was" in message
+    assert {p.name: p.read_bytes() for p in ck.iterdir()} == before and stray_files(ck) == []
+
+
+def test_write_json_is_strict_json():
+    text = []
+    fileio.write_text, original = (lambda path, t: text.append(t)), fileio.write_text
+    try:
+        fileio.write_json("x.json", {"a": float("nan"), "b": [1.5, float("-inf")], "c": {"d": float("inf")}})
+    finally:
+        fileio.write_text = original
+    assert json.loads(text[0], parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}")) == {
+        "a": None, "b": [1.5, None], "c": {"d": None}}
+
+
+# --- 8. paths recorded resolved -----------------------------------------------------------------------------
+def test_config_records_resolved_paths(one_epoch, mini_cub):
+    config = json.loads((one_epoch / "train" / "config.json").read_text(encoding="utf-8"))
+    for name in ("DATASET_ROOT", "CHECKPOINT_DIR", "OUTPUT_DIR"):
+        assert Path(config[name]).is_absolute(), (name, config[name])
+    assert config["DATASET_ROOT"] == str(Path(mini_cub).resolve())
+    assert load_checkpoint(one_epoch / "ck" / "vit_cub_last.pt")["config"]["CHECKPOINT_DIR"] == config["CHECKPOINT_DIR"]
+
+
+def test_resume_with_a_relative_checkpoint_dir_matches_the_recorded_absolute_one(mini_cub, one_epoch, tmp_path,
+                                                                                 monkeypatch):
+    copy_run(one_epoch, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = run_script_inprocess("train_vit_cub", "--dataset-root", mini_cub, "--checkpoint-dir", "ck",
+                                                "--output-dir", "train", *TINY32, "--epochs", "3", "--stop-after", "1",
+                                                "--resume", "true")
+    assert code == 0, stderr[-2000:]
+    assert "resuming after epoch 1" in stdout
+
+
+# --- 6. only the constants block becomes flags ------------------------------------------------------------
+def block_constants(path):
+    """UPPER_CASE names assigned at the start of a line before the script's first import (read independently)."""
+    names = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if re.match(r"(import|from) ", line):
+            break
+        match = re.match(r"([A-Z][A-Z0-9_]*)\s*=", line)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO_ROOT / "scripts").glob("*.py")))
+def test_help_lists_exactly_the_constants_block(script):
+    import runpy
+
+    ns = runpy.run_path(str(REPO_ROOT / "scripts" / script), run_name="help_check")
+    flags = re.findall(r"^  --([a-z0-9-]+) ", cli.help_text(ns), flags=re.M)
+    assert flags == [n.lower().replace("_", "-") for n in block_constants(REPO_ROOT / "scripts" / script)]
+
+
+@pytest.mark.parametrize("flag", ["--recipe", "--summary-fields", "--archs", "--weights"])
+def test_tables_after_the_imports_are_not_flags(flag, mini_cub, tmp_path):
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1", flag, "")
+    assert f"unknown flag {flag}" in one_error(code, stderr)
+
+
+# --- two runs at once, a killed run -------------------------------------------------------------------------
+def test_a_second_run_into_a_busy_checkpoint_dir_is_refused_and_a_stale_lock_taken_over(mini_cub, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    lock = ck / ".train.lock"
+    lock.write_text(f"{socket.gethostname()} 1\n")  # process 1 is always alive
+    code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
+    assert "another run" in one_error(code, stderr) and str(lock) in stderr and stdout == ""
+    assert lock.exists() and not list(ck.glob("*.pt"))
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{socket.gethostname()} {dead.pid}\n")  # left by a killed run
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
+    assert code == 0, stderr[-2000:]
+    assert sorted(p.name for p in ck.iterdir()) == ["vit_cub_best.pt", "vit_cub_last.pt"]

@@ -57,6 +57,11 @@ def _patched_targets():
             for name in ("forward", "original_forward")] + [(BasicHook, "forward"), (BasicHook, "backward")]
 
 
+def lxt_active():
+    """Whether LXT's patches are in place now (inside :func:`lxt_patched`)."""
+    return _patch_depth > 0
+
+
 @contextmanager
 def lxt_patched():
     """LXT's AttnLRP patches for torchvision's ViT (and for zennit's hooks), active only inside the block."""

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from . import peers
 from .cub import CUBDataset, load_cub
 from .errors import UserError
 from .explain import PRESETS, Explainer, check_gamma, input_x_gradient
@@ -58,7 +59,8 @@ def nonfinite_error(relevance, logits):
 
 @dataclass(frozen=True)
 class Method:
-    """An attribution method by name: a γ setting (``kind='lrp'``), ``input_x_gradient`` or ``random``."""
+    """An attribution method by name: a γ setting (``kind='lrp'``), ``input_x_gradient``, ``random`` or a peer
+    method of :mod:`vitlrp.peers` (``kind`` = its name)."""
 
     name: str
     kind: str
@@ -68,11 +70,12 @@ class Method:
 
 
 METHOD_HELP = ("a preset (" + ", ".join(PRESETS) + "), gamma:<conv>:<lin>, either with +attn (γ on the attention "
-               "projections too), input_x_gradient, or random")
+               "projections too), input_x_gradient, random, or a peer method (" + ", ".join(peers.PEERS) + ")")
 
 
 def parse_method(name):
-    """``'balanced'``, ``'gamma:1:0.5'``, ``'balanced+attn'``, ``'input_x_gradient'``, ``'random'`` → Method."""
+    """``'balanced'``, ``'gamma:1:0.5'``, ``'balanced+attn'``, ``'input_x_gradient'``, ``'random'``, ``'gae'`` ...
+    → Method."""
     base, attn = (name[:-5], True) if name.endswith("+attn") else (name, False)
     if base in PRESETS:
         return Method(name, "lrp", *PRESETS[base], attn)
@@ -86,7 +89,7 @@ def parse_method(name):
             raise UserError(f"method {name!r} must look like gamma:<conv>:<lin>, e.g. gamma:1:0.5") from None
         return Method(name, "lrp", check_gamma(f"{name} conv gamma", conv), check_gamma(f"{name} lin gamma", lin),
                       attn)
-    if base in ("input_x_gradient", "random") and not attn:
+    if base in ("input_x_gradient", "random", *peers.PEERS) and not attn:
         return Method(name, base)
     raise UserError(f"unknown method {name!r}: use {METHOD_HELP}")
 
@@ -103,6 +106,8 @@ class MethodRunner:
         if self.method.kind == "lrp":
             self.explainer = Explainer(self.model, self.method.conv_gamma, self.method.lin_gamma,
                                        self.method.gamma_attention, self.dtype, self.impl).__enter__()
+        elif self.method.kind in peers.PEERS:
+            peers.check_available(self.method.kind)  # a missing package stops the run before any work
         return self
 
     def __exit__(self, *exc):
@@ -117,6 +122,8 @@ class MethodRunner:
         images_in = images.to(param.device, param.dtype)
         if self.method.kind == "input_x_gradient":
             return input_x_gradient(self.model, images_in, target)
+        if self.method.kind in peers.PEERS:
+            return peers.explain_batch(self.method.kind, self.model, images_in, target, self.generator)
         with torch.no_grad():
             logits = self.model(images_in).float()
         size = images.shape[-2:]

@@ -31,14 +31,15 @@ from vitlrp.errors import UserError
 from vitlrp.explain import Explainer, input_x_gradient, lxt_patched
 from vitlrp.fileio import ensure_writable_dir, write_json
 from vitlrp.models import build_vit
-from vitlrp.pipeline import loader
+from vitlrp.peers import PEERS
+from vitlrp.pipeline import MethodRunner, loader, parse_method
 from vitlrp.preprocess import Preprocessing
 from vitlrp.runtime import resolve_device
 from vitlrp.synthetic import make_synthetic_cub
 from vitlrp.training import EpochSampler, WarmupCosine, make_loader, make_optimizer, train_one_epoch
 
 ROWS = ["seed_style", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16", "input_x_gradient",
-        "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg"]
+        *PEERS, "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg"]
 CUB_TEST_IMAGES = 5794
 
 
@@ -135,6 +136,9 @@ def main(cfg):
             r["min_cosine_vs_fp32_zennit"] = cosine_min(maps, reference)
         elif name == "input_x_gradient":
             r = measure(lambda: input_x_gradient(model, x, target), lrp_batch, device, cfg.REPEATS)
+        elif name in PEERS:  # the peer explainers of vitlrp.peers, as evaluate_lrp.py runs them
+            with MethodRunner(parse_method(name), model) as runner:
+                r = measure(lambda: runner(x, target), lrp_batch, device, cfg.REPEATS)
         elif name == "explain_jpeg":
             r = explain_from_jpeg(model, size, device, jpeg_n, lrp_batch, cfg)
         elif name.startswith("train"):

@@ -18,6 +18,7 @@ DEVICE = "auto"  # auto, cuda, cpu
 NUM_WORKERS = 4  # JPEG decoding processes
 OUTPUT_DIR = "results/lrp_samples"  # heatmaps, overlays, comparisons, raw tensors, JSON, index.html
 COMPARE_PRESETS = []  # e.g. baseline,balanced,aggressive: adds a γ comparison grid per sample
+COMPARE_METHODS = []  # any evaluate_lrp.py method (e.g. balanced,gae,gradcam,rollout): added to that grid
 # ----------------------------------------------------------------------------------------------
 import math
 from contextlib import ExitStack
@@ -31,7 +32,7 @@ from vitlrp.explain import DTYPES, PRESETS, Explainer, resolve_gammas
 from vitlrp.fileio import write_json, write_text
 from vitlrp.gallery import write_heatmap_gallery
 from vitlrp.heatmaps import OUTPUT_NAMES, write_grid, write_sample
-from vitlrp.pipeline import load_model_and_split, loader, nonfinite_error, sample_indices
+from vitlrp.pipeline import MethodRunner, load_model_and_split, loader, nonfinite_error, parse_method, sample_indices
 from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
 
@@ -54,21 +55,24 @@ def check_config(cfg):
     unknown = [p for p in cfg.COMPARE_PRESETS if p not in PRESETS]
     if unknown:
         raise UserError(f"unknown preset(s) in COMPARE_PRESETS: {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
-    return gammas
+    methods = [parse_method(m) for m in cfg.COMPARE_METHODS]
+    if len({m.name for m in methods}) < len(methods):
+        raise UserError("COMPARE_METHODS lists a method twice")
+    return gammas, methods
 
 
 def main(cfg):
-    conv_gamma, lin_gamma = check_config(cfg)
+    (conv_gamma, lin_gamma), compare_methods = check_config(cfg)
     device = resolve_device(cfg.DEVICE)
     out = Path(cfg.OUTPUT_DIR)
     ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device)
     indices = sample_indices(len(dataset), cfg.NUM_SAMPLES, cfg.SEED, split=cfg.SPLIT)
     # the folder is complete again only when this run ends: no results or page of an older run meanwhile
     with RunFolder(out, "OUTPUT_DIR", OUTPUT_NAMES, clear_first=("lrp_results.json", "index.html")) as run:
-        return explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin_gamma)
+        return explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin_gamma, compare_methods)
 
 
-def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin_gamma):
+def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin_gamma, compare_methods):
     out = run.path
     names, prep = ckpt["class_names"], dataset.preprocessing
     dtype = DTYPES[cfg.DTYPE]
@@ -81,6 +85,9 @@ def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin
         explainer = stack.enter_context(Explainer(model, conv_gamma, lin_gamma, cfg.GAMMA_ATTENTION, dtype, cfg.IMPL))
         grid = {p: stack.enter_context(Explainer(model, *PRESETS[p], cfg.GAMMA_ATTENTION, dtype, cfg.IMPL))
                 for p in cfg.COMPARE_PRESETS}
+        grid.update({m.name: stack.enter_context(MethodRunner(m, model, dtype, cfg.IMPL, seed=cfg.SEED))
+                     for m in compare_methods if m.name not in grid})
+        captions = {p: f"{p} ({PRESETS[p][0]:g}/{PRESETS[p][1]:g})" if p in cfg.COMPARE_PRESETS else p for p in grid}
         print("Model loaded successfully.")
         coverage = explainer.describe()
         gamma_layers = list(explainer.gamma_layers())
@@ -125,7 +132,7 @@ def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin
                 if grid_maps:
                     files["gamma_grid"], picture = write_grid(
                         out, idx, rgb[row],
-                        {f"{p} ({PRESETS[p][0]:g}/{PRESETS[p][1]:g})": grid_maps[p][k] for p in grid},
+                        {captions[p]: grid_maps[p][k] for p in grid},
                         f"#{idx}  {names[label]}  →  class {tgt}")
                     grid_rows.append(picture)
                 explained = float(logits[k, tgt])

@@ -13,6 +13,7 @@ One concept per module:
 - ``training``    the fine-tuning loop pieces
 - ``explain``     AttnLRP (LXT) + Gamma rule (zennit), batched
 - ``fastgamma``   an exact, faster implementation of zennit's generalized Gamma rule for Linear layers
+- ``peers``       standard ViT explainers: Grad-CAM, attention rollout, GAE, Integrated Gradients, SmoothGrad
 - ``render``      heatmaps, overlays, comparison panels, grids
 - ``plots``       matplotlib figures: training curves, evaluation plots
 - ``metrics``     faithfulness, localization and noise metrics for relevance maps

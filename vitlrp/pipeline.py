@@ -90,6 +90,7 @@ def parse_method(name):
         return Method(name, "lrp", check_gamma(f"{name} conv gamma", conv), check_gamma(f"{name} lin gamma", lin),
                       attn)
     if base in ("input_x_gradient", "random", *peers.PEERS) and not attn:
+        peers.check_available(base)  # a peer whose package is missing is a config error, found before any work
         return Method(name, base)
     raise UserError(f"unknown method {name!r}: use {METHOD_HELP}")
 

@@ -22,6 +22,9 @@ test: $(STAMP)
 MINI := dataset/synthetic/CUB_200_2011
 DEMO := results/demo
 DEMO_CKPT := $(DEMO)/checkpoints/vit_cub_best.pt
+# evaluate_lrp.py's default METHODS plus the peer explainers that cost about one backward pass; add
+# integrated_gradients,smoothgrad for the full list (30-40x Input×Gradient each: kept out so the demo stays short)
+DEMO_METHODS := baseline,conservative,balanced,aggressive,very_aggressive,input_x_gradient,random,gradcam,rollout,gae
 
 demo: $(STAMP)
 	$(PY) scripts/make_synthetic_cub.py --dataset-root $(MINI)
@@ -29,11 +32,12 @@ demo: $(STAMP)
 	    --batch-size 32 --lr 1e-3 --warmup-epochs 1 --num-workers 2 \
 	    --checkpoint-dir $(DEMO)/checkpoints --output-dir $(DEMO)/train
 	$(PY) scripts/test_vit_forward.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-samples 12 \
-	    --compare-presets baseline,conservative,balanced,aggressive,very_aggressive --num-workers 2 \
+	    --compare-presets baseline,conservative,balanced,aggressive,very_aggressive \
+	    --compare-methods gradcam,rollout,gae,integrated_gradients,smoothgrad --num-workers 2 \
 	    --output-dir $(DEMO)/lrp_samples
 	$(PY) scripts/inspect_lrp_predictions.py --output-dir $(DEMO)/lrp_samples
 	$(PY) scripts/evaluate_lrp.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 0 \
-	    --num-workers 2 --output-dir $(DEMO)/lrp_eval
+	    --methods $(DEMO_METHODS) --num-workers 2 --output-dir $(DEMO)/lrp_eval
 	$(PY) scripts/build_gallery.py --results-dir $(DEMO) --title "Demo on the synthetic mini-CUB (not real birds)"
 	@echo
 	@echo "Demo done. Look at $(DEMO)/index.html (all results), $(DEMO)/lrp_samples/index.html (heatmaps),"

@@ -8,7 +8,7 @@ DATASET_ROOT = "dataset/raw/CUB_200_2011"  # folder holding images.txt, bounding
 SPLIT = "test"  # train, test or all
 NUM_IMAGES = 500  # images drawn with random.seed(SEED); 0 = the whole split
 SEED = 0  # which images
-METHODS = [  # presets, gamma:<conv>:<lin>, <preset>+attn, input_x_gradient, random
+METHODS = [  # presets, gamma:<conv>:<lin>, <preset>+attn, input_x_gradient, random, gradcam, rollout, gae, ...
     "baseline", "conservative", "balanced", "aggressive", "very_aggressive", "input_x_gradient", "random"]
 TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
 PERTURB_STEPS = 10  # MoRF/LeRF curve points (patches removed in this many equal steps)

@@ -26,6 +26,7 @@ STOP_AFTER = 0  # stop after this many epochs in this run (0 = run to EPOCHS); c
 OUTPUT_DIR = "results/train"  # config.json, summary.csv, curves.png
 # -------------------------------------------------------------------------------------
 import contextlib
+import csv
 import math
 import os
 import time
@@ -38,15 +39,17 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.fileio import append_csv_row, ensure_writable_dir, write_csv, write_json
 from vitlrp.models import (
-    ARCHS,
     WEIGHTS,
     build_vit,
+    check_arch,
+    check_classes,
     default_image_size,
     load_checkpoint,
     load_pretrained,
     save_checkpoint,
     weights_preprocessing,
 )
+from vitlrp.runfolder import FolderLock
 from vitlrp.runtime import Distributed, resolve_device, seed_everything
 from vitlrp.training import (
     SUMMARY_FIELDS,
@@ -56,7 +59,6 @@ from vitlrp.training import (
     WarmupCosine,
     amp_dtype,
     evaluate,
-    folder_lock,
     make_loader,
     make_optimizer,
     train_one_epoch,
@@ -77,8 +79,7 @@ def check_config(cfg, dist):
         raise UserError(f"LR must be positive, got {cfg.LR}")
     if cfg.WEIGHT_DECAY < 0 or not 0 <= cfg.LABEL_SMOOTHING < 1 or cfg.GRAD_CLIP < 0 or cfg.WARMUP_EPOCHS < 0:
         raise UserError("WEIGHT_DECAY, GRAD_CLIP and WARMUP_EPOCHS must be >= 0 and LABEL_SMOOTHING in [0, 1)")
-    if cfg.MODEL not in ARCHS:
-        raise UserError(f"unknown MODEL {cfg.MODEL!r}: choose one of {', '.join(ARCHS)}")
+    check_arch(cfg.MODEL)
     if cfg.MODEL != "vit_b_16" and cfg.PRETRAINED in WEIGHTS:
         raise UserError(f"{cfg.MODEL} has no ImageNet weights: pass --pretrained none")
     if cfg.AMP.lower() not in ("auto", "bf16", "fp16", "none"):
@@ -111,6 +112,66 @@ def recorded_config(cfg):
     return config
 
 
+# A resumed run continues the same optimisation: these settings must match the checkpoint's.
+RECIPE = ("MODEL", "PRETRAINED", "IMAGE_SIZE", "EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "WARMUP_EPOCHS",
+          "LABEL_SMOOTHING", "GRAD_CLIP", "AMP", "SEED")
+
+
+def _on_disk(saved_epoch, last_path, best_path, earlier):
+    """What the checkpoint folder holds after a diverged epoch, said truthfully."""
+    if saved_epoch is None:
+        return "no checkpoint of this run was written" + (
+            f" ({last_path.parent} still holds the earlier run's)" if earlier else "")
+    return (f"nothing of this epoch was saved: {last_path} holds epoch {saved_epoch}, {best_path} the best epoch "
+            "up to it")
+
+
+def _check_same_recipe(cfg, resume, path):
+    saved, now = resume.get("config", {}), recorded_config(cfg)
+    for name in RECIPE:
+        if name in saved and saved[name] != now[name] and saved[name] != getattr(cfg, name):
+            raise UserError(f"--resume true with {name}={getattr(cfg, name)!r}, but {path} was trained with "
+                            f"{name}={saved[name]!r}; use the same settings (or start a new run in another "
+                            "--checkpoint-dir)")
+
+
+def _summary_until(path, resume):
+    """summary.csv rows up to the resumed epoch (a row the crash lost is restored from the checkpoint)."""
+    rows = []
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resume["epoch"]]
+    if not rows or int(rows[-1]["epoch"]) < resume["epoch"]:
+        rows.append(resume["summary_row"])
+    write_csv(path, rows, SUMMARY_FIELDS)
+    return rows
+
+
+def load_resume(cfg, ann, last_path):
+    """The last checkpoint, checked: same classes, training state present, same recipe."""
+    resume = load_checkpoint(last_path)
+    check_classes(resume, ann.class_names, cfg.DATASET_ROOT, fix="resume on the dataset it was trained on "
+                  "(--dataset-root) or start afresh in another --checkpoint-dir")
+    missing = [k for k in ("optimizer", "scheduler", "scaler", "epoch", "best_acc") if k not in resume]
+    if missing:
+        raise UserError(f"{last_path} holds no training state ({', '.join(missing)}): --resume true needs the "
+                        "vit_cub_last.pt this script writes")
+    _check_same_recipe(cfg, resume, last_path)
+    return resume
+
+
+def initial_model(cfg, num_classes, image_size, pretrained):
+    """The seeded model before training: ImageNet (or file) weights unless resuming, a small random head."""
+    seed_everything(cfg.SEED)
+    model = build_vit(cfg.MODEL, num_classes, image_size)
+    if pretrained and cfg.PRETRAINED.lower() != "none":
+        load_pretrained(model, cfg.PRETRAINED)
+    elif cfg.PRETRAINED.lower() == "none":
+        # torchvision zero-initialises the head; from scratch a small random head trains faster
+        torch.nn.init.trunc_normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
 def main(cfg):
     with contextlib.ExitStack() as held:  # releases the checkpoint folder's lock however the run ends
         return train(cfg, held)
@@ -129,29 +190,12 @@ def train(cfg, held):
     last_path, best_path = ckpt_dir / "vit_cub_last.pt", ckpt_dir / "vit_cub_best.pt"
     check_checkpoint_dir(cfg, ckpt_dir, last_path)
     if dist.is_main:
-        ensure_writable_dir(ckpt_dir, "CHECKPOINT_DIR")
+        held.enter_context(FolderLock(ckpt_dir, "CHECKPOINT_DIR"))  # one run at a time writes checkpoints
         ensure_writable_dir(out_dir, "OUTPUT_DIR")
-        held.enter_context(folder_lock(ckpt_dir))  # one run at a time writes to a checkpoint folder
-    resume = load_checkpoint(last_path) if cfg.RESUME else None
-    if resume is not None and resume["class_names"] != ann.class_names:
-        raise UserError(f"{last_path} was trained on other classes than {cfg.DATASET_ROOT}")
-    if resume is not None:
-        missing = [k for k in ("optimizer", "scheduler", "scaler", "epoch", "best_acc") if k not in resume]
-        if missing:
-            raise UserError(f"{last_path} holds no training state ({', '.join(missing)}): --resume true needs the "
-                            "vit_cub_last.pt this script writes")
-        _check_same_recipe(cfg, resume, last_path)
-
+    resume = load_resume(cfg, ann, last_path) if cfg.RESUME else None
     image_size = cfg.IMAGE_SIZE or default_image_size(cfg.MODEL, cfg.PRETRAINED)
     preprocessing = weights_preprocessing(cfg.PRETRAINED, image_size)
-    seed_everything(cfg.SEED)
-    model = build_vit(cfg.MODEL, ann.num_classes, image_size)
-    if resume is None and cfg.PRETRAINED.lower() != "none":
-        load_pretrained(model, cfg.PRETRAINED)
-    elif cfg.PRETRAINED.lower() == "none":
-        # torchvision zero-initialises the head; from scratch a small random head trains faster
-        torch.nn.init.trunc_normal_(model.heads.head.weight, std=0.02)
-    model.to(device)
+    model = initial_model(cfg, ann.num_classes, image_size, pretrained=resume is None).to(device)
     dtype = amp_dtype(cfg.AMP, device)
 
     # an unreadable image is skipped and reported, not a traceback after an epoch of work
@@ -257,43 +301,6 @@ def train(cfg, held):
                  else ""))
     dist.close()
     return 0
-
-
-# A resumed run continues the same optimisation: these settings must match the checkpoint's.
-RECIPE = ("MODEL", "PRETRAINED", "IMAGE_SIZE", "EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "WARMUP_EPOCHS",
-          "LABEL_SMOOTHING", "GRAD_CLIP", "AMP", "SEED")
-
-
-def _on_disk(saved_epoch, last_path, best_path, earlier):
-    """What the checkpoint folder holds after a diverged epoch, said truthfully."""
-    if saved_epoch is None:
-        return "no checkpoint of this run was written" + (
-            f" ({last_path.parent} still holds the earlier run's)" if earlier else "")
-    return (f"nothing of this epoch was saved: {last_path} holds epoch {saved_epoch}, {best_path} the best epoch "
-            "up to it")
-
-
-def _check_same_recipe(cfg, resume, path):
-    saved, now = resume.get("config", {}), recorded_config(cfg)
-    for name in RECIPE:
-        if name in saved and saved[name] != now[name] and saved[name] != getattr(cfg, name):
-            raise UserError(f"--resume true with {name}={getattr(cfg, name)!r}, but {path} was trained with "
-                            f"{name}={saved[name]!r}; use the same settings (or start a new run in another "
-                            "--checkpoint-dir)")
-
-
-def _summary_until(path, resume):
-    """summary.csv rows up to the resumed epoch (a row the crash lost is restored from the checkpoint)."""
-    import csv
-
-    rows = []
-    if path.exists():
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resume["epoch"]]
-    if not rows or int(rows[-1]["epoch"]) < resume["epoch"]:
-        rows.append(resume["summary_row"])
-    write_csv(path, rows, SUMMARY_FIELDS)
-    return rows
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ setting. Tiny settings: vit_tiny at 32 px, one or two epochs on the hand-written
 import errno
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -361,21 +362,16 @@ def test_tables_after_the_imports_are_not_flags(flag, mini_cub, tmp_path):
 
 # --- two runs at once, a killed run -------------------------------------------------------------------------
 def test_a_second_run_into_a_busy_checkpoint_dir_is_refused_and_a_stale_lock_taken_over(mini_cub, tmp_path):
-    import socket
-    import subprocess
-    import sys
+    from vitlrp.runfolder import LOCK, FolderLock
 
     ck = tmp_path / "ck"
-    ck.mkdir()
-    lock = ck / ".train.lock"
-    lock.write_text(f"{socket.gethostname()} 1\n")  # process 1 is always alive
-    code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
-    assert "another run" in one_error(code, stderr) and str(lock) in stderr and stdout == ""
-    assert lock.exists() and not list(ck.glob("*.pt"))
+    with FolderLock(ck, "CHECKPOINT_DIR"):  # another run holds the folder (flock: refused even in this process)
+        code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
+    assert "is in use by another run" in one_error(code, stderr) and f"pid {os.getpid()}" in stderr
+    assert stdout == "" and not list(ck.glob("*.pt"))
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lock.write_text(f"{socket.gethostname()} {dead.pid}\n")  # left by a killed run
+    (ck / LOCK).write_text(json.dumps({"pid": 999999, "host": "gone"}))  # left by a killed run
     code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
     assert code == 0, stderr[-2000:]
-    assert sorted(p.name for p in ck.iterdir()) == ["vit_cub_best.pt", "vit_cub_last.pt"]
+    assert "taking over" in stderr
+    assert sorted(p.name for p in ck.glob("*.pt")) == ["vit_cub_best.pt", "vit_cub_last.pt"]

@@ -252,10 +252,6 @@ class CUBDataset(Dataset):
     def __len__(self):
         return len(self.rows)
 
-    @property
-    def labels(self):
-        return self.ann.labels[self.rows]
-
     def image_path(self, index):
         return self.ann.image_path(self.rows[index])
 

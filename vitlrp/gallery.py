@@ -95,7 +95,8 @@ def _read_json(path):
 def _training_section(train_dir, prefix):
     import csv
 
-    rows = list(csv.DictReader(open(train_dir / "summary.csv", encoding="utf-8")))
+    with open(train_dir / "summary.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     best = max(rows, key=lambda r: float(r["top1"])) if rows else None
     parts = ["<h2>Training</h2>"]
     if best:

@@ -26,11 +26,16 @@ ARCHS = {
 WEIGHTS = {w.name: w for w in ViT_B_16_Weights}
 
 
+def check_arch(arch, name="MODEL"):
+    """Refuse an architecture name this project cannot build (``name``: what the user calls the value)."""
+    if arch not in ARCHS:
+        raise UserError(f"unknown {name} {arch!r}: choose one of {', '.join(ARCHS)}")
+    return arch
+
+
 def build_vit(arch, num_classes, image_size=0):
     """A randomly initialised torchvision ``VisionTransformer`` (zero-initialised head, as torchvision does)."""
-    if arch not in ARCHS:
-        raise UserError(f"unknown MODEL {arch!r}: choose one of {', '.join(ARCHS)}")
-    spec = dict(ARCHS[arch])
+    spec = dict(ARCHS[check_arch(arch)])
     spec["image_size"] = int(image_size or spec["image_size"])
     if spec["image_size"] % spec["patch_size"]:
         raise UserError(f"IMAGE_SIZE {spec['image_size']} must be a multiple of the patch size {spec['patch_size']}")
@@ -255,9 +260,9 @@ def model_from_checkpoint(ckpt):
     return model.eval(), Preprocessing.from_dict(ckpt["preprocessing"])
 
 
-def check_classes(ckpt, class_names, where):
-    """Refuse a checkpoint trained on other classes than the dataset at ``where``."""
+def check_classes(ckpt, class_names, where,
+                  fix="use the dataset it was trained on (--dataset-root) or another --checkpoint-path"):
+    """Refuse a checkpoint trained on other classes than the dataset at ``where`` (``fix``: the way out)."""
     if list(ckpt["class_names"]) != list(class_names):
         raise UserError(f"the checkpoint was trained on {ckpt['num_classes']} classes that do not match the "
-                        f"{len(class_names)} classes of {where}; use the dataset it was trained on "
-                        "(--dataset-root) or another --checkpoint-path")
+                        f"{len(class_names)} classes of {where}; {fix}")

@@ -3,13 +3,14 @@ import random
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from . import peers
 from .cub import CUBDataset, load_cub
 from .errors import UserError
 from .explain import PRESETS, Explainer, check_gamma, input_x_gradient
 from .models import check_classes, load_checkpoint, model_from_checkpoint
+from .training import make_loader
 
 
 def load_model_and_split(checkpoint_path, dataset_root, split, device, annotations=False):
@@ -39,12 +40,8 @@ def sample_indices(n_total, n, seed, what="NUM_SAMPLES", split="test"):
 
 
 def loader(dataset, indices, batch_size, num_workers, device):
-    """Batches of ``dataset[indices]`` in that order."""
-    if batch_size <= 0:
-        raise UserError(f"BATCH_SIZE must be positive, got {batch_size}")
-    kwargs = dict(prefetch_factor=4) if num_workers > 0 else {}
-    return DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", **kwargs)
+    """Batches of ``dataset[indices]`` in that order (one pass)."""
+    return make_loader(Subset(dataset, indices), batch_size, num_workers, device, persistent=False)
 
 
 def nonfinite_error(relevance, logits):

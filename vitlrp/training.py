@@ -5,11 +5,7 @@ the shuffling of epoch ``e`` depends only on (seed, e). So a resumed run, a run 
 loader workers, and an uninterrupted run see the same batches (bit-identical on the CPU).
 """
 import math
-import os
-import socket
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,10 +88,17 @@ class SeededItems(Dataset):
             return self.dataset[index]
 
 
-def make_loader(dataset, batch_size, num_workers, device, sampler=None, seeded=False):
+def make_loader(dataset, batch_size, num_workers, device, sampler=None, seeded=False, persistent=True):
+    """The project's DataLoader: no shuffling (samplers decide the order), pinned memory on CUDA, prefetching.
+
+    ``seeded``: apply each item's augmentation under the seed the sampler hands out (see :class:`EpochSampler`).
+    ``persistent``: keep the workers between epochs (a loader that is iterated once need not).
+    """
+    if batch_size <= 0:
+        raise UserError(f"BATCH_SIZE must be positive, got {batch_size}")
     kwargs = {}
     if num_workers > 0:
-        kwargs = dict(persistent_workers=True, prefetch_factor=4)
+        kwargs = dict(persistent_workers=persistent, prefetch_factor=4)
     return DataLoader(SeededItems(dataset) if seeded else dataset, batch_size=batch_size, sampler=sampler,
                       shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda", **kwargs)
 
@@ -223,44 +226,3 @@ def evaluate(model, loader, device, dtype, dist=None, progress=True):
     n = max(totals[3], 1)
     return {"test_loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n, "count": int(totals[3]),
             "skipped": int(totals[4]), "errors": errors}
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextmanager
-def folder_lock(folder, name=".train.lock"):
-    """Hold ``folder/name`` (host and process id) while a run writes to ``folder``.
-
-    A second run into the same folder is refused with a UserError while the first is alive; a lock left by a
-    killed run on this host is taken over.
-    """
-    path, host = Path(folder) / name, socket.gethostname()
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner, pid = path.read_text(encoding="utf-8").split()
-                pid = int(pid)
-            except (OSError, ValueError):
-                owner, pid = "?", 0
-            if owner == host and not _alive(pid):
-                path.unlink(missing_ok=True)  # its run was killed
-                continue
-            raise UserError(f"another run (host {owner}, process {pid}) is writing to {folder}: wait for it to end "
-                            f"or choose another folder (if no run is active, delete {path})") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(f"{host} {os.getpid()}\n")
-        break
-    try:
-        yield path
-    finally:
-        path.unlink(missing_ok=True)

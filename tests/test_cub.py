@@ -71,7 +71,7 @@ def test_dataset_grayscale_and_cmyk_become_rgb(cub_fixture):
     ann = load_cub(root)
     assert Image.open(ann.image_path(2)).mode == "L" and Image.open(ann.image_path(3)).mode == "CMYK"
     ds = CUBDataset(ann, "all", PRE)
-    assert len(ds) == len(CUB_IMAGES) and ds.labels.tolist() == ann.labels.tolist()
+    assert len(ds) == len(CUB_IMAGES) and [ds[i]["label"] for i in range(len(ds))] == ann.labels.tolist()
     for i in range(len(ds)):
         item = ds[i]
         assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32

@@ -23,6 +23,7 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.models import build_vit, load_checkpoint, load_pretrained, model_from_checkpoint, weights_preprocessing
 from vitlrp.preprocess import Preprocessing
+from vitlrp.runfolder import LOCK
 from vitlrp.training import SUMMARY_FIELDS
 
 # Tiny settings for the mechanics tests (about half a second per epoch on the mini-CUB).
@@ -363,7 +364,7 @@ def test_torchrun_two_cpu_processes(mini_cub, run_a, tmp_path):
     assert [line.split()[1] for line in epoch_lines(proc.stdout)] == ["1/2", "2/2"], proc.stdout
     assert proc.stdout.count("Finished.") == 1
     # rank 0 alone writes: one summary with one row per epoch, both checkpoints, nothing else
-    assert sorted(p.name for p in (out / "ck").iterdir()) == ["vit_cub_best.pt", "vit_cub_last.pt"]
+    assert sorted(p.name for p in (out / "ck").iterdir()) == [LOCK, "vit_cub_best.pt", "vit_cub_last.pt"]
     assert sorted(p.name for p in (out / "train").iterdir()) == ["config.json", "curves.png", "summary.csv"]
     fields, rows = read_summary(out / "train")
     assert fields == SUMMARY_FIELDS and [r["epoch"] for r in rows] == ["1", "2"]
@@ -458,7 +459,7 @@ def test_nan_loss_after_resume_keeps_the_last_good_checkpoint(mini_cub, tmp_path
     assert code == 0, stderr[-2000:]
     ck = tmp_path / "ck"
     before = {p.name: p.read_bytes() for p in ck.iterdir()}
-    assert sorted(before) == ["vit_cub_best.pt", "vit_cub_last.pt"]
+    assert sorted(before) == [LOCK, "vit_cub_best.pt", "vit_cub_last.pt"]  # the lock stays, released (empty)
     summary_before = (tmp_path / "train" / "summary.csv").read_text(encoding="utf-8")
 
     monkeypatch.setattr(torch.nn, "CrossEntropyLoss", NaNLoss)  # the script builds its criterion from torch.nn

@@ -11,6 +11,11 @@ so LIN_GAMMA reaches ``conv_proj`` (CONV_GAMMA), the two MLP linears of each blo
 the attention projections get LRP-0 unless ``gamma_attention=True`` routes them through ``nn.Linear`` modules.
 Because AttnLRP's CP-LRP variant stops relevance at the query and key, γ there reaches the value and output
 projections. :meth:`Explainer.gamma_layers` reports the layers γ really acted on.
+
+The Linear γ may vary with depth (:func:`parse_schedule`): one value per encoder block, given as a list
+(``0.5/0.3/0.1/0``) or a family from the first block to the last (``linear:0.5:0``, ``geometric:1:0.01``).
+Every Linear inside block *i* (MLP, and attention with ``gamma_attention``) gets value *i*; Linears outside the
+blocks (the head) get the last block's value. The patch embedding keeps the Conv2d γ.
 """
 import copy
 import math
@@ -39,6 +44,82 @@ def check_gamma(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+SCHEDULE_HELP = ("a number, one value per encoder block joined by '/' (e.g. 0.5/0.3/0.1/0), linear:<first>:<last> "
+                 "or geometric:<first>:<last> (first and last block; the head gets the last block's value)")
+
+
+def parse_schedule(spec, name="LIN_GAMMA"):
+    """A Linear-γ schedule → ``(kind, values)``: ``('const', (g,))``, ``('list', (g0, g1, ...))``,
+    ``('linear', (first, last))`` or ``('geometric', (first, last))``; ``spec`` is a number, a list or text."""
+    if isinstance(spec, (list, tuple)):
+        if not spec:
+            raise UserError(f"{name} is an empty list: {SCHEDULE_HELP}")
+        return "list", tuple(check_gamma(f"{name} value", v) for v in spec)
+    if not isinstance(spec, str):
+        return "const", (check_gamma(name, spec),)
+    text = spec.strip()
+    kind, _, rest = text.partition(":")
+    try:
+        if kind in ("linear", "geometric"):
+            values = tuple(float(v) for v in rest.split(":"))
+            if len(values) != 2:
+                raise ValueError
+            values = tuple(check_gamma(f"{name} {kind} value", v) for v in values)
+            if kind == "geometric" and min(values) <= 0:
+                raise UserError(f"{name} {text!r}: a geometric schedule needs values > 0 (use linear:... for 0)")
+            return kind, values
+        values = tuple(float(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"{name} {text!r} is not a γ schedule: {SCHEDULE_HELP}") from None
+    values = tuple(check_gamma(f"{name} value", v) for v in values)
+    return ("const", values) if len(values) == 1 else ("list", values)
+
+
+def schedule_values(spec, num_blocks, name="LIN_GAMMA"):
+    """The Linear γ of each of ``num_blocks`` encoder blocks (a list of floats) for a schedule spec."""
+    kind, v = parse_schedule(spec, name)
+    if kind == "const":
+        return [v[0]] * num_blocks
+    if kind == "list":
+        if len(v) != num_blocks:
+            raise UserError(f"{name} lists {len(v)} values but the model has {num_blocks} encoder blocks: give one "
+                            "value per block, or use linear:<first>:<last>")
+        return list(v)
+    steps = [i / (num_blocks - 1) if num_blocks > 1 else 0.0 for i in range(num_blocks)]
+    if kind == "linear":
+        return [v[0] + (v[1] - v[0]) * t for t in steps]
+    return [v[0] * (v[1] / v[0]) ** t for t in steps]
+
+
+def schedule_text(spec):
+    """The canonical text of a schedule (a number as ``%g``), as used in method names and JSON."""
+    kind, v = parse_schedule(spec)
+    if kind == "const":
+        return f"{v[0]:g}"
+    if kind == "list":
+        return "/".join(f"{g:g}" for g in v)
+    return f"{kind}:{v[0]:g}:{v[1]:g}"
+
+
+def encoder_blocks(model):
+    """Names of the encoder blocks (modules with a ``self_attention``), in depth order."""
+    return [name for name, m in model.named_modules() if hasattr(m, "self_attention") and name]
+
+
+def module_gammas(model, conv_gamma, lin_spec):
+    """module name → (module, γ) for every Conv2d (``conv_gamma``) and Linear (its block's scheduled γ)."""
+    blocks = encoder_blocks(model)
+    lin = schedule_values(lin_spec, max(len(blocks), 1))
+    rules = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            rules[name] = (module, conv_gamma)
+        elif isinstance(module, nn.Linear):
+            depth = next((i for i, b in enumerate(blocks) if name.startswith(b + ".")), len(lin) - 1)
+            rules[name] = (module, lin[depth])
+    return rules
 
 
 def resolve_gammas(preset, conv_gamma, lin_gamma):
@@ -147,7 +228,8 @@ class Explainer:
     Parameters
     ----------
     model: torchvision VisionTransformer (eval mode).
-    conv_gamma, lin_gamma: γ of the Gamma rule for ``nn.Conv2d`` and ``nn.Linear`` modules.
+    conv_gamma, lin_gamma: γ of the Gamma rule for ``nn.Conv2d`` and ``nn.Linear`` modules; ``lin_gamma`` may be a
+        per-block schedule (:func:`parse_schedule`: a list, ``'0.5/0.3/0.1/0'``, ``'linear:0.5:0'``, ...).
     gamma_attention: route the attention projections through ``nn.Linear`` so that ``lin_gamma`` reaches them.
     dtype: ``torch.float32``, or ``torch.bfloat16`` for a pure-bf16 copy of the model (autocast breaks zennit).
     impl: ``'zennit'`` (the reference hooks) or ``'fused'`` (:mod:`vitlrp.fastgamma`, same maps, fewer matmuls).
@@ -159,7 +241,9 @@ class Explainer:
             raise ValueError(f"impl must be 'zennit' or 'fused', got {impl!r}")
         self.model = model
         self.conv_gamma = check_gamma("CONV_GAMMA", conv_gamma)
-        self.lin_gamma = check_gamma("LIN_GAMMA", lin_gamma)
+        kind, _ = parse_schedule(lin_gamma)
+        self.lin_gamma = float(lin_gamma) if kind == "const" and not isinstance(lin_gamma, str) else (
+            schedule_text(lin_gamma))
         self.gamma_attention = gamma_attention
         self.dtype = dtype
         self.impl = impl
@@ -192,19 +276,17 @@ class Explainer:
             else:
                 yield
 
-    def _rule_map(self):
+    def _rule_map(self, conv_gamma=None, lin_gamma=None):
         """module name → (module, γ) for every module the Gamma rule is registered on."""
-        rules = {}
-        for name, module in self.lrp_model.named_modules():
-            if isinstance(module, nn.Conv2d):
-                rules[name] = (module, self.conv_gamma)
-            elif isinstance(module, nn.Linear):
-                rules[name] = (module, self.lin_gamma)
-        return rules
+        return module_gammas(self.lrp_model, self.conv_gamma if conv_gamma is None else conv_gamma,
+                             self.lin_gamma if lin_gamma is None else lin_gamma)
 
     @contextmanager
-    def _rules_attached(self):
-        """Attach the rules (and a probe noting which modules they act on) for one forward + backward."""
+    def _rules_attached(self, holders=None):
+        """Attach the rules (and a probe noting which modules they act on) for one forward + backward.
+
+        ``holders`` (fused only): module name → :class:`~vitlrp.fastgamma.GammaHolder`, read at backward time.
+        """
         handles = []
 
         def probe(name):
@@ -218,17 +300,18 @@ class Explainer:
             handles.append(module.register_forward_pre_hook(probe(name)))
         try:
             if self.impl == "zennit":
-                from zennit.composites import LayerMapComposite
+                from zennit.core import Composite
                 from zennit.rules import Gamma
 
-                composite = LayerMapComposite([(nn.Conv2d, Gamma(self.conv_gamma)),
-                                               (nn.Linear, Gamma(self.lin_gamma))])
+                by_gamma = {g: Gamma(g) for _, g in rules.values()}
+                composite = Composite(module_map=lambda ctx, name, module: by_gamma[rules[name][1]]
+                                      if name in rules else None)
                 with composite.context(self.lrp_model):
                     yield
             else:
                 from .fastgamma import gamma_rules
 
-                with gamma_rules({m: g for m, g in rules.values()}):
+                with gamma_rules({m: holders[n] if holders else g for n, (m, g) in rules.items()}):
                     yield
         finally:
             for h in handles:
@@ -248,6 +331,78 @@ class Explainer:
         relevance = (x.detach().to(out_dtype) * grad.to(out_dtype)).sum(1)
         return logits.detach().to(out_dtype), relevance
 
+    def explain_many(self, images, target, settings):
+        """Maps for several γ settings of the same batch: ``(logits, relevance [K, B, H, W])``.
+
+        ``settings`` is a list of ``(conv_gamma, lin_gamma)`` (``lin_gamma`` a number or schedule). The rule acts
+        only in the backward, so with ``impl='fused'`` one forward serves every setting: the graph is kept and the
+        Linear γ are changed between backwards; the backward down to the patch embedding's output is shared by
+        all settings with the same Linear γ, and each Conv2d γ only re-runs the patch embedding's rule. ``zennit``
+        explains each setting separately. The maps equal separate calls.
+        """
+        if not self._open:
+            raise RuntimeError("use the Explainer inside a `with` block")
+        settings = [(check_gamma("CONV_GAMMA", c), schedule_text(lin)) for c, lin in settings]
+        if self.impl == "zennit":
+            saved = self.conv_gamma, self.lin_gamma
+            try:
+                maps = []
+                for self.conv_gamma, self.lin_gamma in settings:
+                    logits, rel = self(images, target)
+                    maps.append(rel)
+            finally:
+                self.conv_gamma, self.lin_gamma = saved
+            return logits, torch.stack(maps)
+        return self._explain_many_fused(images, target, settings)
+
+    def _explain_many_fused(self, images, target, settings):
+        from .fastgamma import GammaHolder, patch_conv_input_gradient
+
+        x = images.detach().to(self.device, self.dtype).requires_grad_(True)
+        out_dtype = torch.promote_types(self.dtype, torch.float32)
+        groups = {}  # Linear γ → [(index in settings, conv γ)]
+        for k, (conv, lin) in enumerate(settings):
+            groups.setdefault(lin, []).append((k, conv))
+        maps = [None] * len(settings)
+        with self._patched(), torch.enable_grad():
+            rules = self._rule_map(*settings[0])
+            holders = {name: GammaHolder() for name in rules}
+            convs = [m for m, _ in rules.values() if isinstance(m, nn.Conv2d)]
+            seen = {}
+
+            def keep_output(module, args, out):  # the patch embedding applied to the input: stop the backward here
+                if args[0] is x and len(convs) == 1:
+                    seen["z"] = out
+
+            hooks = [m.register_forward_hook(keep_output) for m in convs]
+            try:
+                with self._rules_attached(holders):
+                    logits = self.lrp_model(x)
+            finally:
+                for h in hooks:
+                    h.remove()
+            target = _target_index(logits, target)
+            score = logits.gather(1, target).sum()
+            conv_module = convs[0] if "z" in seen else None
+            for g, (lin, cells) in enumerate(groups.items()):
+                last_group = g == len(groups) - 1
+                if conv_module is None:  # no single patch embedding on the input: one backward per setting
+                    for i, (k, conv) in enumerate(cells):
+                        for name, (_, gamma) in self._rule_map(conv, lin).items():
+                            holders[name].value = gamma
+                        (grad,) = torch.autograd.grad(score, x, retain_graph=not (last_group and i == len(cells) - 1))
+                        maps[k] = (x.detach().to(out_dtype) * grad.to(out_dtype)).sum(1)
+                    continue
+                for name, (_, gamma) in self._rule_map(cells[0][1], lin).items():
+                    holders[name].value = gamma
+                (grad_z,) = torch.autograd.grad(score, seen["z"], retain_graph=not last_group)
+                for k, conv in cells:
+                    grad = patch_conv_input_gradient(x.detach(), conv_module.weight.detach(),
+                                                     None if conv_module.bias is None else conv_module.bias.detach(),
+                                                     seen["z"].detach(), grad_z, conv)
+                    maps[k] = (x.detach().to(out_dtype) * grad.to(out_dtype)).sum(1)
+        return logits.detach().to(out_dtype), torch.stack(maps)
+
     def gamma_layers(self):
         """Names of the modules the Gamma rule acted on so far (a dry run on a blank image if none yet)."""
         if not self._acted:
@@ -263,13 +418,20 @@ class Explainer:
         other = [n for n, t in layers.items() if t != "Conv2d" and n not in attn]
         text = (f"Gamma rule acts on {len(layers)} layers: {', '.join(conv) or 'no Conv2d'} (Conv2d, "
                 f"gamma={self.conv_gamma:g}); {len(other)} Linear (MLP + head"
-                + (f", gamma={self.lin_gamma:g})" if other else ")"))
+                + (f", gamma={self._lin_text()})" if other else ")"))
         if self.gamma_attention:
             text += f"; {len(attn)} attention projections (value + output; query/key carry no relevance in CP-LRP)"
         else:
             text += ("; attention projections get LRP-0 (torchvision calls F.linear on them; "
                      "GAMMA_ATTENTION=true routes them through gamma)")
         return text
+
+
+    def _lin_text(self):
+        if isinstance(self.lin_gamma, float):
+            return f"{self.lin_gamma:g}"
+        values = schedule_values(self.lin_gamma, max(len(encoder_blocks(self.lrp_model)), 1))
+        return f"{self.lin_gamma} per block: {'/'.join(f'{v:.3g}' for v in values)}, head {values[-1]:.3g}"
 
 
 def input_x_gradient(model, images, target=None):

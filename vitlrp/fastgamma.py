@@ -50,6 +50,30 @@ def gamma_input_gradient(x, weight, bias, z, grad_out, gamma):
     return (rel_in / _stabilize(xf, LXT_EPS)).to(x.dtype)
 
 
+class GammaHolder:
+    """A γ read when the backward runs, not when the forward ran: one forward, then a backward per γ setting
+    (``retain_graph=True``), changing ``value`` in between."""
+
+    def __init__(self, value=0.0):
+        self.value = float(value)
+
+
+def _gamma_of(gamma):
+    return gamma.value if isinstance(gamma, GammaHolder) else gamma
+
+
+def patch_conv_input_gradient(x, weight, bias, z, grad_out, gamma):
+    """The Gamma rule's gradient at the input of a patch-embedding conv (kernel = stride): a Linear on patches."""
+    k = weight.shape[-2:]
+    patches = F.unfold(x, k, stride=k).transpose(1, 2)                 # [B, L, C*kh*kw]
+    b, out = z.shape[0], z.shape[1]
+    z2 = z.flatten(2).transpose(1, 2).reshape(-1, out)                  # [B*L, out]
+    g2 = grad_out.flatten(2).transpose(1, 2).reshape(-1, out)
+    grad = gamma_input_gradient(patches.reshape(-1, patches.shape[-1]), weight.flatten(1), bias, z2, g2, gamma)
+    grad = grad.view(b, -1, patches.shape[-1]).transpose(1, 2)
+    return F.fold(grad, x.shape[-2:], k, stride=k)
+
+
 class _GammaRule(torch.autograd.Function):
     """Forward: the layer itself (``nn.Linear``, or a Conv2d whose kernel equals its stride, i.e. ViT's patch
     embedding, which is a Linear on patches); backward: the Gamma rule's input gradient."""
@@ -65,19 +89,12 @@ class _GammaRule(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, bias, z = ctx.saved_tensors
+        gamma = _gamma_of(ctx.gamma)
         if weight.ndim == 2:
             grad = gamma_input_gradient(x.reshape(-1, x.shape[-1]), weight, bias, z.reshape(-1, z.shape[-1]),
-                                        grad_out.reshape(-1, z.shape[-1]), ctx.gamma)
+                                        grad_out.reshape(-1, z.shape[-1]), gamma)
             return grad.view(x.shape), None, None, None
-        k = weight.shape[-2:]
-        patches = F.unfold(x, k, stride=k).transpose(1, 2)                 # [B, L, C*kh*kw]
-        b, out = z.shape[0], z.shape[1]
-        z2 = z.flatten(2).transpose(1, 2).reshape(-1, out)                  # [B*L, out]
-        g2 = grad_out.flatten(2).transpose(1, 2).reshape(-1, out)
-        grad = gamma_input_gradient(patches.reshape(-1, patches.shape[-1]), weight.flatten(1), bias, z2, g2,
-                                    ctx.gamma)
-        grad = grad.view(b, -1, patches.shape[-1]).transpose(1, 2)
-        return F.fold(grad, x.shape[-2:], k, stride=k), None, None, None
+        return patch_conv_input_gradient(x, weight, bias, z, grad_out, gamma), None, None, None
 
 
 def _is_patch_conv(m):
@@ -87,7 +104,9 @@ def _is_patch_conv(m):
 
 @contextmanager
 def gamma_rules(module_gammas):
-    """Route ``{module: γ}`` (``nn.Linear`` and patch-embedding ``nn.Conv2d``) through the fused Gamma rule."""
+    """Route ``{module: γ}`` (``nn.Linear`` and patch-embedding ``nn.Conv2d``) through the fused Gamma rule.
+
+    γ is a number or a :class:`GammaHolder` (read at backward time)."""
     patched = []
     try:
         for module, gamma in module_gammas.items():
@@ -95,7 +114,7 @@ def gamma_rules(module_gammas):
                 raise ValueError(f"the fused Gamma rule supports nn.Linear and patch-embedding nn.Conv2d, "
                                  f"not {module}")
 
-            def forward(x, _m=module, _g=float(gamma)):
+            def forward(x, _m=module, _g=gamma if isinstance(gamma, GammaHolder) else float(gamma)):
                 return _GammaRule.apply(x, _m.weight, _m.bias, _g)
 
             module.forward = forward

@@ -8,7 +8,7 @@ from torch.utils.data import Subset
 from . import peers
 from .cub import CUBDataset, load_cub
 from .errors import UserError
-from .explain import PRESETS, Explainer, check_gamma, input_x_gradient
+from .explain import PRESETS, SCHEDULE_HELP, Explainer, check_gamma, input_x_gradient, schedule_text
 from .models import check_classes, load_checkpoint, model_from_checkpoint
 from .training import make_loader
 
@@ -62,34 +62,44 @@ class Method:
     name: str
     kind: str
     conv_gamma: float = 0.0
-    lin_gamma: float = 0.0
+    lin_gamma: float = 0.0  # or a per-block schedule's text (vitlrp.explain.parse_schedule)
     gamma_attention: bool = False
 
 
-METHOD_HELP = ("a preset (" + ", ".join(PRESETS) + "), gamma:<conv>:<lin>, either with +attn (γ on the attention "
-               "projections too), input_x_gradient, random, or a peer method (" + ", ".join(peers.PEERS) + ")")
+METHOD_HELP = ("a preset (" + ", ".join(PRESETS) + "), gamma:<conv>:<lin> (<lin> may be a per-block schedule: "
+               + SCHEDULE_HELP + "), either with +attn (γ on the attention projections too), input_x_gradient, "
+               "random, or a peer method (" + ", ".join(peers.PEERS) + ")")
 
 
 def parse_method(name):
-    """``'balanced'``, ``'gamma:1:0.5'``, ``'balanced+attn'``, ``'input_x_gradient'``, ``'random'``, ``'gae'`` ...
-    → Method."""
+    """``'balanced'``, ``'gamma:1:0.5'``, ``'gamma:1:linear:0.5:0'``, ``'balanced+attn'``, ``'input_x_gradient'``,
+    ``'random'``, ``'gae'`` ... → Method."""
     base, attn = (name[:-5], True) if name.endswith("+attn") else (name, False)
     if base in PRESETS:
         return Method(name, "lrp", *PRESETS[base], attn)
     if base.startswith("gamma:"):
         parts = base.split(":")
         try:
-            conv, lin = float(parts[1]), float(parts[2])
-            if len(parts) != 3:
+            conv, lin = float(parts[1]), ":".join(parts[2:])
+            if len(parts) < 3:
                 raise ValueError
         except (ValueError, IndexError):
             raise UserError(f"method {name!r} must look like gamma:<conv>:<lin>, e.g. gamma:1:0.5") from None
-        return Method(name, "lrp", check_gamma(f"{name} conv gamma", conv), check_gamma(f"{name} lin gamma", lin),
-                      attn)
+        lin = (check_gamma(f"{name} lin gamma", float(lin)) if _is_number(lin)
+               else schedule_text(lin, f"method {name!r} lin gamma"))
+        return Method(name, "lrp", check_gamma(f"{name} conv gamma", conv), lin, attn)
     if base in ("input_x_gradient", "random", *peers.PEERS) and not attn:
         peers.check_available(base)  # a peer whose package is missing is a config error, found before any work
         return Method(name, base)
     raise UserError(f"unknown method {name!r}: use {METHOD_HELP}")
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class MethodRunner:

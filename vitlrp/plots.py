@@ -93,3 +93,75 @@ def training_curves(rows, path):
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+def gamma_surface(values, cis, convs, rows, metric, best, marks, path):
+    """One metric over the γ grid: Linear γ (rows; constants, then schedules) × conv γ (columns), best cell boxed.
+
+    ``values`` / ``cis``: ``[rows][cols]`` means and 95% half-widths; ``best``: (row, col); ``marks``: label →
+    (row, col) for the presets."""
+    import numpy as np
+
+    plt = _plt()
+    v = np.array(values, dtype=float)
+    higher = M.METRICS[metric]
+    fig, ax = plt.subplots(figsize=(1.0 * len(convs) + 3.2, 0.5 * len(rows) + 1.8))
+    im = ax.imshow(v, cmap="viridis" if higher else "viridis_r", aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=f"{metric} ({'higher' if higher else 'lower'} is better)")
+    for r in range(len(rows)):
+        for c in range(len(convs)):
+            text = "n/a" if not np.isfinite(v[r, c]) else f"{v[r, c]:.3f}\n±{cis[r][c]:.3f}" \
+                if np.isfinite(cis[r][c]) else f"{v[r, c]:.3f}"
+            ax.text(c, r, text, ha="center", va="center", fontsize=6.5, color="white",
+                    path_effects=_outline())
+    r, c = best
+    ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
+    for label, (r, c) in marks.items():
+        ax.text(c + 0.45, r - 0.42, label, ha="right", va="top", fontsize=6, color="orange",
+                path_effects=_outline())
+    n_const = sum(1 for lin in rows if ":" not in lin and "/" not in lin)
+    if 0 < n_const < len(rows):
+        ax.axhline(n_const - 0.5, color="white", lw=2)
+    ax.set_xticks(range(len(convs)), [f"{g:g}" for g in convs])
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set(xlabel="Conv2d γ (patch embedding)", ylabel="Linear γ (constant, or per-block schedule)",
+           title=f"{metric}: best cell boxed in red" + (", presets in orange" if marks else ""))
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def _outline():
+    import matplotlib.patheffects as pe
+
+    return [pe.withStroke(linewidth=1.5, foreground="black")]
+
+
+def pareto_front(points, front, recommended, marks, path):
+    """Faithfulness (LeRF − MoRF) against box share, coloured by negative share; the Pareto front ringed.
+
+    ``points``: name → (lerf_minus_morf, box_share, negative_share); ``marks``: preset label → cell name."""
+    plt = _plt()
+    names = list(points)
+    xs, ys, cs = zip(*(points[n] for n in names))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    sc = ax.scatter(xs, ys, c=cs, cmap="magma_r", s=28, edgecolors="none", zorder=2)
+    fig.colorbar(sc, ax=ax, label="negative share (lower is cleaner)")
+    fx = [points[n][0] for n in front]
+    fy = [points[n][1] for n in front]
+    ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="tab:blue", lw=1.5, zorder=3,
+               label="Pareto-optimal (all three aims)")
+    rx, ry, _ = points[recommended]
+    ax.scatter([rx], [ry], marker="*", s=320, color="red", edgecolors="black", zorder=4,
+               label=f"recommended: {recommended}")
+    for label, name in marks.items():
+        if name in points:
+            ax.annotate(label, points[name][:2], xytext=(4, 4), textcoords="offset points", fontsize=7,
+                        color="tab:green")
+    ax.set(xlabel="LeRF − MoRF (faithfulness, higher is better)", ylabel="box share (localization, higher is better)",
+           title="the γ grid: faithfulness vs localization vs cleanliness")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)

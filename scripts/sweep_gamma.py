@@ -1,0 +1,150 @@
+"""Which γ, answered by search: every Conv2d γ × Linear γ cell (and per-depth Linear γ schedules) scored with every
+metric of evaluate_lrp.py, as surfaces, a Pareto front, a CSV and best_gamma.json (which the other scripts read).
+
+One forward per batch serves every cell (the rule acts only in the backward; IMPL=fused).
+"""
+# --- configuration (each constant is also a flag: --num-images 50, --conv-gammas 0,1,10, ...) ---
+CHECKPOINT_PATH = "checkpoints/vit_cub_best.pt"  # written by scripts/train_vit_cub.py
+DATASET_ROOT = "dataset/raw/CUB_200_2011"  # folder holding images.txt, bounding_boxes.txt and parts/
+SPLIT = "test"  # train, test or all
+NUM_IMAGES = 200  # images drawn with random.seed(SEED); 0 = the whole split
+SEED = 0  # which images (the same draw as evaluate_lrp.py with the same seed)
+CONV_GAMMAS = [0.0, 0.1, 0.25, 0.5, 1.0, 10.0, 100.0]  # γ of the patch embedding (columns of the surfaces)
+LIN_GAMMAS = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]  # constant γ of every Linear layer (rows)
+SCHEDULES = ["linear:0.5:0", "linear:0:0.5", "geometric:1:0.01", "geometric:0.01:1"]  # per-block Linear γ (rows)
+TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
+PERTURB_STEPS = 10  # MoRF/LeRF curve points (patches removed in this many equal steps)
+PART_TOLERANCE_PX = 15  # part pointing game radius, in model-input pixels
+BATCH_SIZE = 32  # images explained at once (every cell shares their forward)
+DTYPE = "fp32"  # fp32 or bf16 (LRP on a pure-bf16 model copy; perturbation forwards in bf16 too)
+IMPL = "fused"  # fused (one forward for all cells) or zennit (a forward per cell; same maps)
+DEVICE = "auto"  # auto, cuda, cpu
+NUM_WORKERS = 4  # JPEG decoding processes
+OUTPUT_DIR = "results/sweep"  # cells.csv, per_image.csv, best_gamma.json, surface_<metric>.png, pareto.png
+# -------------------------------------------------------------------------------------------------
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vitlrp import cli, plots
+from vitlrp import evaluation as E
+from vitlrp import sweep as S
+from vitlrp.errors import UserError
+from vitlrp.explain import DTYPES, PRESETS, Explainer
+from vitlrp.fileio import ensure_writable_dir, write_csv, write_json
+from vitlrp.metrics import METRICS
+from vitlrp.pipeline import load_model_and_split, loader, sample_indices
+from vitlrp.runtime import resolve_device
+
+
+def check_config(cfg):
+    cells, rows = S.grid(cfg.CONV_GAMMAS, cfg.LIN_GAMMAS, cfg.SCHEDULES)
+    if cfg.PERTURB_STEPS < 2:
+        raise UserError(f"PERTURB_STEPS must be at least 2, got {cfg.PERTURB_STEPS}")
+    if cfg.PART_TOLERANCE_PX < 0:
+        raise UserError(f"PART_TOLERANCE_PX must be >= 0, got {cfg.PART_TOLERANCE_PX}")
+    if cfg.DTYPE not in DTYPES:
+        raise UserError(f"DTYPE must be one of {', '.join(DTYPES)}, got {cfg.DTYPE!r}")
+    if cfg.TARGET not in ("pred", "label"):
+        raise UserError(f"TARGET must be pred or label, got {cfg.TARGET!r}")
+    if cfg.IMPL not in ("fused", "zennit"):
+        raise UserError(f"IMPL must be fused or zennit, got {cfg.IMPL!r}")
+    return cells, rows
+
+
+def main(cfg):
+    cells, rows_lin = check_config(cfg)
+    device = resolve_device(cfg.DEVICE)
+    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device,
+                                                annotations=True)
+    indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
+    out = ensure_writable_dir(Path(cfg.OUTPUT_DIR), "OUTPUT_DIR")
+    (out / "best_gamma.json").unlink(missing_ok=True)  # the folder is complete again only when this run ends
+    names = [S.cell_name(c, lin) for c, lin in cells]
+    print(f"Sweeping {len(cfg.CONV_GAMMAS)} conv γ × {len(rows_lin)} Linear γ settings = {len(cells)} cells on "
+          f"{len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} ({device}, {cfg.DTYPE}, {cfg.IMPL})")
+    dtype, patch = DTYPES[cfg.DTYPE], model.patch_size
+    plain = model if dtype == torch.float32 else model.to(dtype)
+
+    @torch.no_grad()
+    def forward(images):
+        return plain(images.to(device, dtype)).float()
+
+    rows, seconds = [], {"maps": 0.0, "metrics": 0.0}
+    bar = tqdm(total=len(indices) * len(cells), desc="cells x images", unit="map")
+    with Explainer(plain, dtype=dtype, impl=cfg.IMPL) as explainer:
+        for batch in loader(dataset, indices, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device):
+            ok = [i for i, err in enumerate(batch["error"]) if not err]
+            for i in (i for i in range(len(batch["error"])) if batch["error"][i]):
+                rows += [{"method": n, "sample_idx": int(batch["index"][i]), "label": int(batch["label"][i]),
+                          "error": batch["error"][i]} for n in names]
+            if ok:
+                images = batch["image"][ok].to(device)
+                logits = forward(images)
+                target = logits.argmax(1) if cfg.TARGET == "pred" else batch["label"][ok].to(device)
+                prob = lambda x, t=target: forward(x).softmax(1).gather(1, t.view(-1, 1)).squeeze(1)  # noqa: E731
+                start, end = prob(images), prob(torch.zeros_like(images))
+                t0 = time.perf_counter()
+                m_logits, maps = explainer.explain_many(images, target, cells)
+                t1 = time.perf_counter()
+                for name, relevance in zip(names, maps):
+                    scored, _ = E.score_batch(relevance, m_logits, target, batch, ok, prob, images, patch,
+                                              cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, start, end)
+                    rows += [{"method": name, **r} for r in scored]
+                    bar.update(len(ok))
+                seconds["maps"] += t1 - t0
+                seconds["metrics"] += time.perf_counter() - t1
+            bar.update((len(batch["error"]) - len(ok)) * len(cells))
+    bar.close()
+
+    summary = E.summarize(rows, names)
+    failed = sum(1 for r in rows if r["error"]) // len(cells)
+    if failed == len(indices):
+        raise UserError("no image could be read: nothing to score (see the errors above)")
+    front, sums = S.pareto_front(summary), S.rank_sums(summary)
+    marks = {p: S.cell_name(*g) for p, g in PRESETS.items()}
+    doc = S.best_gamma_doc(summary, cells, PRESETS)
+    rec = doc["recommended"]["method"]
+
+    write_csv(out / "cells.csv", S.cell_rows(summary, cells, front, sums), S.CELL_FIELDS)
+    write_csv(out / "per_image.csv", rows, E.ROW_FIELDS)
+    convs = [c for c, _ in cells[:len(cfg.CONV_GAMMAS)]]
+    where = {S.cell_name(c, lin): (r, k) for r, lin in enumerate(rows_lin) for k, c in enumerate(convs)}
+    for metric in METRICS:
+        best = doc["best"].get(metric, {}).get("method", rec)
+        plots.gamma_surface(S.surface(summary, convs, rows_lin, metric), S.surface(summary, convs, rows_lin, metric,
+                            "ci95"), convs, rows_lin, metric, where[best],
+                            {p: where[n] for p, n in marks.items() if n in where}, out / f"surface_{metric}.png")
+    points = {n: tuple(summary[n][m]["mean"] for m in S.OBJECTIVES) for n in names}
+    plots.pareto_front(points, front, rec, marks, out / "pareto.png")
+    n_ok = len(indices) - failed
+    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "cells": len(cells),
+                                     "seconds": seconds})
+    write_json(out / "best_gamma.json", {
+        **doc, "n_images": n_ok, "n_failed": failed, "split": cfg.SPLIT, "checkpoint": str(cfg.CHECKPOINT_PATH),
+        "dataset_root": str(cfg.DATASET_ROOT), "target": cfg.TARGET, "config": cli.config_dict(cfg)})
+
+    print()
+    print(f"Maps: {seconds['maps']:.1f} s for {len(cells)} cells; metrics: {seconds['metrics']:.1f} s")
+    for metric, b in doc["best"].items():
+        print(f"best {metric:<16} {b['method']:<26} {b['mean']:.3f} ± {b['ci95']:.3f}  "
+              f"({'higher' if METRICS[metric] else 'lower'} is better)")
+    print(f"Pareto front ({', '.join(S.OBJECTIVES)}): {len(front)} of {len(cells)} cells")
+    head = f"{'':<16}{'cell':<26}" + "".join(f"{m:>17}" for m in S.OBJECTIVES) + f"{'rank sum':>10}  pareto"
+    print(head)
+    for label, name in [("recommended", rec), *marks.items()]:
+        if name in summary:
+            vals = "".join(f"{summary[name][m]['mean']:>10.3f} ±{summary[name][m]['ci95']:<5.3f}" for m in S.OBJECTIVES)
+            print(f"{label:<16}{name:<26}{vals}{sums[name]:>10}  {'yes' if name in front else 'no'}")
+    print(f"Recommended γ: {rec} (rule: {S.RULE})")
+    print(f"Use it: python scripts/test_vit_forward.py --gamma-file {out / 'best_gamma.json'}")
+    if failed:
+        print(f"{failed} image(s) could not be read; they are listed in per_image.csv with their error")
+    print(f"Output directory: {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    cli.run(main, globals())

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv bench clean-demo
+.PHONY: test demo venv bench sweep clean-demo
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ demo: $(STAMP)
 	@echo
 	@echo "Demo done. Look at $(DEMO)/index.html (all results), $(DEMO)/lrp_samples/index.html (heatmaps),"
 	@echo "$(DEMO)/lrp_eval/summary.csv (which gamma explains best) and $(DEMO)/train/curves.png."
+
+# The γ sweep on the demo's checkpoint (run `make demo` first): a short CPU run, 48 images, 5 perturbation steps.
+sweep: $(STAMP)
+	$(PY) scripts/sweep_gamma.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 48 \
+	    --perturb-steps 5 --batch-size 48 --num-workers 2 --output-dir $(DEMO)/sweep
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py

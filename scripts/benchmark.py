@@ -39,7 +39,10 @@ from vitlrp.synthetic import make_synthetic_cub
 from vitlrp.training import EpochSampler, WarmupCosine, make_loader, make_optimizer, train_one_epoch
 
 ROWS = ["seed_style", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16", "input_x_gradient",
-        *PEERS, "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg"]
+        *PEERS, "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg", "gamma_sweep"]
+SWEEP_CONV = [0.0, 0.1, 0.25, 0.5, 1.0, 10.0, 100.0]  # the gamma_sweep row: sweep_gamma.py's default 7 x 7 grid
+SWEEP_LIN = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
+SWEEP_PERTURB_STEPS = 10  # as evaluate_lrp.py / sweep_gamma.py
 CUB_TEST_IMAGES = 5794
 
 
@@ -143,6 +146,8 @@ def main(cfg):
             r = explain_from_jpeg(model, size, device, jpeg_n, lrp_batch, cfg)
         elif name.startswith("train"):
             r = train_row(name, arch, size, device, train_batch, jpeg_n, cfg)
+        elif name == "gamma_sweep":
+            r = sweep_row(model, x, target, device, cfg)
         results[name] = r
         peak = f"  peak {r['peak_mem_mib']:.0f} MiB" if r.get("peak_mem_mib") else ""
         print(f" {r['images_per_s']:>9.1f} img/s{peak}")
@@ -152,6 +157,11 @@ def main(cfg):
     for r in timed.values():
         r["x_seed_style"] = r["images_per_s"] / base["images_per_s"] if base else None
         r["x_input_x_gradient"] = r["images_per_s"] / floor["images_per_s"] if floor else None
+    if "gamma_sweep" in timed:
+        g = timed["gamma_sweep"]
+        print(f"\ngamma_sweep: {g['cells']} cells cost {g['ratio_maps']:.1f}x one fused method (maps only: "
+              f"{g['sweep_maps_s']:.2f} s vs {g['one_method_s']:.2f} s); with the metrics "
+              f"{g['ratio_maps_and_metrics']:.1f}x ({g['sweep_metrics_s']:.2f} s of metrics for all cells)")
     if "explain_jpeg" in results:
         results["explain_jpeg"]["cub_test_split_seconds"] = CUB_TEST_IMAGES / results["explain_jpeg"]["images_per_s"]
 
@@ -169,6 +179,41 @@ def main(cfg):
     write_json(Path(out) / "benchmark.json", report)
     print(f"\nWrote {Path(out) / 'benchmark.json'}")
     return 0
+
+
+def sweep_row(model, x, target, device, cfg):
+    """49 γ cells from one shared forward vs one fused LRP method on the same batch: the cost ratio of the maps,
+    and of maps + evaluate_lrp's metrics (the perturbation curves need forwards per cell)."""
+    from vitlrp import evaluation as E
+
+    cells = [(c, lin) for lin in SWEEP_LIN for c in SWEEP_CONV]
+    n, size = len(x), x.shape[-1]
+    patch = model.patch_size
+    batch = {"box": torch.tensor([[size / 4, size / 4, 3 * size / 4, 3 * size / 4]] * n),
+             "parts": torch.zeros(n, 15, 3), "index": torch.arange(n), "label": target.cpu()}
+
+    @torch.no_grad()
+    def prob(images):
+        return model(images).softmax(1).gather(1, target.view(-1, 1)).squeeze(1)
+
+    start, end = prob(x), prob(torch.zeros_like(x))
+
+    def score(maps, logits):
+        for rel in maps:
+            E.score_batch(rel, logits, target, batch, list(range(n)), prob, x, patch, SWEEP_PERTURB_STEPS, 15,
+                          start, end)
+
+    with Explainer(model, 1.0, 0.5, impl="fused") as ex:
+        one = measure(lambda: ex(x, target), n, device, cfg.REPEATS)
+        many = measure(lambda: ex.explain_many(x, target, cells), n, device, cfg.REPEATS)
+        logits, maps = ex.explain_many(x, target, cells)
+    metrics_one = measure(lambda: score(maps[:1], logits), n, device, cfg.REPEATS)
+    metrics_all = measure(lambda: score(maps, logits), n, device, cfg.REPEATS)
+    return {**many, "cells": len(cells), "one_method_s": one["median_s"], "sweep_maps_s": many["median_s"],
+            "one_method_metrics_s": metrics_one["median_s"], "sweep_metrics_s": metrics_all["median_s"],
+            "ratio_maps": many["median_s"] / one["median_s"],
+            "ratio_maps_and_metrics": (many["median_s"] + metrics_all["median_s"])
+            / (one["median_s"] + metrics_one["median_s"])}
 
 
 def seed_style(model, x, target):

@@ -8,8 +8,9 @@ DATASET_ROOT = "dataset/raw/CUB_200_2011"  # folder holding images.txt, bounding
 SPLIT = "test"  # train, test or all
 NUM_IMAGES = 500  # images drawn with random.seed(SEED); 0 = the whole split
 SEED = 0  # which images
-METHODS = [  # presets, gamma:<conv>:<lin>, <preset>+attn, input_x_gradient, random, gradcam, rollout, gae, ...
+METHODS = [  # presets, gamma:<conv>:<lin> (<lin> may be a schedule: gamma:1:linear:0.5:0), <preset>+attn, peers ...
     "baseline", "conservative", "balanced", "aggressive", "very_aggressive", "input_x_gradient", "random"]
+GAMMA_FILE = ""  # best_gamma.json of scripts/sweep_gamma.py: adds its recommended γ (FILE#metric: that best) to METHODS
 TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
 PERTURB_STEPS = 10  # MoRF/LeRF curve points (patches removed in this many equal steps)
 PART_TOLERANCE_PX = 15  # part pointing game radius, in model-input pixels
@@ -35,6 +36,7 @@ from vitlrp.metrics import METRICS
 from vitlrp.pipeline import MethodRunner, load_model_and_split, loader, parse_method, sample_indices
 from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import Distributed, resolve_device
+from vitlrp.sweep import cell_name, read_gamma_file
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
 OUTPUT_NAMES = ("per_image.csv", "summary.csv", "summary.json", "config.json", "curves_morf_lerf.png", "bar_*.png",
@@ -42,9 +44,13 @@ OUTPUT_NAMES = ("per_image.csv", "summary.csv", "summary.json", "config.json", "
 
 
 def check_config(cfg):
-    if not cfg.METHODS:
+    if not cfg.METHODS and not cfg.GAMMA_FILE:
         raise UserError("METHODS is empty: name at least one method")
-    methods = [parse_method(m) for m in cfg.METHODS]
+    names = list(cfg.METHODS)
+    if cfg.GAMMA_FILE:
+        name = cell_name(*read_gamma_file(cfg.GAMMA_FILE))
+        names += [name] if name not in names else []
+    methods = [parse_method(m) for m in names]
     if len({m.name for m in methods}) < len(methods):
         raise UserError("METHODS lists a method twice")
     if cfg.PERTURB_STEPS < 2:

@@ -8,7 +8,9 @@ SEED = 42  # same seed, same images, whatever the gammas
 # Gamma Rule Configuration
 CONV_GAMMA = 1.0  # Gamma for the Conv2d layer (patch embedding)
 LIN_GAMMA = 0.5  # Gamma for Linear layers (MLP + head; attention too only with GAMMA_ATTENTION)
+LIN_GAMMA_SCHEDULE = ""  # per-block Linear γ, e.g. linear:0.5:0, geometric:1:0.01, 0.5/0.3/0.1/0 (overrides LIN_GAMMA)
 PRESET = ""  # baseline, conservative, balanced, aggressive, very_aggressive; overrides the two gammas
+GAMMA_FILE = ""  # best_gamma.json of scripts/sweep_gamma.py: its recommended γ (FILE#box_share: that metric's best)
 GAMMA_ATTENTION = False  # route the attention projections through nn.Linear so that LIN_GAMMA reaches them
 TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
 BATCH_SIZE = 32  # images explained at once
@@ -28,13 +30,14 @@ from tqdm import tqdm
 
 from vitlrp import cli, render
 from vitlrp.errors import UserError
-from vitlrp.explain import DTYPES, PRESETS, Explainer, resolve_gammas
+from vitlrp.explain import DTYPES, PRESETS, Explainer, lin_gamma_value, resolve_gammas, schedule_text
 from vitlrp.fileio import write_json, write_text
 from vitlrp.gallery import write_heatmap_gallery
 from vitlrp.heatmaps import OUTPUT_NAMES, write_grid, write_sample
 from vitlrp.pipeline import MethodRunner, load_model_and_split, loader, nonfinite_error, parse_method, sample_indices
 from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
+from vitlrp.sweep import read_gamma_file
 
 
 def check_config(cfg):
@@ -42,6 +45,10 @@ def check_config(cfg):
         if not math.isfinite(getattr(cfg, name)):
             raise UserError(f"{name} must be a finite number >= 0, got {getattr(cfg, name)}")
     gammas = resolve_gammas(cfg.PRESET, cfg.CONV_GAMMA, cfg.LIN_GAMMA)
+    if cfg.LIN_GAMMA_SCHEDULE and not cfg.PRESET:
+        gammas = gammas[0], lin_gamma_value(cfg.LIN_GAMMA_SCHEDULE, "LIN_GAMMA_SCHEDULE")
+    if cfg.GAMMA_FILE:
+        gammas = read_gamma_file(cfg.GAMMA_FILE)
     if cfg.TARGET not in ("pred", "label"):
         raise UserError(f"TARGET must be pred or label, got {cfg.TARGET!r}")
     if cfg.DTYPE not in DTYPES:
@@ -78,7 +85,7 @@ def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin
     dtype = DTYPES[cfg.DTYPE]
     print(f"Using device: {device}")
     print(f"Using Gamma rule: Conv2d gamma={conv_gamma}, Linear gamma={lin_gamma}"
-          + (f" (preset {cfg.PRESET})" if cfg.PRESET else ""))
+          + (f" (from {cfg.GAMMA_FILE})" if cfg.GAMMA_FILE else f" (preset {cfg.PRESET})" if cfg.PRESET else ""))
     print(f"Dataset size: {len(dataset)}")
     print(f"Will generate LRP for {len(indices)} samples")
     with ExitStack() as stack:
@@ -127,7 +134,7 @@ def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin
                     results.append(entry)
                     continue
                 title = (f"#{idx}  true: {names[label]}  |  pred: {names[pred]} ({probs[k, pred]:.1%})  |  "
-                         f"γ conv {conv_gamma:g}, lin {lin_gamma:g}")
+                         f"γ conv {conv_gamma:g}, lin {schedule_text(lin_gamma)}")
                 files = write_sample(out, idx, rgb[row], rel, title, tgt)
                 if grid_maps:
                     files["gamma_grid"], picture = write_grid(

@@ -7,7 +7,7 @@ from conftest import run_script_inprocess
 # what the speed issue asks the benchmark to measure, and the peer explainers (issue 12)
 EXPECTED_ROWS = ["seed_style", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16",
                  "input_x_gradient", "gradcam", "rollout", "gae", "integrated_gradients", "smoothgrad",
-                 "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg"]
+                 "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg", "gamma_sweep"]
 
 
 def test_benchmark_runs_every_row_on_the_cpu(tmp_path):
@@ -30,6 +30,8 @@ def test_benchmark_runs_every_row_on_the_cpu(tmp_path):
     for name in ("lrp_zennit_bf16", "lrp_fused_bf16"):
         assert rows[name]["min_cosine_vs_fp32_zennit"] > 0.95, name  # reported, not hidden
     assert rows["explain_jpeg"]["cub_test_split_seconds"] > 0
+    sweep = rows["gamma_sweep"]  # 49 γ cells vs one method: both ratios measured, the maps' ratio below 49
+    assert sweep["cells"] == 49 and 1 < sweep["ratio_maps"] < 49 and sweep["ratio_maps_and_metrics"] > 1
     for name in EXPECTED_ROWS:
         assert name in out  # the printed table
     assert "x seed" in out and "x IxG" in out

@@ -17,6 +17,7 @@ One concept per module:
 - ``render``      heatmaps, overlays, comparison panels, grids
 - ``plots``       matplotlib figures: training curves, evaluation plots
 - ``metrics``     faithfulness, localization and noise metrics for relevance maps
+- ``sweep``       the γ search: grid cells, surfaces, Pareto front, recommended γ, ``best_gamma.json``
 - ``gallery``     the HTML gallery
 - ``runtime``     devices, seeding, distributed helpers
 """

@@ -93,14 +93,20 @@ def schedule_values(spec, num_blocks, name="LIN_GAMMA"):
     return [v[0] * (v[1] / v[0]) ** t for t in steps]
 
 
-def schedule_text(spec):
+def schedule_text(spec, name="LIN_GAMMA"):
     """The canonical text of a schedule (a number as ``%g``), as used in method names and JSON."""
-    kind, v = parse_schedule(spec)
+    kind, v = parse_schedule(spec, name)
     if kind == "const":
         return f"{v[0]:g}"
     if kind == "list":
         return "/".join(f"{g:g}" for g in v)
     return f"{kind}:{v[0]:g}:{v[1]:g}"
+
+
+def lin_gamma_value(spec, name="LIN_GAMMA"):
+    """A Linear γ as stored in configs and JSON: a float for a constant, the canonical text for a schedule."""
+    kind, v = parse_schedule(spec, name)
+    return v[0] if kind == "const" else schedule_text(spec, name)
 
 
 def encoder_blocks(model):
@@ -241,9 +247,7 @@ class Explainer:
             raise ValueError(f"impl must be 'zennit' or 'fused', got {impl!r}")
         self.model = model
         self.conv_gamma = check_gamma("CONV_GAMMA", conv_gamma)
-        kind, _ = parse_schedule(lin_gamma)
-        self.lin_gamma = float(lin_gamma) if kind == "const" and not isinstance(lin_gamma, str) else (
-            schedule_text(lin_gamma))
+        self.lin_gamma = lin_gamma_value(lin_gamma)
         self.gamma_attention = gamma_attention
         self.dtype = dtype
         self.impl = impl

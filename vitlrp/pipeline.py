@@ -8,7 +8,7 @@ from torch.utils.data import Subset
 from . import peers
 from .cub import CUBDataset, load_cub
 from .errors import UserError
-from .explain import PRESETS, SCHEDULE_HELP, Explainer, check_gamma, input_x_gradient, schedule_text
+from .explain import PRESETS, SCHEDULE_HELP, Explainer, check_gamma, input_x_gradient, lin_gamma_value
 from .models import check_classes, load_checkpoint, model_from_checkpoint
 from .training import make_loader
 
@@ -85,21 +85,12 @@ def parse_method(name):
                 raise ValueError
         except (ValueError, IndexError):
             raise UserError(f"method {name!r} must look like gamma:<conv>:<lin>, e.g. gamma:1:0.5") from None
-        lin = (check_gamma(f"{name} lin gamma", float(lin)) if _is_number(lin)
-               else schedule_text(lin, f"method {name!r} lin gamma"))
+        lin = lin_gamma_value(lin, f"method {name!r} lin gamma")
         return Method(name, "lrp", check_gamma(f"{name} conv gamma", conv), lin, attn)
     if base in ("input_x_gradient", "random", *peers.PEERS) and not attn:
         peers.check_available(base)  # a peer whose package is missing is a config error, found before any work
         return Method(name, base)
     raise UserError(f"unknown method {name!r}: use {METHOD_HELP}")
-
-
-def _is_number(text):
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 class MethodRunner:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import metrics as M
 from .errors import UserError
-from .explain import check_gamma, parse_schedule, schedule_text
+from .explain import check_gamma, lin_gamma_value, parse_schedule, schedule_text
 
 # the three aims a recommended γ trades off: metric → True when higher is better
 OBJECTIVES = {"lerf_minus_morf": True, "box_share": True, "negative_share": False}
@@ -109,8 +109,7 @@ CELL_FIELDS = ["method", "conv_gamma", "lin_gamma", "schedule", "pareto", "rank_
 
 def _setting(cells, name):
     conv, lin = next((c, lin) for c, lin in cells if cell_name(c, lin) == name)
-    return {"conv_gamma": conv, "lin_gamma": float(lin) if parse_schedule(lin)[0] == "const" else lin,
-            "method": name}
+    return {"conv_gamma": conv, "lin_gamma": lin_gamma_value(lin), "method": name}
 
 
 def best_gamma_doc(summary, cells, presets):
@@ -154,8 +153,4 @@ def read_gamma_file(spec, name="GAMMA_FILE"):
     except (KeyError, TypeError):
         choices = ", ".join(["recommended", *doc.get("best", {})]) if isinstance(doc, dict) else "recommended"
         raise UserError(f"{name} {spec}: no setting {pick or 'recommended'!r} in it (choose {choices})") from None
-    if isinstance(lin, str):
-        parse_schedule(lin, f"{name} lin_gamma")
-    else:
-        lin = check_gamma(f"{name} lin_gamma", lin)
-    return check_gamma(f"{name} conv_gamma", conv), lin
+    return check_gamma(f"{name} conv_gamma", conv), lin_gamma_value(lin, f"{name} lin_gamma")

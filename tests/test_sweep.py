@@ -1,0 +1,255 @@
+"""The γ sweep: per-block schedules, one forward for many γ settings, surfaces / Pareto / best_gamma.json, and
+scripts/sweep_gamma.py end to end (with its file read back by the heatmap and evaluation scripts)."""
+import csv
+import json
+import math
+
+import pytest
+import torch
+from conftest import error_lines, run_script_inprocess
+from test_explain import images, rel_err, tiny_vit
+from torch import nn
+
+from vitlrp import fastgamma
+from vitlrp import sweep as S
+from vitlrp.errors import UserError
+from vitlrp.explain import Explainer, lxt_patched, parse_schedule, schedule_text, schedule_values
+from vitlrp.metrics import METRICS
+
+
+# --- schedules --------------------------------------------------------------------------------------------
+def test_schedule_values_and_text():
+    assert schedule_values(0.5, 3) == [0.5, 0.5, 0.5]
+    assert schedule_values("linear:0.5:0", 3) == [0.5, 0.25, 0.0]
+    assert schedule_values("linear:0:1", 1) == [0.0]
+    assert schedule_values("geometric:1:0.01", 3) == pytest.approx([1.0, 0.1, 0.01])
+    assert schedule_values("0.3/0.2/0.1", 3) == [0.3, 0.2, 0.1]
+    assert schedule_values([0.3, 0.2], 2) == [0.3, 0.2]
+    assert schedule_text("linear:0.50:0") == "linear:0.5:0" and schedule_text(1.0) == "1"
+    assert parse_schedule("0.25") == ("const", (0.25,))
+    for bad, words in (("linear:1", "not a γ schedule"), ("cosine:1:0", "not a γ schedule"), ("0.1/-1", ">= 0"),
+                       ("geometric:0:1", "values > 0"), ("", "not a γ schedule"), ("nan", ">= 0")):
+        with pytest.raises(UserError, match=words):
+            parse_schedule(bad)
+    with pytest.raises(UserError, match="lists 2 values but the model has 3 encoder blocks"):
+        schedule_values("0.1/0.2", 3)
+
+
+@pytest.mark.parametrize("impl", ["zennit", "fused"])
+def test_a_schedule_equals_per_module_gammas_set_by_hand(impl):
+    """Explainer with linear:1:0 on 3 blocks == the rule set by hand: block γ 1, 0.5, 0; head 0; conv 0.25."""
+    from zennit.composites import NameMapComposite
+    from zennit.rules import Gamma
+
+    model, x = tiny_vit(seed=3, dtype=torch.float64, num_layers=3), images(3, seed=4, dtype=torch.float64)
+    target = torch.tensor([0, 2, 4])
+    with Explainer(model, 0.25, "linear:1:0", dtype=torch.float64, impl=impl) as ex:
+        _, maps = ex(x, target)
+    by_hand = {"conv_proj": 0.25, "heads.head": 0.0}
+    for i, g in enumerate((1.0, 0.5, 0.0)):
+        block = f"encoder.layers.encoder_layer_{i}"  # out_proj is never called as a module (F.linear): no effect
+        by_hand.update({f"{block}.mlp.0": g, f"{block}.mlp.3": g, f"{block}.self_attention.out_proj": g})
+    modules = dict(model.named_modules())
+    assert {n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))} == set(by_hand)
+    xr = x.clone().requires_grad_(True)
+    with lxt_patched():
+        if impl == "zennit":
+            rules = NameMapComposite([((name,), Gamma(g)) for name, g in by_hand.items()]).context(model)
+        else:
+            rules = fastgamma.gamma_rules({modules[name]: g for name, g in by_hand.items()})
+        with rules:
+            (grad,) = torch.autograd.grad(model(xr).gather(1, target[:, None]).sum(), xr)
+    ref = (x * grad).sum(1)
+    err = rel_err(maps, ref)
+    print(f"{impl}: schedule vs per-module γ by hand, max |diff| / max |R| = {err:.1e}")
+    assert err < 1e-13
+    with Explainer(model, 0.25, 0.5, dtype=torch.float64, impl=impl) as ex:  # and a schedule is not a constant
+        assert rel_err(ex(x, target)[1], ref) > 1e-3
+
+
+# --- one forward, many γ ----------------------------------------------------------------------------------
+SETTINGS = [(c, lin) for lin in (0.0, 0.5, "linear:1:0", "0.2/0.1/0") for c in (0.0, 1.0, 100.0)]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_shared_forward_maps_equal_separate_runs(dtype, tol):
+    model, x = tiny_vit(seed=5, dtype=dtype, num_layers=3), images(3, seed=6, dtype=dtype)
+    target = torch.tensor([1, 3, 0])
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    with Explainer(model, dtype=dtype, impl="fused") as ex:
+        logits, many = ex.explain_many(x, target, SETTINGS)
+    hook.remove()
+    assert len(calls) == 1 and many.shape == (len(SETTINGS), 3, 32, 32)  # one forward for 12 settings
+    for k, (conv, lin) in enumerate(SETTINGS):
+        with Explainer(model, conv, lin, dtype=dtype, impl="fused") as ex:
+            ref_logits, ref = ex(x, target)
+        assert torch.equal(logits, ref_logits)
+        assert rel_err(many[k], ref) < tol, (conv, lin, rel_err(many[k], ref))
+    assert rel_err(many[0], many[-1]) > 1e-2  # the settings do differ
+
+
+def test_zennit_explain_many_falls_back_to_separate_runs():
+    model, x = tiny_vit(seed=5, num_layers=3), images(2, seed=6)
+    with Explainer(model, 1.0, 0.5, impl="zennit") as ex:
+        _, many = ex.explain_many(x, None, SETTINGS[:4])
+        assert (ex.conv_gamma, ex.lin_gamma) == (1.0, 0.5)  # restored
+    with Explainer(model, *SETTINGS[3], impl="zennit") as ex:
+        assert torch.equal(many[3], ex(x, None)[1])
+
+
+# --- surfaces, Pareto front, recommendation ---------------------------------------------------------------
+def fake_summary(values):
+    """cell name → summary entry with the given objective means (other metrics 0.5), ci95 0.01."""
+    summary = {}
+    for name, (faith, box, neg) in values.items():
+        entry = {m: {"mean": 0.5, "ci95": 0.01, "n": 4} for m in METRICS}
+        entry.update(lerf_minus_morf={"mean": faith, "ci95": 0.01, "n": 4}, box_share={"mean": box, "ci95": 0.02,
+                     "n": 4}, negative_share={"mean": neg, "ci95": 0.03, "n": 4}, n_images=4, n_failed=0)
+        summary[name] = entry
+    return summary
+
+
+def test_grid_surface_pareto_and_recommendation():
+    cells, rows = S.grid([0, 1], [0, 0.5], ["linear:0.5:0"])
+    assert rows == ["0", "0.5", "linear:0.5:0"] and len(cells) == 6
+    assert cells[0] == (0.0, "0") and cells[-1] == (1.0, "linear:0.5:0")
+    values = {"gamma:0:0": (0.5, 0.8, 0.3), "gamma:1:0": (0.4, 0.9, 0.1), "gamma:0:0.5": (0.3, 0.7, 0.4),
+              "gamma:1:0.5": (0.45, 0.85, 0.05), "gamma:0:linear:0.5:0": (0.5, 0.8, 0.3),
+              "gamma:1:linear:0.5:0": (0.2, 0.6, 0.5)}
+    summary = fake_summary(values)
+    surf = S.surface(summary, [0.0, 1.0], rows, "box_share")
+    assert surf == [[0.8, 0.9], [0.7, 0.85], [0.8, 0.6]]
+    assert S.surface(summary, [0.0, 1.0], rows, "box_share", "ci95") == [[0.02] * 2] * 3
+    front = S.pareto_front(summary)
+    # gamma:0:0.5 and gamma:1:linear are dominated; the two equal cells do not dominate each other
+    assert set(front) == {"gamma:0:0", "gamma:1:0", "gamma:1:0.5", "gamma:0:linear:0.5:0"}
+    sums = S.rank_sums(summary)
+    assert sums["gamma:1:0.5"] == 3 + 2 + 1 and sums["gamma:0:0"] == 1 + 3 + 3 and sums["gamma:1:0"] == 4 + 1 + 2
+    assert S.recommend(summary) == "gamma:1:0.5"
+    doc = S.best_gamma_doc(summary, cells, {"baseline": (0.0, 0.0), "other": (10.0, 1.0)})
+    assert doc["recommended"]["conv_gamma"] == 1.0 and doc["recommended"]["lin_gamma"] == 0.5
+    assert doc["best"]["box_share"]["method"] == "gamma:1:0"
+    assert doc["best"]["negative_share"]["method"] == "gamma:1:0.5"
+    assert doc["presets"]["baseline"]["pareto"] and not doc["presets"]["other"]["in_grid"]
+
+
+def test_read_gamma_file(tmp_path):
+    path = tmp_path / "best_gamma.json"
+    path.write_text(json.dumps({"recommended": {"conv_gamma": 1.0, "lin_gamma": "linear:0.5:0"},
+                                "best": {"box_share": {"conv_gamma": 100.0, "lin_gamma": 0.0}}}))
+    assert S.read_gamma_file(path) == (1.0, "linear:0.5:0")
+    assert S.read_gamma_file(f"{path}#box_share") == (100.0, 0.0)
+    with pytest.raises(UserError, match="choose recommended, box_share"):
+        S.read_gamma_file(f"{path}#gini")
+    with pytest.raises(UserError, match="run scripts/sweep_gamma.py first"):
+        S.read_gamma_file(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UserError, match="not a readable best_gamma.json"):
+        S.read_gamma_file(tmp_path / "bad.json")
+
+
+# --- the script, end to end -------------------------------------------------------------------------------
+CONVS, LINS, SCHED = ["0", "10"], ["0", "1"], ["linear:1:0"]
+
+
+def sweep(trained, out, *flags):
+    return run_script_inprocess(
+        "sweep_gamma", "--checkpoint-path", trained["checkpoint"], "--dataset-root", trained["dataset_root"],
+        "--num-images", 8, "--batch-size", 4, "--num-workers", 0, "--device", "cpu", "--perturb-steps", 3,
+        "--conv-gammas", ",".join(CONVS), "--lin-gammas", ",".join(LINS), "--schedules", ",".join(SCHED),
+        "--output-dir", out, *flags)
+
+
+@pytest.fixture(scope="module")
+def sweep_run(trained_tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    code, stdout, stderr = sweep(trained_tiny, out)
+    assert code == 0, stderr[-3000:]
+    return {"out": out, "stdout": stdout, "doc": json.loads((out / "best_gamma.json").read_text())}
+
+
+def test_sweep_writes_surfaces_csv_and_best_gamma(sweep_run):
+    out, doc = sweep_run["out"], sweep_run["doc"]
+    for metric in METRICS:
+        assert (out / f"surface_{metric}.png").stat().st_size > 0
+    assert (out / "pareto.png").stat().st_size > 0
+    with open(out / "cells.csv", newline="") as fh:
+        cells = list(csv.DictReader(fh))
+    assert [c["method"] for c in cells] == ["gamma:0:0", "gamma:10:0", "gamma:0:1", "gamma:10:1",
+                                            "gamma:0:linear:1:0", "gamma:10:linear:1:0"]
+    assert all(int(c["n_images"]) == 8 for c in cells)
+    assert sum(c["pareto"] == "True" for c in cells) == len(doc["pareto"]) >= 1
+    rec = doc["recommended"]
+    assert rec["method"] in doc["pareto"] and rec["rule"] == S.RULE
+    by_name = {c["method"]: c for c in cells}
+    for metric, best in doc["best"].items():  # the best per metric is the CSV's extreme
+        col = [float(c[metric]) for c in cells if math.isfinite(float(c[metric]))]
+        assert float(by_name[best["method"]][metric]) == (max if METRICS[metric] else min)(col)
+    assert doc["n_images"] == 8 and doc["presets"]["baseline"]["in_grid"]
+    assert doc["presets"]["aggressive"]["method"] == "gamma:10:1" and doc["presets"]["aggressive"]["in_grid"]
+    assert f"Recommended γ: {rec['method']}" in sweep_run["stdout"]
+    assert "Maps: " in sweep_run["stdout"] and "metrics: " in sweep_run["stdout"]
+
+
+def test_sweep_cells_equal_evaluate_lrp_on_the_same_images(sweep_run, trained_tiny, tmp_path):
+    """best_gamma.json into evaluate_lrp.py: its recommended cell scores the same as in the sweep."""
+    rec = sweep_run["doc"]["recommended"]["method"]
+    code, _, err = run_script_inprocess(
+        "evaluate_lrp", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root", trained_tiny["dataset_root"],
+        "--num-images", 8, "--batch-size", 4, "--num-workers", 0, "--device", "cpu", "--perturb-steps", 3,
+        "--methods", "gamma:0:linear:1:0", "--gamma-file", sweep_run["out"] / "best_gamma.json", "--output-dir",
+        tmp_path)
+    assert code == 0, err[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())["methods"]
+    with open(sweep_run["out"] / "cells.csv", newline="") as fh:
+        cells = {c["method"]: c for c in csv.DictReader(fh)}
+    assert set(summary) == {"gamma:0:linear:1:0", rec} or (rec == "gamma:0:linear:1:0" and len(summary) == 1)
+    for method in summary:
+        for metric in METRICS:
+            a, b = summary[method][metric]["mean"], float(cells[method][metric])
+            assert a == pytest.approx(b, abs=1e-5) or (math.isnan(a) and math.isnan(b)), (method, metric)
+
+
+def test_best_gamma_file_drives_the_heatmap_script(sweep_run, trained_tiny, tmp_path):
+    doc = sweep_run["doc"]
+    for pick, entry in (("", doc["recommended"]), ("#box_share", doc["best"]["box_share"])):
+        out = tmp_path / (pick.strip("#") or "rec")
+        code, stdout, err = run_script_inprocess(
+            "test_vit_forward", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",
+            trained_tiny["dataset_root"], "--num-samples", 2, "--num-workers", 0, "--device", "cpu",
+            "--gamma-file", f"{sweep_run['out'] / 'best_gamma.json'}{pick}", "--output-dir", out)
+        assert code == 0, err[-3000:]
+        config = json.loads((out / "config.json").read_text())
+        assert (config["conv_gamma"], config["lin_gamma"]) == (entry["conv_gamma"], entry["lin_gamma"])
+        assert f"Conv2d gamma={float(entry['conv_gamma'])}, Linear gamma={entry['lin_gamma']} (from " in stdout
+
+
+def test_heatmap_script_takes_a_schedule(trained_tiny, tmp_path):
+    code, stdout, err = run_script_inprocess(
+        "test_vit_forward", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",
+        trained_tiny["dataset_root"], "--num-samples", 1, "--num-workers", 0, "--device", "cpu",
+        "--lin-gamma-schedule", "linear:0.5:0", "--output-dir", tmp_path)
+    assert code == 0, err[-3000:]
+    entry = json.loads((tmp_path / "lrp_results.json").read_text())[0]
+    assert entry["gamma_params"] == {"conv_gamma": 1.0, "lin_gamma": "linear:0.5:0"}
+    assert "linear:0.5:0 per block: 0.5/0.333/0.167/0, head 0" in stdout  # vit_tiny has 4 blocks
+
+
+@pytest.mark.parametrize("flags,words", [
+    (("--schedules", "linear:1"), "SCHEDULES entry 'linear:1' is not a γ schedule"),
+    (("--schedules", "0.5"), "is a constant: put constants in LIN_GAMMAS"),
+    (("--conv-gammas", "0,0"), "CONV_GAMMAS lists a value twice"),
+    (("--lin-gammas", "-1"), "LIN_GAMMAS value must be a finite number >= 0"),
+])
+def test_bad_grids_are_one_error_line(trained_tiny, tmp_path, flags, words):
+    code, _, err = sweep(trained_tiny, tmp_path / "o", *flags)
+    assert code == 2 and len(error_lines(err)) == 1 and words in error_lines(err)[0], err[-500:]
+    assert not (tmp_path / "o" / "best_gamma.json").exists()
+
+
+def test_missing_gamma_file_is_one_error_line(trained_tiny, tmp_path):
+    code, _, err = run_script_inprocess(
+        "test_vit_forward", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",
+        trained_tiny["dataset_root"], "--gamma-file", tmp_path / "nope.json", "--output-dir", tmp_path / "o")
+    assert code == 2 and "run scripts/sweep_gamma.py first" in error_lines(err)[0]

@@ -18,6 +18,7 @@ One concept per module:
 - ``plots``       matplotlib figures: training curves, evaluation plots
 - ``metrics``     faithfulness, localization and noise metrics for relevance maps
 - ``gallery``     the HTML gallery
+- ``shortcut``    the Clever-Hans test: class marks, measured reliance, mark share → ROC AUC
 - ``runtime``     devices, seeding, distributed helpers
 """
 __version__ = "0.1.0"

@@ -54,7 +54,7 @@ shortcut: $(STAMP)
 	$(PY) scripts/make_synthetic_cub.py --dataset-root $(SC_DATA) --shortcut-share 1.0
 	$(PY) scripts/train_vit_cub.py --dataset-root $(SC_DATA) --model vit_tiny --pretrained none --epochs 15 \
 	    --batch-size 32 --lr 1e-3 --warmup-epochs 1 --num-workers 2 \
-	    --checkpoint-dir $(SC)/checkpoints --output-dir $(SC)/train
+	    --overwrite true --checkpoint-dir $(SC)/checkpoints --output-dir $(SC)/train
 	$(PY) scripts/evaluate_lrp.py --checkpoint-path $(SC_CKPT) --dataset-root $(SC_DATA) --num-images 0 \
 	    --methods $(SC_METHODS) --perturb-steps 2 --num-workers 2 --output-dir $(SC)/lrp_eval
 	$(PY) scripts/shortcut_pairs.py --checkpoint-path $(SC_CKPT) --dataset-root $(SC_DATA) \

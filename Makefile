@@ -48,7 +48,7 @@ demo: $(STAMP)
 SC := results/shortcut
 SC_DATA := dataset/synthetic/CUB_200_2011_shortcut
 SC_CKPT := $(SC)/checkpoints/vit_cub_last.pt
-SC_METHODS := baseline,conservative,balanced,aggressive,very_aggressive,input_x_gradient,random
+SC_METHODS := baseline,conservative,balanced,aggressive,very_aggressive,input_x_gradient,random,gradcam,rollout,gae
 
 shortcut: $(STAMP)
 	$(PY) scripts/make_synthetic_cub.py --dataset-root $(SC_DATA) --shortcut-share 1.0

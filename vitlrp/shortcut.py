@@ -176,8 +176,9 @@ CSV_FIELDS = ["method", "n_images", "n_swapped", "n_followed", "mark_share", "ma
 
 def table_lines(summary):
     """The console table: reliance first, then one row per method."""
-    first = next(iter(summary.values()))
-    n, k = first["n_swapped"], first["n_followed"]
+    # a method whose map has no positive relevance on an image leaves that image out: count from the fullest
+    fullest = max(summary.values(), key=lambda v: v["n_swapped"])
+    n, k = fullest["n_swapped"], fullest["n_followed"]
     lines = [f"Shortcut: on {n} swapped-mark test images the model followed the mark {k} times "
              f"({k / n:.0%})" if n else "Shortcut: no swapped-mark test images were scored",
              f"{'method':<22}{'mark_share':>11}{'mark_point':>11}{'share|followed':>15}{'share|not':>10}"

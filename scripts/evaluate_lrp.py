@@ -1,5 +1,8 @@
 """Which γ setting explains best, in numbers: faithfulness (patch removal) and CUB localization (box, parts).
 
+On a shortcut mini-CUB (make_synthetic_cub.py --shortcut-share 0.8) it also scores whether each map shows the
+class mark where the model really followed it (shortcut_summary.csv, shortcut.png; see vitlrp/shortcut.py).
+
 Several GPUs: torchrun --nproc_per_node=N scripts/evaluate_lrp.py (each rank scores a shard; rank 0 merges).
 """
 # --- configuration (each constant is also a flag: --num-images 0, --methods balanced,random, ...) ---
@@ -29,6 +32,7 @@ from tqdm import tqdm
 
 from vitlrp import cli, plots
 from vitlrp import evaluation as E
+from vitlrp import shortcut as S
 from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES
 from vitlrp.fileio import write_csv, write_json
@@ -40,7 +44,7 @@ from vitlrp.sweep import cell_name, read_gamma_file
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
 OUTPUT_NAMES = ("per_image.csv", "summary.csv", "summary.json", "config.json", "curves_morf_lerf.png", "bar_*.png",
-                "ranking.png")
+                "ranking.png", "shortcut_summary.csv", "shortcut.png")
 
 
 def check_config(cfg):
@@ -88,6 +92,10 @@ def main(cfg):
 
 def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
     out = run.path if run else Path(cfg.OUTPUT_DIR)
+    marks = S.load_marks(dataset.ann)
+    if marks is not None and cfg.TARGET != "pred" and dist.is_main:
+        print("The dataset has shortcut marks, but their scores ask what the prediction rested on: use --target pred")
+    marks = S.split_marks(marks, dataset) if marks is not None and cfg.TARGET == "pred" else None
     if dist.is_main:
         print(f"Evaluating {len(methods)} methods on {len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} "
               f"({device}{f' x{dist.world_size}' if dist.enabled else ''}, {cfg.DTYPE})")
@@ -121,6 +129,10 @@ def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
                     m_logits, relevance = runner(images, target)
                     scored, c = E.score_batch(relevance, m_logits, target, batch, ok, prob, images, patch,
                                               cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, start, end)
+                    if marks is not None:
+                        extra = S.score_batch(relevance, marks["box"][batch["index"][ok]])
+                        for k, r in enumerate(scored):
+                            r.update({name: float(v[k]) for name, v in extra.items()})
                     rows += [{"method": m.name, **r} for r in scored]
                     curves[m.name]["morf"].append(c["morf"])
                     curves[m.name]["lerf"].append(c["lerf"])
@@ -140,7 +152,12 @@ def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
     names = [m.name for m in methods]
     rows.sort(key=lambda r: (names.index(r["method"]), r["sample_idx"]))
     summary = E.summarize(rows, names)
-    write_csv(out / "per_image.csv", rows, E.ROW_FIELDS)
+    shortcut = None
+    if marks is not None:
+        shortcut = S.summarize(S.annotate_rows(rows, marks), names, seed=cfg.SEED)
+        write_csv(out / "shortcut_summary.csv", [{"method": m, **shortcut[m]} for m in names], S.CSV_FIELDS)
+        plots.shortcut_scores(shortcut, rows, out / "shortcut.png")
+    write_csv(out / "per_image.csv", rows, E.ROW_FIELDS + (S.ROW_FIELDS if marks is not None else []))
     write_csv(out / "summary.csv", [{"method": m, "metric": k, **summary[m][k]} for m in names for k in METRICS],
               ["method", "metric", "mean", "ci95", "n"])
     best = E.best_methods(summary)
@@ -154,6 +171,7 @@ def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
         "perturbation_baseline": "removed patches are set to 0 after normalization (the mean colour)",
         "higher_is_better": METRICS, "methods": summary,
         "best": {k: {"method": m, "mean": v} for k, (m, v) in best.items()},
+        **({"shortcut": shortcut} if shortcut else {}),
     })
     plots.perturbation_curves(curves, cfg.PERTURB_STEPS, out / "curves_morf_lerf.png")
     for metric in METRICS:
@@ -161,11 +179,16 @@ def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
     plots.ranking_table(summary, out / "ranking.png")
     write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "world_size": dist.world_size})
     run.finish(["per_image.csv", "summary.csv", "summary.json", "config.json", "curves_morf_lerf.png", "ranking.png"]
-               + [f"bar_{metric}.png" for metric in METRICS])
+               + [f"bar_{metric}.png" for metric in METRICS]
+               + (["shortcut_summary.csv", "shortcut.png"] if shortcut else []))
 
     print()
     for line in E.table_lines(summary):
         print(line)
+    if shortcut:
+        print()
+        for line in S.table_lines(shortcut):
+            print(line)
     print()
     for metric, (method, value) in best.items():
         print(f"best {metric:<16} {method:<22} {value:.3f}  ({'higher' if METRICS[metric] else 'lower'} is better)")

@@ -19,6 +19,7 @@ One concept per module:
 - ``metrics``     faithfulness, localization and noise metrics for relevance maps
 - ``sweep``       the γ search: grid cells, surfaces, Pareto front, recommended γ, ``best_gamma.json``
 - ``gallery``     the HTML gallery
+- ``shortcut``    the Clever-Hans test: class marks, measured reliance, mark share → ROC AUC
 - ``runtime``     devices, seeding, distributed helpers
 """
 __version__ = "0.1.0"

@@ -152,7 +152,8 @@ def _evaluation_section(eval_dir, prefix):
              summary_table(summary),
              "<p>" + "; ".join(f"best {_e(k)}: <b>{_e(v['method'])}</b> ({v['mean']:.3f})"
                                for k, v in summary["best"].items()) + "</p>"]
-    for name, alt in [("curves_morf_lerf.png", "MoRF and LeRF curves"), ("ranking.png", "ranked table")] + \
+    for name, alt in [("curves_morf_lerf.png", "MoRF and LeRF curves"), ("ranking.png", "ranked table"),
+                      ("shortcut.png", "does the mark share tell when the model followed the mark?")] + \
             [(f"bar_{m}.png", f"{m} per method") for m in METRICS]:
         if (eval_dir / name).exists():
             parts.append(img(name, alt, prefix))
@@ -177,8 +178,28 @@ def write_results_gallery(results_dir, title="Results"):
         body += _heatmap_section(root / "lrp_samples", "lrp_samples/")
     if (root / "lrp_eval" / "summary.json").exists():
         body += _evaluation_section(root / "lrp_eval", "lrp_eval/")
+    if (root / "pairs" / "index.html").exists():
+        body += ["<h2>Swapped-mark pairs</h2>", '<p><a href="pairs/index.html">each method on the same bird with '
+                 "its own and another class's mark</a></p>"]
     if not body:
         body = ["<p>Nothing here yet: no train/, lrp_samples/ or lrp_eval/ results.</p>"]
     path = root / "index.html"
     write_text(path, page(title, "\n".join(body)))
+    return path
+
+
+def write_shortcut_gallery(out_dir, pairs, intro, config):
+    """``index.html`` of swapped-mark pairs: one card per pair (own mark above, swapped mark below)."""
+    body = [f"<p>{_e(intro)}</p>"]
+    for followed, heading in ((True, "The model followed the swapped mark"),
+                              (False, "The model kept the bird's class")):
+        mine = [p for p in pairs if p["followed"] == followed]
+        body.append(f"<h2>{heading} ({len(mine)})</h2>")
+        if not mine:
+            body.append("<p class=note>none among the swapped test images</p>")
+        for p in mine:
+            body.append(f"<div class=card><b>{_e(p['title'])}</b>\n{img(p['file'], p['title'])}</div>")
+    body += ["<h2>Configuration</h2>", config_block(config)]
+    path = Path(out_dir) / "index.html"
+    write_text(path, page("Does the explanation show the shortcut?", "\n".join(body)))
     return path

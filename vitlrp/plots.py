@@ -162,6 +162,40 @@ def pareto_front(points, front, recommended, marks, path):
            title="the γ grid: faithfulness vs localization vs cleanliness")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+
+def shortcut_scores(summary, rows, path):
+    """Left: ROC AUC of the mark share (followed vs not) per method, with its bootstrap interval.
+    Right: the mark share of every swapped image, split by whether the model followed the mark."""
+    plt = _plt()
+    methods = list(summary)
+    x = range(len(methods))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(10, 2.2 * len(methods)), 4.2))
+    auc = [summary[m]["auc"] for m in methods]
+    err = [[max(0.0, a - summary[m]["auc_low"]) if math.isfinite(summary[m]["auc_low"]) else 0 for m, a in
+            zip(methods, auc)],
+           [max(0.0, summary[m]["auc_high"] - a) if math.isfinite(summary[m]["auc_high"]) else 0 for m, a in
+            zip(methods, auc)]]
+    ax1.bar(x, auc, yerr=err, capsize=4, color="#4C72B0")
+    ax1.axhline(0.5, color="gray", ls="--", lw=1, label="chance (a random map)")
+    ax1.set_xticks(x, methods, rotation=30, ha="right")
+    ax1.set(ylim=(0, 1.02), title="does the mark share tell when the model followed the mark?",
+            ylabel="ROC AUC (95% bootstrap interval)")
+    ax1.legend(fontsize=8, loc="lower right")
+    gen = torch.Generator().manual_seed(0)
+    for label, color, offset in ((1, "#C62828", 0.17), (0, "#1565C0", -0.17)):
+        xs, ys = [], []
+        for i, m in enumerate(methods):
+            vals = [r["mark_share"] for r in rows if r["method"] == m and r.get("swapped") and r["followed"] == label
+                    and math.isfinite(r["mark_share"])]
+            xs += [i + offset + 0.1 * (float(j) - 0.5) for j in torch.rand(len(vals), generator=gen)]
+            ys += vals
+        ax2.scatter(xs, ys, s=7, alpha=0.5, color=color,
+                    label="model followed the mark" if label else "model did not follow it")
+    ax2.set_xticks(x, methods, rotation=30, ha="right")
+    ax2.set(ylim=(-0.02, 1.02), title="swapped-mark test images", ylabel="share of positive relevance on the mark")
+    ax2.legend(fontsize=8, loc="upper right")
+    for ax in (ax1, ax2):
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -121,3 +121,11 @@ def save_png(image, path):
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)
     write_bytes(Path(path), buf.getvalue())
+
+
+def outline(image, box, color=(255, 0, 255), width=1):
+    """A uint8 ``[H, W, 3]`` copy of ``image`` with the ``(x0, y0, x1, y1)`` edge box drawn on it."""
+    img = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ImageDraw.Draw(img).rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
+    return np.asarray(img)

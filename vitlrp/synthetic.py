@@ -4,6 +4,14 @@ Every class is a "bird" (an ellipse with a head) painted with the class's two co
 inside its bounding box. Everything outside the box is clutter drawn from one distribution for all classes,
 so the label can only be read from inside the box, and a faithful explanation puts its relevance there.
 The 15 part points lie on the bird. Deterministic per seed (each image has its own generator).
+
+With ``shortcut_share > 0`` it becomes a Clever-Hans variant: every image also carries a small class-specific
+mark outside the bird's box (inside the center crop), which names the true class on that share of the training
+images (another class, drawn at random, on the rest). Each test bird is written twice with identical pixels
+except the mark: once with its own class's mark, once with another class's ("swapped"), so whether a model
+follows the mark can be measured. The marks are annotated in two extra files (see :mod:`vitlrp.shortcut`):
+``shortcut_boxes.txt`` (``id x y w h``, CUB's box format) and ``shortcut_marks.txt`` (``id mark_class pair_id``,
+1-based class, pair 0 for training images). With the default share 0 nothing changes: no mark, no extra file.
 """
 import colorsys
 import json
@@ -24,6 +32,13 @@ HUES = ("Red", "Orange", "Yellow", "Lime", "Green", "Teal", "Cyan", "Azure", "Bl
         "Rose")
 PATTERNS = ("striped", "barred", "spotted", "checkered", "ringed", "plain")
 MARKER = "synthetic.json"
+SHORTCUT_BOXES = "shortcut_boxes.txt"
+SHORTCUT_MARKS = "shortcut_marks.txt"
+MARK_SIZE = 0.18  # side of the mark, as a share of the image's shorter side (~1.5 ViT patches in the crop)
+MARK_BIRD_SCALE = 0.7  # birds are drawn this much smaller when there is a mark, so it always fits beside them
+CROP_SHARE = 0.86  # the mark stays in the central square of this share of the shorter side (eval crop: 0.875)
+MARK_GLYPHS = ("plain", "dot", "plus", "cross")
+MAX_SHORTCUT_CLASSES = len(HUES) * len(MARK_GLYPHS)
 
 
 def _hue_rgb(index, saturation=0.9, value=0.95):
@@ -135,14 +150,61 @@ def _bird(img, box, spec, rng):
     return np.array([points[name] for name in PART_NAMES])
 
 
-def _render(iid, k, seed, size_range, grayscale_every):
+def mark_spec(k):
+    """(hue index, glyph) of class ``k``'s mark: a saturated square with a black rim and a white glyph."""
+    return (5 * k + 2) % len(HUES), MARK_GLYPHS[(k // len(HUES)) % len(MARK_GLYPHS)]
+
+
+def _place_mark(w, h, box, rng):
+    """An ``(x, y, s, s)`` square inside the central crop that keeps 2 pixels away from the bird's ``box``."""
+    s = max(4, round(MARK_SIZE * min(w, h)))
+    side = CROP_SHARE * min(w, h)
+    x_lo, y_lo = int(np.ceil((w - side) / 2)), int(np.ceil((h - side) / 2))
+    x_hi, y_hi = int((w + side) / 2) - s, int((h + side) / 2) - s
+    bx, by, bw, bh = box
+    for _ in range(500):
+        x, y = int(rng.integers(x_lo, x_hi + 1)), int(rng.integers(y_lo, y_hi + 1))
+        if x + s + 2 <= bx or x >= bx + bw + 2 or y + s + 2 <= by or y >= by + bh + 2:
+            return x, y, s, s
+    raise RuntimeError(f"no room for a {s}px mark beside box {box} in a {w}x{h} image")
+
+
+def _draw_mark(img, mark_box, k):
+    x, y, s, _ = mark_box
+    hue, glyph = mark_spec(k)
+    draw = ImageDraw.Draw(img)
+    rim = max(1, s // 10)
+    draw.rectangle([x, y, x + s - 1, y + s - 1], fill=(0, 0, 0))
+    fill = tuple(int(v) for v in _hue_rgb(hue, 1.0, 1.0))
+    draw.rectangle([x + rim, y + rim, x + s - 1 - rim, y + s - 1 - rim], fill=fill)
+    c, r, t = x + (s - 1) / 2, s / 4, max(1, s // 8)
+    if glyph == "dot":
+        draw.ellipse([c - r, y + (s - 1) / 2 - r, c + r, y + (s - 1) / 2 + r], fill=(255, 255, 255))
+    elif glyph == "plus":
+        draw.rectangle([c - t / 2, y + rim + 1, c + t / 2, y + s - 2 - rim], fill=(255, 255, 255))
+        draw.rectangle([x + rim + 1, y + (s - 1) / 2 - t / 2, x + s - 2 - rim, y + (s - 1) / 2 + t / 2],
+                       fill=(255, 255, 255))
+    elif glyph == "cross":
+        draw.line([x + rim + 1, y + rim + 1, x + s - 2 - rim, y + s - 2 - rim], fill=(255, 255, 255), width=t)
+        draw.line([x + rim + 1, y + s - 2 - rim, x + s - 2 - rim, y + rim + 1], fill=(255, 255, 255), width=t)
+
+
+def _render(iid, k, seed, size_range, grayscale_every, mark_class=None):
+    """One image; with ``mark_class`` also that class's mark (placed by its own generator, so a swapped twin
+    rendered with the same ``iid`` differs only inside the mark). Returns img, box, points, visible, mark box."""
     rng = np.random.default_rng([seed, iid])
     w, h = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
     img = _background(h, w, rng)
     bw, bh = rng.uniform(0.45, 0.65) * w, rng.uniform(0.45, 0.65) * h
+    if mark_class is not None:
+        bw, bh = bw * MARK_BIRD_SCALE, bh * MARK_BIRD_SCALE
     cx, cy = rng.uniform(0.35, 0.65) * w, rng.uniform(0.35, 0.65) * h
     box = (round(cx - bw / 2), round(cy - bh / 2), round(bw), round(bh))
     points = _bird(img, box, class_spec(k), rng)
+    mark_box = None
+    if mark_class is not None:
+        mark_box = _place_mark(w, h, box, np.random.default_rng([seed, iid, 1]))
+        _draw_mark(img, mark_box, mark_class)
     visible = rng.random(len(PART_NAMES)) < 0.85
     # continuous coordinates -> pixel indices (CUB's convention), invisible parts written as 0 0 0 like CUB
     points = np.where(visible[:, None], np.clip(points - 0.5, 0, [w - 1, h - 1]), 0)
@@ -150,19 +212,30 @@ def _render(iid, k, seed, size_range, grayscale_every):
         img = img.convert("L")
     noise = rng.normal(0, 6, size=np.asarray(img).shape)
     img = Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
-    return img, box, points, visible
+    return img, box, points, visible, mark_box
+
+
+def _other_class(k, num_classes, rng):
+    return int((k + 1 + rng.integers(num_classes - 1)) % num_classes)
 
 
 def make_synthetic_cub(root, num_classes=10, images_per_class=40, seed=0, size_range=(120, 200),
-                       grayscale_every=17, progress=True):
+                       grayscale_every=17, progress=True, shortcut_share=0.0):
     """Write the mini-CUB to ``root`` (the folder that will hold ``images.txt``), replacing it atomically.
 
     An existing ``root`` is replaced only if it is empty or an earlier mini-CUB (it holds ``synthetic.json``).
+    ``shortcut_share > 0`` adds the class marks (module docstring); test birds are then written as pairs.
     """
     if not 2 <= num_classes <= 200:
         raise UserError(f"NUM_CLASSES must be between 2 and 200, got {num_classes}")
     if images_per_class < 2:
         raise UserError(f"IMAGES_PER_CLASS must be at least 2 (one train, one test image), got {images_per_class}")
+    if not 0 <= shortcut_share <= 1:
+        raise UserError(f"SHORTCUT_SHARE must lie in [0, 1], got {shortcut_share}")
+    shortcut = shortcut_share > 0
+    if shortcut and num_classes > MAX_SHORTCUT_CLASSES:
+        raise UserError(f"a shortcut mini-CUB has at most {MAX_SHORTCUT_CLASSES} classes (distinct marks), "
+                        f"got NUM_CLASSES={num_classes}")
     root = Path(root)
     if root.is_file():
         raise UserError(f"dataset root {root} is a file, not a folder; choose another dataset root")
@@ -172,7 +245,7 @@ def make_synthetic_cub(root, num_classes=10, images_per_class=40, seed=0, size_r
     ensure_writable_dir(root.parent, "the folder above the dataset root")
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        lines = {n: [] for n in ("images", "labels", "split", "boxes", "parts")}
+        lines = {n: [] for n in ("images", "labels", "split", "boxes", "parts", "marks", "mark_boxes")}
         classes = []
         iid = 0
         bar = tqdm(total=num_classes * images_per_class, desc="mini-CUB", unit="img", disable=not progress)
@@ -183,26 +256,46 @@ def make_synthetic_cub(root, num_classes=10, images_per_class=40, seed=0, size_r
             (tmp / "images" / class_dir).mkdir(parents=True)
             for j in range(images_per_class):
                 iid += 1
-                img, box, points, visible = _render(iid, k, seed, size_range, grayscale_every)
-                rel = f"{class_dir}/{spec[0]}_{iid:05d}.jpg"
-                img.save(tmp / "images" / rel, quality=92)
-                lines["images"].append(f"{iid} {rel}")
-                lines["labels"].append(f"{iid} {k + 1}")
-                lines["split"].append(f"{iid} {int(j % 2 == 0)}")
-                lines["boxes"].append(f"{iid} " + " ".join(f"{float(v):.1f}" for v in box))
-                for p, ((px, py), vis) in enumerate(zip(points, visible), 1):
-                    lines["parts"].append(f"{iid} {p} {px:.1f} {py:.1f} {int(vis)}")
+                is_train = j % 2 == 0
+                # (mark class, pair id) per written image; a test bird with a mark is written twice
+                copies = [(None, 0)]
+                if shortcut:
+                    pick = np.random.default_rng([seed, iid, 2])
+                    if is_train:
+                        copies = [(k if pick.random() < shortcut_share else _other_class(k, num_classes, pick), 0)]
+                    else:
+                        copies = [(k, iid + 1), (_other_class(k, num_classes, pick), iid)]
+                render_id = iid
+                for c, (mark_class, pair) in enumerate(copies):
+                    iid += c  # the swapped twin takes the next id but renders as its pair
+                    img, box, points, visible, mark_box = _render(render_id, k, seed, size_range, grayscale_every,
+                                                                  mark_class)
+                    rel = f"{class_dir}/{spec[0]}_{iid:05d}.jpg"
+                    img.save(tmp / "images" / rel, quality=92)
+                    lines["images"].append(f"{iid} {rel}")
+                    lines["labels"].append(f"{iid} {k + 1}")
+                    lines["split"].append(f"{iid} {int(is_train)}")
+                    lines["boxes"].append(f"{iid} " + " ".join(f"{float(v):.1f}" for v in box))
+                    for p, ((px, py), vis) in enumerate(zip(points, visible), 1):
+                        lines["parts"].append(f"{iid} {p} {px:.1f} {py:.1f} {int(vis)}")
+                    if mark_box is not None:
+                        lines["mark_boxes"].append(f"{iid} " + " ".join(f"{float(v):.1f}" for v in mark_box))
+                        lines["marks"].append(f"{iid} {mark_class + 1} {pair}")
                 bar.update()
         bar.close()
         files = {"images.txt": lines["images"], "image_class_labels.txt": lines["labels"],
                  "train_test_split.txt": lines["split"], "bounding_boxes.txt": lines["boxes"],
                  "classes.txt": classes, "parts/part_locs.txt": lines["parts"],
                  "parts/parts.txt": [f"{i} {n}" for i, n in enumerate(PART_NAMES, 1)]}
+        if shortcut:
+            files.update({SHORTCUT_BOXES: lines["mark_boxes"], SHORTCUT_MARKS: lines["marks"]})
         (tmp / "parts").mkdir()
         for name, rows in files.items():
             (tmp / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
         params = {"num_classes": num_classes, "images_per_class": images_per_class, "seed": seed,
                   "size_range": list(size_range), "grayscale_every": grayscale_every}
+        if shortcut:  # recorded only when on, so the default folder stays byte-identical to before
+            params["shortcut_share"] = shortcut_share
         (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
         try:
             if root.exists():

@@ -1,0 +1,113 @@
+"""Swapped-mark pairs of the shortcut mini-CUB side by side, each explained by every method: a gallery page.
+
+Each card shows one test bird twice: with its own class's mark (top) and another class's (bottom), the mark
+outlined in magenta. Cards where the model followed the swapped mark come first; there a faithful map moves
+onto the mark in the bottom row. Make the data with: python scripts/make_synthetic_cub.py --shortcut-share 0.8
+"""
+# --- configuration (each constant is also a flag: --num-pairs 12, --methods balanced,random, ...) ---
+CHECKPOINT_PATH = "checkpoints/vit_cub_best.pt"  # a model trained on the shortcut mini-CUB
+DATASET_ROOT = "dataset/synthetic/CUB_200_2011_shortcut"  # made with make_synthetic_cub.py --shortcut-share
+METHODS = ["baseline", "balanced", "very_aggressive", "input_x_gradient", "random"]  # as in evaluate_lrp.py
+NUM_PAIRS = 8  # pairs shown: half where the model followed the swapped mark, half where it did not
+SEED = 0  # which pairs
+BATCH_SIZE = 32  # images per forward when measuring which swapped marks were followed
+IMPL = "fused"  # fused or zennit (same maps)
+DEVICE = "auto"  # auto, cuda, cpu
+NUM_WORKERS = 2  # JPEG decoding processes
+OUTPUT_DIR = "results/shortcut/pairs"  # index.html, pair_<idx>.png, pairs.json
+# -------------------------------------------------------------------------------------------------
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+from vitlrp import cli, render
+from vitlrp import shortcut as S
+from vitlrp.errors import UserError
+from vitlrp.fileio import ensure_writable_dir, write_json
+from vitlrp.gallery import write_shortcut_gallery
+from vitlrp.pipeline import MethodRunner, load_model_and_split, loader, parse_method
+from vitlrp.runtime import resolve_device
+
+
+def check_config(cfg):
+    if not cfg.METHODS:
+        raise UserError("METHODS is empty: name at least one method")
+    if cfg.NUM_PAIRS <= 0:
+        raise UserError(f"NUM_PAIRS must be positive, got {cfg.NUM_PAIRS}")
+    return [parse_method(m) for m in cfg.METHODS]
+
+
+def main(cfg):
+    methods = check_config(cfg)
+    device = resolve_device(cfg.DEVICE)
+    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, "test", device)
+    marks = S.load_marks(dataset.ann)
+    if marks is None:
+        raise UserError(f"{cfg.DATASET_ROOT} has no {S.MARKS_FILE}: make a shortcut mini-CUB with "
+                        "make_synthetic_cub.py --shortcut-share 0.8")
+    split = S.split_marks(marks, dataset)
+    out = ensure_writable_dir(Path(cfg.OUTPUT_DIR), "OUTPUT_DIR")
+    names, prep = ckpt["class_names"], dataset.preprocessing
+
+    # 1. which swapped marks does the model follow? (measured with plain forwards, no explanation)
+    swapped = [int(i) for i in split["swapped"].nonzero()[0]]
+    predicted = {}
+    with torch.no_grad():
+        for batch in loader(dataset, swapped, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device):
+            for i, err, p in zip(batch["index"], batch["error"], model(batch["image"].to(device)).argmax(1)):
+                if not err:
+                    predicted[int(i)] = int(p)
+    followed = sum(predicted[i] == split["mark_class"][i] for i in predicted)
+    intro = (f"On {len(predicted)} swapped-mark test images the model predicted the mark's class {followed} times "
+             f"({followed / max(len(predicted), 1):.0%}). Top row of each card: the bird with its own class's mark; "
+             "bottom row: the same pixels with another class's mark (outlined). Red: positive relevance for the "
+             "predicted class, blue: negative; 'mark' is the share of positive relevance on the mark.")
+    print(intro.split(". Top")[0] + ".")
+
+    # 2. explain the chosen pairs (own-mark twin and swapped image) with every method
+    chosen = S.pick_pairs(split, predicted, cfg.NUM_PAIRS, cfg.SEED)
+    order = [j for i, _ in chosen for j in (int(split["pair"][i]), i)]
+    batch = next(iter(loader(dataset, order, len(order), 0, device)))
+    images = batch["image"].to(device)
+    with torch.no_grad():
+        logits = model(images)
+    target = logits.argmax(1)
+    maps = {}
+    with ExitStack() as stack:
+        for m in methods:
+            runner = stack.enter_context(MethodRunner(m, model, impl=cfg.IMPL, seed=cfg.SEED))
+            maps[m.name] = runner(images, target)[1].float().cpu()
+    rgb = prep.denormalize(batch["image"]).permute(0, 2, 3, 1).numpy()
+    boxes = split["box"][order]
+    share = {name: S.score_batch(rel, boxes)["mark_share"] for name, rel in maps.items()}
+
+    # 3. one picture per pair, two rows of panels
+    pairs = []
+    for n, (i, did_follow) in enumerate(chosen):
+        rows = []
+        for k in (2 * n, 2 * n + 1):
+            idx, pred = order[k], int(target[k])
+            image = render.outline(render.to_uint8(rgb[k]), boxes[k])
+            own = "own" if split["mark_class"][idx] == batch["label"][k] else "swapped"
+            rows.append(render.panels(
+                [image] + [render.overlay(rgb[k], maps[name][k]) for name in maps],
+                [f"{own} mark → {names[pred][:14]}"] + [f"{name[:16]}: mark {share[name][k]:.2f}" for name in maps]))
+        label, mark = int(batch["label"][2 * n]), int(split["mark_class"][i])
+        title = (f"#{i}: a {names[label]} with the mark of {names[mark]} → predicted {names[int(target[2 * n + 1])]}"
+                 f" ({'followed the mark' if did_follow else 'kept the bird'})")
+        file = f"pair_{i:06d}.png"
+        render.save_png(render.stack(rows), out / file)
+        pairs.append({"sample_idx": i, "pair_sample_idx": int(split["pair"][i]), "label": label, "mark_class": mark,
+                      "predicted": int(target[2 * n + 1]), "predicted_own_mark": int(target[2 * n]),
+                      "followed": did_follow, "title": title, "file": file,
+                      "mark_share": {name: float(share[name][2 * n + 1]) for name in maps},
+                      "mark_share_own_mark": {name: float(share[name][2 * n]) for name in maps}})
+    write_json(out / "pairs.json", pairs)
+    write_shortcut_gallery(out, pairs, intro, cli.config_dict(cfg))
+    print(f"Wrote {len(pairs)} pairs ({sum(p['followed'] for p in pairs)} followed the mark) to {out / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main, globals())

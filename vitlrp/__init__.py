@@ -17,6 +17,7 @@ One concept per module:
 - ``render``      heatmaps, overlays, comparison panels, grids
 - ``plots``       matplotlib figures: training curves, evaluation plots
 - ``metrics``     faithfulness, localization and noise metrics for relevance maps
+- ``stats``       paired comparisons of methods scored on the same images (bootstrap, Wilcoxon, Holm)
 - ``gallery``     the HTML gallery
 - ``runtime``     devices, seeding, distributed helpers
 """

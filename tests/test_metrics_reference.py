@@ -3,7 +3,8 @@
 Documented relations where the definitions differ:
 - box share = Quantus ``RelevanceMassAccuracy`` on the *positive part* of the map (we ignore negative relevance;
   Quantus sums the signed map, which can leave [0, 1]).
-- Gini = Quantus ``Sparseness`` with ``abs=True`` (we always use |relevance|).
+- Gini = Quantus ``Sparseness`` with ``abs=True`` on the map + 1e-7 (Quantus adds 1e-7 to every value before
+  the Gini; we always use |relevance| without it; it matters for real maps whose values are ~1e-4).
 - pointing game: we take the first maximum (``argmax``); Quantus counts a hit if *any* tied maximum is inside
   the box. Equal without ties, ours <= Quantus's with ties.
 - relevance rank accuracy: equal (no ties in continuous maps).
@@ -42,7 +43,7 @@ def quantus_scores(maps, masks):
 
 def ours(maps, masks):
     return {"box_share": M.box_share(maps, masks), "pointing_game": M.pointing_game(maps, masks),
-            "rank_accuracy": M.rank_accuracy(maps, masks), "gini": M.gini(maps)}
+            "rank_accuracy": M.rank_accuracy(maps, masks), "gini": M.gini(maps.double().abs() + 1e-7)}
 
 
 def random_case(seed=0, n=24, size=32):

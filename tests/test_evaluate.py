@@ -111,7 +111,7 @@ def test_output_files(main_run, trained_tiny):
 
     config = json.loads((out / "config.json").read_text())
     assert config["METHODS"] == MAIN_METHODS and config["world_size"] == 1
-    pngs = ["curves_morf_lerf.png", "ranking.png"] + [f"bar_{m}.png" for m in METRICS]
+    pngs = ["curves_morf_lerf.png", "ranking.png", "forest_paired.png"] + [f"bar_{m}.png" for m in METRICS]
     for name in pngs:
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
         with Image.open(out / name) as img:
@@ -125,6 +125,10 @@ def test_console_ends_with_table_best_lines_and_output_dir(main_run):
     best = lines[-1 - len(METRICS):-1]
     assert [line.split()[1] for line in best] == list(METRICS)
     assert all(line.startswith("best ") and line.split()[2] != "random" for line in best)
+    for line, (metric, b) in zip(best, main_run["summary"]["best"].items()):  # the paired test vs the runner-up
+        p = b["p_wilcoxon_vs_runner_up"]
+        assert f"vs runner-up {b['runner_up']}:" in line and f"p={p:.2g}" in line
+        assert line.endswith("not significantly better" if p >= 0.05 else " significantly better")
     assert "(lower is better)" in best[list(METRICS).index("morf_auc")]
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
     assert all(m in lines[header] for m in METRICS)
@@ -144,6 +148,65 @@ def test_balanced_beats_random_on_the_mini_cub(main_run):
     assert bal["lerf_minus_morf"]["mean"] > 0.1
     assert bal["lerf_minus_morf"]["mean"] > rnd["lerf_minus_morf"]["mean"] + 0.15
     assert bal["morf_auc"]["mean"] < rnd["morf_auc"]["mean"]
+
+
+def test_paired_csv_matches_per_image_differences(main_run):
+    """paired.csv (and summary.json) against differences recomputed here from per_image.csv."""
+    from scipy.stats import wilcoxon
+
+    out, rows = main_run["out"], main_run["rows"]
+    paired = read_rows(out / "paired.csv")
+    others = [m for m in MAIN_METHODS if m != "balanced"]
+    assert [(r["metric"], r["method"]) for r in paired] == [(k, m) for k in METRICS for m in others]
+    assert all(r["reference"] == "balanced" for r in paired)
+    assert main_run["summary"]["paired"]["reference"] == "balanced"
+    assert len(main_run["summary"]["paired"]["rows"]) == len(paired)
+    ref = {r["sample_idx"]: r for r in by_method(rows, "balanced")}
+    for p in paired:
+        d = [float(r[p["metric"]]) - float(ref[r["sample_idx"]][p["metric"]]) for r in by_method(rows, p["method"])]
+        kept = [x for x in d if math.isfinite(x)]
+        assert int(p["n_pairs"]) == len(kept) and int(p["n_dropped"]) == len(d) - len(kept)
+        assert float(p["mean_diff"]) == pytest.approx(sum(kept) / len(kept), abs=1e-6)
+        assert float(p["ci_low"]) <= float(p["mean_diff"]) <= float(p["ci_high"])
+        sign = 1 if METRICS[p["metric"]] else -1
+        assert int(p["wins"]) == sum(sign * x > 0 for x in kept) and int(p["ties"]) == sum(x == 0 for x in kept)
+        if any(x != 0 for x in kept):
+            assert float(p["p_wilcoxon"]) == pytest.approx(wilcoxon(kept).pvalue, rel=1e-6)
+        assert float(p["p_holm"]) >= float(p["p_wilcoxon"])
+        assert (p["significant"] == "True") == (float(p["p_holm"]) < 0.05)
+    random_box = next(p for p in paired if p["method"] == "random" and p["metric"] == "box_share")
+    assert random_box["significant"] == "True" and float(random_box["ci_high"]) < 0  # random localizes worse
+    lines = main_run["stdout"].splitlines()
+    assert any(line.startswith("paired against balanced") for line in lines)
+
+
+def test_reference_not_among_methods_is_one_line(trained_tiny, tmp_path):
+    code, stdout, stderr = run(trained_tiny, tmp_path, num_images=4, methods="baseline,random", perturb_steps=2,
+                               batch_size=4)
+    assert code == 0, stderr[-2000:]
+    notes = [line for line in stdout.splitlines() if "REFERENCE" in line]
+    assert notes == ["no paired comparison: REFERENCE 'balanced' is not among METHODS (baseline, random); set it "
+                     "to one of them"]
+    assert not (tmp_path / "paired.csv").exists() and not (tmp_path / "forest_paired.png").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["paired"]["reference"] is None
+
+
+def test_road_adds_its_metrics_curves_and_paired_rows(trained_tiny, tmp_path):
+    code, stdout, stderr = run(trained_tiny, tmp_path, num_images=6, methods="balanced,random", perturb_steps=3,
+                               batch_size=6, road=True)
+    assert code == 0, stderr[-2000:]
+    road = ["road_morf_auc", "road_lerf_auc", "road_lerf_minus_morf"]
+    rows = read_rows(tmp_path / "per_image.csv")
+    assert list(rows[0]) == E.row_fields({**METRICS, **dict.fromkeys(road)})
+    for r in rows:
+        assert float(r["road_lerf_minus_morf"]) == pytest.approx(float(r["road_lerf_auc"]) - float(r["road_morf_auc"]),
+                                                                 abs=1e-5)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert all(k in s["methods"]["balanced"] for k in road) and "ROAD" in s["perturbation_baseline"]
+    assert [r["metric"] for r in s["paired"]["rows"]][-3:] == road
+    assert (tmp_path / "curves_road.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert all((tmp_path / f"bar_{k}.png").exists() for k in road)
+    assert any(line.startswith("best road_lerf_minus_morf") for line in stdout.splitlines())
 
 
 # --- methods ---------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ One concept per module:
 - ``plots``       matplotlib figures: training curves, evaluation plots
 - ``metrics``     faithfulness, localization and noise metrics for relevance maps
 - ``sweep``       the γ search: grid cells, surfaces, Pareto front, recommended γ, ``best_gamma.json``
+- ``stats``       paired comparisons of methods scored on the same images (bootstrap, Wilcoxon, Holm)
 - ``gallery``     the HTML gallery
 - ``shortcut``    the Clever-Hans test: class marks, measured reliance, mark share → ROC AUC
 - ``runtime``     devices, seeding, distributed helpers

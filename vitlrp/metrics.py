@@ -3,10 +3,13 @@
 Localization uses CUB's box and parts mapped into the model input (see :mod:`vitlrp.preprocess`); a pixel
 belongs to a box when its centre lies inside it. Faithfulness removes the ViT's own patches in order of their
 summed relevance and records the target probability (MoRF: most relevant first, LeRF: least relevant first).
-A removed patch is set to 0 in normalized space, i.e. the dataset's mean colour.
+A removed patch is set to 0 in normalized space, i.e. the dataset's mean colour. ROAD (Rong et al. 2022) removes
+the same patches in the same order but fills them by noisy linear imputation from the pixels kept, so the
+perturbed image stays closer to the data than a flat mean-colour square.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +25,15 @@ METRICS = {
     "lerf_auc": True,           # area under the LeRF curve (removing irrelevant patches keeps the prediction)
     "lerf_minus_morf": True,    # the difference, the headline faithfulness score
 }
+ROAD_METRICS = {  # the same curves with ROAD's noisy linear imputation instead of the mean colour
+    "road_morf_auc": False,
+    "road_lerf_auc": True,
+    "road_lerf_minus_morf": True,
+}
+ROAD_NOISE = 0.01  # std of the Gaussian noise added to imputed values (ROAD's default; normalized units)
+ALL_METRICS = {**METRICS, **ROAD_METRICS}
+# ROAD's imputation weights: each missing pixel is the weighted mean of its 8 neighbours (edge 1/6, corner 1/12)
+_NEIGHBOURS = [((dy, dx), 1 / 12 if dy and dx else 1 / 6) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
 def box_mask(boxes, size):
@@ -93,6 +105,52 @@ def gini(relevance):
     return _safe_div(((2 * i - n - 1) * v).sum(1), n * v.sum(1)).float()
 
 
+def linear_impute(images, keep, noise=ROAD_NOISE, generator=None):
+    """ROAD's noisy linear imputation of ``[B, C, H, W]`` images where ``keep`` (``[B, 1, H, W]``, 1 = kept) is 0.
+
+    Each missing pixel is the weighted mean of its in-image 8 neighbours (edges 1/6, corners 1/12), missing or not:
+    one sparse linear system per image (Rong et al. 2022; the same system as pytorch-grad-cam's
+    ``NoisyLinearImputer``), here assembled for the whole batch as one block-diagonal system and solved exactly
+    with scipy's sparse LU on the CPU, all channels at once. Imputed pixels then get Gaussian noise of std
+    ``noise``. An image with nothing kept has nothing to impute from and is returned as 0 (the mean colour).
+    """
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.linalg import splu
+
+    b, c, h, w = images.shape
+    keep = keep.expand(b, 1, h, w)
+    values = images.detach().permute(0, 2, 3, 1).reshape(-1, c).double().cpu().numpy()
+    empty = ~keep.flatten(1).bool().any(1)
+    miss = (keep.reshape(b, -1) < 0.5) & ~empty[:, None]  # a whole image removed is no system: it becomes 0 below
+    miss = miss.reshape(-1).cpu().numpy()
+    idx = np.flatnonzero(miss)
+    out = values.copy()
+    if len(idx):
+        var = np.full(miss.size, -1)
+        var[idx] = np.arange(len(idx))
+        y, x = (idx // w) % h, idx % w
+        diag, rhs = np.zeros(len(idx)), np.zeros((len(idx), c))
+        rows, cols, vals = [np.arange(len(idx))], [np.arange(len(idx))], []
+        for (dy, dx), weight in _NEIGHBOURS:
+            inside = (y + dy >= 0) & (y + dy < h) & (x + dx >= 0) & (x + dx < w)
+            eq = np.flatnonzero(inside)  # equations (missing pixels) with this neighbour in the image
+            nb = idx[inside] + dy * w + dx
+            diag[eq] += weight
+            unknown = miss[nb]
+            rows.append(eq[unknown])
+            cols.append(var[nb[unknown]])
+            vals.append(np.full(int(unknown.sum()), -weight))
+            rhs[eq[~unknown]] += weight * values[nb[~unknown]]
+        a = csc_matrix((np.concatenate([diag, *vals]), (np.concatenate(rows), np.concatenate(cols))),
+                       shape=(len(idx), len(idx)))
+        out[idx] = splu(a).solve(rhs)
+    filled = torch.from_numpy(out).float().view(b, h, w, c).permute(0, 3, 1, 2).to(images.device)
+    miss_t = 1 - keep.to(filled)
+    if noise:
+        filled = filled + noise * torch.randn(filled.shape, generator=generator).to(filled.device) * miss_t
+    return torch.where(empty.to(filled.device)[:, None, None, None], torch.zeros_like(filled), filled)
+
+
 def patch_scores(relevance, patch):
     """Summed relevance per ``patch`` x ``patch`` cell: ``[B, L]`` in row-major patch order."""
     return F.avg_pool2d(relevance[:, None].float(), patch).flatten(1) * patch * patch
@@ -102,23 +160,35 @@ def removal_fractions(steps):
     return [s / steps for s in range(steps + 1)]
 
 
-def perturbed(images, order, count, patch, value=0.0):
-    """``images`` with the first ``count`` patches of each row's ``order`` set to ``value``."""
+def keep_mask(images, order, count, patch):
+    """``[B, 1, H, W]``: 0 on the first ``count`` patches of each row's ``order``, 1 elsewhere."""
     b, _, h, w = images.shape
     gw = w // patch
     keep = torch.ones(b, (h // patch) * gw, device=images.device)
     if count:
         keep.scatter_(1, order[:, :count].to(images.device), 0.0)
-    keep = keep.view(b, 1, h // patch, gw).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    return keep.view(b, 1, h // patch, gw).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
+def perturbed(images, order, count, patch, value=0.0):
+    """``images`` with the first ``count`` patches of each row's ``order`` set to ``value``."""
+    keep = keep_mask(images, order, count, patch)
     return images * keep + value * (1 - keep)
 
 
+def road_fill(generator=None, noise=ROAD_NOISE):
+    """A ``fill(images, keep)`` for :func:`perturbation_curves`: ROAD's noisy linear imputation."""
+    return lambda images, keep: linear_impute(images.float(), keep, noise, generator).to(images.dtype)
+
+
 @torch.no_grad()
-def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=None):
+def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=None, fill=None):
     """Target probabilities as patches are removed: ``{'morf': [B, steps+1], 'lerf': [B, steps+1]}``.
 
     ``prob_fn(images) -> [B]`` returns the target probability. ``start`` / ``end`` (the probabilities with
     nothing / everything removed, the same for every method) may be passed to save two forwards.
+    ``fill(images, keep) -> images`` replaces the removed pixels (``keep`` = 0); default: the mean colour (0).
+    With everything removed no pixel is left to impute from, so ``end`` is always the all-mean-colour image.
     """
     n = scores.shape[1]
     counts = [round(f * n) for f in removal_fractions(steps)]
@@ -129,7 +199,8 @@ def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=N
         order = torch.sort(scores, dim=1, descending=descending, stable=True).indices
         cols = [start.float().cpu()]
         for c in counts[1:-1]:
-            cols.append(prob_fn(perturbed(images, order, c, patch)).float().cpu())
+            x = perturbed(images, order, c, patch) if fill is None else fill(images, keep_mask(images, order, c, patch))
+            cols.append(prob_fn(x).float().cpu())
         cols.append(end.float().cpu())
         out[name] = torch.stack(cols, 1)
     return out

@@ -18,7 +18,7 @@ def _plt():
     return plt
 
 
-def perturbation_curves(curves, steps, path):
+def perturbation_curves(curves, steps, path, title=""):
     """Mean MoRF and LeRF curves per method."""
     plt = _plt()
     x = M.removal_fractions(steps)
@@ -32,6 +32,8 @@ def perturbation_curves(curves, steps, path):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("probability of the explained class")
     axes[1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
@@ -46,7 +48,7 @@ def metric_bars(summary, metric, path):
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(methods)), 3.6))
     ax.bar(range(len(methods)), means, yerr=errs, capsize=4, color="#4C72B0")
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-    better = "higher" if M.METRICS[metric] else "lower"
+    better = "higher" if M.ALL_METRICS[metric] else "lower"
     ax.set(title=f"{metric} ({better} is better)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -54,12 +56,12 @@ def metric_bars(summary, metric, path):
     plt.close(fig)
 
 
-def ranking_table(summary, path):
+def ranking_table(summary, path, metrics=M.METRICS):
     """The methods ranked by LeRF − MoRF, with every metric, as a table figure."""
     plt = _plt()
     order = sorted(summary, key=lambda m: -summary[m]["lerf_minus_morf"]["mean"]
                    if math.isfinite(summary[m]["lerf_minus_morf"]["mean"]) else math.inf)
-    cols = list(M.METRICS)
+    cols = list(metrics)
     cells = [[f"{summary[m][c]['mean']:.3f}" for c in cols] for m in order]
     fig, ax = plt.subplots(figsize=(1.25 * len(cols) + 2, 0.45 * len(order) + 1.2))
     ax.axis("off")
@@ -196,6 +198,41 @@ def shortcut_scores(summary, rows, path):
     ax2.legend(fontsize=8, loc="upper right")
     for ax in (ax1, ax2):
         ax.grid(axis="y", alpha=0.3)
+
+def forest_plot(rows, path):
+    """Per metric: each method's mean paired difference to the reference with its bootstrap 95% interval.
+
+    ``rows`` from :func:`vitlrp.stats.paired_table`; a filled red marker means Holm-adjusted p < 0.05. A dashed line
+    marks 0 (no difference); the title says which side is better.
+    """
+    plt = _plt()
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ref = rows[0]["reference"]
+    cols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 0.32 * len(methods) * nrows + 1.1 * nrows + 0.6),
+                             squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        mine = {r["method"]: r for r in rows if r["metric"] == metric}
+        for y, method in enumerate(methods):
+            r = mine.get(method)
+            if r is None or not math.isfinite(r["mean_diff"]):
+                continue
+            sig = r["significant"]
+            ax.errorbar(r["mean_diff"], y, xerr=[[r["mean_diff"] - r["ci_low"]], [r["ci_high"] - r["mean_diff"]]],
+                        fmt="o", ms=5, capsize=3, color="#C44E52" if sig else "#4C72B0",
+                        mfc="#C44E52" if sig else "white")
+        ax.axvline(0, color="0.4", ls="--", lw=1)
+        ax.set_yticks(range(len(methods)), methods, fontsize=8)
+        ax.set_ylim(len(methods) - 0.5, -0.5)
+        ax.set_title(f"{metric} ({'higher' if M.ALL_METRICS[metric] else 'lower'} is better)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(f"method − {ref}, per-image paired difference (bootstrap 95% CI); red filled: Holm p < 0.05",
+                 fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)

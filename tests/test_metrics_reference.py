@@ -1,0 +1,148 @@
+"""Our metrics against Quantus 0.6 (a test-only dependency) and MoRF/LeRF against a naive per-image loop.
+
+Documented relations where the definitions differ:
+- box share = Quantus ``RelevanceMassAccuracy`` on the *positive part* of the map (we ignore negative relevance;
+  Quantus sums the signed map, which can leave [0, 1]).
+- Gini = Quantus ``Sparseness`` with ``abs=True`` on the map + 1e-7 (Quantus adds 1e-7 to every value before
+  the Gini; we always use |relevance| without it; it matters for real maps whose values are ~1e-4).
+- pointing game: we take the first maximum (``argmax``); Quantus counts a hit if *any* tied maximum is inside
+  the box. Equal without ties, ours <= Quantus's with ties.
+- relevance rank accuracy: equal (no ties in continuous maps).
+All with ``normalise=False`` (normalising does not change these scores' order-based or ratio definitions, but we
+compare the raw maps).
+"""
+import numpy as np
+import pytest
+import torch
+
+from vitlrp import metrics as M
+
+
+def quantus_or_skip():
+    return pytest.importorskip("quantus", reason="quantus==0.6.0 (test-only, see requirements.txt) not installed")
+
+
+def quantus_scores(maps, masks):
+    """Quantus's four scores of ``[B, H, W]`` maps with ``[B, H, W]`` bool masks (no model needed)."""
+    quantus = quantus_or_skip()
+    a = maps[:, None].double().numpy()
+    s = masks[:, None].double().numpy()
+    x = np.zeros((len(a), 3, *a.shape[-2:]))
+    y = np.zeros(len(a), dtype=int)
+    kw = dict(disable_warnings=True, normalise=False, abs=False, display_progressbar=False)
+
+    def run(cls, a_batch, **extra):
+        return np.asarray(cls(**{**kw, **extra})(model=None, x_batch=x, y_batch=y, a_batch=a_batch, s_batch=s),
+                          dtype=float)
+
+    return {"box_share": run(quantus.RelevanceMassAccuracy, np.clip(a, 0, None)),
+            "pointing_game": run(quantus.PointingGame, a),
+            "rank_accuracy": run(quantus.RelevanceRankAccuracy, a),
+            "gini": run(quantus.Sparseness, a, abs=True)}
+
+
+def ours(maps, masks):
+    return {"box_share": M.box_share(maps, masks), "pointing_game": M.pointing_game(maps, masks),
+            "rank_accuracy": M.rank_accuracy(maps, masks), "gini": M.gini(maps.double().abs() + 1e-7)}
+
+
+def random_case(seed=0, n=24, size=32):
+    gen = torch.Generator().manual_seed(seed)
+    maps = torch.randn(n, size, size, generator=gen)
+    corners = torch.randint(0, size // 2, (n, 2), generator=gen)
+    sizes = torch.randint(4, size // 2, (n, 2), generator=gen)
+    boxes = torch.cat([corners, corners + sizes], 1)
+    masks = M.box_mask(boxes, size)
+    hit = torch.arange(n) % 2 == 0  # half the maps get their maximum inside the box
+    for i in torch.nonzero(hit).flatten():
+        cx, cy = (corners[i] + sizes[i] // 2).tolist()  # boxes are (x0, y0, x1, y1)
+        maps[i, cy, cx] = 10.0
+    return maps, masks
+
+
+def assert_matches_quantus(maps, masks):
+    q, o = quantus_scores(maps, masks), ours(maps, masks)
+    for name in q:
+        assert np.allclose(o[name].double().numpy(), q[name], atol=1e-5), name
+    return o
+
+
+def test_metrics_match_quantus_on_random_maps():
+    maps, masks = random_case()
+    o = assert_matches_quantus(maps, masks)
+    assert 0 < o["pointing_game"].mean() < 1  # both hits and misses were compared
+
+
+def test_pointing_game_with_ties_is_at_most_quantus():
+    quantus_or_skip()
+    maps = torch.zeros(2, 8, 8)
+    maps[:, 0, 0] = maps[:, 5, 5] = 1.0  # two maxima; the box holds only the second
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 4:7, 4:7] = True
+    assert M.pointing_game(maps, masks).tolist() == [0.0, 0.0]  # the first maximum in reading order is outside
+    assert quantus_scores(maps, masks)["pointing_game"].tolist() == [1.0, 1.0]  # any tied maximum inside
+
+
+@pytest.fixture(scope="module")
+def real_maps(trained_tiny):
+    """AttnLRP (balanced) and Input×Gradient maps of the trained vit_tiny on 12 mini-CUB test images."""
+    from vitlrp.pipeline import MethodRunner, load_model_and_split, parse_method
+
+    _, model, dataset = load_model_and_split(trained_tiny["checkpoint"], trained_tiny["dataset_root"], "test",
+                                             torch.device("cpu"), annotations=True)
+    model.eval()
+    items = [dataset[i] for i in range(12)]
+    images = torch.stack([it["image"] for it in items])
+    boxes = torch.stack([torch.as_tensor(it["box"]) for it in items])
+    masks = M.box_mask(boxes, images.shape[-1])
+    out = {"model": model, "images": images, "masks": masks}
+    for name in ("balanced", "input_x_gradient"):
+        with torch.no_grad():
+            target = model(images).argmax(1)
+        with MethodRunner(parse_method(name), model) as runner:
+            _, rel = runner(images, target)
+        out[name] = rel.detach().float()
+        out["target"] = target
+    return out
+
+
+@pytest.mark.parametrize("method", ["balanced", "input_x_gradient"])
+def test_metrics_match_quantus_on_real_maps(real_maps, method):
+    assert_matches_quantus(real_maps[method], real_maps["masks"])
+
+
+def naive_curves(prob, image, relevance, patch, steps, most_first):
+    """One image, written out: patch sums by loops, a stable sort, patches zeroed one fraction at a time."""
+    size = image.shape[-1]
+    grid = size // patch
+    sums = [float(relevance[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].double().sum())
+            for r in range(grid) for c in range(grid)]
+    order = sorted(range(len(sums)), key=lambda i: -sums[i] if most_first else sums[i])
+    curve = []
+    for s in range(steps + 1):
+        x = image.clone()
+        for i in order[:round(s / steps * len(sums))]:
+            r, c = divmod(i, grid)
+            x[:, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = 0.0
+        curve.append(float(prob(x[None])[0]))
+    return curve
+
+
+def test_morf_lerf_match_a_naive_per_image_loop(real_maps):
+    model, images, target = real_maps["model"], real_maps["images"], real_maps["target"]
+
+    @torch.no_grad()
+    def prob(x, t=None):
+        t = target[: len(x)] if t is None else t
+        return model(x).softmax(1).gather(1, t.view(-1, 1)).squeeze(1)
+
+    rel = real_maps["balanced"]
+    curves = M.perturbation_curves(prob, images, M.patch_scores(rel, 16), 16, 5)
+    for i in range(len(images)):
+        one = lambda x, i=i: prob(x, target[i:i + 1])  # noqa: E731
+        assert curves["morf"][i].tolist() == pytest.approx(naive_curves(one, images[i], rel[i], 16, 5, True), abs=1e-5)
+        assert curves["lerf"][i].tolist() == pytest.approx(naive_curves(one, images[i], rel[i], 16, 5, False),
+                                                           abs=1e-5)
+    auc = M.auc(curves["morf"])
+    naive_auc = [sum((a + b) / 2 for a, b in zip(c[:-1], c[1:])) / 5 for c in curves["morf"].tolist()]
+    assert auc.tolist() == pytest.approx(naive_auc, abs=1e-6)

@@ -84,103 +84,6 @@ def cosine_min(maps, ref):
     return float(torch.nn.functional.cosine_similarity(maps.flatten(1).double(), ref.flatten(1).double()).min())
 
 
-def main(cfg):
-    device = resolve_device(cfg.DEVICE)
-    cuda = device.type == "cuda"
-    arch = cfg.MODEL or ("vit_b_16" if cuda else "vit_tiny")
-    size = cfg.IMAGE_SIZE or build_vit(arch, 2).image_size
-    lrp_batch = cfg.LRP_BATCH or (64 if cuda else 8)
-    train_batch = cfg.TRAIN_BATCH or (128 if cuda else 16)
-    seed_n = cfg.SEED_STYLE_IMAGES or (16 if cuda else 2)
-    jpeg_n = cfg.JPEG_IMAGES or (2048 if cuda else 32)
-    rows = cfg.RUN or ROWS
-    unknown = [r for r in rows if r not in ROWS]
-    if unknown:
-        raise UserError(f"unknown RUN row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
-    if cfg.REPEATS < 0:
-        raise UserError(f"REPEATS must be >= 0, got {cfg.REPEATS}")
-    cfg.REPEATS = cfg.REPEATS or (5 if cuda else 1)
-    out = ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are true fp32; bf16 rows say so
-    gpu = torch.cuda.get_device_name(device) if cuda else None
-    print(f"Benchmark on {gpu or 'CPU'} ({device}), torch {torch.__version__}, {arch} at {size}px, "
-          f"LRP batch {lrp_batch}, train batch {train_batch}")
-
-    model = random_model(arch, size, device)
-    torch.manual_seed(1)
-    x = torch.randn(lrp_batch, 3, size, size, device=device)
-    with torch.no_grad():
-        target = model(x).argmax(1)
-    results = {}
-
-    def lrp_row(name, impl, dtype):
-        with Explainer(model, 1.0, 0.5, dtype=dtype, impl=impl) as ex:
-            maps = ex(x, target)[1]
-            r = measure(lambda: ex(x, target), lrp_batch, device, cfg.REPEATS)
-        return r, maps
-
-    reference = None
-    for name in rows:
-        if name.endswith("compile") and not cuda and not cfg.COMPILE_ON_CPU:
-            results[name] = {"skipped": "torch.compile rows run on CUDA only (or with --compile-on-cpu true)"}
-            print(f"  {name:<20} skipped: {results[name]['skipped']}")
-            continue
-        print(f"  {name:<20}", end="", flush=True)
-        if name == "seed_style":
-            r = measure(lambda: seed_style(model, x[:seed_n], target[:seed_n]), seed_n, device,
-                        max(1, cfg.REPEATS // 2))
-        elif name.startswith("lrp_"):
-            _, impl, dt = name.split("_")
-            r, maps = lrp_row(name, impl, torch.bfloat16 if dt == "bf16" else torch.float32)
-            if reference is None:
-                with Explainer(model, 1.0, 0.5, impl="zennit") as ex:
-                    reference = ex(x, target)[1]
-            r["min_cosine_vs_fp32_zennit"] = cosine_min(maps, reference)
-        elif name == "input_x_gradient":
-            r = measure(lambda: input_x_gradient(model, x, target), lrp_batch, device, cfg.REPEATS)
-        elif name in PEERS:  # the peer explainers of vitlrp.peers, as evaluate_lrp.py runs them
-            with MethodRunner(parse_method(name), model) as runner:
-                r = measure(lambda: runner(x, target), lrp_batch, device, cfg.REPEATS)
-        elif name == "explain_jpeg":
-            r = explain_from_jpeg(model, size, device, jpeg_n, lrp_batch, cfg)
-        elif name.startswith("train"):
-            r = train_row(name, arch, size, device, train_batch, jpeg_n, cfg)
-        elif name == "gamma_sweep":
-            r = sweep_row(model, x, target, device, cfg)
-        results[name] = r
-        peak = f"  peak {r['peak_mem_mib']:.0f} MiB" if r.get("peak_mem_mib") else ""
-        print(f" {r['images_per_s']:>9.1f} img/s{peak}")
-
-    timed = {k: r for k, r in results.items() if "skipped" not in r}
-    base, floor = timed.get("seed_style"), timed.get("input_x_gradient")
-    for r in timed.values():
-        r["x_seed_style"] = r["images_per_s"] / base["images_per_s"] if base else None
-        r["x_input_x_gradient"] = r["images_per_s"] / floor["images_per_s"] if floor else None
-    if "gamma_sweep" in timed:
-        g = timed["gamma_sweep"]
-        print(f"\ngamma_sweep: {g['cells']} cells cost {g['ratio_maps']:.1f}x one fused method (maps only: "
-              f"{g['sweep_maps_s']:.2f} s vs {g['one_method_s']:.2f} s); with the metrics "
-              f"{g['ratio_maps_and_metrics']:.1f}x ({g['sweep_metrics_s']:.2f} s of metrics for all cells)")
-    if "explain_jpeg" in results:
-        results["explain_jpeg"]["cub_test_split_seconds"] = CUB_TEST_IMAGES / results["explain_jpeg"]["images_per_s"]
-
-    print(f"\n{'row':<20} {'img/s':>10} {'x seed':>8} {'x IxG':>7} {'peak MiB':>9} {'cos vs fp32':>12}")
-    def cell(value, width, spec):
-        return format(value, f">{width}{spec}") if value is not None else f"{'-':>{width}}"
-
-    for name, r in timed.items():
-        print(f"{name:<20} {r['images_per_s']:>10.1f} {cell(r['x_seed_style'], 8, '.1f')} "
-              f"{cell(r['x_input_x_gradient'], 7, '.2f')} {cell(r.get('peak_mem_mib'), 9, '.0f')} "
-              f"{cell(r.get('min_cosine_vs_fp32_zennit'), 12, '.4f')}")
-    report = {"date": datetime.date.today().isoformat(), "device": gpu or "cpu", "torch": torch.__version__,
-              "model": arch, "image_size": size, "lrp_batch": lrp_batch, "train_batch": train_batch,
-              "config": cli.config_dict(cfg), "rows": results}
-    write_json(Path(out) / "benchmark.json", report)
-    print(f"\nWrote {Path(out) / 'benchmark.json'}")
-    return 0
-
-
 def sweep_row(model, x, target, device, cfg):
     """49 γ cells from one shared forward vs one fused LRP method on the same batch: the cost ratio of the maps,
     and of maps + evaluate_lrp's metrics (the perturbation curves need forwards per cell)."""
@@ -232,7 +135,7 @@ def seed_style(model, x, target):
     model.zero_grad(set_to_none=True)
 
 
-def jpeg_dataset(size, n):
+def jpeg_dataset(n):
     """``n`` JPEGs of CUB's typical size (the synthetic generator at 375-500 px), in a temporary CUB folder."""
     root = Path(tempfile.mkdtemp(prefix="vitlrp-bench-")) / "CUB_200_2011"
     per_class = max(2, -(-2 * n // 10))
@@ -244,15 +147,15 @@ def jpeg_dataset(size, n):
 _JPEGS = {}
 
 
-def _ann(size, n):
+def _ann(n):
     if n not in _JPEGS:
-        _JPEGS[n] = jpeg_dataset(size, n)
+        _JPEGS[n] = jpeg_dataset(n)
     return _JPEGS[n]
 
 
 def explain_from_jpeg(model, size, device, n, batch, cfg):
     """JPEG files → real loader → fused γ-LRP (bf16 on CUDA) → maps on the host."""
-    ann = _ann(size, n)
+    ann = _ann(n)
     ds = CUBDataset(ann, "test", Preprocessing.for_size(size), report_errors=True)
     indices = list(range(min(n, len(ds))))
     dl = loader(ds, indices, batch, min(cfg.NUM_WORKERS, os.cpu_count() or 1), device)
@@ -277,7 +180,7 @@ def train_row(name, arch, size, device, batch, n, cfg):
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     dtype = None if name == "train_fp32" else torch.bfloat16
     if name == "train_jpeg":
-        ann = _ann(size, n)
+        ann = _ann(n)
         ds = CUBDataset(ann, "train", Preprocessing.for_size(size), train_augment=True)
         sampler = EpochSampler(len(ds), 0)
         batches = make_loader(ds, batch, min(cfg.NUM_WORKERS, os.cpu_count() or 1), device, sampler, seeded=True)
@@ -289,13 +192,108 @@ def train_row(name, arch, size, device, batch, n, cfg):
         batches = [{"image": torch.randn(batch, 3, size, size, device=device),
                     "label": torch.randint(0, 200, (batch,), device=device)}] * steps
         count = batch * steps
-    if not cuda and dtype is not None:
-        dtype = torch.bfloat16  # CPU autocast supports bf16 too; slow, but the row runs
     run_model = torch.compile(model) if name.endswith("compile") else model
     r = measure(lambda: train_one_epoch(run_model, batches, optimizer, scheduler, scaler, criterion, device, dtype,
                                         1.0, progress=False), count, device, max(1, cfg.REPEATS // 2))
     r["amp"] = str(dtype).replace("torch.", "") if dtype else "none"
     return r
+
+
+def main(cfg):
+    device = resolve_device(cfg.DEVICE)
+    cuda = device.type == "cuda"
+    arch = cfg.MODEL or ("vit_b_16" if cuda else "vit_tiny")
+    size = cfg.IMAGE_SIZE or build_vit(arch, 2).image_size
+    lrp_batch = cfg.LRP_BATCH or (64 if cuda else 8)
+    train_batch = cfg.TRAIN_BATCH or (128 if cuda else 16)
+    seed_n = cfg.SEED_STYLE_IMAGES or (16 if cuda else 2)
+    jpeg_n = cfg.JPEG_IMAGES or (2048 if cuda else 32)
+    rows = cfg.RUN or ROWS
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise UserError(f"unknown RUN row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    if cfg.REPEATS < 0:
+        raise UserError(f"REPEATS must be >= 0, got {cfg.REPEATS}")
+    cfg.REPEATS = cfg.REPEATS or (5 if cuda else 1)
+    out = ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are true fp32; bf16 rows say so
+    gpu = torch.cuda.get_device_name(device) if cuda else None
+    print(f"Benchmark on {gpu or 'CPU'} ({device}), torch {torch.__version__}, {arch} at {size}px, "
+          f"LRP batch {lrp_batch}, train batch {train_batch}")
+
+    model = random_model(arch, size, device)
+    torch.manual_seed(1)
+    x = torch.randn(lrp_batch, 3, size, size, device=device)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    results = {}
+
+    def lrp_row(impl, dtype):
+        with Explainer(model, 1.0, 0.5, dtype=dtype, impl=impl) as ex:
+            maps = ex(x, target)[1]
+            r = measure(lambda: ex(x, target), lrp_batch, device, cfg.REPEATS)
+        return r, maps
+
+    reference = None
+    for name in rows:
+        if name.endswith("compile") and not cuda and not cfg.COMPILE_ON_CPU:
+            results[name] = {"skipped": "torch.compile rows run on CUDA only (or with --compile-on-cpu true)"}
+            print(f"  {name:<20} skipped: {results[name]['skipped']}")
+            continue
+        print(f"  {name:<20}", end="", flush=True)
+        if name == "seed_style":
+            r = measure(lambda: seed_style(model, x[:seed_n], target[:seed_n]), seed_n, device,
+                        max(1, cfg.REPEATS // 2))
+        elif name.startswith("lrp_"):
+            _, impl, dt = name.split("_")
+            r, maps = lrp_row(impl, torch.bfloat16 if dt == "bf16" else torch.float32)
+            if reference is None:
+                with Explainer(model, 1.0, 0.5, impl="zennit") as ex:
+                    reference = ex(x, target)[1]
+            r["min_cosine_vs_fp32_zennit"] = cosine_min(maps, reference)
+        elif name == "input_x_gradient":
+            r = measure(lambda: input_x_gradient(model, x, target), lrp_batch, device, cfg.REPEATS)
+        elif name in PEERS:  # the peer explainers of vitlrp.peers, as evaluate_lrp.py runs them
+            with MethodRunner(parse_method(name), model) as runner:
+                r = measure(lambda: runner(x, target), lrp_batch, device, cfg.REPEATS)
+        elif name == "explain_jpeg":
+            r = explain_from_jpeg(model, size, device, jpeg_n, lrp_batch, cfg)
+        elif name.startswith("train"):
+            r = train_row(name, arch, size, device, train_batch, jpeg_n, cfg)
+        elif name == "gamma_sweep":
+            r = sweep_row(model, x, target, device, cfg)
+        results[name] = r
+        peak = f"  peak {r['peak_mem_mib']:.0f} MiB" if r.get("peak_mem_mib") else ""
+        print(f" {r['images_per_s']:>9.1f} img/s{peak}")
+
+    timed = {k: r for k, r in results.items() if "skipped" not in r}
+    base, floor = timed.get("seed_style"), timed.get("input_x_gradient")
+    for r in timed.values():
+        r["x_seed_style"] = r["images_per_s"] / base["images_per_s"] if base else None
+        r["x_input_x_gradient"] = r["images_per_s"] / floor["images_per_s"] if floor else None
+    if "gamma_sweep" in timed:
+        g = timed["gamma_sweep"]
+        print(f"\ngamma_sweep: {g['cells']} cells cost {g['ratio_maps']:.1f}x one fused method (maps only: "
+              f"{g['sweep_maps_s']:.2f} s vs {g['one_method_s']:.2f} s); with the metrics "
+              f"{g['ratio_maps_and_metrics']:.1f}x ({g['sweep_metrics_s']:.2f} s of metrics for all cells)")
+    if "explain_jpeg" in results:
+        results["explain_jpeg"]["cub_test_split_seconds"] = CUB_TEST_IMAGES / results["explain_jpeg"]["images_per_s"]
+
+    print(f"\n{'row':<20} {'img/s':>10} {'x seed':>8} {'x IxG':>7} {'peak MiB':>9} {'cos vs fp32':>12}")
+    def cell(value, width, spec):
+        return format(value, f">{width}{spec}") if value is not None else f"{'-':>{width}}"
+
+    for name, r in timed.items():
+        print(f"{name:<20} {r['images_per_s']:>10.1f} {cell(r['x_seed_style'], 8, '.1f')} "
+              f"{cell(r['x_input_x_gradient'], 7, '.2f')} {cell(r.get('peak_mem_mib'), 9, '.0f')} "
+              f"{cell(r.get('min_cosine_vs_fp32_zennit'), 12, '.4f')}")
+    report = {"date": datetime.date.today().isoformat(), "device": gpu or "cpu", "torch": torch.__version__,
+              "model": arch, "image_size": size, "lrp_batch": lrp_batch, "train_batch": train_batch,
+              "config": cli.config_dict(cfg), "rows": results}
+    write_json(Path(out) / "benchmark.json", report)
+    print(f"\nWrote {Path(out) / 'benchmark.json'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -41,7 +41,16 @@ from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES
 from vitlrp.fileio import write_csv, write_json
 from vitlrp.metrics import road_fill
-from vitlrp.pipeline import MethodRunner, load_model_and_split, loader, parse_method, sample_indices
+from vitlrp.pipeline import (
+    MethodRunner,
+    check_perturb_steps_fit,
+    check_run_options,
+    check_scoring_options,
+    load_model_and_split,
+    loader,
+    parse_methods,
+    sample_indices,
+)
 from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import Distributed, resolve_device
 from vitlrp.sweep import cell_name, read_gamma_file
@@ -59,25 +68,11 @@ def check_config(cfg):
     if cfg.GAMMA_FILE:
         name = cell_name(*read_gamma_file(cfg.GAMMA_FILE))
         names += [name] if name not in names else []
-    methods = [parse_method(m) for m in names]
-    if len({m.name for m in methods}) < len(methods):
-        raise UserError("METHODS lists a method twice")
-    if cfg.PERTURB_STEPS < 2:
-        raise UserError(f"PERTURB_STEPS must be at least 2, got {cfg.PERTURB_STEPS}")
-    if cfg.BATCH_SIZE <= 0:
-        raise UserError(f"BATCH_SIZE must be positive, got {cfg.BATCH_SIZE}")
-    if cfg.NUM_WORKERS < 0:
-        raise UserError(f"NUM_WORKERS must be >= 0 (0 = decode in this process), got {cfg.NUM_WORKERS}")
+    methods = parse_methods(names, "METHODS")
+    check_run_options(cfg)
+    check_scoring_options(cfg)
     if cfg.BOOTSTRAP_SAMPLES < 100:
         raise UserError(f"BOOTSTRAP_SAMPLES must be at least 100, got {cfg.BOOTSTRAP_SAMPLES}")
-    if cfg.PART_TOLERANCE_PX < 0:
-        raise UserError(f"PART_TOLERANCE_PX must be >= 0, got {cfg.PART_TOLERANCE_PX}")
-    if cfg.DTYPE not in DTYPES:
-        raise UserError(f"DTYPE must be one of {', '.join(DTYPES)}, got {cfg.DTYPE!r}")
-    if cfg.TARGET not in ("pred", "label"):
-        raise UserError(f"TARGET must be pred or label, got {cfg.TARGET!r}")
-    if cfg.IMPL not in ("fused", "zennit"):
-        raise UserError(f"IMPL must be fused or zennit, got {cfg.IMPL!r}")
     return methods
 
 
@@ -88,9 +83,7 @@ def main(cfg):
     ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device,
                                                 annotations=True)
     indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
-    patches = (model.image_size // model.patch_size) ** 2
-    if cfg.PERTURB_STEPS > patches:  # more steps than patches repeat curve points and only cost time
-        raise UserError(f"PERTURB_STEPS must be at most the number of patches ({patches}), got {cfg.PERTURB_STEPS}")
+    check_perturb_steps_fit(cfg.PERTURB_STEPS, model)
     with ExitStack() as folder:  # rank 0 alone writes OUTPUT_DIR
         run = folder.enter_context(RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, ("summary.json",))) \
             if dist.is_main else None

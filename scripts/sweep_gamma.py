@@ -35,22 +35,21 @@ from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES, PRESETS, Explainer
 from vitlrp.fileio import ensure_writable_dir, write_csv, write_json
 from vitlrp.metrics import METRICS
-from vitlrp.pipeline import load_model_and_split, loader, sample_indices
+from vitlrp.pipeline import (
+    check_perturb_steps_fit,
+    check_run_options,
+    check_scoring_options,
+    load_model_and_split,
+    loader,
+    sample_indices,
+)
 from vitlrp.runtime import resolve_device
 
 
 def check_config(cfg):
     cells, rows = S.grid(cfg.CONV_GAMMAS, cfg.LIN_GAMMAS, cfg.SCHEDULES)
-    if cfg.PERTURB_STEPS < 2:
-        raise UserError(f"PERTURB_STEPS must be at least 2, got {cfg.PERTURB_STEPS}")
-    if cfg.PART_TOLERANCE_PX < 0:
-        raise UserError(f"PART_TOLERANCE_PX must be >= 0, got {cfg.PART_TOLERANCE_PX}")
-    if cfg.DTYPE not in DTYPES:
-        raise UserError(f"DTYPE must be one of {', '.join(DTYPES)}, got {cfg.DTYPE!r}")
-    if cfg.TARGET not in ("pred", "label"):
-        raise UserError(f"TARGET must be pred or label, got {cfg.TARGET!r}")
-    if cfg.IMPL not in ("fused", "zennit"):
-        raise UserError(f"IMPL must be fused or zennit, got {cfg.IMPL!r}")
+    check_run_options(cfg)
+    check_scoring_options(cfg)
     return cells, rows
 
 
@@ -60,6 +59,7 @@ def main(cfg):
     ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device,
                                                 annotations=True)
     indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
+    check_perturb_steps_fit(cfg.PERTURB_STEPS, model)
     out = ensure_writable_dir(Path(cfg.OUTPUT_DIR), "OUTPUT_DIR")
     (out / "best_gamma.json").unlink(missing_ok=True)  # the folder is complete again only when this run ends
     names = [S.cell_name(c, lin) for c, lin in cells]

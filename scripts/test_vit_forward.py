@@ -22,7 +22,6 @@ OUTPUT_DIR = "results/lrp_samples"  # heatmaps, overlays, comparisons, raw tenso
 COMPARE_PRESETS = []  # e.g. baseline,balanced,aggressive: adds a γ comparison grid per sample
 COMPARE_METHODS = []  # any evaluate_lrp.py method (e.g. balanced,gae,gradcam,rollout): added to that grid
 # ----------------------------------------------------------------------------------------------
-import math
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -34,38 +33,31 @@ from vitlrp.explain import DTYPES, PRESETS, Explainer, lin_gamma_value, resolve_
 from vitlrp.fileio import write_json, write_text
 from vitlrp.gallery import write_heatmap_gallery
 from vitlrp.heatmaps import OUTPUT_NAMES, write_grid, write_sample
-from vitlrp.pipeline import MethodRunner, load_model_and_split, loader, nonfinite_error, parse_method, sample_indices
+from vitlrp.pipeline import (
+    MethodRunner,
+    check_run_options,
+    load_model_and_split,
+    loader,
+    nonfinite_error,
+    parse_methods,
+    sample_indices,
+)
 from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
 from vitlrp.sweep import read_gamma_file
 
 
 def check_config(cfg):
-    for name in ("CONV_GAMMA", "LIN_GAMMA"):
-        if not math.isfinite(getattr(cfg, name)):
-            raise UserError(f"{name} must be a finite number >= 0, got {getattr(cfg, name)}")
     gammas = resolve_gammas(cfg.PRESET, cfg.CONV_GAMMA, cfg.LIN_GAMMA)
     if cfg.LIN_GAMMA_SCHEDULE and not cfg.PRESET:
         gammas = gammas[0], lin_gamma_value(cfg.LIN_GAMMA_SCHEDULE, "LIN_GAMMA_SCHEDULE")
     if cfg.GAMMA_FILE:
         gammas = read_gamma_file(cfg.GAMMA_FILE)
-    if cfg.TARGET not in ("pred", "label"):
-        raise UserError(f"TARGET must be pred or label, got {cfg.TARGET!r}")
-    if cfg.DTYPE not in DTYPES:
-        raise UserError(f"DTYPE must be one of {', '.join(DTYPES)}, got {cfg.DTYPE!r}")
-    if cfg.IMPL not in ("fused", "zennit"):
-        raise UserError(f"IMPL must be fused or zennit, got {cfg.IMPL!r}")
-    if cfg.BATCH_SIZE <= 0:
-        raise UserError(f"BATCH_SIZE must be positive, got {cfg.BATCH_SIZE}")
-    if cfg.NUM_WORKERS < 0:
-        raise UserError(f"NUM_WORKERS must be >= 0 (0 = decode in this process), got {cfg.NUM_WORKERS}")
+    check_run_options(cfg)
     unknown = [p for p in cfg.COMPARE_PRESETS if p not in PRESETS]
     if unknown:
         raise UserError(f"unknown preset(s) in COMPARE_PRESETS: {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
-    methods = [parse_method(m) for m in cfg.COMPARE_METHODS]
-    if len({m.name for m in methods}) < len(methods):
-        raise UserError("COMPARE_METHODS lists a method twice")
-    return gammas, methods
+    return gammas, parse_methods(cfg.COMPARE_METHODS, "COMPARE_METHODS")
 
 
 def main(cfg):

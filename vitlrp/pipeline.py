@@ -8,7 +8,7 @@ from torch.utils.data import Subset
 from . import peers
 from .cub import CUBDataset, load_cub
 from .errors import UserError
-from .explain import PRESETS, SCHEDULE_HELP, Explainer, check_gamma, input_x_gradient, lin_gamma_value
+from .explain import DTYPES, PRESETS, SCHEDULE_HELP, Explainer, check_gamma, input_x_gradient, lin_gamma_value
 from .models import check_classes, load_checkpoint, model_from_checkpoint
 from .training import make_loader
 
@@ -21,6 +21,35 @@ def load_model_and_split(checkpoint_path, dataset_root, split, device, annotatio
     model, preprocessing = model_from_checkpoint(ckpt)
     dataset = CUBDataset(ann, split, preprocessing, annotations=annotations, report_errors=True)
     return ckpt, model.to(device), dataset
+
+
+def check_run_options(cfg):
+    """The options every explaining script shares: ``TARGET``, ``DTYPE``, ``IMPL``, ``BATCH_SIZE``, ``NUM_WORKERS``."""
+    if cfg.TARGET not in ("pred", "label"):
+        raise UserError(f"TARGET must be pred or label, got {cfg.TARGET!r}")
+    if cfg.DTYPE not in DTYPES:
+        raise UserError(f"DTYPE must be one of {', '.join(DTYPES)}, got {cfg.DTYPE!r}")
+    if cfg.IMPL not in ("fused", "zennit"):
+        raise UserError(f"IMPL must be fused or zennit, got {cfg.IMPL!r}")
+    if cfg.BATCH_SIZE <= 0:
+        raise UserError(f"BATCH_SIZE must be positive, got {cfg.BATCH_SIZE}")
+    if cfg.NUM_WORKERS < 0:
+        raise UserError(f"NUM_WORKERS must be >= 0 (0 = decode in this process), got {cfg.NUM_WORKERS}")
+
+
+def check_scoring_options(cfg):
+    """The scoring options of the evaluation and the sweep: ``PERTURB_STEPS``, ``PART_TOLERANCE_PX``."""
+    if cfg.PERTURB_STEPS < 2:
+        raise UserError(f"PERTURB_STEPS must be at least 2, got {cfg.PERTURB_STEPS}")
+    if cfg.PART_TOLERANCE_PX < 0:
+        raise UserError(f"PART_TOLERANCE_PX must be >= 0, got {cfg.PART_TOLERANCE_PX}")
+
+
+def check_perturb_steps_fit(steps, model):
+    """More MoRF/LeRF steps than the model has patches would repeat curve points and only cost time."""
+    patches = (model.image_size // model.patch_size) ** 2
+    if steps > patches:
+        raise UserError(f"PERTURB_STEPS must be at most the number of patches ({patches}), got {steps}")
 
 
 def sample_indices(n_total, n, seed, what="NUM_SAMPLES", split="test"):
@@ -69,6 +98,14 @@ class Method:
 METHOD_HELP = ("a preset (" + ", ".join(PRESETS) + "), gamma:<conv>:<lin> (<lin> may be a per-block schedule: "
                + SCHEDULE_HELP + "), either with +attn (γ on the attention projections too), input_x_gradient, "
                "random, or a peer method (" + ", ".join(peers.PEERS) + ")")
+
+
+def parse_methods(names, what):
+    """Several method names (``what``: the list's name, for the message); a name given twice is refused."""
+    methods = [parse_method(m) for m in names]
+    if len({m.name for m in methods}) < len(methods):
+        raise UserError(f"{what} lists a method twice")
+    return methods
 
 
 def parse_method(name):

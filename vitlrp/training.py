@@ -12,8 +12,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .errors import UserError
-
 SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "test_loss", "top1", "top5", "train_img_per_s", "epoch_seconds",
                   "skipped_images"]
 
@@ -94,8 +92,6 @@ def make_loader(dataset, batch_size, num_workers, device, sampler=None, seeded=F
     ``seeded``: apply each item's augmentation under the seed the sampler hands out (see :class:`EpochSampler`).
     ``persistent``: keep the workers between epochs (a loader that is iterated once need not).
     """
-    if batch_size <= 0:
-        raise UserError(f"BATCH_SIZE must be positive, got {batch_size}")
     kwargs = {}
     if num_workers > 0:
         kwargs = dict(persistent_workers=persistent, prefetch_factor=4)

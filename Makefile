@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(PY) scripts/make_synthetic_cub.py --dataset-root $(MINI)
 	$(PY) scripts/train_vit_cub.py --dataset-root $(MINI) --model vit_tiny --pretrained none --epochs 15 \
 	    --batch-size 32 --lr 1e-3 --warmup-epochs 1 --num-workers 2 \
-	    --checkpoint-dir $(DEMO)/checkpoints --output-dir $(DEMO)/train
+	    --overwrite true --checkpoint-dir $(DEMO)/checkpoints --output-dir $(DEMO)/train
 	$(PY) scripts/test_vit_forward.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-samples 12 \
 	    --compare-presets baseline,conservative,balanced,aggressive,very_aggressive \
 	    --compare-methods gradcam,rollout,gae,integrated_gradients,smoothgrad --num-workers 2 \

@@ -164,6 +164,10 @@ def pareto_front(points, front, recommended, marks, path):
            title="the γ grid: faithfulness vs localization vs cleanliness")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
 
 def shortcut_scores(summary, rows, path):
     """Left: ROC AUC of the mark share (followed vs not) per method, with its bootstrap interval.
@@ -198,6 +202,10 @@ def shortcut_scores(summary, rows, path):
     ax2.legend(fontsize=8, loc="upper right")
     for ax in (ax1, ax2):
         ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
 
 def forest_plot(rows, path):
     """Per metric: each method's mean paired difference to the reference with its bootstrap 95% interval.

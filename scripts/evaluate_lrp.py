@@ -149,13 +149,8 @@ def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
     if not dist.is_main:
         dist.close()
         return 0
-    rows = [r for part, _ in gathered for r in part]
-    for _, part in gathered[1:]:
-        for name, c in part.items():
-            for k in kinds:
-                curves[name][k] += c[k]
     names = [m.name for m in methods]
-    rows.sort(key=lambda r: (names.index(r["method"]), r["sample_idx"]))
+    rows, curves = E.merge_ranks(gathered, names)
     summary = E.summarize(rows, names, metrics)
     shortcut = None
     if marks is not None:

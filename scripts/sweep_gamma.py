@@ -33,7 +33,7 @@ from vitlrp import evaluation as E
 from vitlrp import sweep as S
 from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES, PRESETS, Explainer
-from vitlrp.fileio import ensure_writable_dir, write_csv, write_json
+from vitlrp.fileio import write_csv, write_json
 from vitlrp.metrics import METRICS
 from vitlrp.pipeline import (
     check_perturb_steps_fit,
@@ -43,7 +43,11 @@ from vitlrp.pipeline import (
     loader,
     sample_indices,
 )
+from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
+
+# every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
+OUTPUT_NAMES = ("cells.csv", "per_image.csv", "config.json", "best_gamma.json", "pareto.png", "surface_*.png")
 
 
 def check_config(cfg):
@@ -60,8 +64,13 @@ def main(cfg):
                                                 annotations=True)
     indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
     check_perturb_steps_fit(cfg.PERTURB_STEPS, model)
-    out = ensure_writable_dir(Path(cfg.OUTPUT_DIR), "OUTPUT_DIR")
-    (out / "best_gamma.json").unlink(missing_ok=True)  # the folder is complete again only when this run ends
+    # the folder is complete again only when this run ends: no best_gamma.json of an older run meanwhile
+    with RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, clear_first=("best_gamma.json",)) as run:
+        return sweep(cfg, run, model, dataset, indices, cells, rows_lin, device)
+
+
+def sweep(cfg, run, model, dataset, indices, cells, rows_lin, device):
+    out = run.path
     names = [S.cell_name(c, lin) for c, lin in cells]
     print(f"Sweeping {len(cfg.CONV_GAMMAS)} conv γ × {len(rows_lin)} Linear γ settings = {len(cells)} cells on "
           f"{len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} ({device}, {cfg.DTYPE}, {cfg.IMPL})")
@@ -123,8 +132,11 @@ def main(cfg):
     write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "cells": len(cells),
                                      "seconds": seconds})
     write_json(out / "best_gamma.json", {
-        **doc, "n_images": n_ok, "n_failed": failed, "split": cfg.SPLIT, "checkpoint": str(cfg.CHECKPOINT_PATH),
+        **doc, "n_images": n_ok, "n_failed": failed, "split": cfg.SPLIT,
+        "checkpoint": str(Path(cfg.CHECKPOINT_PATH).resolve()),
         "dataset_root": str(cfg.DATASET_ROOT), "target": cfg.TARGET, "config": cli.config_dict(cfg)})
+    run.finish(["cells.csv", "per_image.csv", "config.json", "best_gamma.json", "pareto.png"]
+               + [f"surface_{metric}.png" for metric in METRICS])
 
     print()
     print(f"Maps: {seconds['maps']:.1f} s for {len(cells)} cells; metrics: {seconds['metrics']:.1f} s")

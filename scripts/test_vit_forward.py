@@ -32,7 +32,7 @@ from vitlrp.errors import UserError
 from vitlrp.explain import DTYPES, PRESETS, Explainer, lin_gamma_value, resolve_gammas, schedule_text
 from vitlrp.fileio import write_json, write_text
 from vitlrp.gallery import write_heatmap_gallery
-from vitlrp.heatmaps import OUTPUT_NAMES, write_grid, write_sample
+from vitlrp.heatmaps import OUTPUT_NAMES, failed_record, sample_record, write_grid, write_sample
 from vitlrp.pipeline import (
     MethodRunner,
     check_run_options,
@@ -92,6 +92,10 @@ def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin
         gamma_layers = list(explainer.gamma_layers())
         print(coverage)
         results, grid_rows, done = [], [], 0
+        run_info = {"gamma_params": {"conv_gamma": conv_gamma, "lin_gamma": lin_gamma}, "target_mode": cfg.TARGET,
+                    "preset": cfg.PRESET, "dtype": cfg.DTYPE, "impl": cfg.IMPL, "gamma_attention": cfg.GAMMA_ATTENTION,
+                    "gamma_layers": gamma_layers, "preprocessing": prep.to_dict(),
+                    "checkpoint": str(Path(cfg.CHECKPOINT_PATH).resolve())}  # inspect may run from another folder
         for batch in tqdm(loader(dataset, indices, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device), desc="explain",
                           unit="batch", leave=False, disable=len(indices) <= cfg.BATCH_SIZE):
             ok = [i for i, err in enumerate(batch["error"]) if not err]
@@ -109,21 +113,19 @@ def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin
                 done += 1
                 idx = int(batch["index"][row])
                 label = int(batch["label"][row])
-                entry = {"sample_idx": idx, "img_path": str(Path(dataset.image_path(idx)).resolve()), "label": label}
+                img_path = str(Path(dataset.image_path(idx)).resolve())
                 print(f"\n[{done}/{len(indices)}] Processing sample_idx={idx} ...")
                 if row not in maps:
-                    entry.update(target_class=None, label_name=names[label], error=batch["error"][row], files={})
+                    results.append(failed_record(idx, img_path, label, names, batch["error"][row]))
                     print(f"  ✗ Skipped: {batch['error'][row]}")
-                    results.append(entry)
                     continue
                 k = maps[row]
                 tgt, pred = int(target[k]), int(logits[k].argmax())
                 rel = relevance[k].cpu()
                 bad = nonfinite_error(rel, logits[k])
                 if bad:  # e.g. NaN weights or an overflow: no picture of it, the run fails
-                    entry.update(target_class=tgt, label_name=names[label], error=bad, files={})
+                    results.append(failed_record(idx, img_path, label, names, bad, tgt))
                     print(f"  ✗ Failed: {bad}")
-                    results.append(entry)
                     continue
                 title = (f"#{idx}  true: {names[label]}  |  pred: {names[pred]} ({probs[k, pred]:.1%})  |  "
                          f"γ conv {conv_gamma:g}, lin {schedule_text(lin_gamma)}")
@@ -134,21 +136,8 @@ def explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin
                         {captions[p]: grid_maps[p][k] for p in grid},
                         f"#{idx}  {names[label]}  →  class {tgt}")
                     grid_rows.append(picture)
-                explained = float(logits[k, tgt])
-                entry.update({
-                    "target_class": tgt,
-                    "gamma_params": {"conv_gamma": conv_gamma, "lin_gamma": lin_gamma},
-                    "files": files,
-                    "label_name": names[label], "target_name": names[tgt],
-                    "predicted_class": pred, "predicted_name": names[pred],
-                    "confidence": float(probs[k, pred]), "target_confidence": float(probs[k, tgt]),
-                    "correct": pred == label,
-                    "explained_logit": explained, "relevance_sum": float(rel.double().sum()),
-                    "target_mode": cfg.TARGET, "preset": cfg.PRESET, "dtype": cfg.DTYPE, "impl": cfg.IMPL,
-                    "gamma_attention": cfg.GAMMA_ATTENTION, "gamma_layers": gamma_layers,
-                    "preprocessing": prep.to_dict(), "error": None,
-                    "checkpoint": str(Path(cfg.CHECKPOINT_PATH).resolve()),  # inspect may run from another folder
-                })
+                entry = sample_record(idx, img_path, label, names, tgt, probs[k], logits[k], rel, files, run_info)
+                explained = entry["explained_logit"]
                 print(f"  ✓ Target class: {tgt} (label: {label})")
                 print(f"  ✓ Saved: {files['overlay']}")
                 print(f"  ✓ Saved: {files['comparison']}")

@@ -22,5 +22,10 @@ One concept per module:
 - ``gallery``     the HTML gallery
 - ``shortcut``    the Clever-Hans test: class marks, measured reliance, mark share → ROC AUC
 - ``runtime``     devices, seeding, distributed helpers
+- ``pipeline``    steps the explaining scripts share: checkpoint + split with checks, sampling, methods by name
+- ``heatmaps``    the per-sample files and JSON records of a heatmap run
+- ``evaluation``  scoring a batch of maps, summaries, merging the ranks' rows
+- ``predict``     plain predictions for image files
+- ``runfolder``   an output folder's lock, incomplete marker and clean-up of older runs' files
 """
 __version__ = "0.1.0"

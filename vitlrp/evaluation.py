@@ -72,6 +72,15 @@ def boxless(rows):
     return sorted({r["sample_idx"] for r in rows if r.get("no_box")})
 
 
+def merge_ranks(gathered, methods):
+    """Merge the ``(rows, curves)`` of every rank: rows sorted by method then image, curves concatenated."""
+    rows = sorted((r for part, _ in gathered for r in part),
+                  key=lambda r: (methods.index(r["method"]), r["sample_idx"]))
+    curves = {name: {k: [t for _, part in gathered for t in part[name][k]] for k in c}
+              for name, c in gathered[0][1].items()}
+    return rows, curves
+
+
 def summarize(rows, methods, metrics=M.METRICS):
     """Per method and metric: mean, 95% CI half-width, n; plus the count of failed images per method."""
     summary = {}

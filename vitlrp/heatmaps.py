@@ -1,4 +1,4 @@
-"""The per-sample files of a heatmap run, named as the original description fixes them."""
+"""The per-sample files and JSON records of a heatmap run, named as the original description fixes them."""
 from . import render
 from .fileio import torch_save
 
@@ -38,3 +38,24 @@ def write_grid(out, idx, image, maps, title):
                             ["image"] + list(maps), title)
     render.save_png(picture, out / name)
     return name, picture
+
+
+def sample_record(idx, img_path, label, names, target, probs, logits, relevance, files, run_info):
+    """One explained sample's entry of ``lrp_results.json``: the original schema's keys first, then ours.
+
+    ``probs``/``logits``: this sample's rows; ``run_info``: the keys every entry of the run shares (gammas, dtype...).
+    """
+    pred = int(logits.argmax())
+    return {"sample_idx": idx, "img_path": img_path, "label": label, "target_class": target,
+            "gamma_params": run_info["gamma_params"], "files": files,
+            "label_name": names[label], "target_name": names[target],
+            "predicted_class": pred, "predicted_name": names[pred],
+            "confidence": float(probs[pred]), "target_confidence": float(probs[target]), "correct": pred == label,
+            "explained_logit": float(logits[target]), "relevance_sum": float(relevance.double().sum()),
+            **{k: v for k, v in run_info.items() if k != "gamma_params"}, "error": None}
+
+
+def failed_record(idx, img_path, label, names, error, target=None):
+    """The entry of a sample that has no map (unreadable image, or a non-finite map of ``target``)."""
+    return {"sample_idx": idx, "img_path": img_path, "label": label, "target_class": target,
+            "label_name": names[label], "error": error, "files": {}}

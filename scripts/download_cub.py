@@ -17,10 +17,12 @@ from vitlrp.download import fetch_cub, verify_cub
 
 
 def main(cfg):
-    fetch_cub(cfg.DATASET_ROOT, urls=(cfg.URL, cfg.FALLBACK_URL), expected_md5=cfg.EXPECTED_MD5,
-              archive=cfg.ARCHIVE or None, keep_archive=cfg.KEEP_ARCHIVE)
+    status = fetch_cub(cfg.DATASET_ROOT, urls=(cfg.URL, cfg.FALLBACK_URL), expected_md5=cfg.EXPECTED_MD5,
+                       archive=cfg.ARCHIVE or None, keep_archive=cfg.KEEP_ARCHIVE)
     if cfg.VERIFY:
         return 1 if verify_cub(cfg.DATASET_ROOT) else 0
+    if status == "found":
+        print("Pass --verify true to decode every image as well.")
     return 0
 
 

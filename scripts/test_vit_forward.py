@@ -48,7 +48,7 @@ from vitlrp.sweep import read_gamma_file
 
 
 def check_config(cfg):
-    gammas = resolve_gammas(cfg.PRESET, cfg.CONV_GAMMA, cfg.LIN_GAMMA)
+    gammas = resolve_gammas(cfg.PRESET, cfg.CONV_GAMMA, cfg.LIN_GAMMA, names=("PRESET", "CONV_GAMMA", "LIN_GAMMA"))
     if cfg.LIN_GAMMA_SCHEDULE and not cfg.PRESET:
         gammas = gammas[0], lin_gamma_value(cfg.LIN_GAMMA_SCHEDULE, "LIN_GAMMA_SCHEDULE")
     if cfg.GAMMA_FILE:

@@ -1,5 +1,8 @@
 """vitlrp.cli: constants block → typed --flags, --help, one-line errors."""
+import ast
+import re
 import runpy
+from pathlib import Path
 
 import pytest
 from conftest import error_lines, run_script
@@ -149,6 +152,30 @@ def test_run_turns_user_error_into_exit_2(ns, capsys):
         cli.run(lambda cfg: 0, ns, ["--epochs", "x"])
     assert info.value.code == 2
     assert error_lines(capsys.readouterr().err) == ["error: --epochs expects an integer, got 'x'"]
+
+
+def test_run_words_the_fix_the_library_names(ns, capsys):
+    for fix, tail in (("checkpoint", cli.FIXES["checkpoint"]), ("move the file away", "move the file away")):
+        with pytest.raises(SystemExit):
+            cli.run(lambda cfg, f=fix: (_ for _ in ()).throw(UserError("checkpoint x.pt not found", fix=f)), ns, [])
+        assert capsys.readouterr().err == f"error: checkpoint x.pt not found; {tail}\n"
+    assert cli.message(UserError("plain")) == "plain"
+
+
+def test_no_library_module_names_a_script_or_a_flag():
+    """The command-line wording lives in cli.FIXES and the scripts; docstrings may still point at scripts."""
+    found = []
+    for path in sorted((Path(cli.__file__).parent).glob("*.py")):
+        if path.name == "cli.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = {id(n.body[0].value) for n in ast.walk(tree)
+                if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        found += [f"{path.name}:{n.lineno}: {n.value[:60]!r}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
+                  and re.search(r"(^|[\s(`'])--[a-z][a-z-]+|scripts/|\b\w+_(cub|lrp|gamma)\.py\b", n.value)]
+    assert not found, found
 
 
 def test_run_returns_main_status(ns):

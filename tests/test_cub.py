@@ -6,6 +6,7 @@ from conftest import CUB_CLASS_DIRS, CUB_IMAGES, CUB_PART_NAMES, INVISIBLE_PARTS
 from PIL import Image
 from torchvision import transforms as T
 
+from vitlrp.cli import message as cli_message
 from vitlrp.cub import CUBDataset, display_name, load_cub
 from vitlrp.errors import UserError
 from vitlrp.preprocess import Preprocessing, open_rgb
@@ -16,7 +17,7 @@ PRE = Preprocessing(crop_size=32, resize_size=36)
 def one_line_error(fn, *needles):
     with pytest.raises(UserError) as info:
         fn()
-    message = str(info.value)
+    message = cli_message(info.value)  # the line a script prints: the message and the command-line way out
     assert "\n" not in message, message
     for needle in needles:
         assert needle in message, (needle, message)

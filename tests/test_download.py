@@ -13,6 +13,7 @@ import threading
 import pytest
 from conftest import REPO_ROOT, error_lines, run_script, run_script_inprocess
 
+from vitlrp.cli import message as cli_message
 from vitlrp.download import check_members, extract_cub, fetch_cub
 from vitlrp.errors import UserError
 
@@ -111,7 +112,7 @@ def test_fallback_url_and_unreachable_urls(tmp_path, served_archive, http_dir):
     other = tmp_path / "other" / "CUB_200_2011"
     with pytest.raises(UserError) as info:
         fetch_cub(other, urls=(f"{base}/missing.tgz", ""), expected_md5=digest, progress=False, log=log.append)
-    assert "could not download" in str(info.value) and "--archive" in str(info.value)
+    assert "could not download" in str(info.value) and "--archive" in cli_message(info.value)
     assert "\n" not in str(info.value)
     assert not other.exists() and list(other.parent.iterdir()) == []
 
@@ -310,7 +311,7 @@ def test_truncated_archive_without_md5_check(tmp_path, http_dir, cub_fixture):
     assert code == 2 and "Traceback" not in err
     errors = error_lines(err)
     assert len(errors) == 1 and "is not a complete, readable .tgz archive" in errors[0], err
-    assert errors[0].endswith("; the downloaded CUB_200_2011.tgz was deleted: run again, or pass --archive PATH")
+    assert errors[0].endswith("; the downloaded CUB_200_2011.tgz was deleted; run again, or pass --archive PATH")
     assert list(root.parent.iterdir()) == []  # no folder, no bad archive a re-run would reuse, no temporary files
     make_archive(folder / "CUB_200_2011.tgz", cub_fixture())  # the server is fixed: the re-run downloads again
     code, out, err = run_script_inprocess("download_cub", "--dataset-root", root, "--url",
@@ -445,7 +446,7 @@ def test_archive_already_beside_the_root_is_reused_and_kept(tmp_path, cub_fixtur
     root = parent / "CUB_200_2011"
     flags = ("--dataset-root", root, "--url", "http://127.0.0.1:9/none", "--fallback-url", "")
     code, out, err = run_script_inprocess("download_cub", *flags, "--expected-md5", "0" * 32)
-    assert code == 2 and f"(move {archive} away to download it again)" in err
+    assert code == 2 and f"; move {archive} away to download it again" in err
     assert archive.is_file() and not root.exists()
     code, out, err = run_script_inprocess("download_cub", *flags, "--expected-md5", md5(archive),
                                           "--keep-archive", "false")

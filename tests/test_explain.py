@@ -434,7 +434,7 @@ def test_check_gamma_accepts_and_presets_override():
     for name, gammas in PRESETS.items():
         assert resolve_gammas(name, 7.0, 7.0) == gammas
     assert resolve_gammas("aggressive", 1.0, 0.5) == (10.0, 1.0)
-    with pytest.raises(UserError, match="unknown PRESET 'nosuch'"):
+    with pytest.raises(UserError, match="unknown preset 'nosuch'"):
         resolve_gammas("nosuch", 1.0, 0.5)
     with pytest.raises(ValueError, match="impl"):
         Explainer(nn.Linear(1, 1), impl="fast")

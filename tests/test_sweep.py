@@ -142,8 +142,9 @@ def test_read_gamma_file(tmp_path):
     assert S.read_gamma_file(f"{path}#box_share") == (100.0, 0.0)
     with pytest.raises(UserError, match="choose recommended, box_share"):
         S.read_gamma_file(f"{path}#gini")
-    with pytest.raises(UserError, match="run scripts/sweep_gamma.py first"):
+    with pytest.raises(UserError, match="missing.json does not exist") as info:
         S.read_gamma_file(tmp_path / "missing.json")
+    assert info.value.fix == "gamma_file"
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UserError, match="not a readable best_gamma.json"):
         S.read_gamma_file(tmp_path / "bad.json")
@@ -252,4 +253,4 @@ def test_missing_gamma_file_is_one_error_line(trained_tiny, tmp_path):
     code, _, err = run_script_inprocess(
         "test_vit_forward", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",
         trained_tiny["dataset_root"], "--gamma-file", tmp_path / "nope.json", "--output-dir", tmp_path / "o")
-    assert code == 2 and "run scripts/sweep_gamma.py first" in error_lines(err)[0]
+    assert code == 2 and "run `python scripts/sweep_gamma.py` first" in error_lines(err)[0]

@@ -159,6 +159,31 @@ def configure(namespace, argv=None):
     return SimpleNamespace(**values)
 
 
+# The command-line way out of a library error (UserError.fix): the library names the case, the scripts' words are here.
+FIXES = {
+    "dataset": ("run `python scripts/download_cub.py` (or `python scripts/make_synthetic_cub.py` for the synthetic "
+                "mini-CUB), or pass --dataset-root with the folder that holds images.txt"),
+    "checkpoint": "train one with `python scripts/train_vit_cub.py` or pass --checkpoint-path",
+    "checkpoint_source": "checkpoints come from `python scripts/train_vit_cub.py`",
+    "state_dict": "`python scripts/train_vit_cub.py --pretrained PATH` can start a run from it",
+    "diverged": "use an earlier checkpoint or train again with a lower --lr",
+    "classes": "use the dataset it was trained on (--dataset-root) or another --checkpoint-path",
+    "pretrained_file": "or pass --pretrained PATH",
+    "cpu": "or use --device cpu",
+    "gamma_file": "run `python scripts/sweep_gamma.py` first, or leave --gamma-file empty",
+    "archive_retry": "run again, or pass --archive PATH",
+    "archive_by_hand": "download CUB_200_2011.tgz by hand and pass --archive PATH",
+    "skip_md5": "pass --expected-md5 '' to skip the check",
+    "drop_archive": "or drop --archive to keep this one",
+}
+
+
+def message(err):
+    """The line a script prints for ``err``: its message, then the way out (``FIXES[err.fix]`` or ``err.fix``)."""
+    fix = getattr(err, "fix", None)
+    return f"{err}; {FIXES.get(fix, fix)}" if fix else str(err)
+
+
 def config_dict(cfg):
     """The effective configuration as a JSON-ready dict."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
@@ -173,7 +198,7 @@ def run(main, namespace, argv=None):
         cfg = configure(namespace, argv)
         status = main(cfg)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

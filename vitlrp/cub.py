@@ -19,8 +19,6 @@ PART_NAMES = ("back", "beak", "belly", "breast", "crown", "forehead", "left eye"
               "nape", "right eye", "right leg", "right wing", "tail", "throat")
 # The official CUB-200-2011 (Wah et al. 2011); a subset or the synthetic mini-CUB legitimately differs.
 OFFICIAL_COUNTS = {"images": 11788, "classes": 200, "train": 5994, "test": 5794}
-FETCH_HINT = ("run `python scripts/download_cub.py` (or `python scripts/make_synthetic_cub.py` for the "
-              "synthetic mini-CUB), or pass --dataset-root with the folder that holds images.txt")
 
 
 def display_name(class_dir):
@@ -33,7 +31,7 @@ def _rows(path, ncols, what, required=True):
     """Yield ``(line_number, fields)`` of a whitespace-separated annotation file with ``ncols`` columns."""
     if not path.is_file():
         if required:
-            raise UserError(f"missing annotation file {path}: the CUB folder is incomplete; {FETCH_HINT}")
+            raise UserError(f"missing annotation file {path}: the CUB folder is incomplete", fix="dataset")
         return None
     rows = []
     try:
@@ -138,7 +136,7 @@ def load_cub(root):
     """
     root = Path(root)
     if not (root / "images.txt").is_file():
-        raise UserError(f"CUB dataset not found: {not_found_reason(root)}; {FETCH_HINT}")
+        raise UserError(f"CUB dataset not found: {not_found_reason(root)}", fix="dataset")
 
     f_images, f_labels = root / "images.txt", root / "image_class_labels.txt"
     f_split, f_classes = root / "train_test_split.txt", root / "classes.txt"

@@ -178,7 +178,7 @@ def fetch_cub(dataset_root, urls, expected_md5, archive=None, keep_archive=True,
         archive = dataset_root.parent / ARCHIVE_NAME
         log(f"Using the archive already at {archive}")
         way_out = f"; move {archive} away to download it again"
-        digest = _check_md5(archive, expected_md5, progress, hint=way_out[2:])
+        digest = _check_md5(archive, expected_md5, progress, fix=way_out[2:])
     else:
         archive = dataset_root.parent / ARCHIVE_NAME
         digest = _download_any(urls, archive, expected_md5, progress, log)
@@ -191,7 +191,7 @@ def fetch_cub(dataset_root, urls, expected_md5, archive=None, keep_archive=True,
     except ArchiveError as err:
         if downloaded:  # else the next run would reuse the bad file (possible only with the md5 check skipped)
             archive.unlink(missing_ok=True)
-            way_out = f"; the downloaded {archive.name} was deleted: run again, or pass --archive PATH"
+            raise UserError(f"{err}; the downloaded {archive.name} was deleted", fix="archive_retry") from None
         raise UserError(f"{err}{way_out}") from None
     if downloaded and not keep_archive:
         archive.unlink()  # only an archive this run downloaded; a user's own file stays
@@ -199,10 +199,10 @@ def fetch_cub(dataset_root, urls, expected_md5, archive=None, keep_archive=True,
     return "extracted"
 
 
-def _check_md5(archive, expected_md5, progress, hint="pass --expected-md5 '' to skip the check"):
+def _check_md5(archive, expected_md5, progress, fix="skip_md5"):
     digest = md5sum(archive, progress)
     if expected_md5 and digest != expected_md5:
-        raise UserError(f"md5 of {archive} is {digest}, expected {expected_md5}: not the official archive ({hint})")
+        raise UserError(f"md5 of {archive} is {digest}, expected {expected_md5}: not the official archive", fix=fix)
     return digest
 
 
@@ -222,12 +222,12 @@ def _download_any(urls, archive, expected_md5, progress, log):
                 errors.append(str(err))
                 log(f"  {err}")
         else:
-            raise UserError(f"could not download CUB ({'; '.join(errors) or 'no URL given'}); download "
-                            f"{archive.name} by hand and pass --archive PATH")
+            raise UserError(f"could not download CUB ({'; '.join(errors) or 'no URL given'})",
+                            fix="archive_by_hand")
         digest = md5sum(part, progress)
         if expected_md5 and digest != expected_md5:
             raise UserError(f"md5 mismatch for the download: got {digest}, expected {expected_md5}; the partial "
-                            "file was deleted, run again or pass --archive PATH")
+                            "file was deleted", fix="archive_retry")
         os.chmod(part, 0o644)
         os.replace(part, archive)
     finally:
@@ -241,7 +241,7 @@ def _existing(dataset_root, expected_md5, archive, log):
     counts = format_counts(split_counts(ann))
     if archive:
         raise UserError(f"{dataset_root} already holds a CUB folder ({counts}); it is never unpacked over: choose "
-                        f"another dataset root for {archive}, or drop --archive to keep this one")
+                        f"another dataset root for {archive}", fix="drop_archive")
     info = _read_marker(dataset_root)
     if info.get("md5") and (not expected_md5 or info["md5"] == expected_md5):
         log(f"CUB already present and verified at {dataset_root} ({len(ann.paths)} images, md5 {info['md5']}); "
@@ -249,8 +249,8 @@ def _existing(dataset_root, expected_md5, archive, log):
         return "present"
     why = (f"unpacked from an archive with md5 {info['md5']}, not {expected_md5}" if info.get("md5")
            else "not unpacked by this script")
-    log(f"CUB folder found at {dataset_root} ({counts}; {why}): annotations consistent, nothing downloaded "
-        "(--verify true also decodes every image)")
+    log(f"CUB folder found at {dataset_root} ({counts}; {why}): annotations consistent, nothing downloaded, "
+        "images not decoded")
     return "found"
 
 

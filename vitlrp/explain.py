@@ -50,7 +50,7 @@ SCHEDULE_HELP = ("a number, one value per encoder block joined by '/' (e.g. 0.5/
                  "or geometric:<first>:<last> (first and last block; the head gets the last block's value)")
 
 
-def parse_schedule(spec, name="LIN_GAMMA"):
+def parse_schedule(spec, name="lin_gamma"):
     """A Linear-γ schedule → ``(kind, values)``: ``('const', (g,))``, ``('list', (g0, g1, ...))``,
     ``('linear', (first, last))`` or ``('geometric', (first, last))``; ``spec`` is a number, a list or text."""
     if isinstance(spec, (list, tuple)):
@@ -77,7 +77,7 @@ def parse_schedule(spec, name="LIN_GAMMA"):
     return ("const", values) if len(values) == 1 else ("list", values)
 
 
-def schedule_values(spec, num_blocks, name="LIN_GAMMA"):
+def schedule_values(spec, num_blocks, name="lin_gamma"):
     """The Linear γ of each of ``num_blocks`` encoder blocks (a list of floats) for a schedule spec."""
     kind, v = parse_schedule(spec, name)
     if kind == "const":
@@ -93,7 +93,7 @@ def schedule_values(spec, num_blocks, name="LIN_GAMMA"):
     return [v[0] * (v[1] / v[0]) ** t for t in steps]
 
 
-def schedule_text(spec, name="LIN_GAMMA"):
+def schedule_text(spec, name="lin_gamma"):
     """The canonical text of a schedule (a number as ``%g``), as used in method names and JSON."""
     kind, v = parse_schedule(spec, name)
     if kind == "const":
@@ -103,7 +103,7 @@ def schedule_text(spec, name="LIN_GAMMA"):
     return f"{kind}:{v[0]:g}:{v[1]:g}"
 
 
-def lin_gamma_value(spec, name="LIN_GAMMA"):
+def lin_gamma_value(spec, name="lin_gamma"):
     """A Linear γ as stored in configs and JSON: a float for a constant, the canonical text for a schedule."""
     kind, v = parse_schedule(spec, name)
     return v[0] if kind == "const" else schedule_text(spec, name)
@@ -128,13 +128,13 @@ def module_gammas(model, conv_gamma, lin_spec):
     return rules
 
 
-def resolve_gammas(preset, conv_gamma, lin_gamma):
-    """``(conv_gamma, lin_gamma)`` from a preset name (which wins) or the two values."""
+def resolve_gammas(preset, conv_gamma, lin_gamma, names=("preset", "conv_gamma", "lin_gamma")):
+    """``(conv_gamma, lin_gamma)`` from a preset name (which wins) or the two values; errors use ``names``."""
     if preset:
         if preset not in PRESETS:
-            raise UserError(f"unknown PRESET {preset!r}: choose one of {', '.join(PRESETS)} or leave it empty")
+            raise UserError(f"unknown {names[0]} {preset!r}: choose one of {', '.join(PRESETS)} or leave it empty")
         return PRESETS[preset]
-    return check_gamma("CONV_GAMMA", conv_gamma), check_gamma("LIN_GAMMA", lin_gamma)
+    return check_gamma(names[1], conv_gamma), check_gamma(names[2], lin_gamma)
 
 
 def _patched_targets():
@@ -246,7 +246,7 @@ class Explainer:
         if impl not in ("zennit", "fused"):
             raise ValueError(f"impl must be 'zennit' or 'fused', got {impl!r}")
         self.model = model
-        self.conv_gamma = check_gamma("CONV_GAMMA", conv_gamma)
+        self.conv_gamma = check_gamma("conv_gamma", conv_gamma)
         self.lin_gamma = lin_gamma_value(lin_gamma)
         self.gamma_attention = gamma_attention
         self.dtype = dtype
@@ -346,7 +346,7 @@ class Explainer:
         """
         if not self._open:
             raise RuntimeError("use the Explainer inside a `with` block")
-        settings = [(check_gamma("CONV_GAMMA", c), schedule_text(lin)) for c, lin in settings]
+        settings = [(check_gamma("conv_gamma", c), schedule_text(lin)) for c, lin in settings]
         if self.impl == "zennit":
             saved = self.conv_gamma, self.lin_gamma
             try:
@@ -427,7 +427,7 @@ class Explainer:
             text += f"; {len(attn)} attention projections (value + output; query/key carry no relevance in CP-LRP)"
         else:
             text += ("; attention projections get LRP-0 (torchvision calls F.linear on them; "
-                     "GAMMA_ATTENTION=true routes them through gamma)")
+                     "the gamma_attention option routes them through gamma)")
         return text
 
 

@@ -73,7 +73,7 @@ def pretrained_state_dict(pretrained):
                 return WEIGHTS[pretrained].get_state_dict(progress=True, check_hash=True)
             except Exception as err:  # no network, proxy, hash mismatch: all end the same way for the user
                 raise UserError(f"cannot download {pretrained} weights from {WEIGHTS[pretrained].url} ({err}); "
-                                f"put that file at {path} (or set TORCH_HOME) or pass --pretrained PATH") from None
+                                f"put that file at {path} (or set TORCH_HOME)", fix="pretrained_file") from None
     else:
         path = Path(pretrained)
         if not path.is_file():
@@ -210,17 +210,15 @@ def load_checkpoint(path):
         raise UserError(f"checkpoint {path} is a folder, not a checkpoint file: pass the file"
                         + (f", e.g. {path / inside[0]}" if inside else ""))
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found: train one with `python scripts/train_vit_cub.py` "
-                        "or pass --checkpoint-path")
+        raise UserError(f"checkpoint {path} not found", fix="checkpoint")
     ckpt = _load(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        hint = ""
         if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-            hint = " (it is a bare state dict: `scripts/train_vit_cub.py --pretrained PATH` can start a run from it)"
-        raise UserError(f"{path} is not a checkpoint written by scripts/train_vit_cub.py{hint}")
+            raise UserError(f"{path} is a bare state dict, not a checkpoint of this package", fix="state_dict")
+        raise UserError(f"{path} is not a checkpoint of this package", fix="checkpoint_source")
     problem = _checkpoint_problem(ckpt)
     if problem:
-        raise UserError(f"checkpoint {path} {problem}")
+        raise UserError(f"checkpoint {path} {problem}", fix="diverged" if problem.endswith("diverged") else None)
     return ckpt
 
 
@@ -245,8 +243,7 @@ def _checkpoint_problem(ckpt):
         return f"holds weights that do not fit its own {ckpt['arch']} at {ckpt['image_size']} px: {problem}"
     bad = non_finite_tensors(ckpt["model"])
     if bad:
-        return (f"holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the training run diverged; "
-                "use an earlier checkpoint or train again with a lower --lr")
+        return f"holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the training run diverged"
     return None
 
 
@@ -260,9 +257,8 @@ def model_from_checkpoint(ckpt):
     return model.eval(), Preprocessing.from_dict(ckpt["preprocessing"])
 
 
-def check_classes(ckpt, class_names, where,
-                  fix="use the dataset it was trained on (--dataset-root) or another --checkpoint-path"):
+def check_classes(ckpt, class_names, where, fix="classes"):
     """Refuse a checkpoint trained on other classes than the dataset at ``where`` (``fix``: the way out)."""
     if list(ckpt["class_names"]) != list(class_names):
         raise UserError(f"the checkpoint was trained on {ckpt['num_classes']} classes that do not match the "
-                        f"{len(class_names)} classes of {where}; {fix}")
+                        f"{len(class_names)} classes of {where}", fix=fix)

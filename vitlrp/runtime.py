@@ -17,7 +17,7 @@ def resolve_device(name):
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"DEVICE={name} but CUDA is not available to torch {torch.__version__} "
-                            "(check the driver and that torch is a CUDA build), or use --device cpu")
+                            "(check the driver and that torch is a CUDA build)", fix="cpu")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")

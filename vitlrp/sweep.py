@@ -143,8 +143,7 @@ def read_gamma_file(spec, name="GAMMA_FILE"):
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{name} {path} does not exist: run scripts/sweep_gamma.py first, or leave {name} empty") \
-            from None
+        raise UserError(f"{name} {path} does not exist", fix="gamma_file") from None
     except (OSError, ValueError) as err:
         raise UserError(f"{name} {path} is not a readable best_gamma.json ({err})") from None
     try:

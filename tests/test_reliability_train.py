@@ -137,6 +137,8 @@ BAD_FILES = {
     "no_class_names": (lambda p: write_checkpoint(p, class_names=None), "lacks class_names"),
     "wrong_arch": (lambda p: write_checkpoint(p, arch="vit_b_16"), "do not fit its own vit_b_16"),
     "unknown_arch": (lambda p: write_checkpoint(p, arch="resnet50"), "unknown arch 'resnet50'"),
+    "bad_preprocessing": (lambda p: write_checkpoint(p, preprocessing={"crop_size": 32}),
+                          "unusable preprocessing settings (KeyError: 'resize_size')"),
     "wrong_shapes": (lambda p: write_checkpoint(p, image_size=48), "encoder.pos_embedding has shape (1, 5, 128)"),
 }
 

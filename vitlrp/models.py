@@ -231,6 +231,10 @@ def _checkpoint_problem(ckpt):
         return f"lacks {', '.join(absent)} (or holds the wrong type there); it was not written by this package"
     if ckpt["arch"] not in ARCHS:
         return f"names an unknown arch {ckpt['arch']!r} (known: {', '.join(ARCHS)})"
+    try:
+        Preprocessing.from_dict(ckpt["preprocessing"])
+    except (KeyError, TypeError, ValueError) as err:
+        return f"holds unusable preprocessing settings ({type(err).__name__}: {_first_line(err)})"
     if len(ckpt["class_names"]) != ckpt["num_classes"]:
         return f"names {len(ckpt['class_names'])} classes but says num_classes {ckpt['num_classes']}"
     try:

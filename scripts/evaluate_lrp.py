@@ -43,11 +43,14 @@ from vitlrp.fileio import write_csv, write_json
 from vitlrp.metrics import road_fill
 from vitlrp.pipeline import (
     MethodRunner,
+    ScoringBatch,
     check_perturb_steps_fit,
     check_run_options,
     check_scoring_options,
+    failed_rows,
     load_model_and_split,
     loader,
+    model_in,
     parse_methods,
     sample_indices,
 )
@@ -100,11 +103,7 @@ def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
         print(f"Evaluating {len(methods)} methods on {len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} "
               f"({device}{f' x{dist.world_size}' if dist.enabled else ''}, {cfg.DTYPE})")
     dtype, patch = DTYPES[cfg.DTYPE], model.patch_size
-    plain = model if dtype == torch.float32 else model.to(dtype)
-
-    @torch.no_grad()
-    def forward(images):
-        return plain(images.to(device, dtype)).float()
+    plain, forward = model_in(model, dtype, device)
 
     metrics = E.active_metrics(cfg.ROAD)
     kinds = ["morf", "lerf"] + (["road_morf", "road_lerf"] if cfg.ROAD else [])
@@ -119,23 +118,16 @@ def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
         runners = [stack.enter_context(MethodRunner(m, plain, dtype, cfg.IMPL, seed=cfg.SEED + dist.rank))
                    for m in methods]
         for batch in loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device):
-            ok = [i for i, err in enumerate(batch["error"]) if not err]
-            for i in (i for i in range(len(batch["error"])) if batch["error"][i]):
-                rows += [{"method": m.name, "sample_idx": int(batch["index"][i]), "label": int(batch["label"][i]),
-                          "error": batch["error"][i]} for m in methods]
-            if ok:
-                images = batch["image"][ok].to(device)
-                logits = forward(images)
-                target = logits.argmax(1) if cfg.TARGET == "pred" else batch["label"][ok].to(device)
-                prob = lambda x, t=target: forward(x).softmax(1).gather(1, t.view(-1, 1)).squeeze(1)  # noqa: E731
-                start, end = prob(images), prob(torch.zeros_like(images))  # nothing / everything removed
+            rows += failed_rows(batch, [m.name for m in methods])
+            b = ScoringBatch.of(batch, forward, cfg.TARGET, device)
             for m, runner, bar in zip(methods, runners, bars):
-                if ok:
-                    m_logits, relevance = runner(images, target)
-                    scored, c = E.score_batch(relevance, m_logits, target, batch, ok, prob, images, patch,
-                                              cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, start, end, roads[m.name])
+                if b.ok:
+                    m_logits, relevance = runner(b.images, b.target)
+                    scored, c = E.score_batch(relevance, m_logits, b.target, batch, b.ok, b.prob, b.images, patch,
+                                              cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, b.start, b.end,
+                                              roads[m.name])
                     if marks is not None:
-                        extra = SC.score_batch(relevance, marks["box"][batch["index"][ok]])
+                        extra = SC.score_batch(relevance, marks["box"][batch["index"][b.ok]])
                         for k, r in enumerate(scored):
                             r.update({name: float(v[k]) for name, v in extra.items()})
                     rows += [{"method": m.name, **r} for r in scored]

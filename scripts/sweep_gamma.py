@@ -25,7 +25,6 @@ OUTPUT_DIR = "results/sweep"  # cells.csv, per_image.csv, best_gamma.json, surfa
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from vitlrp import cli, plots
@@ -36,11 +35,14 @@ from vitlrp.explain import DTYPES, PRESETS, Explainer
 from vitlrp.fileio import write_csv, write_json
 from vitlrp.metrics import METRICS
 from vitlrp.pipeline import (
+    ScoringBatch,
     check_perturb_steps_fit,
     check_run_options,
     check_scoring_options,
+    failed_rows,
     load_model_and_split,
     loader,
+    model_in,
     sample_indices,
 )
 from vitlrp.runfolder import RunFolder
@@ -75,37 +77,26 @@ def sweep(cfg, run, model, dataset, indices, cells, rows_lin, device):
     print(f"Sweeping {len(cfg.CONV_GAMMAS)} conv γ × {len(rows_lin)} Linear γ settings = {len(cells)} cells on "
           f"{len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} ({device}, {cfg.DTYPE}, {cfg.IMPL})")
     dtype, patch = DTYPES[cfg.DTYPE], model.patch_size
-    plain = model if dtype == torch.float32 else model.to(dtype)
-
-    @torch.no_grad()
-    def forward(images):
-        return plain(images.to(device, dtype)).float()
+    plain, forward = model_in(model, dtype, device)
 
     rows, seconds = [], {"maps": 0.0, "metrics": 0.0}
     bar = tqdm(total=len(indices) * len(cells), desc="cells x images", unit="map")
     with Explainer(plain, dtype=dtype, impl=cfg.IMPL) as explainer:
         for batch in loader(dataset, indices, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device):
-            ok = [i for i, err in enumerate(batch["error"]) if not err]
-            for i in (i for i in range(len(batch["error"])) if batch["error"][i]):
-                rows += [{"method": n, "sample_idx": int(batch["index"][i]), "label": int(batch["label"][i]),
-                          "error": batch["error"][i]} for n in names]
-            if ok:
-                images = batch["image"][ok].to(device)
-                logits = forward(images)
-                target = logits.argmax(1) if cfg.TARGET == "pred" else batch["label"][ok].to(device)
-                prob = lambda x, t=target: forward(x).softmax(1).gather(1, t.view(-1, 1)).squeeze(1)  # noqa: E731
-                start, end = prob(images), prob(torch.zeros_like(images))
+            rows += failed_rows(batch, names)
+            b = ScoringBatch.of(batch, forward, cfg.TARGET, device)
+            if b.ok:
                 t0 = time.perf_counter()
-                m_logits, maps = explainer.explain_many(images, target, cells)
+                m_logits, maps = explainer.explain_many(b.images, b.target, cells)
                 t1 = time.perf_counter()
                 for name, relevance in zip(names, maps):
-                    scored, _ = E.score_batch(relevance, m_logits, target, batch, ok, prob, images, patch,
-                                              cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, start, end)
+                    scored, _ = E.score_batch(relevance, m_logits, b.target, batch, b.ok, b.prob, b.images, patch,
+                                              cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, b.start, b.end)
                     rows += [{"method": name, **r} for r in scored]
-                    bar.update(len(ok))
+                    bar.update(len(b.ok))
                 seconds["maps"] += t1 - t0
                 seconds["metrics"] += time.perf_counter() - t1
-            bar.update((len(batch["error"]) - len(ok)) * len(cells))
+            bar.update((len(batch["error"]) - len(b.ok)) * len(cells))
     bar.close()
 
     summary = E.summarize(rows, names)

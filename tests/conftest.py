@@ -97,6 +97,18 @@ def build_cub(root, images=CUB_IMAGES, class_dirs=CUB_CLASS_DIRS, seed=0, first_
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules that train tiny models: intra-op threads gain them nothing, and on a busy 2-core machine they
+    lose up to 8x (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def cub_fixture(tmp_path):
     """A factory: ``cub_fixture(**build_cub_kwargs)`` writes a fresh CUB folder under tmp_path, returns its root."""

@@ -24,13 +24,7 @@ from vitlrp.models import FORMAT, build_vit, load_checkpoint, model_from_checkpo
 from vitlrp.preprocess import Preprocessing
 from vitlrp.training import evaluate, train_one_epoch
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,7 @@ DETERMINISTIC = ("epoch", "lr", "train_loss", "test_loss", "top1", "top5")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny models gain nothing from intra-op threads, and on a busy 2-core machine they lose up to 8x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train(dataset, out, *flags):

@@ -73,6 +73,48 @@ def loader(dataset, indices, batch_size, num_workers, device):
     return make_loader(Subset(dataset, indices), batch_size, num_workers, device, persistent=False)
 
 
+def model_in(model, dtype, device):
+    """``(model in dtype, forward)``: a pure-``dtype`` copy when not fp32, and a no-grad forward to fp32 logits."""
+    plain = model if dtype == torch.float32 else model.to(dtype)
+
+    @torch.no_grad()
+    def forward(images):
+        return plain(images.to(device, dtype)).float()
+
+    return plain, forward
+
+
+def failed_rows(batch, names):
+    """One error row per method name for every sample of ``batch`` that could not be read."""
+    return [{"method": n, "sample_idx": int(batch["index"][i]), "label": int(batch["label"][i]), "error": err}
+            for i, err in enumerate(batch["error"]) if err for n in names]
+
+
+@dataclass
+class ScoringBatch:
+    """The readable samples of a batch, their target class and what the perturbation curves start and end at."""
+
+    ok: list  # positions in the batch of the readable samples
+    images: torch.Tensor = None
+    target: torch.Tensor = None
+    prob: object = None  # images -> probability of the target class
+    start: torch.Tensor = None  # ... with nothing removed
+    end: torch.Tensor = None  # ... with everything removed
+
+    @classmethod
+    def of(cls, batch, forward, target_kind, device):
+        ok = [i for i, err in enumerate(batch["error"]) if not err]
+        if not ok:
+            return cls(ok)
+        images = batch["image"][ok].to(device)
+        target = forward(images).argmax(1) if target_kind == "pred" else batch["label"][ok].to(device)
+
+        def prob(x):
+            return forward(x).softmax(1).gather(1, target.view(-1, 1)).squeeze(1)
+
+        return cls(ok, images, target, prob, prob(images), prob(torch.zeros_like(images)))
+
+
 def nonfinite_error(relevance, logits):
     """The error message of a sample whose map or logits hold NaN or inf (e.g. NaN weights, an overflow), else ''."""
     bad = int((~torch.isfinite(relevance)).sum())

@@ -46,10 +46,12 @@ from vitlrp.pipeline import (
     ScoringBatch,
     check_perturb_steps_fit,
     check_run_options,
+    check_schedules_fit,
     check_scoring_options,
     failed_rows,
     load_model_and_split,
     loader,
+    lrp_schedules,
     model_in,
     parse_methods,
     sample_indices,
@@ -87,6 +89,7 @@ def main(cfg):
                                                 annotations=True)
     indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
     check_perturb_steps_fit(cfg.PERTURB_STEPS, model)
+    check_schedules_fit(lrp_schedules(methods), model)
     with ExitStack() as folder:  # rank 0 alone writes OUTPUT_DIR
         run = folder.enter_context(RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, ("summary.json",))) \
             if dist.is_main else None

@@ -38,6 +38,7 @@ from vitlrp.pipeline import (
     ScoringBatch,
     check_perturb_steps_fit,
     check_run_options,
+    check_schedules_fit,
     check_scoring_options,
     failed_rows,
     load_model_and_split,
@@ -66,6 +67,7 @@ def main(cfg):
                                                 annotations=True)
     indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
     check_perturb_steps_fit(cfg.PERTURB_STEPS, model)
+    check_schedules_fit([(f"SCHEDULES entry {lin!r}", lin) for lin in rows_lin], model)
     # the folder is complete again only when this run ends: no best_gamma.json of an older run meanwhile
     with RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, clear_first=("best_gamma.json",)) as run:
         return sweep(cfg, run, model, dataset, indices, cells, rows_lin, device)

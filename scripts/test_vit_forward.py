@@ -36,8 +36,10 @@ from vitlrp.heatmaps import OUTPUT_NAMES, failed_record, sample_record, write_gr
 from vitlrp.pipeline import (
     MethodRunner,
     check_run_options,
+    check_schedules_fit,
     load_model_and_split,
     loader,
+    lrp_schedules,
     nonfinite_error,
     parse_methods,
     sample_indices,
@@ -66,6 +68,8 @@ def main(cfg):
     out = Path(cfg.OUTPUT_DIR)
     ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device)
     indices = sample_indices(len(dataset), cfg.NUM_SAMPLES, cfg.SEED, split=cfg.SPLIT)
+    check_schedules_fit([("the Linear γ" + (f" of {cfg.GAMMA_FILE}" if cfg.GAMMA_FILE else ""), lin_gamma),
+                         *lrp_schedules(compare_methods)], model)
     # the folder is complete again only when this run ends: no results or page of an older run meanwhile
     with RunFolder(out, "OUTPUT_DIR", OUTPUT_NAMES, clear_first=("lrp_results.json", "index.html")) as run:
         return explain_all(cfg, run, ckpt, model, dataset, indices, device, conv_gamma, lin_gamma, compare_methods)

@@ -249,6 +249,23 @@ def test_bad_grids_are_one_error_line(trained_tiny, tmp_path, flags, words):
     assert not (tmp_path / "o" / "best_gamma.json").exists()
 
 
+@pytest.mark.parametrize("script,flags,words", [
+    ("evaluate_lrp", ("--methods", "gamma:1:0.5/0.2", "--num-images", 4),
+     "method 'gamma:1:0.5/0.2': its Linear γ lists 2 values"),
+    ("test_vit_forward", ("--lin-gamma-schedule", "0.5/0.2"), "the Linear γ lists 2 values"),
+    ("test_vit_forward", ("--compare-methods", "gamma:1:0.5/0.2/0.1"), "its Linear γ lists 3 values"),
+    ("sweep_gamma", ("--schedules", "0.5/0.2"), "SCHEDULES entry '0.5/0.2' lists 2 values"),
+])
+def test_a_schedule_of_the_wrong_length_stops_before_any_output(trained_tiny, tmp_path, script, flags, words):
+    """vit_tiny has 4 encoder blocks: a list of 2 or 3 values is refused once the model is loaded, before the
+    output folder exists (not as an incomplete folder after the first batch)."""
+    code, _, err = run_script_inprocess(
+        script, "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root", trained_tiny["dataset_root"],
+        "--num-workers", 0, "--device", "cpu", *flags, "--output-dir", tmp_path / "o")
+    assert code == 2 and words in error_lines(err)[0] and "4 encoder blocks" in error_lines(err)[0], err[-500:]
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_gamma_file_is_one_error_line(trained_tiny, tmp_path):
     code, _, err = run_script_inprocess(
         "test_vit_forward", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",

@@ -8,7 +8,17 @@ from torch.utils.data import Subset
 from . import peers
 from .cub import CUBDataset, load_cub
 from .errors import UserError
-from .explain import DTYPES, PRESETS, SCHEDULE_HELP, Explainer, check_gamma, input_x_gradient, lin_gamma_value
+from .explain import (
+    DTYPES,
+    PRESETS,
+    SCHEDULE_HELP,
+    Explainer,
+    check_gamma,
+    encoder_blocks,
+    input_x_gradient,
+    lin_gamma_value,
+    schedule_values,
+)
 from .models import check_classes, load_checkpoint, model_from_checkpoint
 from .training import make_loader
 
@@ -50,6 +60,19 @@ def check_perturb_steps_fit(steps, model):
     patches = (model.image_size // model.patch_size) ** 2
     if steps > patches:
         raise UserError(f"PERTURB_STEPS must be at most the number of patches ({patches}), got {steps}")
+
+
+def check_schedules_fit(named_schedules, model):
+    """Every Linear-γ schedule ``(name, spec)`` that lists values must give one per encoder block of ``model``:
+    checked once the model is known and before any output, not when the first batch is explained."""
+    blocks = max(len(encoder_blocks(model)), 1)
+    for name, spec in named_schedules:
+        schedule_values(spec, blocks, name)
+
+
+def lrp_schedules(methods):
+    """``(name, Linear-γ spec)`` of the γ methods among ``methods``, for :func:`check_schedules_fit`."""
+    return [(f"method {m.name!r}: its Linear γ", m.lin_gamma) for m in methods if m.kind == "lrp"]
 
 
 def sample_indices(n_total, n, seed, what="NUM_SAMPLES", split="test"):

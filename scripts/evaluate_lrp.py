@@ -176,7 +176,8 @@ def evaluate(cfg, run, dist, device, methods, model, dataset, indices):
                                  + ("; road_*: filled by noisy linear imputation (ROAD)" if cfg.ROAD else ""),
         "higher_is_better": metrics, "methods": summary,
         "best": {k: {"method": m, "mean": v, **({"runner_up": runner_up[k][0], "diff_to_runner_up": runner_up[k][1],
-                                                 "p_wilcoxon_vs_runner_up": runner_up[k][2]} if k in runner_up else {})}
+                                                 "p_wilcoxon_vs_runner_up": runner_up[k][2],
+                                                 "rank_test_agrees": runner_up[k][3]} if k in runner_up else {})}
                  for k, (m, v) in best.items()},
         "paired": {"reference": cfg.REFERENCE if paired else None, "alpha": ST.ALPHA,
                    "bootstrap_samples": cfg.BOOTSTRAP_SAMPLES, "rows": paired},

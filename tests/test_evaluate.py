@@ -128,7 +128,8 @@ def test_console_ends_with_table_best_lines_and_output_dir(main_run):
     for line, (metric, b) in zip(best, main_run["summary"]["best"].items()):  # the paired test vs the runner-up
         p = b["p_wilcoxon_vs_runner_up"]
         assert f"vs runner-up {b['runner_up']}:" in line and f"p={p:.2g}" in line
-        assert line.endswith("not significantly better" if p >= 0.05 else " significantly better")
+        assert line.endswith("not significantly better" if p >= 0.05 else " significantly better"
+                             if b["rank_test_agrees"] else "leans to the runner-up: no verdict")
     assert "(lower is better)" in best[list(METRICS).index("morf_auc")]
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
     assert all(m in lines[header] for m in METRICS)
@@ -173,7 +174,7 @@ def test_paired_csv_matches_per_image_differences(main_run):
         if any(x != 0 for x in kept):
             assert float(p["p_wilcoxon"]) == pytest.approx(wilcoxon(kept).pvalue, rel=1e-6)
         assert float(p["p_holm"]) >= float(p["p_wilcoxon"])
-        assert (p["significant"] == "True") == (float(p["p_holm"]) < 0.05)
+        assert (p["significant"] == "True") == (float(p["p_holm"]) < 0.05 and p["agrees"] == "True")
     random_box = next(p for p in paired if p["method"] == "random" and p["metric"] == "box_share")
     assert random_box["significant"] == "True" and float(random_box["ci_high"]) < 0  # random localizes worse
     lines = main_run["stdout"].splitlines()
@@ -367,3 +368,11 @@ def test_two_processes_match_one(trained_tiny, small_run, tmp_path):
         assert a["sample_idx"] == b["sample_idx"]
         for field in E.ROW_FIELDS[1:-1]:
             assert float(a[field]) == pytest.approx(float(b[field]), abs=1e-5, nan_ok=True), field
+
+
+def test_best_line_gives_no_verdict_when_the_rank_test_leans_the_other_way():
+    from vitlrp import evaluation as E
+
+    assert E.best_line("box_share", "a", 0.5, ("b", 0.04, 1e-5, True)).endswith(", significantly better")
+    assert E.best_line("box_share", "a", 0.5, ("b", 0.04, 1e-5, False)).endswith("leans to the runner-up: no verdict")
+    assert E.best_line("box_share", "a", 0.5, ("b", 0.04, 0.2, True)).endswith("not significantly better")

@@ -103,3 +103,14 @@ def test_paired_table_rows_and_holm_over_methods():
     cost = rows[2]  # identical values: every image a tie, p = 1
     assert (cost["wins"], cost["ties"], cost["losses"]) == (0, n, 0) and cost["p_wilcoxon"] == 1.0
     assert cost["mean_diff"] == 0 and not cost["significant"]
+
+
+def test_a_small_p_leaning_against_the_mean_is_not_significant():
+    """45 images slightly worse, 5 much better: the mean favours the method, the signed-rank test the reference."""
+    d = np.r_[np.full(45, -0.01), np.full(5, 0.5)]
+    ref = np.linspace(0.2, 0.6, 50)
+    scores = {"ref": {"m": dict(enumerate(ref))}, "skewed": {"m": dict(enumerate(ref + d))}}
+    row = S.paired_table(scores, "ref", {"m": True}, n_boot=2000, seed=0)[0]
+    assert row["mean_diff"] > 0 and row["ci_low"] > 0 and row["p_holm"] < 0.05  # each alone would say "better"
+    assert S.rank_direction(d) == -1 and not row["agrees"] and not row["significant"]
+    assert S.agrees(0.1, np.full(9, 0.1)) and not S.agrees(0.0, np.zeros(9)) and S.rank_direction([]) == 0

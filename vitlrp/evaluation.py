@@ -135,10 +135,12 @@ def paired_comparison(rows, methods, reference, n_boot=5000, seed=0, metrics=M.M
 
 
 def runner_up_tests(summary, rows, best):
-    """metric → ``(runner-up, mean difference best − runner-up, Wilcoxon p)`` on the images both scored.
+    """metric → ``(runner-up, mean difference best − runner-up, Wilcoxon p, whether the signed-rank test leans the
+    same way as the mean)`` on the images both scored.
 
     The runner-up is the second best mean among the candidates :func:`best_methods` considered; metrics with a
-    single candidate are left out. One planned test per metric, so no multiplicity correction.
+    single candidate are left out. The runner-up is picked from the same data and the metrics are not corrected for
+    each other: a descriptive check, not a confirmatory test.
     """
     scores = per_image_scores(rows, list(summary), list(best))
     out = {}
@@ -151,7 +153,8 @@ def runner_up_tests(summary, rows, best):
         runner = (max if higher else min)(cands, key=lambda c: c[1])[0]
         x, y, _ = S.paired_values(scores[winner][metric], scores[runner][metric])
         d = x - y
-        out[metric] = (runner, float(d.mean()) if len(d) else math.nan, S.wilcoxon_p(d))
+        mean = float(d.mean()) if len(d) else math.nan
+        out[metric] = (runner, mean, S.wilcoxon_p(d), S.agrees(mean, d))
     return out
 
 
@@ -160,8 +163,14 @@ def best_line(metric, method, value, runner=None, alpha=S.ALPHA):
     line = f"best {metric:<20} {method:<22} {value:.3f}  ({'higher' if M.ALL_METRICS[metric] else 'lower'} is better)"
     if runner is None:
         return line
-    name, diff, p = runner
-    verdict = ("significantly better" if p < alpha else "not significantly better") if math.isfinite(p) else "untested"
+    name, diff, p, agree = runner
+    if not math.isfinite(p):
+        verdict = "untested"
+    elif p >= alpha:
+        verdict = "not significantly better"
+    else:  # a small p from many small losses and a few large wins says "different", not "better"
+        verdict = "significantly better" if agree else "but the signed-rank test leans to the runner-up: no verdict"
+    return f"{line}; vs runner-up {name}: {diff:+.3f}, Wilcoxon p={p:.2g}, {verdict}"
     return f"{line}; vs runner-up {name}: {diff:+.3f}, Wilcoxon p={p:.2g}, {verdict}"
 
 
@@ -171,11 +180,12 @@ def paired_lines(rows, alpha=S.ALPHA):
         return []
     ref = rows[0]["reference"]
     lines = [f"paired against {ref} (method − {ref}, mean of per-image differences, bootstrap 95% CI, "
-             f"Wilcoxon p Holm-corrected over methods; * p < {alpha}; W/T/L by the metric's direction)",
+             f"Wilcoxon p Holm-corrected over methods; * p < {alpha} with the signed-rank test leaning the mean's "
+             "way, ? p small but leaning the other way; W/T/L by the metric's direction)",
              f"{'metric':<20} {'method':<22} {'diff':>8} {'95% CI':>20} {'p (Holm)':>9}   W/T/L"]
     for r in rows:
         ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-        star = "*" if r["significant"] else " "
+        star = "*" if r["significant"] else "?" if r["p_holm"] < alpha else " "
         lines.append(f"{r['metric']:<20} {r['method']:<22} {r['mean_diff']:>+8.3f} {ci:>20} {r['p_holm']:>9.2g}{star}  "
                      f"{r['wins']}/{r['ties']}/{r['losses']}")
     return lines

@@ -10,7 +10,7 @@ import numpy as np
 
 ALPHA = 0.05  # significance level of the Holm-corrected Wilcoxon test
 PAIRED_FIELDS = ["metric", "method", "reference", "mean_diff", "ci_low", "ci_high", "p_wilcoxon", "p_holm",
-                 "significant", "wins", "ties", "losses", "n_pairs", "n_dropped"]
+                 "agrees", "significant", "wins", "ties", "losses", "n_pairs", "n_dropped"]
 
 
 def paired_values(a, b):
@@ -61,6 +61,26 @@ def wilcoxon_p(diffs):
     return float(wilcoxon(d).pvalue)
 
 
+def rank_direction(diffs):
+    """+1 / −1 / 0: the side the signed-rank test leans to (ranks of the positive minus the negative differences).
+
+    A two-sided Wilcoxon p can be small while the *mean* difference has the other sign (many small losses, a few
+    large wins): a verdict on the mean needs both to agree."""
+    from scipy.stats import rankdata
+
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[d != 0]
+    if len(d) == 0:
+        return 0
+    r = rankdata(np.abs(d))
+    return int(np.sign(r[d > 0].sum() - r[d < 0].sum()))
+
+
+def agrees(mean_diff, diffs):
+    """Whether the signed-rank test leans the same way as ``mean_diff`` (both nonzero)."""
+    return bool(mean_diff and math.isfinite(mean_diff) and rank_direction(diffs) == np.sign(mean_diff))
+
+
 def holm(pvalues):
     """Holm's step-down adjusted p-values (family-wise error control), in the input order; NaN stays NaN."""
     p = np.asarray(pvalues, dtype=np.float64)
@@ -87,9 +107,9 @@ def compare(values, higher_is_better=True, n_boot=10000, seed=0):
     d = x - y
     lo, hi = bootstrap_ci(d, n_boot, seed)
     wins, ties, losses = wins_ties_losses(d, higher_is_better)
-    return {"mean_diff": float(d.mean()) if len(d) else math.nan, "ci_low": lo, "ci_high": hi,
-            "p_wilcoxon": wilcoxon_p(d), "wins": wins, "ties": ties, "losses": losses, "n_pairs": len(d),
-            "n_dropped": dropped}
+    mean = float(d.mean()) if len(d) else math.nan
+    return {"mean_diff": mean, "ci_low": lo, "ci_high": hi, "p_wilcoxon": wilcoxon_p(d), "agrees": agrees(mean, d),
+            "wins": wins, "ties": ties, "losses": losses, "n_pairs": len(d), "n_dropped": dropped}
 
 
 def paired_table(scores, reference, metrics, n_boot=10000, seed=0, alpha=ALPHA):
@@ -97,7 +117,8 @@ def paired_table(scores, reference, metrics, n_boot=10000, seed=0, alpha=ALPHA):
 
     ``scores``: ``{method: {metric: {sample_idx: value}}}``; ``metrics``: ``{metric: higher_is_better}``.
     Returns rows with :data:`PAIRED_FIELDS` (metric-major, methods in ``scores`` order, the reference left out).
-    ``significant`` means Holm-adjusted p < ``alpha``.
+    ``significant`` means Holm-adjusted p < ``alpha`` and the signed-rank test leaning the same way as the mean
+    difference (``agrees``); the Holm correction is over the methods of one metric, not over the metrics.
     """
     others = [m for m in scores if m != reference]
     rows = []
@@ -107,6 +128,6 @@ def paired_table(scores, reference, metrics, n_boot=10000, seed=0, alpha=ALPHA):
                  for m in others]
         for row, p in zip(block, holm([r["p_wilcoxon"] for r in block])):
             row["p_holm"] = float(p)
-            row["significant"] = bool(p < alpha)
+            row["significant"] = bool(p < alpha) and row["agrees"]
         rows += block
     return rows

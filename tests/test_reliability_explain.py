@@ -205,6 +205,7 @@ def test_folder_holds_only_the_last_runs_files_or_says_it_is_incomplete(trained_
 def test_evaluation_folder_keeps_only_its_last_run(trained_tiny, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
+    (out / LOCK).touch()  # a folder of an older version of this project: its lock file, no list of the files
     (out / "bar_old_metric.png").write_bytes(b"png")  # an older run's output name
     (out / "summary.json").write_text("{}", encoding="utf-8")
     (out / "notes.md").write_text("mine", encoding="utf-8")
@@ -216,6 +217,19 @@ def test_evaluation_folder_keeps_only_its_last_run(trained_tiny, tmp_path, monke
     assert code == 0, stderr[-2000:]
     assert not (out / MARKER).exists() and not (out / "bar_old_metric.png").exists()
     assert (out / "notes.md").exists() and (out / "summary.json").stat().st_size > 2
+
+
+@pytest.mark.parametrize("where", ["", "."])
+def test_a_heatmap_run_never_writes_into_a_folder_of_the_users(trained_tiny, tmp_path, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    mine = {"predictions.csv": "mine", "lrp_notes.txt": "notes", "config.json": '{"mine": 1}', "index.html": "<p>"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    code, stdout, stderr = explain(trained_tiny, where, n=1)
+    one_error(code, stderr, *(["--output-dir is empty: give a folder"] if where == "" else [
+        "OUTPUT_DIR . holds files this project did not write (config.json, index.html, lrp_notes.txt, "
+        "predictions.csv): choose a new or empty folder"]))
+    assert {p.name: p.read_text(encoding="utf-8") for p in tmp_path.iterdir()} == mine and "Processing" not in stdout
 
 
 # --- 4. inspect -----------------------------------------------------------------------------------------------
@@ -321,3 +335,4 @@ def test_disk_full_is_one_line_and_leaves_the_folder_marked(trained_tiny, tmp_pa
     assert "[Errno" not in line
     assert (out / MARKER).exists() and not (out / "lrp_results.json").exists()
     assert not list(out.glob(".*.tmp"))
+

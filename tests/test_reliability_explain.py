@@ -22,7 +22,7 @@ import vitlrp.render
 from vitlrp.cub import load_cub
 from vitlrp.gallery import write_results_gallery
 from vitlrp.pipeline import sample_indices
-from vitlrp.runfolder import LOCK, MARKER, FolderLock
+from vitlrp.runfolder import LOCK, MANIFEST, MARKER, FolderLock
 
 HEAT, EVAL, INSPECT = "test_vit_forward", "evaluate_lrp", "inspect_lrp_predictions"
 
@@ -336,3 +336,34 @@ def test_disk_full_is_one_line_and_leaves_the_folder_marked(trained_tiny, tmp_pa
     assert (out / MARKER).exists() and not (out / "lrp_results.json").exists()
     assert not list(out.glob(".*.tmp"))
 
+
+# --- 8. inspect reads what the folder holds under its lock --------------------------------------------------------
+@pytest.mark.parametrize("text, words", [
+    ("[1]", ["entry 0 is 1, not a sample"]),
+    ('[{"sample_idx": 1}]', ["entry 0 lacks a valid img_path, label"]),
+    ("{}", ["holds no list of samples (it holds {})"]),
+    ("[]", ["holds no list of samples"]),
+])
+def test_inspect_says_what_is_wrong_with_a_hand_edited_results_file(tmp_path, text, words):
+    (tmp_path / "lrp_results.json").write_text(text, encoding="utf-8")
+    code, stdout, stderr = run_script_inprocess(INSPECT, "--output-dir", tmp_path, "--device", "cpu")
+    one_error(code, stderr, "lrp_results.json", *words)
+    assert stdout == "" and not (tmp_path / "predictions.json").exists()
+
+
+def test_inspect_reads_the_results_under_the_lock(finished, tmp_path, monkeypatch):
+    out = Path(shutil.copytree(finished, tmp_path / "lrp_samples"))
+    first = results(out)[:1]
+    real_enter = FolderLock.__enter__
+
+    def heatmap_run_ends_just_before(self):  # a smaller heatmap run finishes while inspect loads
+        (out / "lrp_results.json").write_text(json.dumps(first), encoding="utf-8")
+        return real_enter(self)
+
+    monkeypatch.setattr(FolderLock, "__enter__", heatmap_run_ends_just_before)
+    code, _, stderr = run_script_inprocess(INSPECT, "--output-dir", out, "--device", "cpu")
+    assert code == 0, stderr[-2000:]
+    rows = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    assert [r["sample_idx"] for r in rows] == [first[0]["sample_idx"]]
+    listed = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
+    assert {"predictions.json", "predictions.csv"} <= set(listed)  # the next heatmap run may replace them

@@ -222,6 +222,6 @@ def run(main, namespace, argv=None):
         print("interrupted" + (" (SIGTERM)" if terminated else ""), file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM if terminated else 130) from None
     finally:
-        if main_thread:
+        if main_thread and previous is not None:  # None: set outside Python, it cannot be put back
             signal.signal(signal.SIGTERM, previous)
     raise SystemExit(int(status or 0))

@@ -1,15 +1,15 @@
-"""One run's output folder: a lock against a second run at once, an incomplete marker until the run ends, and the
-list of the files this project's runs wrote there.
+"""One run's output folder: a lock against a second run at once, an incomplete marker until the run ends, and the list
+of the files this project's runs wrote there.
 
-While a run works, ``RUN_INCOMPLETE.txt`` says so (a killed or failed run leaves it); at its successful end the
-run removes the older runs' outputs it did not rewrite (only names it owns) and drops the marker, so every file
-matching the script's output names belongs to the last finished run. ``.vitlrp-run-files.json`` lists the files
-this project's runs wrote: a run refuses a folder that holds files of its output names not listed there, so it
-never overwrites or removes a file of the user's. A folder with the lock file but no list was written by an older
-version of this project, which kept none: its files of the output names count as its runs' (as they did then), and
-the next finished run writes the list. The lock is an ``fcntl.flock`` on ``.vitlrp-run.lock``: the kernel releases
-it when its process dies, so a killed run never blocks the folder, and the next run removes the temporary files
-the killed one left.
+While a run works, ``RUN_INCOMPLETE.txt`` says so (a killed or failed run leaves it); at its successful end the run
+removes the older runs' outputs it did not rewrite (only names it owns) and drops the marker, so every file matching
+the script's output names belongs to the last finished run. ``.vitlrp-run-files.json`` lists the files this
+project's runs wrote: a run refuses a folder that holds files of its output names not listed there, so it never
+overwrites or removes a file of the user's. A folder with the lock file but no list was written by an older version
+of this project, which kept none (or only ever locked, as the checkpoint folder is): its files of the output names
+count as its runs' (as they did then), and the next finished run writes the list. The lock is an ``fcntl.flock`` on
+``.vitlrp-run.lock``: the kernel releases it when its process dies, so a killed run never blocks the folder, and the
+next run removes the temporary files the killed one left.
 """
 import errno
 import fcntl
@@ -82,6 +82,8 @@ class FolderLock:
     lock is held or taken is one line naming the file and the free space.
     """
 
+    keeps_list = False  # whether taking the lock of a new folder starts its list of files (RunFolder does)
+
     def __init__(self, path, what="output folder"):
         if str(path) == "":  # Path("") is the current folder: never what an empty setting meant
             raise UserError(f"{what} is empty: give a folder")
@@ -91,8 +93,8 @@ class FolderLock:
         ensure_writable_dir(self.path, self.what)
         lock = self.path / LOCK
         try:
-            if not lock.exists() and _listed(self.path) is None:  # the list first: a lock alone marks an older version
-                _write_list(self.path, ())
+            if self.keeps_list and not lock.exists() and _listed(self.path) is None:
+                _write_list(self.path, ())  # before the lock file: a lock without a list marks an older version
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
             raise self._disk_full(err) or err from None
@@ -195,6 +197,8 @@ class RunFolder(FolderLock):
     of these names that no run of this project wrote is refused, unless ``overwrite`` (the user said so). A full
     disk inside the ``with`` block becomes one line naming the file and the free space; the marker stays.
     """
+
+    keeps_list = True
 
     def __init__(self, path, what, owned, clear_first=(), overwrite=False):
         super().__init__(path, what)

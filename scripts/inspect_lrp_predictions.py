@@ -16,42 +16,64 @@ from vitlrp.predict import predict_files
 from vitlrp.runfolder import FolderLock, check_complete
 from vitlrp.runtime import resolve_device
 
+WRITES = ("predictions.json", "predictions.csv")  # into the heatmap run's folder, which lists them as its own
+
+
+def read_samples(results_path):
+    """The entries of ``lrp_results.json``; one line if the file is not a heatmap run's list of samples."""
+    try:
+        samples = json.loads(results_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(f"{results_path} is not valid JSON ({err})") from None
+    if not isinstance(samples, list) or not samples:
+        raise UserError(f"{results_path} holds no list of samples (it holds {json.dumps(samples)[:60]}): run "
+                        "scripts/test_vit_forward.py again to write it")
+    needed = {"sample_idx": int, "img_path": str, "label": int}
+    for i, s in enumerate(samples):
+        if not isinstance(s, dict):
+            raise UserError(f"{results_path}: entry {i} is {json.dumps(s)[:40]}, not a sample; run "
+                            "scripts/test_vit_forward.py again to write it")
+        bad = [k for k, kind in needed.items() if not isinstance(s.get(k), kind) or isinstance(s.get(k), bool)]
+        if bad:
+            raise UserError(f"{results_path}: entry {i} lacks a valid {', '.join(bad)}; run "
+                            "scripts/test_vit_forward.py again to write it")
+    return samples
+
 
 def check_same_classes(names, samples, ckpt_path, results_path):
     """Refuse a checkpoint whose class names differ from those the heatmap run recorded for its samples."""
     for s in samples:
-        if s.get("label_name") is None:
-            continue
+        recorded = s.get("label_name")
         mine = names[s["label"]] if 0 <= s["label"] < len(names) else None
-        if mine != s["label_name"]:
+        if mine is None or recorded not in (None, mine):
+            shown = repr(mine) if mine is not None else f"no class of its {len(names)}"
             raise UserError(f"the checkpoint {ckpt_path} was trained on other classes than the heatmap run in "
-                            f"{results_path} (label {s['label']} is {s['label_name']!r} there, "
-                            f"{mine!r} in the checkpoint); pass the checkpoint that run used, or leave "
-                            "CHECKPOINT_PATH empty")
+                            f"{results_path} (label {s['label']} is {recorded!r} there, {shown} in the "
+                            "checkpoint); pass the checkpoint that run used, or leave CHECKPOINT_PATH empty")
 
 
 def main(cfg):
     if cfg.TOP_K <= 0:
         raise UserError(f"TOP_K must be at least 1, got {cfg.TOP_K}")
     out = Path(cfg.OUTPUT_DIR)
-    check_complete(out, "OUTPUT_DIR", "run scripts/test_vit_forward.py again to finish it (see the marker)")
+    how = "run scripts/test_vit_forward.py again to finish it (see the marker)"
+    check_complete(out, "OUTPUT_DIR", how)
     results_path = out / "lrp_results.json"
-    if not results_path.is_file():
+    if not results_path.is_file():  # checked before the lock, which would make the folder
         raise UserError(f"{results_path} not found: run `python scripts/test_vit_forward.py` first "
                         "(or pass --output-dir with the folder of a finished run)")
-    try:
-        samples = json.loads(results_path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise UserError(f"{results_path} is not valid JSON ({err})") from None
-    ckpt_path = cfg.CHECKPOINT_PATH or next((s["checkpoint"] for s in samples if s.get("checkpoint")),
-                                            "checkpoints/vit_cub_best.pt")
     device = resolve_device(cfg.DEVICE)
-    ckpt = load_checkpoint(ckpt_path)
-    names = ckpt["class_names"]
-    check_same_classes(names, samples, ckpt_path, results_path)
-    model, prep = model_from_checkpoint(ckpt)
-    with FolderLock(out, "OUTPUT_DIR"):  # no heatmap run may start rewriting the folder meanwhile
-        check_complete(out, "OUTPUT_DIR", "run scripts/test_vit_forward.py again to finish it (see the marker)")
+    with FolderLock(cfg.OUTPUT_DIR, "OUTPUT_DIR") as lock:  # no heatmap run may rewrite the folder meanwhile
+        check_complete(out, "OUTPUT_DIR", how)
+        lock.refuse_foreign(WRITES)
+        lock.record(WRITES)  # before writing: a run stopped halfway must not leave files the folder calls foreign
+        samples = read_samples(results_path)
+        recorded = [s["checkpoint"] for s in samples if isinstance(s.get("checkpoint"), str) and s["checkpoint"]]
+        ckpt_path = cfg.CHECKPOINT_PATH or (recorded or ["checkpoints/vit_cub_best.pt"])[0]
+        ckpt = load_checkpoint(ckpt_path)
+        names = ckpt["class_names"]
+        check_same_classes(names, samples, ckpt_path, results_path)
+        model, prep = model_from_checkpoint(ckpt)
         return report(cfg, out, ckpt_path, model.to(device), prep, names, samples)
 
 

@@ -203,3 +203,34 @@ def test_script_subprocess_exit_codes_and_single_error_line(script):
 
     helped = run_script(script, "--help", cwd=script.parent)
     assert helped.returncode == 0 and "--epochs INT" in helped.stdout and "usage:" in helped.stdout
+
+
+@pytest.mark.parametrize("name", ["OUTPUT_DIR", "CHECKPOINT_DIR", "DATASET_ROOT"])
+def test_an_empty_folder_is_one_line_not_the_current_folder(name):
+    # Path("") is "." to every open(): an empty --output-dir once wrote into, and cleaned, the current folder
+    flag = "--" + name.lower().replace("_", "-")
+    with pytest.raises(UserError, match=f"^{flag} is empty: give a folder$"):
+        cli.parse_value(name, "", "results/x")
+    assert cli.parse_value("CHECKPOINT_PATH", "", "checkpoints/x.pt") == ""  # empty = "the recorded one" there
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_exits_143(ns, capsys):
+    import os
+    import signal
+    import time
+
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+
+    def main(cfg):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `timeout`, `docker stop` or SLURM send it
+            time.sleep(10)
+        finally:
+            cleaned.append(True)
+
+    with pytest.raises(SystemExit) as info:
+        cli.run(main, ns, [])
+    assert info.value.code == 143 and cleaned == [True]
+    assert capsys.readouterr().err == "interrupted (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back

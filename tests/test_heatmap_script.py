@@ -17,6 +17,7 @@ from vitlrp.explain import PRESETS, Explainer
 from vitlrp.models import load_checkpoint
 from vitlrp.pipeline import load_model_and_split
 from vitlrp.preprocess import Preprocessing
+from vitlrp.runfolder import LOCK
 
 SCRIPT = "test_vit_forward"
 N = 6
@@ -347,6 +348,7 @@ def test_unreadable_image_is_skipped_and_reported(trained_tiny, tmp_path):
 def test_interrupted_run_leaves_no_stale_results_and_a_rerun_completes(trained_tiny, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
+    (out / LOCK).touch()  # an older run's folder (an older version of this project: its lock file, no list)
     (out / "lrp_results.json").write_text('[{"sample_idx": 1, "stale": true}]', encoding="utf-8")
     import vitlrp.render
 

@@ -22,7 +22,7 @@ import vitlrp.render
 from vitlrp.cub import load_cub
 from vitlrp.gallery import write_results_gallery
 from vitlrp.pipeline import sample_indices
-from vitlrp.runfolder import LOCK, MARKER, FolderLock
+from vitlrp.runfolder import LOCK, MANIFEST, MARKER, FolderLock
 
 HEAT, EVAL, INSPECT = "test_vit_forward", "evaluate_lrp", "inspect_lrp_predictions"
 
@@ -205,6 +205,7 @@ def test_folder_holds_only_the_last_runs_files_or_says_it_is_incomplete(trained_
 def test_evaluation_folder_keeps_only_its_last_run(trained_tiny, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
+    (out / LOCK).touch()  # a folder of an older version of this project: its lock file, no list of the files
     (out / "bar_old_metric.png").write_bytes(b"png")  # an older run's output name
     (out / "summary.json").write_text("{}", encoding="utf-8")
     (out / "notes.md").write_text("mine", encoding="utf-8")
@@ -216,6 +217,19 @@ def test_evaluation_folder_keeps_only_its_last_run(trained_tiny, tmp_path, monke
     assert code == 0, stderr[-2000:]
     assert not (out / MARKER).exists() and not (out / "bar_old_metric.png").exists()
     assert (out / "notes.md").exists() and (out / "summary.json").stat().st_size > 2
+
+
+@pytest.mark.parametrize("where", ["", "."])
+def test_a_heatmap_run_never_writes_into_a_folder_of_the_users(trained_tiny, tmp_path, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    mine = {"predictions.csv": "mine", "lrp_notes.txt": "notes", "config.json": '{"mine": 1}', "index.html": "<p>"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    code, stdout, stderr = explain(trained_tiny, where, n=1)
+    one_error(code, stderr, *(["--output-dir is empty: give a folder"] if where == "" else [
+        "OUTPUT_DIR . holds files this project did not write (config.json, index.html, lrp_notes.txt, "
+        "predictions.csv): choose a new or empty folder"]))
+    assert {p.name: p.read_text(encoding="utf-8") for p in tmp_path.iterdir()} == mine and "Processing" not in stdout
 
 
 # --- 4. inspect -----------------------------------------------------------------------------------------------
@@ -321,3 +335,35 @@ def test_disk_full_is_one_line_and_leaves_the_folder_marked(trained_tiny, tmp_pa
     assert "[Errno" not in line
     assert (out / MARKER).exists() and not (out / "lrp_results.json").exists()
     assert not list(out.glob(".*.tmp"))
+
+
+# --- 8. inspect reads what the folder holds under its lock --------------------------------------------------------
+@pytest.mark.parametrize("text, words", [
+    ("[1]", ["entry 0 is 1, not a sample"]),
+    ('[{"sample_idx": 1}]', ["entry 0 lacks a valid img_path, label"]),
+    ("{}", ["holds no list of samples (it holds {})"]),
+    ("[]", ["holds no list of samples"]),
+])
+def test_inspect_says_what_is_wrong_with_a_hand_edited_results_file(tmp_path, text, words):
+    (tmp_path / "lrp_results.json").write_text(text, encoding="utf-8")
+    code, stdout, stderr = run_script_inprocess(INSPECT, "--output-dir", tmp_path, "--device", "cpu")
+    one_error(code, stderr, "lrp_results.json", *words)
+    assert stdout == "" and not (tmp_path / "predictions.json").exists()
+
+
+def test_inspect_reads_the_results_under_the_lock(finished, tmp_path, monkeypatch):
+    out = Path(shutil.copytree(finished, tmp_path / "lrp_samples"))
+    first = results(out)[:1]
+    real_enter = FolderLock.__enter__
+
+    def heatmap_run_ends_just_before(self):  # a smaller heatmap run finishes while inspect loads
+        (out / "lrp_results.json").write_text(json.dumps(first), encoding="utf-8")
+        return real_enter(self)
+
+    monkeypatch.setattr(FolderLock, "__enter__", heatmap_run_ends_just_before)
+    code, _, stderr = run_script_inprocess(INSPECT, "--output-dir", out, "--device", "cpu")
+    assert code == 0, stderr[-2000:]
+    rows = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
+    assert [r["sample_idx"] for r in rows] == [first[0]["sample_idx"]]
+    listed = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
+    assert {"predictions.json", "predictions.csv"} <= set(listed)  # the next heatmap run may replace them

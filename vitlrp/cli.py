@@ -3,15 +3,18 @@
 The constants block is the run of top-level assignments at the top of a script, before its first ``import``.
 Each UPPER_CASE constant (bool, int, float, str or list) assigned there can be overridden as
 ``--kebab-case value`` (or ``--kebab-case=value``), typed by its default: bools take true/false, lists take
-comma-separated values. UPPER_CASE names defined after the first import (tables the code uses, such as the
-training script's ``RECIPE``) are not settings and never become flags. ``--help`` lists the flags with their
-defaults and the comment written beside each. Bad flags and :class:`~vitlrp.errors.UserError` end the script
-with one line.
+comma-separated values; a folder (``*_DIR``, ``*_ROOT``) cannot be set empty. UPPER_CASE names defined after the
+first import (tables the code uses, such as the training script's ``RECIPE``) are not settings and never become
+flags. ``--help`` lists the flags with their defaults and the comment written beside each. Bad flags and
+:class:`~vitlrp.errors.UserError` end the script with one line; so do Ctrl-C and SIGTERM, after the clean-up of
+``with`` blocks and ``finally``.
 """
 import ast
 import os
 import re
+import signal
 import sys
+import threading
 import tokenize
 from types import SimpleNamespace
 
@@ -91,6 +94,8 @@ def parse_value(name, text, default):
             return float(text)
         except ValueError:
             raise UserError(f"{flag} expects a number, got {text!r}") from None
+    if text == "" and default and name.endswith(("_DIR", "_ROOT")):  # "" is the current folder to every open()
+        raise UserError(f"{flag} is empty: give a folder")
     return text
 
 
@@ -189,19 +194,34 @@ def config_dict(cfg):
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a timeout, ``docker stop``, SLURM): unwound like Ctrl-C, so clean-up runs and folders stay marked."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
 def run(main, namespace, argv=None):
     """Parse flags into ``namespace`` and call ``main(cfg)``; a UserError becomes one line and exit status 2.
 
-    ``main`` may return an int exit status (e.g. 1 when some samples failed).
+    ``main`` may return an int exit status (e.g. 1 when some samples failed). Ctrl-C exits with 130, SIGTERM with
+    143 (128 + the signal, as the shell reports a process the signal ended).
     """
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         cfg = configure(namespace, argv)
         status = main(cfg)
     except UserError as err:
         print(f"error: {message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print("interrupted" + (" (SIGTERM)" if terminated else ""), file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM if terminated else 130) from None
+    finally:
+        if main_thread and previous is not None:  # None: set outside Python, it cannot be put back
+            signal.signal(signal.SIGTERM, previous)
     raise SystemExit(int(status or 0))
-

@@ -3,10 +3,13 @@
 A reader (or a re-run after a crash) never sees a half-written file under the final name.
 """
 import csv
+import errno
 import io
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,13 +21,50 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# every temporary name this module makes: ".<final name or purpose>.<8 mkstemp characters>.tmp"
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# torch writes one tensor's storage at a time: a write that failed for want of space can leave this much unused
+NEARLY_FULL = 64 * 2**20
+
+
+def _mkstemp(folder, purpose):
+    fd, tmp = tempfile.mkstemp(prefix=f".{purpose}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def temp_files(folder):
+    """The temporary files of this module's writes in ``folder`` (a killed writer leaves them)."""
+    return sorted(p for p in Path(folder).iterdir() if _TEMP_NAME.fullmatch(p.name) and p.is_file())
+
+
+def free_space(folder):
+    """``'12.3 MiB free'`` on the file system of ``folder`` (``'free space unknown'`` if it cannot be read)."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+    except OSError:
+        return "free space unknown"
+
+
+def is_disk_full(err):
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _nearly_full(folder):
+    """torch reports a full disk as a RuntimeError without errno ("unexpected pos ...", "iostream error"): the
+    free space tells it from other failures."""
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL
+    except OSError:
+        return False
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path in the target's folder; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _mkstemp(path.parent, path.name)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -73,12 +113,20 @@ def torch_save(path, obj, what="file"):
 
     try:
         with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+            try:
+                torch.save(obj, tmp)
+            except RuntimeError as err:
+                if _nearly_full(tmp.parent):  # measured while the partial file still takes its share
+                    first = (str(err).splitlines() or [type(err).__name__])[0]
+                    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {free_space(tmp.parent)}; torch "
+                                  f"said {first!r}") from None
+                raise
     except (OSError, RuntimeError) as err:
         # torch's zip writer reports a failed write as a RuntimeError ("... file write failed")
         if isinstance(err, RuntimeError) and "write" not in str(err).lower():
             raise
-        reason = os.strerror(err.errno) if getattr(err, "errno", None) else str(err).splitlines()[0]
+        reason = (err.strerror or os.strerror(err.errno)) if isinstance(err, OSError) and err.errno else \
+            str(err).splitlines()[0]
         raise UserError(f"cannot write the {what} {path} ({reason}); the previous one (if any) was left as it "
                         "was: free some space or choose another folder") from None
 
@@ -112,6 +160,8 @@ def append_csv_row(path, row, fieldnames):
 
 def ensure_writable_dir(path, what="output folder"):
     """Create ``path`` if needed and check a file can be written there; raise a one-line UserError otherwise."""
+    if str(path) == "":  # Path("") is the current folder: never what an empty setting meant
+        raise UserError(f"{what} is empty: give a folder")
     path = Path(path)
     for folder in (path, *path.parents):  # the nearest existing one decides: a file there is no folder
         if folder.exists():
@@ -122,9 +172,7 @@ def ensure_writable_dir(path, what="output folder"):
             break
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        os.unlink(_mkstemp(path, "write-test"))
     except OSError as err:
         raise UserError(f"cannot write to {what} {path}: {err.strerror or err}; choose another folder") from None
     return path

@@ -1,0 +1,227 @@
+"""vitlrp.runfolder and the atomic writes under it: whose files a run may replace or remove, an empty folder path,
+a full disk, the leftovers of a killed run. Each test reproduces the case a user met."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import namedtuple
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+import vitlrp.fileio
+import vitlrp.runfolder
+from vitlrp.errors import UserError
+from vitlrp.fileio import atomic_path, ensure_writable_dir, torch_save, write_text
+from vitlrp.heatmaps import OUTPUT_NAMES
+from vitlrp.runfolder import LOCK, MANIFEST, MARKER, FolderLock, RunFolder
+
+USERS = {"predictions.csv": "mine", "lrp_notes.txt": "notes", "config.json": '{"mine": 1}', "index.html": "<p>mine",
+         "my_plot.png": "png"}  # the last matches no output name of a heatmap run
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def users_folder(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in USERS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def a_run(folder, written, owned=OUTPUT_NAMES, **kwargs):
+    """A heatmap-like run that writes ``written`` (name → text) and finishes."""
+    with RunFolder(folder, "OUTPUT_DIR", owned, **kwargs) as run:
+        for name, text in written.items():
+            write_text(folder / name, text)
+        run.finish(written)
+
+
+# --- whose files a run may touch ------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", [".", "sub"])
+def test_a_folder_of_the_users_is_refused_and_left_as_it_was(tmp_path, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    folder = users_folder(tmp_path / where)
+    before = snapshot(folder)
+    with pytest.raises(UserError) as info:
+        a_run(where, {"lrp_results.json": "[]", "config.json": "{}", "index.html": "<p>run"})
+    assert str(info.value) == (f"OUTPUT_DIR {where} holds files this project did not write (config.json, index.html, "
+                               "lrp_notes.txt, predictions.csv): choose a new or empty folder (or move those files "
+                               "away)")
+    assert snapshot(folder) == before  # nothing written, not even the lock
+
+
+def test_an_empty_folder_path_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(users_folder(tmp_path))
+    before = snapshot(tmp_path)
+    for make in (lambda: RunFolder("", "OUTPUT_DIR", OUTPUT_NAMES), lambda: FolderLock("", "OUTPUT_DIR"),
+                 lambda: ensure_writable_dir("", "OUTPUT_DIR")):
+        with pytest.raises(UserError, match="^OUTPUT_DIR is empty: give a folder$"):
+            make()
+    assert snapshot(tmp_path) == before
+
+
+def test_a_run_folder_replaces_only_its_own_files(tmp_path):
+    out = tmp_path / "out"
+    a_run(out, {"lrp_results.json": "[1]", "lrp_heatmap_000001.png": "a", "config.json": "{}"})
+    assert json.loads((out / MANIFEST).read_text())["files"] == ["config.json", "lrp_heatmap_000001.png",
+                                                                  "lrp_results.json"]
+    (out / "lrp_notes.txt").write_text("notes", encoding="utf-8")  # the user's, under a name the run owns
+    (out / "my_plot.png").write_text("png", encoding="utf-8")
+    before = snapshot(out)
+    with pytest.raises(UserError, match=r"holds files this project did not write \(lrp_notes.txt\)"):
+        a_run(out, {"lrp_results.json": "[2]"})
+    assert snapshot(out) == before
+
+    (out / "lrp_notes.txt").unlink()
+    a_run(out, {"lrp_results.json": "[2]"})  # a smaller re-run: the first run's heatmap and config go
+    assert {p.name for p in out.iterdir()} == {"lrp_results.json", "my_plot.png", LOCK, MANIFEST}
+    assert json.loads((out / MANIFEST).read_text())["files"] == ["lrp_results.json"]
+
+
+def test_files_recorded_under_the_lock_count_as_the_projects(tmp_path):
+    out = tmp_path / "out"
+    a_run(out, {"lrp_results.json": "[1]"})
+    with FolderLock(out, "OUTPUT_DIR") as lock:  # as inspect_lrp_predictions.py writes into a heatmap folder
+        lock.refuse_foreign(["predictions.*"])
+        lock.record(["predictions.json"])
+        write_text(out / "predictions.json", "[]")
+    a_run(out, {"lrp_results.json": "[2]"})  # not refused; the stale predictions go
+    assert not (out / "predictions.json").exists()
+
+
+def test_a_killed_runs_unlisted_files_are_the_projects(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with RunFolder(out, "OUTPUT_DIR", OUTPUT_NAMES):
+            write_text(out / "lrp_heatmap_000007.png", "half a run")
+            raise KeyboardInterrupt
+    assert (out / MARKER).exists()
+    a_run(out, {"lrp_results.json": "[]"})
+    assert not (out / "lrp_heatmap_000007.png").exists() and not (out / MARKER).exists()
+
+
+def test_a_folder_of_an_older_version_keeps_its_old_behaviour_once(tmp_path):
+    out = users_folder(tmp_path / "out")
+    (out / LOCK).touch()  # the older version left its lock file but kept no list
+    a_run(out, {"lrp_results.json": "[]", "config.json": "{}"})
+    assert {p.name for p in out.iterdir()} == {"lrp_results.json", "config.json", "my_plot.png", LOCK, MANIFEST}
+    assert json.loads((out / MANIFEST).read_text())["files"] == ["config.json", "lrp_results.json"]
+
+
+def test_overwrite_takes_the_users_files_as_replaceable(tmp_path):
+    out = users_folder(tmp_path / "out")
+    a_run(out, {"config.json": "{}"}, overwrite=True)
+    assert {p.name for p in out.iterdir()} == {"config.json", "my_plot.png", LOCK, MANIFEST}
+
+
+def test_the_marker_names_the_command_quoted(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["scripts/test_vit_forward.py", "--output-dir", "my results/run 1"])
+    with RunFolder(tmp_path / "out", "OUTPUT_DIR", OUTPUT_NAMES):
+        text = (tmp_path / "out" / MARKER).read_text(encoding="utf-8")
+    assert "run again: python scripts/test_vit_forward.py --output-dir 'my results/run 1'\n" in text
+
+
+# --- a full disk ----------------------------------------------------------------------------------------------
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_when_taking_the_lock_is_one_line_and_releases_it(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    fds = open_fds()
+    monkeypatch.setattr(vitlrp.runfolder.os, "pwrite", no_space)
+    with pytest.raises(UserError, match=r"^disk full while writing in OUTPUT_DIR .*out \(.* MiB free\); free some "
+                                        r"space and run again$"):
+        FolderLock(out, "OUTPUT_DIR").__enter__()
+    monkeypatch.undo()
+    assert open_fds() == fds
+    with FolderLock(out, "OUTPUT_DIR"):  # released: this process may take it again
+        pass
+
+
+def test_a_full_disk_when_marking_the_folder_keeps_the_last_results(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    a_run(out, {"lrp_results.json": "[1]"})
+
+    def marker_fails(path, text):
+        with atomic_path(path):
+            no_space()
+
+    monkeypatch.setattr(vitlrp.runfolder, "write_text", marker_fails)
+    with pytest.raises(UserError, match=f"disk full while writing {out / MARKER}"):
+        RunFolder(out, "OUTPUT_DIR", OUTPUT_NAMES, clear_first=("lrp_results.json",)).__enter__()
+    assert (out / "lrp_results.json").read_text() == "[1]"  # the marker comes first: no half-cleared folder
+    assert (out / LOCK).read_text() == "" and not list(out.glob(".*.tmp"))
+
+
+FULL = namedtuple("usage", "total used free")(2**30, 2**30, 0)
+
+
+@pytest.mark.parametrize("message", ["[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534",
+                                     "basic_ios::clear: iostream error"])
+def test_torch_save_into_a_full_disk_is_one_line(tmp_path, monkeypatch, message):
+    path = tmp_path / "vit_cub_last.pt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def save(obj, f, *args, **kwargs):  # what torch 2.x does when the disk fills up mid-file
+        open(f, "wb").write(b"half a checkpoint")
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(vitlrp.fileio.shutil, "disk_usage", lambda p: FULL)
+    with pytest.raises(UserError) as info:
+        torch_save(path, {"w": torch.zeros(3)}, "checkpoint")
+    assert str(info.value).startswith(f"cannot write the checkpoint {path} (No space left on device: 0.0 MiB free")
+    assert "left as it was" in str(info.value)
+    assert path.read_bytes() == b"the previous checkpoint" and not list(tmp_path.glob(".*.tmp"))
+
+    monkeypatch.setattr(vitlrp.fileio.shutil, "disk_usage", lambda p: FULL._replace(free=2**30))
+    with pytest.raises(RuntimeError, match="iostream|unexpected pos"):  # space left: not taken for a full disk
+        torch_save(path, {"w": torch.zeros(3)}, "checkpoint")
+
+
+# --- what a killed run leaves ---------------------------------------------------------------------------------
+def test_a_killed_runs_temporary_files_are_removed_with_a_note(tmp_path, capsys):
+    out = tmp_path / "ck"
+    out.mkdir()
+    (out / ".vit_cub_last.pt.k3j_9xq2.tmp").write_bytes(bytes(2**20))  # killed inside torch.save
+    (out / ".write-test.abcdefgh.tmp").touch()
+    keep = [".my.tmp", "notes.tmp", ".vit_cub_last.pt.TOOLONG99.tmp"]  # not names of the atomic writes
+    for name in keep:
+        (out / name).touch()
+    with FolderLock(out, "CHECKPOINT_DIR"):
+        pass
+    assert sorted(p.name for p in out.iterdir()) == sorted(keep + [LOCK])  # a lock alone starts no list
+    err = capsys.readouterr().err
+    assert err.startswith("note: removed 2 temporary file(s) (1.0 MiB) that a killed run left in CHECKPOINT_DIR")
+    assert ".vit_cub_last.pt.k3j_9xq2.tmp" in err
+
+
+def test_sigterm_leaves_the_folder_marked_unlocked_and_clean(tmp_path):
+    out = tmp_path / "out"
+    code = ("import time\nfrom vitlrp import cli\nfrom vitlrp.fileio import atomic_path\n"
+            "from vitlrp.runfolder import RunFolder\n"
+            "def main(cfg):\n"
+            f"    with RunFolder({str(out)!r}, 'OUTPUT_DIR', ['*.pt']), atomic_path({str(out / 'x.pt')!r}) as tmp:\n"
+            "        tmp.write_bytes(b'half'); print('writing', flush=True); time.sleep(60)\n"
+            "cli.run(main, {})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and stderr == "interrupted (SIGTERM)\n"
+    assert (out / MARKER).exists() and (out / LOCK).read_text() == "" and not list(out.glob(".*.tmp"))

@@ -43,6 +43,7 @@ from vitlrp.models import (
     build_vit,
     check_arch,
     check_classes,
+    check_image_size,
     default_image_size,
     load_checkpoint,
     load_pretrained,
@@ -80,6 +81,8 @@ def check_config(cfg, dist):
     if cfg.WEIGHT_DECAY < 0 or not 0 <= cfg.LABEL_SMOOTHING < 1 or cfg.GRAD_CLIP < 0 or cfg.WARMUP_EPOCHS < 0:
         raise UserError("WEIGHT_DECAY, GRAD_CLIP and WARMUP_EPOCHS must be >= 0 and LABEL_SMOOTHING in [0, 1)")
     check_arch(cfg.MODEL)
+    if cfg.IMAGE_SIZE:
+        check_image_size(cfg.MODEL, cfg.IMAGE_SIZE)
     if cfg.MODEL != "vit_b_16" and cfg.PRETRAINED in WEIGHTS:
         raise UserError(f"{cfg.MODEL} has no ImageNet weights: pass --pretrained none")
     if cfg.AMP.lower() not in ("auto", "bf16", "fp16", "none"):

@@ -191,10 +191,10 @@ def train(cfg, held):
                             f"image as {split}); training needs images in both splits")
     ckpt_dir, out_dir = Path(cfg.CHECKPOINT_DIR), Path(cfg.OUTPUT_DIR)
     last_path, best_path = ckpt_dir / "vit_cub_last.pt", ckpt_dir / "vit_cub_best.pt"
-    check_checkpoint_dir(cfg, ckpt_dir, last_path)
     if dist.is_main:
         held.enter_context(FolderLock(ckpt_dir, "CHECKPOINT_DIR"))  # one run at a time writes checkpoints
         ensure_writable_dir(out_dir, "OUTPUT_DIR")
+    check_checkpoint_dir(cfg, ckpt_dir, last_path)  # under the lock: a run that ended meanwhile is seen
     resume = load_resume(cfg, ann, last_path) if cfg.RESUME else None
     image_size = cfg.IMAGE_SIZE or default_image_size(cfg.MODEL, cfg.PRETRAINED)
     preprocessing = weights_preprocessing(cfg.PRETRAINED, image_size)

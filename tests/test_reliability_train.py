@@ -22,6 +22,7 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.models import FORMAT, build_vit, load_checkpoint, model_from_checkpoint, pretrained_state_dict
 from vitlrp.preprocess import Preprocessing
+from vitlrp.runfolder import LOCK, FolderLock
 from vitlrp.training import evaluate, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -360,8 +361,6 @@ def test_tables_after_the_imports_are_not_flags(flag, mini_cub, tmp_path):
 
 # --- two runs at once, a killed run -------------------------------------------------------------------------
 def test_a_second_run_into_a_busy_checkpoint_dir_is_refused_and_a_stale_lock_taken_over(mini_cub, tmp_path):
-    from vitlrp.runfolder import LOCK, FolderLock
-
     ck = tmp_path / "ck"
     with FolderLock(ck, "CHECKPOINT_DIR"):  # another run holds the folder (flock: refused even in this process)
         code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
@@ -373,3 +372,20 @@ def test_a_second_run_into_a_busy_checkpoint_dir_is_refused_and_a_stale_lock_tak
     assert code == 0, stderr[-2000:]
     assert "taking over" in stderr
     assert sorted(p.name for p in ck.glob("*.pt")) == ["vit_cub_best.pt", "vit_cub_last.pt"]
+
+
+def test_a_run_that_ends_just_before_this_one_takes_the_lock_keeps_its_checkpoints(mini_cub, one_epoch, tmp_path,
+                                                                                 monkeypatch):
+    """The checkpoint folder is checked under its lock: what a run finishing meanwhile wrote is seen."""
+    take = FolderLock.__enter__
+
+    def another_run_ends_first(self):
+        if self.what == "CHECKPOINT_DIR":
+            shutil.copytree(one_epoch / "ck", self.path, dirs_exist_ok=True)
+        return take(self)
+
+    monkeypatch.setattr(FolderLock, "__enter__", another_run_ends_first)
+    code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
+    assert "already holds vit_cub_best.pt and vit_cub_last.pt" in one_error(code, stderr) and stdout == ""
+    assert all((tmp_path / "ck" / p.name).read_bytes() == p.read_bytes() for p in (one_epoch / "ck").iterdir())
+

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from test_training import TINY32, epoch_lines, read_summary, stray_files, train
 from vitlrp import cli, fileio
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
+from vitlrp.gallery import incomplete_runs
 from vitlrp.models import FORMAT, build_vit, load_checkpoint, model_from_checkpoint, pretrained_state_dict
 from vitlrp.preprocess import Preprocessing
-from vitlrp.runfolder import LOCK, FolderLock
+from vitlrp.runfolder import LOCK, MARKER, FolderLock
 from vitlrp.training import evaluate, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -389,3 +391,70 @@ def test_a_run_that_ends_just_before_this_one_takes_the_lock_keeps_its_checkpoin
     assert "already holds vit_cub_best.pt and vit_cub_last.pt" in one_error(code, stderr) and stdout == ""
     assert all((tmp_path / "ck" / p.name).read_bytes() == p.read_bytes() for p in (one_epoch / "ck").iterdir())
 
+
+# --- 9. the output folder (config.json, summary.csv, curves.png) ---------------------------------------------
+def test_a_second_run_into_a_busy_output_dir_is_refused(mini_cub, tmp_path):
+    out = tmp_path / "train"
+    with FolderLock(out, "OUTPUT_DIR"):  # a run with other checkpoints writes this OUTPUT_DIR
+        code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
+    message = one_error(code, stderr)
+    assert f"OUTPUT_DIR {out} is in use by another run" in message and epoch_lines(stdout) == []
+    assert not list((tmp_path / "ck").glob("*.pt")) and [p.name for p in out.iterdir()] == [LOCK]
+
+
+def continue_command(folder):
+    """The command RUN_INCOMPLETE.txt gives to continue the run, as the flags after the script."""
+    marker = (folder / MARKER).read_text(encoding="utf-8")
+    command = shlex.split(marker.split("to continue from the last one, run: ")[1])
+    assert command[:2] == ["python", str(REPO_ROOT / "scripts" / "train_vit_cub.py")], command
+    return marker, command[2:]
+
+
+def test_a_stopped_run_says_it_paused_and_how_to_go_on(one_epoch):
+    marker, flags = continue_command(one_epoch / "train")
+    assert "stopped after epoch 1 of 3 as asked (--stop-after 1)" in marker
+    assert flags[-2:] == ["--resume", "true"] and "--stop-after" not in flags
+    assert "train" in incomplete_runs(one_epoch)  # the gallery flags it
+
+
+def test_resume_rebuilds_its_own_summary_not_another_runs(mini_cub, one_epoch, tmp_path):
+    """Run C paused; run D (other checkpoints) wrote the same OUTPUT_DIR; C resumed shows only C's epochs."""
+    copy_run(one_epoch, tmp_path)
+    out = tmp_path / "train"
+    _, c_rows = read_summary(out)
+    c_checkpoints = json.loads((out / "config.json").read_text(encoding="utf-8"))["CHECKPOINT_DIR"]
+    code, _, stderr = run_script_inprocess("train_vit_cub", "--dataset-root", mini_cub, "--checkpoint-dir",
+                                           tmp_path / "ck_d", "--output-dir", out, *TINY32, "--epochs", "2",
+                                           "--seed", "1")
+    assert code == 0, stderr[-2000:]
+    assert f"note: {out} holds the outputs of another training run (checkpoints: {c_checkpoints})" in stderr
+    _, d_rows = read_summary(out)
+    assert [r["epoch"] for r in d_rows] == ["1", "2"] and d_rows[0] != c_rows[0] and not (out / MARKER).exists()
+
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    assert code == 0, stderr[-2000:]
+    assert f"note: {out / 'summary.csv'} held epochs that are not this run's" in stderr
+    _, rows = read_summary(out)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[0] == c_rows[0]
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["CHECKPOINT_DIR"] == \
+        str((tmp_path / "ck").resolve())
+    assert not (out / MARKER).exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", "summary.csv"])
+def test_a_full_disk_in_the_output_folder_is_one_line(name, mini_cub, tmp_path, monkeypatch):
+    write_text = fileio.write_text
+
+    def disk_full(path, text):
+        if Path(path).name != name:
+            return write_text(path, text)
+        with fileio.atomic_path(path) as tmp:
+            tmp.write_text(text[:10])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio, "write_text", disk_full)
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
+    out = tmp_path / "train"
+    message = one_error(code, stderr)
+    assert f"disk full while writing {out / name} in OUTPUT_DIR" in message and MARKER in message
+    assert (out / MARKER).exists() and not (out / name).exists() and stray_files(out) == []

@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of plain types and tensors only, so it loads with ``torch.load(weights_only=True)``:
 ``arch``, ``image_size``, ``num_classes``, ``class_names``, ``preprocessing``, ``model`` (state dict),
-optionally ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_acc``, ``config``, ``summary_row``.
+optionally ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_acc``, ``config``, ``summary_row`` (that
+epoch's ``summary.csv`` row) and ``summary_rows`` (the last checkpoint: every row of the run up to it).
 """
 import os
 import pickle

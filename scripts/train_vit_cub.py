@@ -341,14 +341,16 @@ def train(cfg, held):
                 print(f"warning: skipped {skipped[0]} unreadable train and {skipped[1]} test image(s) in each epoch "
                       f"(left out of the loss and the accuracy){': ' + first[0] if first else ''}")
             meta = dict(epoch=epoch, best_acc=best_acc, config=recorded_config(cfg), summary_row=row)
+            # best before last: killed in between, the resumed run repeats this epoch (same batches) and saves
+            # its best again; the other way round last.pt's best_acc would count a best epoch best.pt never got
+            if is_best:
+                save_checkpoint(best_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta)
             rows.append(row)
             # the last checkpoint carries the training state --resume needs and the run's summary rows; the best
             # one only what a model needs
             save_checkpoint(last_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta,
                             summary_rows=rows, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                             scaler=scaler.state_dict())
-            if is_best:
-                save_checkpoint(best_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta)
             if resume is None and epoch == start_epoch:  # from now on --resume true continues this run
                 mark_resumable(run, ckpt_dir)
             append_csv_row(summary_path, row, SUMMARY_FIELDS)

@@ -18,6 +18,7 @@ import torch
 from conftest import REPO_ROOT, error_lines, run_script_inprocess
 from test_training import TINY32, epoch_lines, read_summary, stray_files, train
 
+import vitlrp.models
 from vitlrp import cli, fileio
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
@@ -297,7 +298,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint(mini_cub, one_epoch, tmp_path
     code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
     message = one_error(code, stderr)
     ck = tmp_path / "ck"
-    assert f"cannot write the checkpoint {ck / 'vit_cub_last.pt'} (No space left on device)" in message
+    # epoch 2 improves on epoch 1, so its best checkpoint is the first file written
+    assert f"cannot write the checkpoint {ck / 'vit_cub_best.pt'} (No space left on device)" in message
     assert "left as it was" in message
     assert {p.name: p.read_bytes() for p in ck.iterdir()} == before and stray_files(ck) == []
 
@@ -415,6 +417,35 @@ def test_a_stopped_run_says_it_paused_and_how_to_go_on(one_epoch):
     assert "stopped after epoch 1 of 3 as asked (--stop-after 1)" in marker
     assert flags[-2:] == ["--resume", "true"] and "--stop-after" not in flags
     assert "train" in incomplete_runs(one_epoch)  # the gallery flags it
+
+
+def test_a_kill_between_the_best_and_the_last_checkpoint_loses_no_best_epoch(mini_cub, one_epoch, tmp_path,
+                                                                               monkeypatch):
+    """Killed after the first checkpoint of an epoch that is a new best: the resumed run still saves that best."""
+    copy_run(one_epoch, tmp_path)
+    save = vitlrp.models.save_checkpoint
+
+    def killed_after_one_save(path, *args, **meta):
+        save(path, *args, **meta)
+        if meta["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(vitlrp.models, "save_checkpoint", killed_after_one_save)
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    monkeypatch.undo()
+    assert code == 130, stderr[-2000:]
+    marker, flags = continue_command(tmp_path / "train")
+    assert "was killed or failed before its end" in marker
+
+    code, stdout, stderr = run_script_inprocess("train_vit_cub", *flags)
+    assert code == 0, stderr[-2000:]
+    _, rows = read_summary(tmp_path / "train")
+    top1 = [float(r["top1"]) for r in rows]
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and top1.index(max(top1)) == 2  # epoch 3 is the best
+    best = load_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")
+    assert best["epoch"] == 3 and best["summary_row"]["top1"] == rows[2]["top1"]
+    assert f"Best test top-1 {max(top1):.2%}" in stdout
+    assert incomplete_runs(tmp_path) == {}
 
 
 def test_resume_rebuilds_its_own_summary_not_another_runs(mini_cub, one_epoch, tmp_path):

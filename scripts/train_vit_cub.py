@@ -27,8 +27,11 @@ OUTPUT_DIR = "results/train"  # config.json, summary.csv, curves.png
 # -------------------------------------------------------------------------------------
 import contextlib
 import csv
+import json
 import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -37,19 +40,20 @@ import torch
 from vitlrp import cli, plots
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
-from vitlrp.fileio import append_csv_row, ensure_writable_dir, write_csv, write_json
+from vitlrp.fileio import append_csv_row, ensure_writable_dir, write_csv, write_json, write_text
 from vitlrp.models import (
     WEIGHTS,
     build_vit,
     check_arch,
     check_classes,
+    check_image_size,
     default_image_size,
     load_checkpoint,
     load_pretrained,
     save_checkpoint,
     weights_preprocessing,
 )
-from vitlrp.runfolder import FolderLock
+from vitlrp.runfolder import MARKER, FolderLock, RunFolder
 from vitlrp.runtime import Distributed, resolve_device, seed_everything
 from vitlrp.training import (
     SUMMARY_FIELDS,
@@ -63,6 +67,9 @@ from vitlrp.training import (
     make_optimizer,
     train_one_epoch,
 )
+
+# every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
+OUTPUT_NAMES = ("config.json", "summary.csv", "curves.png")
 
 
 def check_config(cfg, dist):
@@ -80,6 +87,8 @@ def check_config(cfg, dist):
     if cfg.WEIGHT_DECAY < 0 or not 0 <= cfg.LABEL_SMOOTHING < 1 or cfg.GRAD_CLIP < 0 or cfg.WARMUP_EPOCHS < 0:
         raise UserError("WEIGHT_DECAY, GRAD_CLIP and WARMUP_EPOCHS must be >= 0 and LABEL_SMOOTHING in [0, 1)")
     check_arch(cfg.MODEL)
+    if cfg.IMAGE_SIZE:
+        check_image_size(cfg.MODEL, cfg.IMAGE_SIZE)
     if cfg.MODEL != "vit_b_16" and cfg.PRETRAINED in WEIGHTS:
         raise UserError(f"{cfg.MODEL} has no ImageNet weights: pass --pretrained none")
     if cfg.AMP.lower() not in ("auto", "bf16", "fp16", "none"):
@@ -135,16 +144,61 @@ def _check_same_recipe(cfg, resume, path):
                             "--checkpoint-dir)")
 
 
-def _summary_until(path, resume):
-    """summary.csv rows up to the resumed epoch (a row the crash lost is restored from the checkpoint)."""
-    rows = []
-    if path.exists():
+def _read_rows(path):
+    try:
         with open(path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= resume["epoch"]]
-    if not rows or int(rows[-1]["epoch"]) < resume["epoch"]:
-        rows.append(resume["summary_row"])
-    write_csv(path, rows, SUMMARY_FIELDS)
-    return rows
+            return list(csv.DictReader(fh))
+    except FileNotFoundError:
+        return []
+
+
+def resumed_rows(resume, summary_path, last_path):
+    """The summary rows of the resumed run, from its last checkpoint: never another run's rows left in summary.csv.
+
+    Also restores a row a crash lost (killed after saving the checkpoint, before appending the row).
+    """
+    as_text = [{k: str(v) for k, v in r.items()} for r in resume.get("summary_rows", [resume["summary_row"]])]
+    if "summary_rows" not in resume:  # written before checkpoints carried the whole history
+        print(f"note: {last_path} holds only the summary row of its epoch {resume['epoch']}; {summary_path} "
+              "restarts there", file=sys.stderr)
+    on_disk = _read_rows(summary_path)
+    if on_disk and on_disk != as_text[:len(on_disk)]:
+        print(f"note: {summary_path} held epochs that are not this run's (another run wrote into this OUTPUT_DIR); "
+              f"rewritten from {last_path}", file=sys.stderr)
+    return as_text
+
+
+def continue_command():
+    """This command with --resume true (and without --overwrite and --stop-after): it continues the run."""
+    args, rest = [], sys.argv[1:]
+    while rest:
+        flag, eq, _ = rest[0].partition("=")
+        step = 1 if eq or len(rest) == 1 else 2
+        if flag not in ("--resume", "--overwrite", "--stop-after"):
+            args += rest[:step]
+        rest = rest[step:]
+    return shlex.join(["python", sys.argv[0], *args, "--resume", "true"])
+
+
+def mark_resumable(run, ckpt_dir, why=None):
+    """RUN_INCOMPLETE.txt saying how to continue from the last checkpoint (the run's own command would restart)."""
+    why = why or (f"This folder is incomplete: a training run (pid {run.info['pid']} on host {run.info['host']}, "
+                  f"started {run.info['started']}) is writing it, or was killed or failed before its end.")
+    write_text(run.path / MARKER, f"{why}\nIts checkpoints are in {ckpt_dir}; to continue from the last one, run: "
+                                  f"{continue_command()}\n")
+
+
+def _earlier_run_note(out_dir, ckpt_dir):
+    """A note when a fresh run is about to replace the outputs of a run with other checkpoints."""
+    if not (out_dir / "summary.csv").exists():
+        return
+    try:
+        earlier = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))["CHECKPOINT_DIR"]
+    except (OSError, ValueError, KeyError, TypeError):
+        earlier = "unknown"
+    if earlier != str(ckpt_dir.resolve()):
+        print(f"note: {out_dir} holds the outputs of another training run (checkpoints: {earlier}); this run "
+              "replaces them", file=sys.stderr)
 
 
 def load_resume(cfg, ann, last_path):
@@ -173,7 +227,7 @@ def initial_model(cfg, num_classes, image_size, pretrained):
 
 
 def main(cfg):
-    with contextlib.ExitStack() as held:  # releases the checkpoint folder's lock however the run ends
+    with contextlib.ExitStack() as held:  # releases the folders' locks however the run ends
         return train(cfg, held)
 
 
@@ -188,15 +242,24 @@ def train(cfg, held):
                             f"image as {split}); training needs images in both splits")
     ckpt_dir, out_dir = Path(cfg.CHECKPOINT_DIR), Path(cfg.OUTPUT_DIR)
     last_path, best_path = ckpt_dir / "vit_cub_last.pt", ckpt_dir / "vit_cub_best.pt"
-    check_checkpoint_dir(cfg, ckpt_dir, last_path)
     if dist.is_main:
         held.enter_context(FolderLock(ckpt_dir, "CHECKPOINT_DIR"))  # one run at a time writes checkpoints
         ensure_writable_dir(out_dir, "OUTPUT_DIR")
+    check_checkpoint_dir(cfg, ckpt_dir, last_path)  # under the lock: a run that ended meanwhile is seen
     resume = load_resume(cfg, ann, last_path) if cfg.RESUME else None
     image_size = cfg.IMAGE_SIZE or default_image_size(cfg.MODEL, cfg.PRETRAINED)
     preprocessing = weights_preprocessing(cfg.PRETRAINED, image_size)
     model = initial_model(cfg, ann.num_classes, image_size, pretrained=resume is None).to(device)
     dtype = amp_dtype(cfg.AMP, device)
+    run = None
+    if dist.is_main:  # entered once the run can start: a refused one leaves OUTPUT_DIR as it was
+        if resume is None:
+            _earlier_run_note(out_dir, ckpt_dir)
+        # a fresh run's folder must not show the older run's epochs while it is incomplete
+        run = held.enter_context(RunFolder(out_dir, "OUTPUT_DIR", OUTPUT_NAMES,
+                                           clear_first=() if resume is not None else ("summary.csv", "curves.png")))
+        if resume is not None:
+            mark_resumable(run, ckpt_dir)
 
     # an unreadable image is skipped and reported, not a traceback after an epoch of work
     train_set = CUBDataset(ann, "train", preprocessing, train_augment=True, report_errors=True)
@@ -234,9 +297,9 @@ def train(cfg, held):
         write_json(out_dir / "config.json", {**recorded_config(cfg), "world_size": dist.world_size,
                                              "preprocessing": preprocessing.to_dict(), "device": str(device)})
         if resume is not None:
-            rows = _summary_until(summary_path, resume)
-        elif summary_path.exists():
-            summary_path.unlink()
+            rows = resumed_rows(resume, summary_path, last_path)
+            write_csv(summary_path, rows, SUMMARY_FIELDS)
+            plots.training_curves(rows, out_dir / "curves.png")
         print(f"Using device: {device}" + (f" x{dist.world_size} processes" if dist.enabled else ""))
         print(f"Dataset: {len(train_set)} train / {len(test_set)} test images, {ann.num_classes} classes")
         print(f"Model: {cfg.MODEL} ({cfg.PRETRAINED}), input {image_size}px, AMP {dtype or 'none'}"
@@ -278,14 +341,19 @@ def train(cfg, held):
                 print(f"warning: skipped {skipped[0]} unreadable train and {skipped[1]} test image(s) in each epoch "
                       f"(left out of the loss and the accuracy){': ' + first[0] if first else ''}")
             meta = dict(epoch=epoch, best_acc=best_acc, config=recorded_config(cfg), summary_row=row)
-            # the last checkpoint carries the training state --resume needs; the best one only what a model needs
-            save_checkpoint(last_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta,
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict())
+            # best before last: killed in between, the resumed run repeats this epoch (same batches) and saves
+            # its best again; the other way round last.pt's best_acc would count a best epoch best.pt never got
             if is_best:
                 save_checkpoint(best_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta)
-            append_csv_row(summary_path, row, SUMMARY_FIELDS)
             rows.append(row)
+            # the last checkpoint carries the training state --resume needs and the run's summary rows; the best
+            # one only what a model needs
+            save_checkpoint(last_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta,
+                            summary_rows=rows, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            scaler=scaler.state_dict())
+            if resume is None and epoch == start_epoch:  # from now on --resume true continues this run
+                mark_resumable(run, ckpt_dir)
+            append_csv_row(summary_path, row, SUMMARY_FIELDS)
             plots.training_curves(rows, out_dir / "curves.png")
             print(f"epoch {epoch}/{cfg.EPOCHS}  train loss {float(row['train_loss']):.3f}  "
                   f"test loss {metrics['test_loss']:.3f}  top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  "
@@ -294,6 +362,12 @@ def train(cfg, held):
         saved_epoch = epoch
         dist.barrier()
     if dist.is_main:
+        if last_epoch == cfg.EPOCHS:
+            run.finish(["config.json", "summary.csv"] + (["curves.png"] if rows else []))
+        else:  # a pause, not a failure: the folder says which epochs it holds and how to go on
+            mark_resumable(run, ckpt_dir, f"This run stopped after epoch {last_epoch} of {cfg.EPOCHS} as asked "
+                                          f"(--stop-after {cfg.STOP_AFTER}): summary.csv and curves.png show those "
+                                          "epochs.")
         done = ("Finished" if last_epoch == cfg.EPOCHS
                 else f"Stopped after epoch {last_epoch} (resume with --resume true)")
         print(f"{done}. Best test top-1 {best_acc:.2%}; checkpoints: {best_path}, {last_path}"

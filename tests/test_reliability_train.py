@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -17,11 +18,14 @@ import torch
 from conftest import REPO_ROOT, error_lines, run_script_inprocess
 from test_training import TINY32, epoch_lines, read_summary, stray_files, train
 
+import vitlrp.models
 from vitlrp import cli, fileio
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
+from vitlrp.gallery import incomplete_runs
 from vitlrp.models import FORMAT, build_vit, load_checkpoint, model_from_checkpoint, pretrained_state_dict
 from vitlrp.preprocess import Preprocessing
+from vitlrp.runfolder import LOCK, MARKER, FolderLock
 from vitlrp.training import evaluate, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -266,11 +270,12 @@ def test_evaluate_and_training_step_leave_unreadable_rows_out_exactly(cub_fixtur
     (["--stop-after", "-1"], "STOP_AFTER must be 0 or more, got -1"),
     (["--seed", "-3"], "SEED must be 0 or more, got -3"),
     (["--overwrite", "true", "--resume", "true"], "choose one"),
+    (["--image-size", "33"], "IMAGE_SIZE 33 must be a multiple of the patch size 16"),
 ])
 def test_odd_values_are_one_error_line_before_any_work(flags, needle, mini_cub, tmp_path):
     code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1", *flags)
     assert needle in one_error(code, stderr) and stdout == ""
-    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("config.json"))
+    assert list(tmp_path.iterdir()) == []  # no checkpoint or output folder, no lock file
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -293,7 +298,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint(mini_cub, one_epoch, tmp_path
     code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
     message = one_error(code, stderr)
     ck = tmp_path / "ck"
-    assert f"cannot write the checkpoint {ck / 'vit_cub_last.pt'} (No space left on device)" in message
+    # epoch 2 improves on epoch 1, so its best checkpoint is the first file written
+    assert f"cannot write the checkpoint {ck / 'vit_cub_best.pt'} (No space left on device)" in message
     assert "left as it was" in message
     assert {p.name: p.read_bytes() for p in ck.iterdir()} == before and stray_files(ck) == []
 
@@ -359,8 +365,6 @@ def test_tables_after_the_imports_are_not_flags(flag, mini_cub, tmp_path):
 
 # --- two runs at once, a killed run -------------------------------------------------------------------------
 def test_a_second_run_into_a_busy_checkpoint_dir_is_refused_and_a_stale_lock_taken_over(mini_cub, tmp_path):
-    from vitlrp.runfolder import LOCK, FolderLock
-
     ck = tmp_path / "ck"
     with FolderLock(ck, "CHECKPOINT_DIR"):  # another run holds the folder (flock: refused even in this process)
         code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
@@ -372,3 +376,116 @@ def test_a_second_run_into_a_busy_checkpoint_dir_is_refused_and_a_stale_lock_tak
     assert code == 0, stderr[-2000:]
     assert "taking over" in stderr
     assert sorted(p.name for p in ck.glob("*.pt")) == ["vit_cub_best.pt", "vit_cub_last.pt"]
+
+
+def test_a_run_that_ends_just_before_this_one_takes_the_lock_keeps_its_checkpoints(mini_cub, one_epoch, tmp_path,
+                                                                                 monkeypatch):
+    """The checkpoint folder is checked under its lock: what a run finishing meanwhile wrote is seen."""
+    take = FolderLock.__enter__
+
+    def another_run_ends_first(self):
+        if self.what == "CHECKPOINT_DIR":
+            shutil.copytree(one_epoch / "ck", self.path, dirs_exist_ok=True)
+        return take(self)
+
+    monkeypatch.setattr(FolderLock, "__enter__", another_run_ends_first)
+    code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
+    assert "already holds vit_cub_best.pt and vit_cub_last.pt" in one_error(code, stderr) and stdout == ""
+    assert all((tmp_path / "ck" / p.name).read_bytes() == p.read_bytes() for p in (one_epoch / "ck").iterdir())
+
+
+# --- 9. the output folder (config.json, summary.csv, curves.png) ---------------------------------------------
+def test_a_second_run_into_a_busy_output_dir_is_refused(mini_cub, tmp_path):
+    out = tmp_path / "train"
+    with FolderLock(out, "OUTPUT_DIR"):  # a run with other checkpoints writes this OUTPUT_DIR
+        code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
+    message = one_error(code, stderr)
+    assert f"OUTPUT_DIR {out} is in use by another run" in message and epoch_lines(stdout) == []
+    assert not list((tmp_path / "ck").glob("*.pt")) and [p.name for p in out.iterdir()] == [LOCK]
+
+
+def continue_command(folder):
+    """The command RUN_INCOMPLETE.txt gives to continue the run, as the flags after the script."""
+    marker = (folder / MARKER).read_text(encoding="utf-8")
+    command = shlex.split(marker.split("to continue from the last one, run: ")[1])
+    assert command[:2] == ["python", str(REPO_ROOT / "scripts" / "train_vit_cub.py")], command
+    return marker, command[2:]
+
+
+def test_a_stopped_run_says_it_paused_and_how_to_go_on(one_epoch):
+    marker, flags = continue_command(one_epoch / "train")
+    assert "stopped after epoch 1 of 3 as asked (--stop-after 1)" in marker
+    assert flags[-2:] == ["--resume", "true"] and "--stop-after" not in flags
+    assert "train" in incomplete_runs(one_epoch)  # the gallery flags it
+
+
+def test_a_kill_between_the_best_and_the_last_checkpoint_loses_no_best_epoch(mini_cub, one_epoch, tmp_path,
+                                                                               monkeypatch):
+    """Killed after the first checkpoint of an epoch that is a new best: the resumed run still saves that best."""
+    copy_run(one_epoch, tmp_path)
+    save = vitlrp.models.save_checkpoint
+
+    def killed_after_one_save(path, *args, **meta):
+        save(path, *args, **meta)
+        if meta["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(vitlrp.models, "save_checkpoint", killed_after_one_save)
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    monkeypatch.undo()
+    assert code == 130, stderr[-2000:]
+    marker, flags = continue_command(tmp_path / "train")
+    assert "was killed or failed before its end" in marker
+
+    code, stdout, stderr = run_script_inprocess("train_vit_cub", *flags)
+    assert code == 0, stderr[-2000:]
+    _, rows = read_summary(tmp_path / "train")
+    top1 = [float(r["top1"]) for r in rows]
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and top1.index(max(top1)) == 2  # epoch 3 is the best
+    best = load_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")
+    assert best["epoch"] == 3 and best["summary_row"]["top1"] == rows[2]["top1"]
+    assert f"Best test top-1 {max(top1):.2%}" in stdout
+    assert incomplete_runs(tmp_path) == {}
+
+
+def test_resume_rebuilds_its_own_summary_not_another_runs(mini_cub, one_epoch, tmp_path):
+    """Run C paused; run D (other checkpoints) wrote the same OUTPUT_DIR; C resumed shows only C's epochs."""
+    copy_run(one_epoch, tmp_path)
+    out = tmp_path / "train"
+    _, c_rows = read_summary(out)
+    c_checkpoints = json.loads((out / "config.json").read_text(encoding="utf-8"))["CHECKPOINT_DIR"]
+    code, _, stderr = run_script_inprocess("train_vit_cub", "--dataset-root", mini_cub, "--checkpoint-dir",
+                                           tmp_path / "ck_d", "--output-dir", out, *TINY32, "--epochs", "2",
+                                           "--seed", "1")
+    assert code == 0, stderr[-2000:]
+    assert f"note: {out} holds the outputs of another training run (checkpoints: {c_checkpoints})" in stderr
+    _, d_rows = read_summary(out)
+    assert [r["epoch"] for r in d_rows] == ["1", "2"] and d_rows[0] != c_rows[0] and not (out / MARKER).exists()
+
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    assert code == 0, stderr[-2000:]
+    assert f"note: {out / 'summary.csv'} held epochs that are not this run's" in stderr
+    _, rows = read_summary(out)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[0] == c_rows[0]
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["CHECKPOINT_DIR"] == \
+        str((tmp_path / "ck").resolve())
+    assert not (out / MARKER).exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", "summary.csv"])
+def test_a_full_disk_in_the_output_folder_is_one_line(name, mini_cub, tmp_path, monkeypatch):
+    write_text = fileio.write_text
+
+    def disk_full(path, text):
+        if Path(path).name != name:
+            return write_text(path, text)
+        with fileio.atomic_path(path) as tmp:
+            tmp.write_text(text[:10])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio, "write_text", disk_full)
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
+    out = tmp_path / "train"
+    message = one_error(code, stderr)
+    assert f"disk full while writing {out / name} in OUTPUT_DIR" in message and MARKER in message
+    assert (out / MARKER).exists() and not (out / name).exists() and stray_files(out) == []

@@ -359,7 +359,7 @@ def test_torchrun_two_cpu_processes(mini_cub, run_a, tmp_path):
     assert proc.stdout.count("Finished.") == 1
     # rank 0 alone writes: one summary with one row per epoch, both checkpoints, nothing else
     assert sorted(p.name for p in (out / "ck").iterdir()) == [LOCK, "vit_cub_best.pt", "vit_cub_last.pt"]
-    assert sorted(p.name for p in (out / "train").iterdir()) == ["config.json", "curves.png", "summary.csv"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == [LOCK, "config.json", "curves.png", "summary.csv"]
     fields, rows = read_summary(out / "train")
     assert fields == SUMMARY_FIELDS and [r["epoch"] for r in rows] == ["1", "2"]
     assert json.loads((out / "train" / "config.json").read_text(encoding="utf-8"))["world_size"] == 2

@@ -162,8 +162,8 @@ def _evaluation_section(eval_dir, prefix):
 
 
 def incomplete_runs(results_dir):
-    """``{'lrp_samples': marker text, ...}`` for the explaining folders whose last run did not finish."""
-    notes = {sub: incomplete_note(Path(results_dir) / sub) for sub in ("lrp_samples", "lrp_eval")}
+    """``{'train': marker text, ...}`` for the training and explaining folders whose last run did not finish."""
+    notes = {sub: incomplete_note(Path(results_dir) / sub) for sub in ("train", "lrp_samples", "lrp_eval")}
     return {sub: note for sub, note in notes.items() if note is not None}
 
 

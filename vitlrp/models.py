@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of plain types and tensors only, so it loads with ``torch.load(weights_only=True)``:
 ``arch``, ``image_size``, ``num_classes``, ``class_names``, ``preprocessing``, ``model`` (state dict),
-optionally ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_acc``, ``config``, ``summary_row``.
+optionally ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_acc``, ``config``, ``summary_row`` (that
+epoch's ``summary.csv`` row) and ``summary_rows`` (the last checkpoint: every row of the run up to it).
 """
 import os
 import pickle
@@ -33,12 +34,18 @@ def check_arch(arch, name="MODEL"):
     return arch
 
 
+def check_image_size(arch, image_size=0):
+    """The input size ``arch`` is built at (``0``: its own); refuse one that is not a multiple of the patch size."""
+    spec = ARCHS[check_arch(arch)]
+    size = int(image_size or spec["image_size"])
+    if size % spec["patch_size"]:
+        raise UserError(f"IMAGE_SIZE {size} must be a multiple of the patch size {spec['patch_size']}")
+    return size
+
+
 def build_vit(arch, num_classes, image_size=0):
     """A randomly initialised torchvision ``VisionTransformer`` (zero-initialised head, as torchvision does)."""
-    spec = dict(ARCHS[check_arch(arch)])
-    spec["image_size"] = int(image_size or spec["image_size"])
-    if spec["image_size"] % spec["patch_size"]:
-        raise UserError(f"IMAGE_SIZE {spec['image_size']} must be a multiple of the patch size {spec['patch_size']}")
+    spec = dict(ARCHS[arch], image_size=check_image_size(arch, image_size))
     return VisionTransformer(num_classes=num_classes, **spec)
 
 

@@ -257,7 +257,8 @@ def train(cfg, held):
             _earlier_run_note(out_dir, ckpt_dir)
         # a fresh run's folder must not show the older run's epochs while it is incomplete
         run = held.enter_context(RunFolder(out_dir, "OUTPUT_DIR", OUTPUT_NAMES,
-                                           clear_first=() if resume is not None else ("summary.csv", "curves.png")))
+                                           clear_first=() if resume is not None else ("summary.csv", "curves.png"),
+                                           overwrite=cfg.OVERWRITE))
         if resume is not None:
             mark_resumable(run, ckpt_dir)
 

@@ -23,7 +23,7 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.models import build_vit, load_checkpoint, load_pretrained, model_from_checkpoint, weights_preprocessing
 from vitlrp.preprocess import Preprocessing
-from vitlrp.runfolder import LOCK
+from vitlrp.runfolder import LOCK, MANIFEST
 from vitlrp.training import SUMMARY_FIELDS
 
 # Tiny settings for the mechanics tests (about half a second per epoch on the mini-CUB).
@@ -359,7 +359,8 @@ def test_torchrun_two_cpu_processes(mini_cub, run_a, tmp_path):
     assert proc.stdout.count("Finished.") == 1
     # rank 0 alone writes: one summary with one row per epoch, both checkpoints, nothing else
     assert sorted(p.name for p in (out / "ck").iterdir()) == [LOCK, "vit_cub_best.pt", "vit_cub_last.pt"]
-    assert sorted(p.name for p in (out / "train").iterdir()) == [LOCK, "config.json", "curves.png", "summary.csv"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == sorted([LOCK, MANIFEST, "config.json", "curves.png",
+                                                                         "summary.csv"])
     fields, rows = read_summary(out / "train")
     assert fields == SUMMARY_FIELDS and [r["epoch"] for r in rows] == ["1", "2"]
     assert json.loads((out / "train" / "config.json").read_text(encoding="utf-8"))["world_size"] == 2

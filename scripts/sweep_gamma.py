@@ -102,7 +102,8 @@ def sweep(cfg, run, model, dataset, indices, cells, rows_lin, device):
     bar.close()
 
     summary = E.summarize(rows, names)
-    failed = sum(1 for r in rows if r["error"]) // len(cells)
+    # an unreadable image fails every cell, a non-finite map only its cell: count images, not rows
+    failed = len({r["sample_idx"] for r in rows if r["error"]})
     if failed == len(indices):
         raise UserError("no image could be read: nothing to score (see the errors above)")
     front, sums = S.pareto_front(summary), S.rank_sums(summary)
@@ -146,7 +147,8 @@ def sweep(cfg, run, model, dataset, indices, cells, rows_lin, device):
     print(f"Recommended γ: {rec} (rule: {S.RULE})")
     print(f"Use it: python scripts/test_vit_forward.py --gamma-file {out / 'best_gamma.json'}")
     if failed:
-        print(f"{failed} image(s) could not be read; they are listed in per_image.csv with their error")
+        print(f"{failed} image(s) could not be read or gave a non-finite map in some cell; they are listed in "
+              "per_image.csv with their error (cells.csv's n_images says how many each cell scored)")
     print(f"Output directory: {out}")
     return 1 if failed else 0
 

@@ -332,3 +332,13 @@ def test_shortcut_pairs_refuses_a_dataset_without_marks(trained_tiny, tmp_path):
     assert code == 2
     assert error_lines(err) == [f"error: {trained_tiny['dataset_root']} has no {S.MARKS_FILE}: make a shortcut "
                                 "mini-CUB with make_synthetic_cub.py --shortcut-share 0.8"]
+
+
+def test_followed_is_the_explained_prediction_not_a_methods_own_logits():
+    """A bf16 or patched forward can flip a near-tie: every method must label the same swapped images."""
+    split = {"swapped": np.array([1, 1, 0]), "mark_class": np.array([4, 4, 2]), "pair": np.array([2, 2, 0])}
+    rows = [{"sample_idx": 0, "target": 4, "predicted": 3, "error": ""},
+            {"sample_idx": 1, "target": 1, "predicted": 4, "error": ""},
+            {"sample_idx": 2, "target": 2, "predicted": 2, "error": ""}]
+    S.annotate_rows(rows, split)
+    assert [r["followed"] for r in rows] == [1, 0, ""]

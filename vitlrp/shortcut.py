@@ -102,7 +102,8 @@ def score_batch(relevance, boxes):
 def annotate_rows(rows, split):
     """Add the mark columns that need no map to evaluation rows: mark class, pair, swapped, followed.
 
-    ``followed`` (swapped images only, else empty) is 1 where the prediction is the mark's class.
+    ``followed`` (swapped images only, else empty) is 1 where the prediction is the mark's class: the explained
+    ``target`` (the plain model's prediction), the same for every method, not a method's own (patched, bf16) logits.
     """
     for r in rows:
         if r.get("error"):
@@ -110,7 +111,7 @@ def annotate_rows(rows, split):
         i = r["sample_idx"]
         swapped = bool(split["swapped"][i])
         r.update(mark_class=int(split["mark_class"][i]), pair_sample_idx=int(split["pair"][i]), swapped=int(swapped),
-                 followed=int(r["predicted"] == split["mark_class"][i]) if swapped else "")
+                 followed=int(r["target"] == split["mark_class"][i]) if swapped else "")
     return rows
 
 

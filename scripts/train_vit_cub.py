@@ -40,7 +40,7 @@ import torch
 from vitlrp import cli, plots
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
-from vitlrp.fileio import append_csv_row, ensure_writable_dir, write_csv, write_json, write_text
+from vitlrp.fileio import append_csv_row, ensure_writable_dir, write_csv, write_json
 from vitlrp.models import (
     WEIGHTS,
     build_vit,
@@ -53,7 +53,7 @@ from vitlrp.models import (
     save_checkpoint,
     weights_preprocessing,
 )
-from vitlrp.runfolder import MARKER, FolderLock, RunFolder
+from vitlrp.runfolder import FolderLock, RunFolder
 from vitlrp.runtime import Distributed, resolve_device, seed_everything
 from vitlrp.training import (
     SUMMARY_FIELDS,
@@ -182,10 +182,7 @@ def continue_command():
 
 def mark_resumable(run, ckpt_dir, why=None):
     """RUN_INCOMPLETE.txt saying how to continue from the last checkpoint (the run's own command would restart)."""
-    why = why or (f"This folder is incomplete: a training run (pid {run.info['pid']} on host {run.info['host']}, "
-                  f"started {run.info['started']}) is writing it, or was killed or failed before its end.")
-    write_text(run.path / MARKER, f"{why}\nIts checkpoints are in {ckpt_dir}; to continue from the last one, run: "
-                                  f"{continue_command()}\n")
+    run.mark(why, f"Its checkpoints are in {ckpt_dir}; to continue from the last one, run: {continue_command()}")
 
 
 def _earlier_run_note(out_dir, ckpt_dir):

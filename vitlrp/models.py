@@ -225,36 +225,37 @@ def load_checkpoint(path):
         raise UserError(f"{path} is not a checkpoint of this package", fix="checkpoint_source")
     problem = _checkpoint_problem(ckpt)
     if problem:
-        raise UserError(f"checkpoint {path} {problem}", fix="diverged" if problem.endswith("diverged") else None)
+        raise UserError(f"checkpoint {path} {problem[0]}", fix=problem[1])
     return ckpt
 
 
 def _checkpoint_problem(ckpt):
-    """Why a checkpoint dict cannot be rebuilt into a usable model (a phrase), or None."""
+    """Why a checkpoint dict cannot be rebuilt into a usable model, as ``(phrase, fix key or None)``, or None."""
     need = {"arch": str, "image_size": int, "num_classes": int, "class_names": list, "preprocessing": dict,
             "model": dict}
     absent = [k for k, kind in need.items() if not isinstance(ckpt.get(k), kind)]
     if absent:
-        return f"lacks {', '.join(absent)} (or holds the wrong type there); it was not written by this package"
+        return f"lacks {', '.join(absent)} (or holds the wrong type there); it was not written by this package", None
     if ckpt["arch"] not in ARCHS:
-        return f"names an unknown arch {ckpt['arch']!r} (known: {', '.join(ARCHS)})"
+        return f"names an unknown arch {ckpt['arch']!r} (known: {', '.join(ARCHS)})", None
     try:
         Preprocessing.from_dict(ckpt["preprocessing"])
     except (KeyError, TypeError, ValueError) as err:
-        return f"holds unusable preprocessing settings ({type(err).__name__}: {_first_line(err)})"
+        return f"holds unusable preprocessing settings ({type(err).__name__}: {_first_line(err)})", None
     if len(ckpt["class_names"]) != ckpt["num_classes"]:
-        return f"names {len(ckpt['class_names'])} classes but says num_classes {ckpt['num_classes']}"
+        return f"names {len(ckpt['class_names'])} classes but says num_classes {ckpt['num_classes']}", None
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation
             own = build_vit(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"]).state_dict()
     except (UserError, ValueError, RuntimeError) as err:
-        return f"describes no buildable model ({_first_line(err)})"
+        return f"describes no buildable model ({_first_line(err)})", None
     problem = _fit_problem(ckpt["model"], own)
     if problem:
-        return f"holds weights that do not fit its own {ckpt['arch']} at {ckpt['image_size']} px: {problem}"
+        return f"holds weights that do not fit its own {ckpt['arch']} at {ckpt['image_size']} px: {problem}", None
     bad = non_finite_tensors(ckpt["model"])
     if bad:
-        return f"holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the training run diverged"
+        return (f"holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the training run diverged",
+                "diverged")
     return None
 
 
@@ -262,7 +263,7 @@ def model_from_checkpoint(ckpt):
     """Rebuild ``(model, preprocessing)`` from a loaded checkpoint, in eval mode on the CPU."""
     problem = _checkpoint_problem(ckpt)
     if problem:
-        raise UserError(f"the checkpoint {problem}")
+        raise UserError(f"the checkpoint {problem[0]}", fix=problem[1])
     model = build_vit(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"])
     model.load_state_dict(ckpt["model"])
     return model.eval(), Preprocessing.from_dict(ckpt["preprocessing"])

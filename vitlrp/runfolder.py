@@ -211,17 +211,21 @@ class RunFolder(FolderLock):
         try:
             if not self.overwrite:
                 self.refuse_foreign(self.owned)
-            command = shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "the same command"
-            write_text(self.path / MARKER, (
-                f"This folder is incomplete: a run ({_describe(self.info)}) is writing it, or was killed or failed "
-                f"before its end. Files here may mix that run's and an older run's outputs.\n"
-                f"To finish, run again: {command}\n"))
+            self.mark()
             for name in self.clear_first:  # after the marker: an unfinished folder must not look finished
                 (self.path / name).unlink(missing_ok=True)
         except BaseException as err:
             super().__exit__(type(err), err, err.__traceback__)
             raise
         return self
+
+    def mark(self, why=None, how=None):
+        """Write the incomplete marker: ``why`` (default: this run is writing, or was killed or failed) and ``how``
+        to finish (default: run the same command again)."""
+        command = shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "the same command"
+        why = why or (f"This folder is incomplete: a run ({_describe(self.info)}) is writing it, or was killed or "
+                      "failed before its end. Files here may mix that run's and an older run's outputs.")
+        write_text(self.path / MARKER, f"{why}\n{how or f'To finish, run again: {command}'}\n")
 
     def finish(self, written):
         """The run ended: remove owned files it did not write (older runs' leftovers), list what it wrote, then drop

@@ -28,16 +28,19 @@ import torch
 from vitlrp import cli
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
-from vitlrp.explain import Explainer, input_x_gradient, lxt_patched
+from vitlrp.explain import Explainer
 from vitlrp.fileio import ensure_writable_dir, write_json
+from vitlrp.inputs import loader
+from vitlrp.lxtpatch import lxt_patched
+from vitlrp.methods import MethodRunner, names, parse_method
+from vitlrp.methods.gradients import input_x_gradient
 from vitlrp.models import build_vit
-from vitlrp.peers import PEERS
-from vitlrp.pipeline import MethodRunner, loader, parse_method
 from vitlrp.preprocess import Preprocessing
 from vitlrp.runtime import resolve_device
 from vitlrp.synthetic import make_synthetic_cub
 from vitlrp.training import EpochSampler, WarmupCosine, make_loader, make_optimizer, train_one_epoch
 
+PEERS = [n for n in names() if n not in ("gamma", "input_x_gradient", "random")]  # the other registered methods
 ROWS = ["seed_style", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16", "input_x_gradient",
         *PEERS, "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg", "gamma_sweep"]
 SWEEP_CONV = [0.0, 0.1, 0.25, 0.5, 1.0, 10.0, 100.0]  # the gamma_sweep row: sweep_gamma.py's default 7 x 7 grid
@@ -254,7 +257,7 @@ def main(cfg):
             r["min_cosine_vs_fp32_zennit"] = cosine_min(maps, reference)
         elif name == "input_x_gradient":
             r = measure(lambda: input_x_gradient(model, x, target), lrp_batch, device, cfg.REPEATS)
-        elif name in PEERS:  # the peer explainers of vitlrp.peers, as evaluate_lrp.py runs them
+        elif name in PEERS:  # the registered methods, as evaluate_lrp.py runs them
             with MethodRunner(parse_method(name), model) as runner:
                 r = measure(lambda: runner(x, target), lrp_batch, device, cfg.REPEATS)
         elif name == "explain_jpeg":

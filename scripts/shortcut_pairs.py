@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from vitlrp import cli, render
+from vitlrp import cli, methods, render
 from vitlrp import shortcut as S
 from vitlrp.errors import UserError
 from vitlrp.fileio import ensure_writable_dir, write_json
 from vitlrp.gallery import write_shortcut_gallery
-from vitlrp.pipeline import MethodRunner, load_model_and_split, loader, parse_method
+from vitlrp.inputs import load_model_and_split, loader
+from vitlrp.methods import MethodRunner, Options, parse_methods
 from vitlrp.runtime import resolve_device
 
 
@@ -35,7 +36,7 @@ def check_config(cfg):
         raise UserError("METHODS is empty: name at least one method")
     if cfg.NUM_PAIRS <= 0:
         raise UserError(f"NUM_PAIRS must be positive, got {cfg.NUM_PAIRS}")
-    return [parse_method(m) for m in cfg.METHODS]
+    return parse_methods(cfg.METHODS, "METHODS")
 
 
 def main(cfg):
@@ -76,8 +77,8 @@ def main(cfg):
     maps = {}
     with ExitStack() as stack:
         for m in methods:
-            runner = stack.enter_context(MethodRunner(m, model, impl=cfg.IMPL, seed=cfg.SEED))
-            maps[m.name] = runner(images, target)[1].float().cpu()
+            runner = stack.enter_context(MethodRunner(m, model, Options(impl=cfg.IMPL, seed=cfg.SEED)))
+            maps[m.name] = runner(images, target, order)[1].float().cpu()
     rgb = prep.denormalize(batch["image"]).permute(0, 2, 3, 1).numpy()
     boxes = split["box"][order]
     share = {name: S.score_batch(rel, boxes)["mark_share"] for name, rel in maps.items()}
@@ -110,4 +111,4 @@ def main(cfg):
 
 
 if __name__ == "__main__":
-    cli.run(main, globals())
+    cli.run(main, globals(), help_notes=methods.help_text)

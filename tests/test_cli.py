@@ -165,7 +165,7 @@ def test_run_words_the_fix_the_library_names(ns, capsys):
 def test_no_library_module_names_a_script_or_a_flag():
     """The command-line wording lives in cli.FIXES and the scripts; docstrings may still point at scripts."""
     found = []
-    for path in sorted((Path(cli.__file__).parent).glob("*.py")):
+    for path in sorted((Path(cli.__file__).parent).rglob("*.py")):
         if path.name == "cli.py":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import astuple
 
 import pytest
 import torch
@@ -18,9 +17,10 @@ from torch import nn
 from vitlrp import evaluation as E
 from vitlrp.cub import load_cub
 from vitlrp.errors import UserError
+from vitlrp.inputs import sample_indices
+from vitlrp.methods import MethodRunner, Options, parse_method
 from vitlrp.metrics import METRICS
 from vitlrp.models import load_checkpoint, model_from_checkpoint
-from vitlrp.pipeline import MethodRunner, parse_method, sample_indices
 
 SCRIPT = "evaluate_lrp"
 MAIN_METHODS = ["balanced", "baseline", "input_x_gradient", "random"]
@@ -51,6 +51,8 @@ def linked_copy(src, dst):
 
 
 def run(trained, out, root=None, **extra):
+    if "reference" not in extra and "balanced" not in str(extra.get("methods", "balanced")).split(","):
+        extra["reference"] = ""  # REFERENCE must be among METHODS
     code, stdout, stderr = run_script_inprocess(SCRIPT, *flags(trained, out, root, **extra))
     return code, stdout, stderr
 
@@ -69,7 +71,7 @@ def main_run(trained_tiny, tmp_path_factory):
 def small_run(trained_tiny, tmp_path_factory):
     """8 images, one process: γ given as numbers, +attn, and the preset (also the reference of the DDP run)."""
     out = tmp_path_factory.mktemp("eval_small")
-    code, stdout, stderr = run(trained_tiny, out, num_images=8, methods="balanced,gamma:1:0.5,balanced+attn",
+    code, stdout, stderr = run(trained_tiny, out, num_images=8, methods="balanced,gamma:1:0.25,balanced+attn",
                                perturb_steps=2, batch_size=8)
     assert code == 0, stderr[-3000:]
     return {"out": out, "stdout": stdout, "rows": read_rows(out / "per_image.csv")}
@@ -181,13 +183,19 @@ def test_paired_csv_matches_per_image_differences(main_run):
     assert any(line.startswith("paired against balanced") for line in lines)
 
 
-def test_reference_not_among_methods_is_one_line(trained_tiny, tmp_path):
+def test_reference_not_among_methods_is_one_line_before_any_work(trained_tiny, tmp_path):
+    code, stdout, stderr = run(trained_tiny, tmp_path / "out", num_images=4, methods="baseline,random")
+    assert code == 2
+    assert error_lines(stderr) == ["error: REFERENCE 'balanced' is not among METHODS (baseline, random): set it to "
+                                   "one of them, or leave it empty for no paired comparison"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_reference_means_no_paired_comparison(trained_tiny, tmp_path):
     code, stdout, stderr = run(trained_tiny, tmp_path, num_images=4, methods="baseline,random", perturb_steps=2,
-                               batch_size=4)
+                               batch_size=4, reference="")
     assert code == 0, stderr[-2000:]
-    notes = [line for line in stdout.splitlines() if "REFERENCE" in line]
-    assert notes == ["no paired comparison: REFERENCE 'balanced' is not among METHODS (baseline, random); set it "
-                     "to one of them"]
+    assert "no paired comparison: REFERENCE is empty" in stdout.splitlines()
     assert not (tmp_path / "paired.csv").exists() and not (tmp_path / "forest_paired.png").exists()
     assert json.loads((tmp_path / "summary.json").read_text())["paired"]["reference"] is None
 
@@ -215,15 +223,21 @@ def test_road_adds_its_metrics_curves_and_paired_rows(trained_tiny, tmp_path):
 
 def test_gamma_and_attn_methods_run(small_run):
     rows = small_run["rows"]
-    for method in ("balanced", "gamma:1:0.5", "balanced+attn"):
+    for method in ("balanced", "gamma:1:0.25", "balanced+attn"):
         mine = by_method(rows, method)
         assert len(mine) == 8 and all(r["error"] == "" for r in mine), method
         assert all(math.isfinite(float(r["box_share"])) for r in mine)
-    # gamma:1:0.5 is balanced's γ pair: the same maps, the same scores
-    for a, b in zip(by_method(rows, "balanced"), by_method(rows, "gamma:1:0.5")):
-        assert a["sample_idx"] == b["sample_idx"]
-        for metric in METRICS:
-            assert float(a[metric]) == pytest.approx(float(b[metric]), abs=1e-6, nan_ok=True)
+    # another Linear γ gives other maps (their relevance sums differ)
+    assert [r["relevance_sum"] for r in by_method(rows, "balanced")] != \
+        [r["relevance_sum"] for r in by_method(rows, "gamma:1:0.25")]
+
+
+def test_balanced_and_its_gamma_pair_are_one_method(trained_tiny, tmp_path):
+    code, _, stderr = run(trained_tiny, tmp_path / "out", methods="balanced,gamma:1:0.5", num_images=4)
+    assert code == 2
+    assert error_lines(stderr) == ["error: METHODS lists the same method twice ('balanced' and 'gamma:1:0.5'): name "
+                                   "each method once"]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("methods, named", [
@@ -243,11 +257,12 @@ def test_bad_methods_are_one_error_line(trained_tiny, tmp_path, methods, named):
 
 
 def test_parse_method():
-    assert astuple(parse_method("gamma:1:0.5"))[1:] == ("lrp", 1.0, 0.5, False)
-    assert astuple(parse_method("balanced+attn"))[1:] == ("lrp", 1.0, 0.5, True)
-    assert parse_method("gamma:0:2+attn").gamma_attention is True
-    assert parse_method("input_x_gradient").kind == "input_x_gradient"
-    assert parse_method("random").kind == "random"
+    assert parse_method("gamma:1:0.5").params == {"conv_gamma": 1.0, "lin_gamma": 0.5, "attention": False}
+    assert parse_method("balanced+attn").params == {"conv_gamma": 1.0, "lin_gamma": 0.5, "attention": True}
+    assert parse_method("gamma:0:2+attn").params["attention"] is True
+    assert parse_method("gamma:1:linear:0.5:0").params["lin_gamma"] == "linear:0.5:0"
+    assert parse_method("input_x_gradient").family == "gradients"
+    assert parse_method("random").family == "baselines"
     for bad in ("gamma:x:1", "gamma:1:2:3", "gamma::1", "random+attn", "Balanced", ""):
         with pytest.raises(UserError):
             parse_method(bad)
@@ -342,7 +357,7 @@ def test_non_lrp_methods_take_fp32_batches_on_a_bf16_model(trained_tiny):
     model16 = copy.deepcopy(model).to(torch.bfloat16)
     x = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
     for name in ("input_x_gradient", "random"):
-        with MethodRunner(parse_method(name), model16, torch.bfloat16) as runner:
+        with MethodRunner(parse_method(name), model16, Options(dtype=torch.bfloat16)) as runner:
             logits, rel = runner(x, torch.tensor([0, 2]))
         assert logits.dtype == rel.dtype == torch.float32 and rel.shape == (2, *x.shape[-2:]), name
         assert torch.isfinite(rel).all()
@@ -353,7 +368,8 @@ def test_two_processes_match_one(trained_tiny, small_run, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            str(REPO_ROOT / "scripts" / "evaluate_lrp.py"),
-           *map(str, flags(trained_tiny, out, num_images=8, methods="balanced,random", perturb_steps=2))]
+           *map(str, flags(trained_tiny, out, num_images=8, methods="balanced,random", perturb_steps=2,
+                           reference="balanced"))]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cpu x2" in proc.stdout

@@ -13,7 +13,10 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from vitlrp import fastgamma
 from vitlrp.errors import UserError
-from vitlrp.explain import PRESETS, Explainer, check_gamma, lxt_patched, resolve_gammas
+from vitlrp.explain import Explainer
+from vitlrp.gamma import PRESETS, check_gamma
+from vitlrp.heatmaps import coverage_line
+from vitlrp.lxtpatch import lxt_patched
 from vitlrp.models import build_vit
 
 TINY = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5)
@@ -383,7 +386,7 @@ def test_gamma_layers_lists_where_gamma_acts():
     base.update({f"{b}.mlp.{j}": "Linear" for b in blocks for j in (0, 3)})
     with Explainer(model, 1.0, 0.5, gamma_attention=False) as ex:
         assert ex.gamma_layers() == base
-        assert "attention projections get LRP-0" in ex.describe()
+        assert "attention projections get LRP-0" in coverage_line(ex)
     # out_proj is torch's NonDynamicallyQuantizableLinear, an nn.Linear subclass
     attn = {f"{b}.self_attention.{p}": "Linear" for b in blocks for p in ("v_proj", "out_proj")}
     with Explainer(model, 1.0, 0.5, gamma_attention=True, impl="fused") as ex:
@@ -392,7 +395,7 @@ def test_gamma_layers_lists_where_gamma_acts():
         assert set(layers) == set(base) | set(attn)
         assert all(layers[n] == t or (t == "Linear" and layers[n].endswith("Linear"))
                    for n, t in {**base, **attn}.items())
-        assert "attention projections (value + output" in ex.describe()
+        assert "attention projections (value + output" in coverage_line(ex)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -422,20 +425,13 @@ def test_check_gamma_rejects_bad_values(bad):
     with pytest.raises(UserError, match="CONV_GAMMA must be a finite number >= 0"):
         check_gamma("CONV_GAMMA", bad)
     with pytest.raises(UserError):
-        resolve_gammas("", 1.0, bad)
-    with pytest.raises(UserError):
         Explainer(nn.Linear(1, 1), conv_gamma=bad)
 
 
-def test_check_gamma_accepts_and_presets_override():
+def test_check_gamma_accepts_and_the_presets_are_the_seeds():
     assert check_gamma("LIN_GAMMA", 0) == 0.0 and isinstance(check_gamma("LIN_GAMMA", 3), float)
     assert check_gamma("LIN_GAMMA", 0.25) == 0.25
-    assert resolve_gammas("", 2, 0.5) == (2.0, 0.5)
-    for name, gammas in PRESETS.items():
-        assert resolve_gammas(name, 7.0, 7.0) == gammas
-    assert resolve_gammas("aggressive", 1.0, 0.5) == (10.0, 1.0)
-    with pytest.raises(UserError, match="unknown preset 'nosuch'"):
-        resolve_gammas("nosuch", 1.0, 0.5)
+    assert PRESETS["balanced"] == (1.0, 0.5) and PRESETS["aggressive"] == (10.0, 1.0)
     with pytest.raises(ValueError, match="impl"):
         Explainer(nn.Linear(1, 1), impl="fast")
 

@@ -13,9 +13,10 @@ import torch
 from conftest import error_lines, run_script_inprocess
 
 from vitlrp.cub import CUBDataset, load_cub
-from vitlrp.explain import PRESETS, Explainer
+from vitlrp.explain import Explainer
+from vitlrp.gamma import PRESETS
+from vitlrp.inputs import load_model_and_split
 from vitlrp.models import load_checkpoint
-from vitlrp.pipeline import load_model_and_split
 from vitlrp.preprocess import Preprocessing
 from vitlrp.runfolder import LOCK
 

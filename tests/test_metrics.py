@@ -179,7 +179,7 @@ def test_perturbed_sets_removed_patches_to_the_baseline():
 EVIDENCE = 5  # patch (row 1, column 1) of a 4x4 grid of 4-pixel patches: pixels y 4..7, x 4..7
 
 
-def evidence_prob(images):
+def evidence_prob(images, rows=None):
     """A fake classifier: the probability is the fraction of the evidence patch's pixels still intact."""
     return (images[:, :, 4:8, 4:8] != 0).float().mean((1, 2, 3))
 
@@ -216,7 +216,7 @@ def test_perturbation_curves_use_given_start_and_end():
     scores = M.patch_scores(perfect_map(2), 4)
     calls = []
 
-    def prob(x):
+    def prob(x, rows):
         calls.append(len(x))
         return evidence_prob(x)
 
@@ -236,7 +236,7 @@ def test_perturbation_removes_patches_in_relevance_order():
     for k in range(4):
         images[0, 0, (k // 2) * 4:(k // 2) * 4 + 4, (k % 2) * 4:(k % 2) * 4 + 4] = k + 1
     scores = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
-    curves = M.perturbation_curves(lambda x: x.mean((1, 2, 3)), images, scores, 4, 4)
+    curves = M.perturbation_curves(lambda x, rows: x.mean((1, 2, 3)), images, scores, 4, 4)
     # mean of the full image = (1+2+3+4)/4 = 2.5; MoRF removes 4, 3, 2, 1; LeRF removes 1, 2, 3, 4
     assert curves["morf"].tolist()[0] == pytest.approx([2.5, 1.5, 0.75, 0.25, 0.0])
     assert curves["lerf"].tolist()[0] == pytest.approx([2.5, 2.25, 1.75, 1.0, 0.0])
@@ -266,7 +266,7 @@ def test_mean_ci():
 
 
 def row(method, value, error=""):
-    r = {"method": method, "error": error}
+    r = {"method": method, "error": error, "empty": 0}
     r.update({m: value for m in M.METRICS})
     return r
 
@@ -280,7 +280,7 @@ def test_summarize_counts_failures_and_ignores_them():
     assert s["b"]["n_images"] == 1 and s["b"]["n_failed"] == 0
     assert s["a"]["box_share"]["mean"] == pytest.approx(2.0) and s["a"]["box_share"]["n"] == 2
     assert s["a"]["gini"]["mean"] == pytest.approx(1.0) and s["a"]["gini"]["n"] == 1
-    assert set(s["a"]) == {"n_images", "n_failed", *M.METRICS}
+    assert set(s["a"]) == {"n_images", "n_failed", "n_empty", *M.METRICS}
 
 
 def test_best_methods_directions_and_random_excluded():
@@ -290,12 +290,12 @@ def test_best_methods_directions_and_random_excluded():
         for _ in range(3):
             r = row(method, v if v is not None else 0.5)
             if method == "random":  # the reference wins every metric, and must still not be named best
-                r.update({m: (10.0 if M.METRICS[m] else -10.0) for m in M.METRICS})
+                r.update({m: (10.0 if M.METRICS[m].higher else -10.0) for m in M.METRICS})
             rows.append(r)
     best = E.best_methods(E.summarize(rows, list(values)))
     assert set(best) == set(M.METRICS)
     for metric, (method, mean) in best.items():
-        want = "high" if M.METRICS[metric] else "low"
+        want = "high" if M.METRICS[metric].higher else "low"
         assert (method, mean) == (want, pytest.approx(values[want])), metric
     assert best["negative_share"][0] == "low" and best["morf_auc"][0] == "low"
     assert best["lerf_minus_morf"][0] == "high"
@@ -311,3 +311,52 @@ def test_row_fields_hold_every_metric():
     assert E.ROW_FIELDS[:6] == ["method", "sample_idx", "label", "target", "predicted", "correct"]
     assert E.ROW_FIELDS[6:6 + len(M.METRICS)] == list(M.METRICS)
     assert E.ROW_FIELDS[-1] == "error"
+
+
+# --- ties and maps without evidence ---------------------------------------------------------------------------
+
+
+def test_ties_score_as_a_random_order_would():
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :2, :] = True  # the top half: 8 of 16 pixels
+    flat = torch.zeros(1, 4, 4)
+    assert M.pointing_game(flat, mask).item() == pytest.approx(0.5)  # a uniform map: the box's share of pixels
+    assert M.rank_accuracy(flat, mask).item() == pytest.approx(0.5)
+    two = flat.clone()
+    two[0, 0, 0] = 1.0  # one pixel above the rest: the 7 other top-K places go to 15 tied pixels, 7 of them inside
+    assert M.rank_accuracy(two, mask).item() == pytest.approx((1 + 7 * 7 / 15) / 8)
+    parts = torch.tensor([[[0.0, 0.0, 1.0]]])  # one visible part at pixel (0, 0)
+    assert M.part_pointing(flat, parts, 0.5).item() == pytest.approx(1 / 16)
+    assert M.part_pointing(two, parts, 0.5).item() == 1.0
+
+
+def test_tied_patches_leave_in_one_random_order_both_ways():
+    images = torch.arange(1, 17, dtype=torch.float32).view(1, 1, 4, 4).repeat(1, 3, 1, 1)
+    flat = torch.zeros(1, 4)  # four 2x2 patches, all equally relevant
+    tiebreak = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
+    curves = M.perturbation_curves(lambda x, rows: x.mean((1, 2, 3)), images, flat, 2, 4, tiebreak=tiebreak)
+    assert torch.equal(curves["morf"], curves["lerf"])  # no ranking: LeRF − MoRF is exactly 0
+    assert M.removal_order(flat, True, tiebreak).tolist() == [[1, 3, 2, 0]]
+    assert M.removal_order(torch.tensor([[1.0, 0.0, 0.0, 2.0]]), True, tiebreak).tolist() == [[3, 0, 1, 2]]
+    assert M.removal_order(torch.tensor([[1.0, 0.0, 0.0, 2.0]]), False, tiebreak).tolist() == [[1, 2, 0, 3]]
+
+
+def test_curves_of_several_maps_equal_their_separate_curves():
+    gen = torch.Generator().manual_seed(3)
+    images = torch.rand(3, 3, 8, 8, generator=gen)
+    maps = torch.randn(4, 3, 4, generator=gen)
+    maps[1] = maps[0]  # two methods with the same ranking share their forwards
+    calls = []
+
+    def prob(x, rows):
+        calls.append(len(x))
+        return x.mean((1, 2, 3)) + rows.float()
+
+    joint = M.perturbation_curves(prob, images, maps, 4, 2, rows_per_pass=5)
+    # one inner step removes 2 of 4 patches: each distinct (image, removed pair) is forwarded once
+    distinct = {(i, frozenset(maps[j, i].argsort(descending=d)[:2].tolist())) for j in range(4) for i in range(3)
+                for d in (True, False)}
+    assert max(calls[2:]) <= 5 and sum(calls[2:]) == len(distinct) < 4 * 3 * 2
+    for j in range(4):
+        alone = M.perturbation_curves(prob, images, maps[j], 4, 2)
+        assert torch.allclose(joint["morf"][j], alone["morf"]) and torch.allclose(joint["lerf"][j], alone["lerf"])

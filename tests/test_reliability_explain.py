@@ -21,7 +21,7 @@ import vitlrp.fileio
 import vitlrp.render
 from vitlrp.cub import load_cub
 from vitlrp.gallery import write_results_gallery
-from vitlrp.pipeline import sample_indices
+from vitlrp.inputs import sample_indices
 from vitlrp.runfolder import LOCK, MANIFEST, MARKER, FolderLock
 
 HEAT, EVAL, INSPECT = "test_vit_forward", "evaluate_lrp", "inspect_lrp_predictions"

@@ -53,16 +53,19 @@ def test_road_curves_use_the_same_order_and_endpoints():
     scores = M.patch_scores(torch.randn(3, 16, 16, generator=gen), 4)
     seen = []
 
-    def prob(x):
-        seen.append(x)
+    def prob(x, rows):
+        seen.extend(zip(x, rows.tolist()))
         return x.mean((1, 2, 3))
 
     plain = M.perturbation_curves(prob, images, scores, 4, 4)
-    n_plain = len(seen)
+    removed_plain = {(row, (x == 0).all(0).numpy().tobytes()) for x, row in seen[6:]}  # images > 0: 0 = removed
+    seen.clear()
     road = M.perturbation_curves(prob, images, scores, 4, 4, fill=M.road_fill(noise=0.0))
     assert torch.equal(plain["morf"][:, [0, -1]], road["morf"][:, [0, -1]])
-    for mean_colour, imputed in zip(seen[2:n_plain], seen[n_plain + 2:]):
-        removed = mean_colour == 0  # mean-colour removal: exactly the removed pixels are 0 (images > 0)
-        assert (imputed[removed] != 0).all() and torch.equal(imputed[~removed], mean_colour[~removed])
-    same = M.perturbation_curves(prob, images, scores, 4, 4, fill=lambda x, keep: x * keep)
+    imputed = seen[6:]
+    assert len(imputed) == len(removed_plain) == 3 * 2 * 3  # 3 images, MoRF and LeRF, 3 inner steps
+    for x, row in imputed:  # ROAD keeps the kept pixels and imputes exactly the patches MoRF/LeRF removed
+        removed = (x != images[row]).all(0)
+        assert (row, removed.numpy().tobytes()) in removed_plain and (x[:, removed] != 0).all()
+    same = M.perturbation_curves(prob, images, scores, 4, 4, fill=lambda x, keep, seeds: x * keep)
     assert torch.equal(same["morf"], plain["morf"]) and torch.equal(same["lerf"], plain["lerf"])

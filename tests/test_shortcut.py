@@ -249,6 +249,7 @@ def _train(root, out):
 def _evaluate(ckpt, root, out, methods="balanced,random"):
     code, stdout, err = run_script_inprocess(
         "evaluate_lrp", "--checkpoint-path", ckpt, "--dataset-root", root, "--methods", methods, "--num-images", 0,
+        "--reference", "balanced" if "balanced" in methods.split(",") else "",
         "--perturb-steps", 2, "--batch-size", 40, "--num-workers", 0, "--device", "cpu", "--output-dir", out)
     assert code == 0, err[-3000:]
     with open(out / "per_image.csv", newline="") as fh:

@@ -13,7 +13,9 @@ from torch import nn
 from vitlrp import fastgamma
 from vitlrp import sweep as S
 from vitlrp.errors import UserError
-from vitlrp.explain import Explainer, lxt_patched, parse_schedule, schedule_text, schedule_values
+from vitlrp.explain import Explainer
+from vitlrp.gamma import parse_schedule, schedule_text, schedule_values
+from vitlrp.lxtpatch import lxt_patched
 from vitlrp.metrics import METRICS
 
 
@@ -199,8 +201,8 @@ def test_sweep_cells_equal_evaluate_lrp_on_the_same_images(sweep_run, trained_ti
     code, _, err = run_script_inprocess(
         "evaluate_lrp", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root", trained_tiny["dataset_root"],
         "--num-images", 8, "--batch-size", 4, "--num-workers", 0, "--device", "cpu", "--perturb-steps", 3,
-        "--methods", "gamma:0:linear:1:0", "--gamma-file", sweep_run["out"] / "best_gamma.json", "--output-dir",
-        tmp_path)
+        "--methods", "gamma:0:linear:1:0", "--gamma-file", sweep_run["out"] / "best_gamma.json", "--reference", "",
+        "--output-dir", tmp_path)
     assert code == 0, err[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())["methods"]
     with open(sweep_run["out"] / "cells.csv", newline="") as fh:
@@ -250,7 +252,7 @@ def test_bad_grids_are_one_error_line(trained_tiny, tmp_path, flags, words):
 
 
 @pytest.mark.parametrize("script,flags,words", [
-    ("evaluate_lrp", ("--methods", "gamma:1:0.5/0.2", "--num-images", 4),
+    ("evaluate_lrp", ("--methods", "gamma:1:0.5/0.2", "--num-images", 4, "--reference", ""),
      "method 'gamma:1:0.5/0.2': its Linear γ lists 2 values"),
     ("test_vit_forward", ("--lin-gamma-schedule", "0.5/0.2"), "the Linear γ lists 2 values"),
     ("test_vit_forward", ("--compare-methods", "gamma:1:0.5/0.2/0.1"), "its Linear γ lists 3 values"),

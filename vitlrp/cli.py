@@ -115,7 +115,9 @@ def _type_name(value):
     return {bool: "BOOL", int: "INT", float: "FLOAT"}.get(type(value), "STR")
 
 
-def help_text(namespace):
+def help_text(namespace, notes=None):
+    """The ``--help`` text: usage, the script's docstring, its flags with defaults and comments, then ``notes()``
+    (e.g. the registered methods)."""
     consts = _constants(namespace)
     comments = _comments(namespace.get("__file__"))
     script = os.path.relpath(namespace.get("__file__", "script.py"))
@@ -129,23 +131,27 @@ def help_text(namespace):
         head = f"{_flag(name)} {_type_name(value)}"
         note = comments.get(name, "")
         lines.append(f"  {head:<{width}}  default: {_format_default(value)}" + (f"  # {note}" if note else ""))
+    if notes is not None:
+        lines += ["", notes()]
     return "\n".join(lines)
 
 
-def configure(namespace, argv=None):
+def configure(namespace, argv=None, help_notes=None):
     """Apply ``--flags`` from ``argv`` to the UPPER_CASE constants of ``namespace``; return them as a namespace.
 
-    The script's globals are updated too, so code may use either ``cfg.NAME`` or ``NAME``.
+    The script's globals are updated too, so code may use either ``cfg.NAME`` or ``NAME``. ``help_notes()`` adds
+    text after the flags of ``--help``.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     consts = _constants(namespace)
     by_flag = {_flag(k): k for k in consts}
     values = dict(consts)
+    given = set()
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
-            print(help_text(namespace))
+            print(help_text(namespace, help_notes))
             raise SystemExit(0)
         if not arg.startswith("--"):
             raise UserError(f"unexpected argument {arg!r}: flags look like --name value (see --help)")
@@ -159,9 +165,17 @@ def configure(namespace, argv=None):
             text = argv[i]
         name = by_flag[flag]
         values[name] = parse_value(name, text, consts[name])
+        given.add(name)
         i += 1
     namespace.update(values)
-    return SimpleNamespace(**values)
+    cfg = SimpleNamespace(**values)
+    cfg._given = frozenset(given)
+    return cfg
+
+
+def given(cfg):
+    """The names of the constants set on the command line (not merely kept at the script's value)."""
+    return getattr(cfg, "_given", frozenset())
 
 
 # The command-line way out of a library error (UserError.fix): the library names the case, the scripts' words are here.
@@ -191,7 +205,7 @@ def message(err):
 
 def config_dict(cfg):
     """The effective configuration as a JSON-ready dict."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items() if not k.startswith("_")}
 
 
 class Terminated(KeyboardInterrupt):
@@ -203,7 +217,7 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def run(main, namespace, argv=None):
+def run(main, namespace, argv=None, help_notes=None):
     """Parse flags into ``namespace`` and call ``main(cfg)``; a UserError becomes one line and exit status 2.
 
     ``main`` may return an int exit status (e.g. 1 when some samples failed). Ctrl-C exits with 130, SIGTERM with
@@ -212,7 +226,7 @@ def run(main, namespace, argv=None):
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
-        cfg = configure(namespace, argv)
+        cfg = configure(namespace, argv, help_notes)
         status = main(cfg)
     except UserError as err:
         print(f"error: {message(err)}", file=sys.stderr)

@@ -1,70 +1,33 @@
-"""Which attribution method explains best: score batches of maps, summarise with confidence intervals."""
+"""Which attribution method explains best: per-image rows → summaries with confidence intervals, the best method per
+metric, the paired comparison against a reference, and the console's tables. Rows come from
+:meth:`vitlrp.scoring.ScoringBatch.score`."""
 import math
-
-import torch
 
 from . import metrics as M
 from . import stats as S
-from .pipeline import nonfinite_error
 
 
 def row_fields(metrics=M.METRICS):
     """per_image.csv's columns for these metrics."""
     return ["method", "sample_idx", "label", "target", "predicted", "correct", *metrics,
-            "relevance_sum", "explained_logit", "error"]
+            "relevance_sum", "explained_logit", "empty", "error"]
 
 
 ROW_FIELDS = row_fields()
 
 
 def active_metrics(road=False):
-    """metric → higher is better, for an evaluation with or without ROAD."""
+    """The metrics of an evaluation with or without ROAD (name → :class:`vitlrp.metrics.Metric`)."""
     return {**M.METRICS, **(M.ROAD_METRICS if road else {})}
 
 
-def score_batch(relevance, logits, target, batch, rows_ok, prob_fn, images, patch, steps, tolerance, start, end,
-                road=None):
-    """Metrics of one method on one batch; returns per-image dicts and the MoRF/LeRF curves.
-
-    ``road``: a ``fill`` (:func:`vitlrp.metrics.road_fill`) to add the ROAD curves and metrics, or None.
-    """
-    size = relevance.shape[-1]
-    boxes = batch["box"][rows_ok].to(relevance.device)
-    mask = M.box_mask(boxes, size)
-    rel = relevance.float()
-    curves = M.perturbation_curves(prob_fn, images, M.patch_scores(rel, patch), patch, steps, start, end)
-    morf, lerf = M.auc(curves["morf"]), M.auc(curves["lerf"])
-    scores = {
-        "box_share": M.box_share(rel, mask), "pointing_game": M.pointing_game(rel, mask),
-        "part_pointing": M.part_pointing(rel, batch["parts"][rows_ok].to(rel.device), tolerance),
-        "rank_accuracy": M.rank_accuracy(rel, mask), "negative_share": M.negative_share(rel),
-        "gini": M.gini(rel), "morf_auc": morf, "lerf_auc": lerf, "lerf_minus_morf": lerf - morf,
-    }
-    if road is not None:
-        rc = M.perturbation_curves(prob_fn, images, M.patch_scores(rel, patch), patch, steps, start, end, road)
-        curves.update(road_morf=rc["morf"], road_lerf=rc["lerf"])
-        r_morf, r_lerf = M.auc(rc["morf"]), M.auc(rc["lerf"])
-        scores.update(road_morf_auc=r_morf, road_lerf_auc=r_lerf, road_lerf_minus_morf=r_lerf - r_morf)
-    scores = {k: v.float().cpu() for k, v in scores.items()}
-    sums = rel.double().sum((1, 2)).cpu()
-    explained = logits.gather(1, target.view(-1, 1).to(logits.device)).squeeze(1).cpu()
-    has_box = mask.flatten(1).any(1).cpu()  # False: NaN, outside the image, negative size or cropped away
-    out, finite = [], []
-    for k, row in enumerate(rows_ok):
-        entry = dict(sample_idx=int(batch["index"][row]), label=int(batch["label"][row]), target=int(target[k]),
-                     predicted=int(logits[k].argmax()))
-        entry["correct"] = int(entry["predicted"] == entry["label"])
-        error = nonfinite_error(relevance[k], logits[k])
-        finite.append(not error)
-        if error:  # a NaN map would score as NaN and silently drop out of the means
-            out.append({**entry, "error": error})
-            continue
-        entry.update({name: float(v[k]) for name, v in scores.items()})
-        entry.update(relevance_sum=float(sums[k]), explained_logit=float(explained[k]), error="",
-                     no_box=not bool(has_box[k]))
-        out.append(entry)
-    keep = torch.tensor(finite, dtype=torch.bool)
-    return out, {name: c[keep] for name, c in curves.items()}
+def conclude(rows, names, metrics, reference, n_boot=5000, seed=0, unsigned=()):
+    """What the rows say: ``{'summary', 'best', 'runner_up', 'paired'}`` (``paired`` empty when ``reference`` is not
+    among ``names``). ``unsigned``: the methods whose maps cannot be negative (see :func:`summarize`)."""
+    summary = summarize(rows, names, metrics, unsigned)
+    best = best_methods(summary, metrics=metrics)
+    paired = paired_comparison(rows, names, reference, n_boot, seed, metrics) if reference in names else []
+    return {"summary": summary, "best": best, "runner_up": runner_up_tests(summary, rows, best), "paired": paired}
 
 
 def boxless(rows):
@@ -72,22 +35,48 @@ def boxless(rows):
     return sorted({r["sample_idx"] for r in rows if r.get("no_box")})
 
 
+def warning_lines(rows, names, summary):
+    """The console's closing notes: images without a box, unreadable images, non-finite and empty maps."""
+    lines = []
+    no_box = boxless(rows)
+    if no_box:
+        lines.append(f"warning: {len(no_box)} image(s) have no usable box (NaN, outside the image, negative size or "
+                     f"cropped away); their box metrics are left out of the means: sample_idx {no_box}")
+    unreadable = sorted({r["sample_idx"] for r in rows if r["error"] and not r["error"].startswith("non-finite")})
+    if unreadable:
+        lines.append(f"{len(unreadable)} image(s) could not be read; they are listed in per_image.csv with their "
+                     "error")
+    for name in names:
+        bad = [r["sample_idx"] for r in rows if r["method"] == name and r["error"].startswith("non-finite")]
+        if bad:
+            lines.append(f"{name}: {len(bad)} image(s) got a non-finite map (NaN or inf), left out of its means "
+                         f"(per_image.csv has the error): sample_idx {bad}")
+        empty = summary[name]["n_empty"]
+        if empty:
+            lines.append(f"{name}: {empty} of {summary[name]['n_images']} map(s) were empty (every pixel the same, "
+                         "no evidence): scored as the uniform map, i.e. at chance level (per_image.csv: empty=1)")
+    return lines
+
+
 def merge_ranks(gathered, methods):
     """Merge the ``(rows, curves)`` of every rank: rows sorted by method then image, curves concatenated."""
     rows = sorted((r for part, _ in gathered for r in part),
                   key=lambda r: (methods.index(r["method"]), r["sample_idx"]))
-    curves = {name: {k: [t for _, part in gathered for t in part[name][k]] for k in c}
-              for name, c in gathered[0][1].items()}
+    curves = {name: {k: [t for _, part in gathered for t in part[name].get(k, [])]
+                     for k in sorted(set().union(*(part[name] for _, part in gathered)))} for name in methods}
     return rows, curves
 
 
-def summarize(rows, methods, metrics=M.METRICS):
-    """Per method and metric: mean, 95% CI half-width, n; plus the count of failed images per method."""
+def summarize(rows, methods, metrics=M.METRICS, unsigned=()):
+    """Per method and metric: mean, 95% CI half-width, n; plus the counts of failed images and of empty maps (scored
+    as the uniform map) per method, and ``not_applicable``: the metrics that say nothing about it (a method in
+    ``unsigned`` cannot give negative relevance, so its negative share is 0 by construction)."""
     summary = {}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         ok = [r for r in mine if not r["error"]]
-        entry = {"n_images": len(ok), "n_failed": len(mine) - len(ok)}
+        entry = {"n_images": len(ok), "n_failed": len(mine) - len(ok), "n_empty": sum(int(r["empty"]) for r in ok),
+                 "not_applicable": [k for k, m in metrics.items() if m.signed_only and method in unsigned]}
         for metric in metrics:
             mean, half, n = M.mean_ci([r[metric] for r in ok])
             entry[metric] = {"mean": mean, "ci95": half, "n": n}
@@ -98,11 +87,11 @@ def summarize(rows, methods, metrics=M.METRICS):
 def best_methods(summary, exclude=("random",), metrics=M.METRICS):
     """metric → (best method, its mean), by each metric's direction (``random`` is a reference, not a candidate)."""
     best = {}
-    for metric, higher in metrics.items():
-        cands = [(m, s[metric]["mean"]) for m, s in summary.items()
-                 if m not in exclude and math.isfinite(s[metric]["mean"])]
+    for metric, spec in metrics.items():
+        cands = [(m, s[metric]["mean"]) for m, s in summary.items() if m not in exclude
+                 and math.isfinite(s[metric]["mean"]) and metric not in s.get("not_applicable", ())]
         if cands:
-            best[metric] = (max if higher else min)(cands, key=lambda c: c[1])
+            best[metric] = (max if spec.higher else min)(cands, key=lambda c: c[1])
     return best
 
 
@@ -113,9 +102,12 @@ def table_lines(summary, metrics=M.METRICS):
     head = f"{'method':<22}" + "".join(f"{n:>{width[n]}}" for n in names)
     lines = [head, "-" * len(head)]
     for method, s in summary.items():
-        cells = "".join((f"{s[n]['mean']:.3f} ±{s[n]['ci95']:<5.3f}" if math.isfinite(s[n]["mean"]) else "n/a")
-                        .rjust(width[n]) for n in names)
+        cells = "".join(("n/a†" if n in s.get("not_applicable", ()) else f"{s[n]['mean']:.3f} ±{s[n]['ci95']:<5.3f}"
+                         if math.isfinite(s[n]["mean"]) else "n/a").rjust(width[n]) for n in names)
         lines.append(f"{method:<22}{cells}")
+    unsigned = [m for m, s in summary.items() if s.get("not_applicable")]
+    if unsigned:
+        lines.append(f"† says nothing about {', '.join(unsigned)}: their maps cannot be negative")
     return lines
 
 
@@ -131,7 +123,7 @@ def per_image_scores(rows, methods, metrics=M.METRICS):
 
 def paired_comparison(rows, methods, reference, n_boot=5000, seed=0, metrics=M.METRICS):
     """Every method minus ``reference`` per image, per metric (see :func:`vitlrp.stats.paired_table`)."""
-    return S.paired_table(per_image_scores(rows, methods, metrics), reference, metrics, n_boot, seed)
+    return S.paired_table(per_image_scores(rows, methods, metrics), reference, M.directions(metrics), n_boot, seed)
 
 
 def runner_up_tests(summary, rows, best):
@@ -145,9 +137,9 @@ def runner_up_tests(summary, rows, best):
     scores = per_image_scores(rows, list(summary), list(best))
     out = {}
     for metric, (winner, _) in best.items():
-        higher = M.ALL_METRICS[metric]
-        cands = [(m, s[metric]["mean"]) for m, s in summary.items()
-                 if m != winner and m != "random" and math.isfinite(s[metric]["mean"])]
+        higher = M.ALL_METRICS[metric].higher
+        cands = [(m, s[metric]["mean"]) for m, s in summary.items() if m != winner and m != "random"
+                 and math.isfinite(s[metric]["mean"]) and metric not in s.get("not_applicable", ())]
         if not cands:
             continue
         runner = (max if higher else min)(cands, key=lambda c: c[1])[0]
@@ -160,7 +152,7 @@ def runner_up_tests(summary, rows, best):
 
 def best_line(metric, method, value, runner=None, alpha=S.ALPHA):
     """``best <metric> <method> <value> (direction)`` plus, when given, the paired test against the runner-up."""
-    line = f"best {metric:<20} {method:<22} {value:.3f}  ({'higher' if M.ALL_METRICS[metric] else 'lower'} is better)"
+    line = f"best {metric:<20} {method:<22} {value:.3f}  ({better(metric)} is better)"
     if runner is None:
         return line
     name, diff, p, agree = runner
@@ -171,7 +163,11 @@ def best_line(metric, method, value, runner=None, alpha=S.ALPHA):
     else:  # a small p from many small losses and a few large wins says "different", not "better"
         verdict = "significantly better" if agree else "but the signed-rank test leans to the runner-up: no verdict"
     return f"{line}; vs runner-up {name}: {diff:+.3f}, Wilcoxon p={p:.2g}, {verdict}"
-    return f"{line}; vs runner-up {name}: {diff:+.3f}, Wilcoxon p={p:.2g}, {verdict}"
+
+
+def better(metric):
+    """``'higher'`` or ``'lower'``: which way ``metric`` is better."""
+    return "higher" if M.ALL_METRICS[metric].higher else "lower"
 
 
 def paired_lines(rows, alpha=S.ALPHA):

@@ -123,3 +123,66 @@ def gamma_rules(module_gammas):
     finally:
         for module in patched:
             del module.forward
+
+
+def explain_settings(explainer, x, target, settings):
+    """``(logits, relevance [K, B, H, W])`` of an entered fused :class:`~vitlrp.explain.Explainer` for ``settings``
+    (``(conv γ, Linear γ text)`` pairs) from one forward of the input leaf ``x``.
+
+    The graph is kept and the Linear γ are changed between backwards (:class:`GammaHolder`); the backward down to
+    the patch embedding's output is shared by all settings with the same Linear γ, and each Conv2d γ only re-runs
+    the patch embedding's rule (:func:`patch_conv_input_gradient`).
+    """
+    from .explain import input_times_grad, target_index
+
+    out_dtype = explainer.out_dtype()
+    groups = {}  # Linear γ → [(index in settings, conv γ)]
+    for k, (conv, lin) in enumerate(settings):
+        groups.setdefault(lin, []).append((k, conv))
+    maps = [None] * len(settings)
+    with explainer.patched(), torch.enable_grad():
+        rules = explainer.rule_map(*settings[0])
+        holders = {name: GammaHolder() for name in rules}
+        logits, z, conv = _forward_keeping_patch_output(explainer, x, rules, holders)
+        score = logits.gather(1, target_index(logits, target)).sum()
+
+        def set_gammas(conv_gamma, lin):
+            for name, (_, gamma) in explainer.rule_map(conv_gamma, lin).items():
+                holders[name].value = gamma
+
+        for g, (lin, cells) in enumerate(groups.items()):
+            last_group = g == len(groups) - 1
+            if conv is None:  # no single patch embedding on the input: one backward per setting
+                for i, (k, conv_gamma) in enumerate(cells):
+                    set_gammas(conv_gamma, lin)
+                    (grad,) = torch.autograd.grad(score, x, retain_graph=not (last_group and i == len(cells) - 1))
+                    maps[k] = input_times_grad(x, grad, out_dtype)
+                continue
+            set_gammas(cells[0][1], lin)
+            (grad_z,) = torch.autograd.grad(score, z, retain_graph=not last_group)
+            bias = None if conv.bias is None else conv.bias.detach()
+            for k, conv_gamma in cells:
+                grad = patch_conv_input_gradient(x.detach(), conv.weight.detach(), bias, z.detach(), grad_z,
+                                                 conv_gamma)
+                maps[k] = input_times_grad(x, grad, out_dtype)
+    return logits.detach().to(out_dtype), torch.stack(maps)
+
+
+def _forward_keeping_patch_output(explainer, x, rules, holders):
+    """The forward with the rules attached; ``(logits, patch-embedding output, its conv)`` — the last two None
+    unless exactly one Conv2d is applied to the input itself (the backward can then stop at its output)."""
+    convs = [m for m, _ in rules.values() if isinstance(m, nn.Conv2d)]
+    seen = {}
+
+    def keep_output(module, args, out):
+        if args[0] is x and len(convs) == 1:
+            seen["z"] = out
+
+    hooks = [m.register_forward_hook(keep_output) for m in convs]
+    try:
+        with explainer.rules_attached(holders):
+            logits = explainer.lrp_model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits, seen.get("z"), convs[0] if "z" in seen else None

@@ -134,7 +134,8 @@ def summary_table(summary):
     """HTML table of an evaluation summary (mean ± 95% CI per metric and method)."""
     from .metrics import METRICS
 
-    head = "<tr><th>method</th>" + "".join(f"<th>{_e(m)} {'↑' if up else '↓'}</th>" for m, up in METRICS.items())
+    head = "<tr><th>method</th>" + "".join(f"<th>{_e(m)} {'↑' if spec.higher else '↓'}</th>"
+                                           for m, spec in METRICS.items())
     rows = [head + "</tr>"]
     for method, s in summary["methods"].items():
         cells = "".join(f"<td>{s[m]['mean']:.3f} ± {s[m]['ci95']:.3f}</td>" for m in METRICS)

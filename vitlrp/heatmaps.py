@@ -59,3 +59,39 @@ def failed_record(idx, img_path, label, names, error, target=None):
     """The entry of a sample that has no map (unreadable image, or a non-finite map of ``target``)."""
     return {"sample_idx": idx, "img_path": img_path, "label": label, "target_class": target,
             "label_name": names[label], "error": error, "files": {}}
+
+
+def coverage_line(explainer):
+    """One line saying where γ acts (for the console, the JSON and the page), from what the rule really acted on."""
+    layers = explainer.gamma_layers()
+    conv = [n for n, t in layers.items() if t == "Conv2d"]
+    attn = [n for n in layers if n.endswith((".q_proj", ".k_proj", ".v_proj", ".out_proj"))]
+    other = [n for n, t in layers.items() if t != "Conv2d" and n not in attn]
+    lin = explainer.lin_gamma
+    if not isinstance(lin, float):
+        values = explainer.lin_gammas()
+        lin = f"{lin} per block: {'/'.join(f'{v:.3g}' for v in values)}, head {values[-1]:.3g}"
+    else:
+        lin = f"{lin:g}"
+    text = (f"Gamma rule acts on {len(layers)} layers: {', '.join(conv) or 'no Conv2d'} (Conv2d, "
+            f"gamma={explainer.conv_gamma:g}); {len(other)} Linear (MLP + head" + (f", gamma={lin})" if other else ")"))
+    if explainer.gamma_attention:
+        return text + f"; {len(attn)} attention projections (value + output; query/key carry no relevance in CP-LRP)"
+    return text + ("; attention projections get LRP-0 (torchvision calls F.linear on them; the gamma_attention "
+                   "option routes them through gamma)")
+
+
+def explain_batch(batch, explainer, grid, target_kind, device, ids):
+    """Maps of a batch's readable images: ``{'ok': rows, 'logits', 'relevance', 'target', 'grid': {caption: maps}}``.
+
+    ``grid``: caption → an entered :class:`vitlrp.methods.MethodRunner` for the comparison grid, explained for the
+    same target classes. ``ids``: the sample indices of the readable rows.
+    """
+    ok = [i for i, err in enumerate(batch["error"]) if not err]
+    if not ok:
+        return {"ok": ok}
+    images, labels = batch["image"][ok], batch["label"][ok].to(device)
+    logits, relevance = explainer(images, None if target_kind == "pred" else labels)
+    target = logits.argmax(1) if target_kind == "pred" else labels
+    maps = {caption: run(images, target, ids)[1] for caption, run in grid.items()}
+    return {"ok": ok, "logits": logits, "relevance": relevance, "target": target, "grid": maps}

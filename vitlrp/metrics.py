@@ -1,4 +1,4 @@
-"""Scores of relevance maps, batched (``[B, H, W]`` maps in model-input pixels).
+"""Scores of relevance maps, batched (``[B, H, W]`` maps in model-input pixels), and the table of every metric.
 
 Localization uses CUB's box and parts mapped into the model input (see :mod:`vitlrp.preprocess`); a pixel
 belongs to a box when its centre lies inside it. Faithfulness removes the ViT's own patches in order of their
@@ -6,32 +6,19 @@ summed relevance and records the target probability (MoRF: most relevant first, 
 A removed patch is set to 0 in normalized space, i.e. the dataset's mean colour. ROAD (Rong et al. 2022) removes
 the same patches in the same order but fills them by noisy linear imputation from the pixels kept, so the
 perturbed image stays closer to the data than a flat mean-colour square.
+
+Ties count as a random order would: the pointing games score the share of the tied maxima that hit, rank accuracy
+the expected share of the top K, and patches of equal relevance are removed in a random order (seeded per image by
+the caller). So a flat map (no evidence at all) scores what chance scores.
 """
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-# metric → True when higher is better
-METRICS = {
-    "box_share": True,          # share of positive relevance inside the box
-    "pointing_game": True,      # the maximum lies in the box
-    "part_pointing": True,      # the maximum lies within tolerance of a visible part
-    "rank_accuracy": True,      # share of the top-K pixels inside the box, K = box area (Arras et al., CLEVR-XAI)
-    "negative_share": False,    # share of |relevance| that is negative
-    "gini": True,               # concentration of |relevance| (1 = one pixel, 0 = uniform)
-    "morf_auc": False,          # area under the MoRF probability curve (a faithful map drops it fast)
-    "lerf_auc": True,           # area under the LeRF curve (removing irrelevant patches keeps the prediction)
-    "lerf_minus_morf": True,    # the difference, the headline faithfulness score
-}
-ROAD_METRICS = {  # the same curves with ROAD's noisy linear imputation instead of the mean colour
-    "road_morf_auc": False,
-    "road_lerf_auc": True,
-    "road_lerf_minus_morf": True,
-}
 ROAD_NOISE = 0.01  # std of the Gaussian noise added to imputed values (ROAD's default; normalized units)
-ALL_METRICS = {**METRICS, **ROAD_METRICS}
 # ROAD's imputation weights: each missing pixel is the weighted mean of its 8 neighbours (edge 1/6, corner 1/12)
 _NEIGHBOURS = [((dy, dx), 1 / 12 if dy and dx else 1 / 6) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
@@ -60,35 +47,45 @@ def box_share(relevance, mask):
     return _nan_where_empty(_safe_div((pos * mask.flatten(1)).sum(1), pos.sum(1)).float(), mask)
 
 
-def _argmax_yx(relevance):
-    flat = relevance.flatten(1).argmax(1)
-    w = relevance.shape[-1]
-    return flat // w, flat % w
+def _maxima(relevance):
+    """``[B, H, W]`` bool: the pixels that hold their map's maximum (several when it is tied)."""
+    flat = relevance.flatten(1)
+    return (flat == flat.max(1, keepdim=True).values).view_as(relevance)
 
 
 def pointing_game(relevance, mask):
-    """1 where the most relevant pixel lies inside ``mask``, else 0 (NaN for an empty mask)."""
-    y, x = _argmax_yx(relevance)
-    rows = torch.arange(len(mask), device=mask.device)
-    return _nan_where_empty(mask[rows, y.to(mask.device), x.to(mask.device)].float(), mask)
+    """1 where the most relevant pixel lies inside ``mask``, else 0; with tied maxima the share of them inside (a hit
+    under a random choice among them). NaN for an empty mask."""
+    top = _maxima(relevance).flatten(1).to(mask.device)
+    hit = (top & mask.flatten(1)).sum(1).double() / top.sum(1)
+    return _nan_where_empty(hit.float(), mask)
 
 
 def part_pointing(relevance, parts, tolerance):
-    """1 where the most relevant pixel is within ``tolerance`` pixels of a visible part (NaN: no visible part)."""
-    y, x = _argmax_yx(relevance)
-    d = torch.hypot(parts[..., 0] - x[:, None].float(), parts[..., 1] - y[:, None].float())
+    """1 where the most relevant pixel is within ``tolerance`` pixels of a visible part (with tied maxima, the share
+    of them that are); NaN for a map without a visible part."""
+    w = relevance.shape[-1]
+    top = _maxima(relevance).flatten(1)
+    row, pixel = top.nonzero(as_tuple=True)  # one entry per maximum: usually one per map
+    d = torch.hypot(parts[row, :, 0] - (pixel % w)[:, None].float(), parts[row, :, 1] - (pixel // w)[:, None].float())
     visible = parts[..., 2] > 0
-    hit = ((d <= tolerance) & visible).any(1).float()
+    near = ((d <= tolerance) & visible[row]).any(1).double()
+    hit = torch.zeros(len(relevance), dtype=torch.float64, device=relevance.device).index_add_(0, row, near)
+    hit = (hit / top.sum(1)).float()
     return torch.where(visible.any(1), hit, torch.full_like(hit, math.nan))
 
 
 def rank_accuracy(relevance, mask):
-    """Share of the K most relevant pixels inside ``mask``, with K its pixel count (NaN for an empty mask)."""
+    """Share of the K most relevant pixels inside ``mask``, with K its pixel count (NaN for an empty mask). Pixels
+    tied with the K-th value count in proportion, as a random order among them would (in expectation)."""
     flat, m = relevance.flatten(1), mask.flatten(1).to(relevance.device)
     k = m.sum(1)
-    order = flat.argsort(1, descending=True)
-    inside_first_k = m.gather(1, order).double().cumsum(1).gather(1, (k - 1).clamp(min=0)[:, None]).squeeze(1)
-    return torch.where(k > 0, inside_first_k / k.clamp(min=1), torch.full_like(inside_first_k, math.nan)).float()
+    kth = flat.sort(1, descending=True).values.gather(1, (k - 1).clamp(min=0)[:, None])  # the K-th largest value
+    above, tied = flat > kth, flat == kth
+    inside = (above & m).sum(1).double()
+    slots = (k - above.sum(1)).double()  # places of the top K left for the tied pixels
+    inside = inside + slots * (tied & m).sum(1).double() / tied.sum(1).clamp(min=1)
+    return torch.where(k > 0, inside / k.clamp(min=1), torch.full_like(inside, math.nan)).float()
 
 
 def negative_share(relevance):
@@ -105,14 +102,15 @@ def gini(relevance):
     return _safe_div(((2 * i - n - 1) * v).sum(1), n * v.sum(1)).float()
 
 
-def linear_impute(images, keep, noise=ROAD_NOISE, generator=None):
+def linear_impute(images, keep, noise=ROAD_NOISE, generator=None, seeds=None):
     """ROAD's noisy linear imputation of ``[B, C, H, W]`` images where ``keep`` (``[B, 1, H, W]``, 1 = kept) is 0.
 
     Each missing pixel is the weighted mean of its in-image 8 neighbours (edges 1/6, corners 1/12), missing or not:
     one sparse linear system per image (Rong et al. 2022; the same system as pytorch-grad-cam's
     ``NoisyLinearImputer``), here assembled for the whole batch as one block-diagonal system and solved exactly
     with scipy's sparse LU on the CPU, all channels at once. Imputed pixels then get Gaussian noise of std
-    ``noise``. An image with nothing kept has nothing to impute from and is returned as 0 (the mean colour).
+    ``noise``, drawn from ``generator``, or per image from its own seed in ``seeds`` (one int per image). An image
+    with nothing kept has nothing to impute from and is returned as 0 (the mean colour).
     """
     from scipy.sparse import csc_matrix
     from scipy.sparse.linalg import splu
@@ -147,7 +145,12 @@ def linear_impute(images, keep, noise=ROAD_NOISE, generator=None):
     filled = torch.from_numpy(out).float().view(b, h, w, c).permute(0, 3, 1, 2).to(images.device)
     miss_t = 1 - keep.to(filled)
     if noise:
-        filled = filled + noise * torch.randn(filled.shape, generator=generator).to(filled.device) * miss_t
+        if seeds is not None:
+            draws = torch.stack([torch.randn(filled.shape[1:], generator=torch.Generator().manual_seed(int(s)))
+                                 for s in seeds])
+        else:
+            draws = torch.randn(filled.shape, generator=generator)
+        filled = filled + noise * draws.to(filled.device) * miss_t
     return torch.where(empty.to(filled.device)[:, None, None, None], torch.zeros_like(filled), filled)
 
 
@@ -163,11 +166,15 @@ def removal_fractions(steps):
 def keep_mask(images, order, count, patch):
     """``[B, 1, H, W]``: 0 on the first ``count`` patches of each row's ``order``, 1 elsewhere."""
     b, _, h, w = images.shape
-    gw = w // patch
-    keep = torch.ones(b, (h // patch) * gw, device=images.device)
+    keep = torch.ones(b, (h // patch) * (w // patch), device=images.device)
     if count:
         keep.scatter_(1, order[:, :count].to(images.device), 0.0)
-    return keep.view(b, 1, h // patch, gw).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+    return patch_keep_to_pixels(keep, h // patch, patch)
+
+
+def patch_keep_to_pixels(keep, grid_h, patch):
+    """``[R, L]`` per-patch keep flags (row-major patches) → ``[R, 1, H, W]`` per-pixel flags."""
+    return keep.float().view(len(keep), 1, grid_h, -1).repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 
 
 def perturbed(images, order, count, patch, value=0.0):
@@ -176,34 +183,79 @@ def perturbed(images, order, count, patch, value=0.0):
     return images * keep + value * (1 - keep)
 
 
-def road_fill(generator=None, noise=ROAD_NOISE):
-    """A ``fill(images, keep)`` for :func:`perturbation_curves`: ROAD's noisy linear imputation."""
-    return lambda images, keep: linear_impute(images.float(), keep, noise, generator).to(images.dtype)
+def road_fill(noise=ROAD_NOISE):
+    """A ``fill(images, keep, seeds)`` for :func:`perturbation_curves`: ROAD's noisy linear imputation, each
+    perturbed image's noise drawn from its own seed."""
+    return lambda images, keep, seeds: linear_impute(images.float(), keep, noise, seeds=seeds).to(images.dtype)
 
 
-@torch.no_grad()
-def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=None, fill=None):
+def removal_order(scores, descending, tiebreak=None):
+    """Patch indices in removal order, ``[..., L]``: by score (most relevant first when ``descending``); patches of
+    equal score in the order of ``tiebreak`` (random ranks ``[..., L]``, the same for MoRF and LeRF, so a flat map
+    removes patches in one random order both ways), or in index order without it."""
+    if tiebreak is None:
+        return torch.sort(scores, dim=-1, descending=descending, stable=True).indices
+    pre = tiebreak.expand_as(scores).argsort(-1)
+    return pre.gather(-1, torch.sort(scores.gather(-1, pre), dim=-1, descending=descending, stable=True).indices)
+
+
+def _perturbation_rows(orders, counts, image_seeds, fill):
+    """Every perturbed image of the curves, once: ``(keys, inverse)`` where ``keys`` ``[U, 2 + L]`` holds (image,
+    seed, kept patches) of each distinct perturbed image and ``inverse`` maps each (direction, map, count, image)
+    to its key. Maps that remove the same patches of an image at a step share one forward (with ROAD's fill
+    only at the same step and direction, whose noise seed it shares)."""
+    d, m, b, n = orders.shape
+    rank = orders.argsort(-1)  # [d, m, b, n]: each patch's place in the removal order
+    c = torch.tensor(counts)
+    keep = rank[:, :, None] >= c.view(1, 1, -1, 1, 1)  # [d, m, S, b, n]
+    image = torch.arange(b).view(1, 1, 1, b).expand(d, m, len(counts), b)
+    if fill is None or image_seeds is None:
+        seed = torch.zeros_like(image)
+    else:  # ROAD's noise: one seed per image, step and direction, shared by every map
+        base = torch.as_tensor(image_seeds, dtype=torch.int64).view(1, 1, 1, b)
+        seed = (base * 1_000_003 + torch.arange(d).view(d, 1, 1, 1) * 1009 + c.view(1, 1, -1, 1)) % 2**62
+        seed = seed.expand(d, m, len(counts), b)
+    rows = torch.cat([image.reshape(-1, 1), seed.reshape(-1, 1), keep.reshape(-1, n).long()], 1)
+    return torch.unique(rows, dim=0, return_inverse=True)
+
+
+@torch.inference_mode()
+def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=None, fill=None, tiebreak=None,
+                        image_seeds=None, rows_per_pass=64):
     """Target probabilities as patches are removed: ``{'morf': [B, steps+1], 'lerf': [B, steps+1]}``.
 
-    ``prob_fn(images) -> [B]`` returns the target probability. ``start`` / ``end`` (the probabilities with
-    nothing / everything removed, the same for every method) may be passed to save two forwards.
-    ``fill(images, keep) -> images`` replaces the removed pixels (``keep`` = 0); default: the mean colour (0).
-    With everything removed no pixel is left to impute from, so ``end`` is always the all-mean-colour image.
+    ``scores`` are per-patch scores ``[B, L]``, or ``[M, B, L]`` for M maps of each image (the curves are then
+    ``[M, B, steps+1]``): every map of a batch is done together, and a perturbed image that several maps produce
+    (the same patches removed from the same image) is forwarded once. The perturbed images go through the model
+    in chunks of ``rows_per_pass``. ``prob_fn(x, rows) -> [R]`` returns the target probability of images ``x``,
+    which are perturbed copies of ``images[rows]``. ``start`` / ``end`` (nothing / everything removed) may be
+    passed to save two forwards. ``fill(x, keep, seeds) -> x`` replaces the removed pixels (``keep`` = 0), with
+    ``seeds`` one int per row derived from ``image_seeds``; default: the mean colour (0). With everything removed
+    no pixel is left to impute from, so ``end`` is always the all-mean-colour image. ``tiebreak``: see
+    :func:`removal_order`.
     """
-    n = scores.shape[1]
-    counts = [round(f * n) for f in removal_fractions(steps)]
-    start = prob_fn(images) if start is None else start
-    end = prob_fn(perturbed(images, scores.argsort(1), n, patch)) if end is None else end
-    out = {}
-    for name, descending in (("morf", True), ("lerf", False)):
-        order = torch.sort(scores, dim=1, descending=descending, stable=True).indices
-        cols = [start.float().cpu()]
-        for c in counts[1:-1]:
-            x = perturbed(images, order, c, patch) if fill is None else fill(images, keep_mask(images, order, c, patch))
-            cols.append(prob_fn(x).float().cpu())
-        cols.append(end.float().cpu())
-        out[name] = torch.stack(cols, 1)
-    return out
+    one = scores.ndim == 2
+    scores = scores[None] if one else scores
+    m, b, n = scores.shape
+    rows_all = torch.arange(b, device=images.device)
+    start = prob_fn(images, rows_all) if start is None else start
+    end = prob_fn(torch.zeros_like(images), rows_all) if end is None else end
+    counts = [round(f * n) for f in removal_fractions(steps)][1:-1]
+    tb = None if tiebreak is None else tiebreak[None].to(scores.device)
+    orders = torch.stack([removal_order(scores, True, tb), removal_order(scores, False, tb)]).cpu()
+    keys, inverse = _perturbation_rows(orders, counts, image_seeds, fill)
+    probs = torch.empty(len(keys))
+    grid_h = images.shape[-2] // patch
+    for lo in range(0, len(keys), max(1, rows_per_pass)):
+        k = keys[lo:lo + rows_per_pass]
+        rows = k[:, 0].to(images.device)
+        keep = patch_keep_to_pixels(k[:, 2:].to(images.device), grid_h, patch).to(images.dtype)
+        x = images[rows] * keep if fill is None else fill(images[rows], keep, k[:, 1].tolist())
+        probs[lo:lo + len(k)] = prob_fn(x, rows).float().cpu()
+    inner = probs[inverse].view(2, m, len(counts), b).permute(0, 1, 3, 2)  # [direction, map, image, step]
+    ends = (start.float().cpu().expand(m, b)[..., None], end.float().cpu().expand(m, b)[..., None])
+    out = {name: torch.cat([ends[0], inner[i], ends[1]], -1) for i, name in enumerate(("morf", "lerf"))}
+    return {k: v[0] for k, v in out.items()} if one else out
 
 
 def auc(curves):
@@ -221,3 +273,59 @@ def mean_ci(values):
         return math.nan, math.nan, 0
     half = 1.96 * float(v.std(unbiased=True)) / math.sqrt(n) if n > 1 else math.nan
     return float(v.mean()), half, n
+
+
+# --- the table of metrics ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric: its direction, what it reads besides the map, and how it scores a batch.
+
+    ``score(view)`` returns ``[B]`` floats for a view with ``rel`` (``[B, H, W]`` float maps) and, as ``needs``
+    says, ``mask`` (box pixels), ``parts`` + ``tolerance``, or ``curves`` (``morf``, ``lerf``, ``road_morf``,
+    ``road_lerf``: ``[B, steps+1]``). ``signed_only``: it says nothing about a method whose maps cannot be negative.
+    """
+
+    higher: bool  # higher is better
+    needs: str  # "" (the map alone), "box", "parts", "curves" or "road"
+    score: object
+    about: str
+    signed_only: bool = False
+
+
+def _auc_of(kind):
+    return lambda v: auc(v.curves[kind])
+
+
+def _auc_gap(prefix):
+    return lambda v: auc(v.curves[prefix + "lerf"]) - auc(v.curves[prefix + "morf"])
+
+
+METRICS = {
+    "box_share": Metric(True, "box", lambda v: box_share(v.rel, v.mask), "share of positive relevance inside the box"),
+    "pointing_game": Metric(True, "box", lambda v: pointing_game(v.rel, v.mask), "the maximum lies in the box"),
+    "part_pointing": Metric(True, "parts", lambda v: part_pointing(v.rel, v.parts, v.tolerance),
+                            "the maximum lies within tolerance of a visible part"),
+    "rank_accuracy": Metric(True, "box", lambda v: rank_accuracy(v.rel, v.mask),
+                            "share of the top-K pixels inside the box, K = box area (Arras et al., CLEVR-XAI)"),
+    "negative_share": Metric(False, "", lambda v: negative_share(v.rel), "share of |relevance| that is negative",
+                             signed_only=True),
+    "gini": Metric(True, "", lambda v: gini(v.rel), "concentration of |relevance| (1 = one pixel, 0 = uniform)"),
+    "morf_auc": Metric(False, "curves", _auc_of("morf"),
+                       "area under the MoRF probability curve (a faithful map drops it fast)"),
+    "lerf_auc": Metric(True, "curves", _auc_of("lerf"),
+                       "area under the LeRF curve (removing irrelevant patches keeps the prediction)"),
+    "lerf_minus_morf": Metric(True, "curves", _auc_gap(""), "the difference, the headline faithfulness score"),
+}
+ROAD_METRICS = {  # the same curves with ROAD's noisy linear imputation instead of the mean colour
+    "road_morf_auc": Metric(False, "road", _auc_of("road_morf"), "MoRF AUC with ROAD's imputation"),
+    "road_lerf_auc": Metric(True, "road", _auc_of("road_lerf"), "LeRF AUC with ROAD's imputation"),
+    "road_lerf_minus_morf": Metric(True, "road", _auc_gap("road_"), "LeRF − MoRF with ROAD's imputation"),
+}
+ALL_METRICS = {**METRICS, **ROAD_METRICS}
+
+
+def directions(metrics):
+    """``{metric: True when higher is better}`` (for JSON and the paired statistics)."""
+    return {name: m.higher for name, m in metrics.items()}

@@ -26,7 +26,7 @@ def perturbation_curves(curves, steps, path, title=""):
     for ax, kind, title in ((axes[0], "morf", "most relevant first (lower is better)"),
                             (axes[1], "lerf", "least relevant first (higher is better)")):
         for method, c in curves.items():
-            if len(c[kind]):
+            if len(c.get(kind, [])):
                 ax.plot(x, torch.cat(c[kind]).mean(0).numpy(), marker="o", ms=3, label=method)
         ax.set(title=title, xlabel="fraction of patches removed", ylim=(0, 1))
         ax.grid(alpha=0.3)
@@ -48,7 +48,7 @@ def metric_bars(summary, metric, path):
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(methods)), 3.6))
     ax.bar(range(len(methods)), means, yerr=errs, capsize=4, color="#4C72B0")
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-    better = "higher" if M.ALL_METRICS[metric] else "lower"
+    better = "higher" if M.ALL_METRICS[metric].higher else "lower"
     ax.set(title=f"{metric} ({better} is better)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -106,7 +106,7 @@ def gamma_surface(values, cis, convs, rows, metric, best, marks, path):
 
     plt = _plt()
     v = np.array(values, dtype=float)
-    higher = M.METRICS[metric]
+    higher = M.METRICS[metric].higher
     fig, ax = plt.subplots(figsize=(1.0 * len(convs) + 3.2, 0.5 * len(rows) + 1.8))
     im = ax.imshow(v, cmap="viridis" if higher else "viridis_r", aspect="auto")
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=f"{metric} ({'higher' if higher else 'lower'} is better)")
@@ -234,7 +234,7 @@ def forest_plot(rows, path):
         ax.axvline(0, color="0.4", ls="--", lw=1)
         ax.set_yticks(range(len(methods)), methods, fontsize=8)
         ax.set_ylim(len(methods) - 0.5, -0.5)
-        ax.set_title(f"{metric} ({'higher' if M.ALL_METRICS[metric] else 'lower'} is better)", fontsize=9)
+        ax.set_title(f"{metric} ({'higher' if M.ALL_METRICS[metric].higher else 'lower'} is better)", fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(metrics):]:

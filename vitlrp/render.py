@@ -123,6 +123,12 @@ def save_png(image, path):
     write_bytes(Path(path), buf.getvalue())
 
 
+def load_png(path):
+    """A PNG this module wrote, back as an RGB picture (for :func:`stack`)."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
 def outline(image, box, color=(255, 0, 255), width=1):
     """A uint8 ``[H, W, 3]`` copy of ``image`` with the ``(x0, y0, x1, y1)`` edge box drawn on it."""
     img = Image.fromarray(np.asarray(image, dtype=np.uint8))

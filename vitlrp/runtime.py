@@ -1,4 +1,4 @@
-"""Devices, seeding, and the few distributed helpers the scripts share."""
+"""Devices, dtypes, seeding, and the few distributed helpers the scripts share."""
 import os
 import random
 
@@ -22,6 +22,15 @@ def resolve_device(name):
     if name == "cpu":
         return torch.device("cpu")
     raise UserError(f"unknown DEVICE {name!r}: use auto, cuda, cuda:N or cpu")
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the explaining scripts' DTYPE setting
+
+
+def image_seed(seed, sample_idx, *more):
+    """The seed of one image's random draws: a function of the run's seed and the image alone (and ``more`` keys),
+    so results do not depend on batching, on the other methods, or on how torchrun shards the images."""
+    return int(np.random.SeedSequence([int(seed), int(sample_idx), *map(int, more)]).generate_state(1)[0])
 
 
 def seed_everything(seed):
@@ -53,6 +62,10 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return device
+
+    def shard(self, items):
+        """This rank's share of ``items``: every ``world_size``-th, starting at its rank."""
+        return list(items)[self.rank::self.world_size]
 
     def all_reduce_sum(self, values, device):
         """Sum a list of numbers over all ranks."""

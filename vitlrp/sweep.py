@@ -7,9 +7,11 @@ import json
 import math
 from pathlib import Path
 
+from . import evaluation as E
 from . import metrics as M
 from .errors import UserError
-from .explain import check_gamma, lin_gamma_value, parse_schedule, schedule_text
+from .evaluation import best_methods
+from .gamma import check_gamma, lin_gamma_value, parse_schedule, schedule_text
 
 # the three aims a recommended γ trades off: metric → True when higher is better
 OBJECTIVES = {"lerf_minus_morf": True, "box_share": True, "negative_share": False}
@@ -44,16 +46,6 @@ def grid(conv_gammas, lin_gammas, schedules=()):
 def surface(summary, convs, rows, metric, key="mean"):
     """``[len(rows)][len(convs)]`` values of one metric (rows: Linear γ, columns: conv γ)."""
     return [[summary[cell_name(c, lin)][metric][key] for c in convs] for lin in rows]
-
-
-def best_cells(summary):
-    """metric → best cell name by the metric's direction (NaN means never win)."""
-    best = {}
-    for metric, higher in M.METRICS.items():
-        cands = [(name, s[metric]["mean"]) for name, s in summary.items() if math.isfinite(s[metric]["mean"])]
-        if cands:
-            best[metric] = (max if higher else min)(cands, key=lambda c: c[1])[0]
-    return best
 
 
 def _oriented(summary, name):
@@ -124,16 +116,56 @@ def best_gamma_doc(summary, cells, presets):
         if name in summary:
             preset_rows[preset].update(pareto=name in front, rank_sum=sums[name],
                                        **{m: summary[name][m]["mean"] for m in OBJECTIVES})
+    best = best_methods(summary, exclude=())
     return {
         "recommended": {**_setting(cells, rec), "rule": RULE, "rank_sum": sums[rec],
                         "scores": {m: summary[rec][m] for m in M.METRICS}},
         "best": {metric: {**_setting(cells, name), "mean": summary[name][metric]["mean"],
-                          "ci95": summary[name][metric]["ci95"]} for metric, name in best_cells(summary).items()},
+                          "ci95": summary[name][metric]["ci95"]} for metric, (name, _) in best.items()},
         "pareto": [n for n in by_name if n in front],
         "objectives": {m: ("higher" if h else "lower") + " is better" for m, h in OBJECTIVES.items()},
         "presets": preset_rows,
-        "higher_is_better": M.METRICS,
+        "higher_is_better": M.directions(M.METRICS),
     }
+
+
+def conclude(rows, names, cells, n_sampled, presets):
+    """What the sweep's rows say: the summary, the Pareto front and rank sums of the cells that scored, the
+    recommendation (``doc``, the content of best_gamma.json), and the failures: images that failed in every cell
+    (unreadable, or non-finite in all) and cells that failed on every image (left out of the front and the
+    recommendation). Raises when no image was scored at all."""
+    summary = E.summarize(rows, names)
+    failed_cells = [n for n in names if summary[n]["n_images"] == 0]
+    ok_by_image = {}
+    for r in rows:
+        ok_by_image[r["sample_idx"]] = ok_by_image.get(r["sample_idx"], False) or not r["error"]
+    failed = sorted(i for i, ok in ok_by_image.items() if not ok)
+    if len(failed_cells) == len(names):
+        raise UserError("no image could be scored in any cell: every image was unreadable or gave a non-finite map "
+                        "(see per-image errors above); nothing to recommend")
+    scored = {n: s for n, s in summary.items() if n not in failed_cells}
+    front, sums = pareto_front(scored), rank_sums(scored)
+    named = {p: cell_name(*g) for p, g in presets.items()}
+    return {"summary": summary, "front": front, "sums": sums, "doc": best_gamma_doc(scored, cells, presets),
+            "presets": named, "failed": failed, "failed_cells": failed_cells, "n_ok": n_sampled - len(failed)}
+
+
+def failure_lines(found):
+    """The console's notes on images and cells that failed."""
+    lines = []
+    if found["failed_cells"]:
+        lines.append(f"warning: {len(found['failed_cells'])} cell(s) gave no finite map on any image and are left out "
+                     f"of the front and the recommendation: {', '.join(found['failed_cells'])}")
+    partly = [n for n, s in found["summary"].items()
+              if s["n_failed"] > len(found["failed"]) and n not in found["failed_cells"]]
+    if found["failed"]:
+        lines.append(f"{len(found['failed'])} image(s) could not be read or gave a non-finite map in every cell; they "
+                     "are listed in per_image.csv with their error")
+    if partly:
+        names = ", ".join(partly[:5]) + (" ..." if len(partly) > 5 else "")
+        lines.append(f"{len(partly)} cell(s) gave non-finite maps on some images, left out of their means "
+                     f"(cells.csv's n_images says how many each scored): {names}")
+    return lines
 
 
 def read_gamma_file(spec, name="GAMMA_FILE"):

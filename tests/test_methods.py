@@ -1,6 +1,7 @@
-"""vitlrp.peers: Grad-CAM, attention rollout, GAE, Integrated Gradients and SmoothGrad on tiny ViTs, on the CPU.
+"""vitlrp.methods: the registry, and Grad-CAM, attention rollout, GAE, Integrated Gradients, SmoothGrad and random
+on tiny ViTs, on the CPU.
 
-The references below are written independently of vitlrp.peers: an explicit per-image forward of torchvision's
+The references below are written independently of vitlrp.methods: an explicit per-image forward of torchvision's
 ViT (attention spelled out, so that A and ∇A are plain tensors), then loops over images and blocks.
 """
 import json
@@ -15,12 +16,19 @@ from conftest import REPO_ROOT, error_lines, run_script_inprocess
 from test_explain import images, tiny_vit
 from torch import nn
 
-from vitlrp import peers
+from vitlrp import methods
 from vitlrp.errors import UserError
-from vitlrp.pipeline import MethodRunner, parse_method
+from vitlrp.methods import MethodRunner, Options, parse_method
+from vitlrp.methods.attention import attention_recorded
 
-DETERMINISTIC = ("gradcam", "rollout", "gae", "integrated_gradients")
+PLAIN = [n for n in methods.names() if n != "gamma"]  # every method of the plain model
 TARGET = torch.tensor([0, 3, 1])
+
+
+def explain(name, model, x, target, seed=0, ids=None):
+    """``(logits, maps)`` of a method by name, as the scripts run it."""
+    with MethodRunner(parse_method(name), model, Options(seed=seed)) as runner:
+        return runner(x, target, ids)
 
 
 # --- an explicit forward of one image ----------------------------------------------------------------------------
@@ -102,7 +110,7 @@ def test_explicit_forward_is_the_model(model_x, reference):
 @pytest.mark.parametrize("name", ["gae", "rollout", "gradcam"])
 def test_patch_methods_match_the_per_image_reference(model_x, reference, name):
     model, x = model_x
-    _, maps = peers.explain_batch(name, model, x, TARGET)
+    _, maps = explain(name, model, x, TARGET)
     assert maps.shape == (3, 32, 32) and maps.dtype == torch.float32
     assert reference[name].abs().amax((1, 2)).min() > 0  # no all-zero map: the comparison means something
     torch.testing.assert_close(maps, reference[name], rtol=1e-4, atol=1e-6)
@@ -111,17 +119,17 @@ def test_patch_methods_match_the_per_image_reference(model_x, reference, name):
 def test_gae_depends_on_the_target_and_rollout_does_not(model_x):
     model, x = model_x
     other = torch.tensor([2, 2, 2])
-    assert not torch.allclose(peers.explain_batch("gae", model, x, TARGET)[1],
-                              peers.explain_batch("gae", model, x, other)[1])
-    assert torch.equal(peers.explain_batch("rollout", model, x, TARGET)[1],
-                       peers.explain_batch("rollout", model, x, other)[1])
+    assert not torch.allclose(explain("gae", model, x, TARGET)[1],
+                              explain("gae", model, x, other)[1])
+    assert torch.equal(explain("rollout", model, x, TARGET)[1],
+                       explain("rollout", model, x, other)[1])
 
 
 def test_recording_attention_leaves_the_logits_bit_identical(model_x):
     model, x = model_x
     with torch.no_grad():
         plain = model(x)
-        with peers.attention_recorded(model, with_grad=False) as probs:
+        with attention_recorded(model, with_grad=False) as probs:
             recorded = model(x)
     assert torch.equal(recorded, plain) and len(probs) == 3
     # the recorded probabilities are torchvision's own (need_weights=True, per head)
@@ -133,20 +141,20 @@ def test_recording_attention_leaves_the_logits_bit_identical(model_x):
     torch.testing.assert_close(probs[0], own, rtol=1e-5, atol=1e-6)
     with torch.enable_grad():
         plain_g = model(x.clone().requires_grad_(True))
-        with peers.attention_recorded(model, with_grad=True):
+        with attention_recorded(model, with_grad=True):
             recorded_g = model(x.clone().requires_grad_(True))
     assert torch.equal(recorded_g, plain_g)
     for name in ("rollout", "gae", "gradcam", "integrated_gradients", "smoothgrad"):
-        logits, _ = peers.explain_batch(name, model, x, TARGET)
+        logits, _ = explain(name, model, x, TARGET)
         torch.testing.assert_close(logits, plain, rtol=1e-5, atol=1e-5)
-    assert torch.equal(peers.explain_batch("rollout", model, x, TARGET)[0], plain)
-    assert torch.equal(peers.explain_batch("gae", model, x, TARGET)[0], plain_g.detach())
+    assert torch.equal(explain("rollout", model, x, TARGET)[0], plain)
+    assert torch.equal(explain("gae", model, x, TARGET)[0], plain_g.detach())
     assert not model.encoder.layers[0].self_attention._forward_hooks  # hooks removed
 
 
 def test_integrated_gradients_completeness(model_x):
     model, x = model_x
-    logits, maps = peers.explain_batch("integrated_gradients", model, x, TARGET)
+    logits, maps = explain("integrated_gradients", model, x, TARGET)
     with torch.no_grad():
         gap = model(x).gather(1, TARGET.view(-1, 1))[:, 0] - model(torch.zeros_like(x)).gather(
             1, TARGET.view(-1, 1))[:, 0]
@@ -154,22 +162,26 @@ def test_integrated_gradients_completeness(model_x):
     torch.testing.assert_close(maps.sum((1, 2)), gap, rtol=0.05, atol=0.02)
 
 
-def test_smoothgrad_is_seeded_and_leaves_the_global_rng_alone(model_x):
+@pytest.mark.parametrize("name", ["smoothgrad", "random"])
+def test_random_draws_are_seeded_per_image_and_leave_the_global_rng_alone(model_x, name):
     model, x = model_x
     state = torch.get_rng_state()
-    a = peers.explain_batch("smoothgrad", model, x, TARGET, torch.Generator().manual_seed(5))[1]
+    a = explain(name, model, x, TARGET, seed=5, ids=[10, 11, 12])[1]
     assert torch.equal(torch.get_rng_state(), state)
-    b = peers.explain_batch("smoothgrad", model, x, TARGET, torch.Generator().manual_seed(5))[1]
-    c = peers.explain_batch("smoothgrad", model, x, TARGET, torch.Generator().manual_seed(6))[1]
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert (a >= 0).all() and a.sum() > 0  # averaged |∇|, channels summed
+    assert torch.equal(a, explain(name, model, x, TARGET, seed=5, ids=[10, 11, 12])[1])
+    assert not torch.equal(a, explain(name, model, x, TARGET, seed=6, ids=[10, 11, 12])[1])
+    # an image's map depends on the image's id, not on its place in the batch (sharding, batch size)
+    swapped = explain(name, model, x[[1, 0, 2]], TARGET[[1, 0, 2]], seed=5, ids=[11, 10, 12])[1]
+    assert torch.equal(swapped[[1, 0, 2]], a)
+    if name == "smoothgrad":
+        assert (a >= 0).all() and a.sum() > 0  # averaged |∇|, channels summed
 
 
-@pytest.mark.parametrize("name", DETERMINISTIC)
+@pytest.mark.parametrize("name", PLAIN)
 def test_batch_equals_per_sample(model_x, name):
     model, x = model_x
-    _, batch = peers.explain_batch(name, model, x, TARGET)
-    single = torch.cat([peers.explain_batch(name, model, x[i:i + 1], TARGET[i:i + 1])[1] for i in range(len(x))])
+    _, batch = explain(name, model, x, TARGET, ids=[3, 4, 5])
+    single = torch.cat([explain(name, model, x[i:i + 1], TARGET[i:i + 1], ids=[3 + i])[1] for i in range(len(x))])
     torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-6)
 
 
@@ -178,7 +190,7 @@ def test_target_none_is_the_predicted_class(model_x):
     with torch.no_grad():
         pred = model(x).argmax(1)
     for name in ("gae", "gradcam", "integrated_gradients"):
-        assert torch.equal(peers.explain_batch(name, model, x, None)[1], peers.explain_batch(name, model, x, pred)[1])
+        assert torch.equal(explain(name, model, x, None)[1], explain(name, model, x, pred)[1])
 
 
 # --- plumbing --------------------------------------------------------------------------------------------------
@@ -198,7 +210,7 @@ def test_lxt_patches_are_off_while_the_peers_run(model_x):
         with MethodRunner(parse_method("baseline"), model) as lrp:
             lrp(x, TARGET)  # LXT patched the classes during this call
             assert seen and not all(seen)  # the probe does see patches when they are there
-            for name in peers.PEERS:
+            for name in PLAIN:
                 seen.clear()
                 with MethodRunner(parse_method(name), model) as runner:
                     runner(x, TARGET)
@@ -209,18 +221,18 @@ def test_lxt_patches_are_off_while_the_peers_run(model_x):
 
 
 def test_inside_lxt_patched_is_refused(model_x):
-    from vitlrp.explain import lxt_patched
+    from vitlrp.lxtpatch import lxt_patched
 
     model, x = model_x
     with lxt_patched(), pytest.raises(RuntimeError, match="plain model"):
-        peers.explain_batch("rollout", model, x, TARGET)
+        explain("rollout", model, x, TARGET)
 
 
 def test_missing_package_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "captum.attr", None)  # import captum.attr now raises ImportError
     with pytest.raises(UserError, match=r"method smoothgrad needs the captum package.*pip install captum==0\.9\.0"):
-        peers.check_available("smoothgrad")
-    peers.check_available("rollout")  # no package needed
+        parse_method("smoothgrad")
+    parse_method("rollout")  # no package needed
 
 
 def test_failing_package_is_one_line(model_x, monkeypatch):
@@ -229,14 +241,14 @@ def test_failing_package_is_one_line(model_x, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("something inside the package")
 
-    monkeypatch.setattr(peers, "integrated_gradients", broken)
+    monkeypatch.setattr("captum.attr.IntegratedGradients.attribute", broken)
     with pytest.raises(UserError, match="method integrated_gradients failed: RuntimeError: something inside"):
-        peers.explain_batch("integrated_gradients", model, x, TARGET)
+        explain("integrated_gradients", model, x, TARGET)
 
 
-def test_parse_method_knows_the_peers():
-    for name in peers.PEERS:
-        assert parse_method(name).kind == name
+def test_parse_method_knows_every_registered_method():
+    for name in PLAIN:
+        assert parse_method(name).spec.name == name and parse_method(name).family != "lrp"
         with pytest.raises(UserError):
             parse_method(name + "+attn")
 
@@ -247,7 +259,7 @@ def test_parse_method_knows_the_peers():
 def eval_flags(trained, out, **extra):
     args = ["--checkpoint-path", trained["checkpoint"], "--dataset-root", trained["dataset_root"],
             "--num-workers", "0", "--device", "cpu", "--output-dir", out, "--num-images", "4", "--perturb-steps", "2"]
-    for key, value in {"methods": ",".join(peers.PEERS), **extra}.items():
+    for key, value in {"methods": ",".join(PLAIN), "reference": "", **extra}.items():
         args += ["--" + key.replace("_", "-"), value]
     return [str(a) for a in args]
 
@@ -267,11 +279,11 @@ def read_rows(path):
         return list(csv.DictReader(fh))
 
 
-def test_evaluate_scores_every_peer(peer_eval):
+def test_evaluate_scores_every_plain_method(peer_eval):
     out, stdout = peer_eval
     rows = read_rows(out / "per_image.csv")
     summary = json.loads((out / "summary.json").read_text())
-    for name in peers.PEERS:
+    for name in PLAIN:
         mine = [r for r in rows if r["method"] == name]
         assert len(mine) == 4 and all(r["error"] == "" for r in mine), name
         assert 0 <= summary["methods"][name]["box_share"]["mean"] <= 1
@@ -287,7 +299,7 @@ def test_evaluate_peers_under_torchrun_match_one_process(trained_tiny, peer_eval
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cpu x2" in proc.stdout
     two, one = read_rows(tmp_path / "ddp" / "per_image.csv"), read_rows(out / "per_image.csv")
-    for name in DETERMINISTIC:  # smoothgrad's noise is seeded per rank, so it differs by design
+    for name in PLAIN:  # random draws are seeded per image: sharding changes nothing
         a = [r for r in two if r["method"] == name]
         b = [r for r in one if r["method"] == name]
         assert [r["sample_idx"] for r in a] == [r["sample_idx"] for r in b], name
@@ -313,7 +325,7 @@ def test_heatmap_grid_takes_any_method(trained_tiny, tmp_path):
     code, _, stderr = run_script_inprocess(
         "test_vit_forward", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",
         trained_tiny["dataset_root"], "--num-samples", "2", "--num-workers", "0", "--device", "cpu",
-        "--compare-presets", "balanced", "--compare-methods", "balanced,gae,gradcam,rollout",
+        "--compare-presets", "balanced", "--compare-methods", "gae,gradcam,rollout",
         "--output-dir", out)
     assert code == 0, stderr[-3000:]
     results = json.loads((out / "lrp_results.json").read_text())
@@ -326,3 +338,44 @@ def test_heatmap_grid_takes_any_method(trained_tiny, tmp_path):
         trained_tiny["dataset_root"], "--num-samples", "2", "--num-workers", "0", "--device", "cpu",
         "--compare-methods", "gae,nosuch", "--output-dir", tmp_path / "bad")
     assert code == 2 and "nosuch" in error_lines(stderr)[0]
+
+
+# --- the registry -----------------------------------------------------------------------------------------------
+
+
+def centre_map(model, images, target, ids, method, options):
+    """A toy method: all relevance on the central quarter of the image."""
+    with torch.no_grad():
+        logits = model(images)
+    size = images.shape[-1]
+    maps = torch.zeros(len(images), size, size)
+    maps[:, size // 4:3 * size // 4, size // 4:3 * size // 4] = 1.0
+    return logits, maps
+
+
+def test_a_method_registered_in_one_place_reaches_help_and_a_run(trained_tiny, tmp_path):
+    methods.register("toy_centre", "baselines", "a toy: the central quarter of the image", function=centre_map,
+                     signed=False, class_specific=False)
+    try:
+        code, stdout, _ = run_script_inprocess("evaluate_lrp", "--help")
+        assert code == 0 and "toy_centre: a toy: the central quarter of the image" in stdout
+        code, stdout, stderr = run_script_inprocess(
+            "evaluate_lrp", *eval_flags(trained_tiny, tmp_path, methods="toy_centre,random", reference="random"))
+        assert code == 0, stderr[-3000:]
+        rows = [r for r in read_rows(tmp_path / "per_image.csv") if r["method"] == "toy_centre"]
+        assert len(rows) == 4 and all(r["error"] == "" for r in rows)
+        assert all(float(r["negative_share"]) == 0 for r in rows)  # the toy's map has no negative relevance
+        with pytest.raises(ValueError, match="registered twice"):
+            methods.register("toy_centre", "baselines", "again", function=centre_map)
+    finally:
+        methods.unregister("toy_centre")
+    with pytest.raises(UserError, match="unknown method 'toy_centre'"):
+        parse_method("toy_centre")
+
+
+def test_the_same_method_under_two_names_is_refused():
+    with pytest.raises(UserError, match=r"METHODS lists the same method twice \('balanced' and 'gamma:1:0\.5'\)"):
+        methods.parse_methods(["balanced", "random", "gamma:1:0.5"], "METHODS")
+    with pytest.raises(UserError, match="METHODS lists 'gae' twice"):
+        methods.parse_methods(["gae", "gae"], "METHODS")
+    assert len(methods.parse_methods(["balanced", "balanced+attn", "gamma:1:0.25"], "METHODS")) == 3

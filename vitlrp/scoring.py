@@ -1,0 +1,189 @@
+"""Scoring the maps of every method on one batch with every metric of :data:`vitlrp.metrics.METRICS`.
+
+:class:`ScoringBatch` holds what the methods share: the readable images of a batch, the class each map explains,
+the probabilities the perturbation curves start and end at (one forward each for all methods), and the seeded
+random ranks that break ties between patches of equal relevance. :meth:`ScoringBatch.score` then scores the maps of
+all methods together: their perturbation curves in one chunked pass over the distinct perturbed images.
+
+Maps that give no evidence at all (every pixel the same, e.g. an all-zero Grad-CAM) are scored as the uniform map
+they are: chance-level scores, flagged ``empty`` in their row and counted per method. Maps or logits with NaN or inf
+are not scored: their row carries the error.
+"""
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+
+from . import metrics as M
+from .runtime import image_seed
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How maps are scored: the model's patch size, the curves' steps, the part radius, ROAD, the seed of the
+    per-image random draws (tie-breaks, ROAD's noise) and the rows per perturbation forward."""
+
+    patch: int
+    steps: int = 10
+    tolerance: float = 15.0
+    road: bool = False
+    seed: int = 0
+    rows_per_pass: int = 64
+
+
+def model_in(model, dtype, device):
+    """``(model in dtype, forward)``: a pure-``dtype`` copy when not fp32, and a no-grad forward to fp32 logits."""
+    plain = model if dtype == torch.float32 else model.to(dtype)
+
+    @torch.no_grad()
+    def forward(images):
+        return plain(images.to(device, dtype)).float()
+
+    return plain, forward
+
+
+def failed_rows(batch, names):
+    """One error row per method name for every sample of ``batch`` that could not be read."""
+    return [{"method": n, "sample_idx": int(batch["index"][i]), "label": int(batch["label"][i]), "error": err}
+            for i, err in enumerate(batch["error"]) if err for n in names]
+
+
+def nonfinite_error(relevance, logits):
+    """The error message of a sample whose map or logits hold NaN or inf (e.g. NaN weights, an overflow), else ''."""
+    bad = int((~torch.isfinite(relevance)).sum())
+    if bad == 0 and bool(torch.isfinite(logits).all()):
+        return ""
+    what = f"{bad} of {relevance.numel()} relevance values" if bad else "the logits"
+    return (f"non-finite map: {what} are NaN or inf (broken weights or an overflow; try DTYPE=fp32 or a smaller "
+            "gamma, and check the checkpoint)")
+
+
+def empty_maps(relevance):
+    """``[B]`` bool: maps without any evidence, every pixel the same value (all zero, say)."""
+    flat = relevance.flatten(1)
+    return flat.max(1).values == flat.min(1).values
+
+
+@dataclass
+class ScoringBatch:
+    """The readable samples of a batch, their target classes and what the perturbation curves start and end at."""
+
+    batch: dict
+    ok: list  # positions in the batch of the readable samples
+    settings: ScoreSettings = None
+    images: torch.Tensor = None
+    target: torch.Tensor = None
+    forward: object = None
+    start: torch.Tensor = None  # target probability with nothing removed
+    end: torch.Tensor = None  # ... with everything removed
+    ids: list = field(default_factory=list)  # sample indices of the readable samples
+
+    @classmethod
+    def of(cls, batch, forward, target_kind, device, settings):
+        """``target_kind``: ``'pred'`` (explain the model's prediction) or ``'label'`` (the true class)."""
+        ok = [i for i, err in enumerate(batch["error"]) if not err]
+        if not ok:
+            return cls(batch, ok, settings)
+        images = batch["image"][ok].to(device)
+        target = forward(images).argmax(1) if target_kind == "pred" else batch["label"][ok].to(device)
+        b = cls(batch, ok, settings, images, target, forward, ids=[int(batch["index"][i]) for i in ok])
+        rows = torch.arange(len(ok), device=device)
+        b.start, b.end = b.prob(images, rows), b.prob(torch.zeros_like(images), rows)
+        return b
+
+    def prob(self, x, rows):
+        """Probability of the target class of images ``rows`` for their (perturbed) copies ``x``."""
+        return self.forward(x).softmax(1).gather(1, self.target[rows].view(-1, 1)).squeeze(1)
+
+    def tiebreak(self, n):
+        """``[B, n]`` random ranks of the patches, seeded per image: the order among patches of equal relevance."""
+        return torch.stack([torch.rand(n, generator=torch.Generator().manual_seed(image_seed(self.settings.seed, i)))
+                            for i in self.ids])
+
+    def score(self, maps, metrics=M.METRICS):
+        """Score ``maps`` (method name → ``(logits, relevance [B, H, W])`` for the readable samples).
+
+        Returns ``(rows, curves)``: per method the per-image row dicts (metrics, the explained logit, the relevance
+        sum, ``empty``, ``no_box``, ``error``) and the curves ``{kind: [B_finite, steps+1]}`` of its scored maps.
+        """
+        names = list(maps)
+        s = self.settings
+        rel, errors, empty = {}, {}, {}
+        for n, (logits, relevance) in maps.items():
+            errors[n] = [nonfinite_error(relevance[k], logits[k]) for k in range(len(self.ok))]
+            r = torch.nan_to_num(relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
+            empty[n] = empty_maps(r) & torch.tensor([not e for e in errors[n]], device=r.device)
+            rel[n] = torch.where(empty[n][:, None, None], torch.ones_like(r), r)  # scored as the uniform map
+        curves = self._curves([rel[n] for n in names], {m.needs for m in metrics.values()})
+        device = self.images.device
+        view = SimpleNamespace(mask=M.box_mask(self.batch["box"][self.ok].to(device), self.images.shape[-1]),
+                               parts=self.batch["parts"][self.ok].to(device), tolerance=s.tolerance)
+        rows, kept = {}, {}
+        for j, n in enumerate(names):
+            view.rel, view.curves = rel[n], {k: c[j] for k, c in curves.items()}
+            values = {name: m.score(view).float().cpu() for name, m in metrics.items()}
+            rows[n] = self._rows(maps[n][0], maps[n][1], values, errors[n], empty[n], view.mask)
+            finite = torch.tensor([not e for e in errors[n]], dtype=torch.bool)
+            kept[n] = {k: c[finite] for k, c in view.curves.items()}
+        return rows, kept
+
+    def _curves(self, rels, needs):
+        """``{kind: [M, B, steps+1]}`` of the maps ``rels`` (one per method) for the curve kinds ``needs`` asks."""
+        s, out = self.settings, {}
+        if not needs & {"curves", "road"}:
+            return out
+        scores = torch.stack([M.patch_scores(r, s.patch) for r in rels])
+        tiebreak = self.tiebreak(scores.shape[-1]).to(scores.device)
+        common = dict(start=self.start, end=self.end, tiebreak=tiebreak, rows_per_pass=s.rows_per_pass)
+        if "curves" in needs:
+            out.update(M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, **common))
+        if "road" in needs:
+            seeds = [image_seed(s.seed, i, 1) for i in self.ids]
+            road = M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, fill=M.road_fill(),
+                                         image_seeds=seeds, **common)
+            out.update(road_morf=road["morf"], road_lerf=road["lerf"])
+        return out
+
+    def _rows(self, logits, relevance, values, errors, empty, mask):
+        sums = relevance.double().sum((1, 2)).cpu()
+        explained = logits.gather(1, self.target.view(-1, 1).to(logits.device)).squeeze(1).cpu()
+        has_box = mask.flatten(1).any(1).cpu()  # False: NaN, outside the image, negative size or cropped away
+        out = []
+        for k, row in enumerate(self.ok):
+            entry = dict(sample_idx=self.ids[k], label=int(self.batch["label"][row]), target=int(self.target[k]),
+                         predicted=int(logits[k].argmax()))
+            entry["correct"] = int(entry["predicted"] == entry["label"])
+            if errors[k]:  # a NaN map would score as NaN and silently drop out of the means
+                out.append({**entry, "error": errors[k]})
+                continue
+            entry.update({name: float(v[k]) for name, v in values.items()})
+            entry.update(relevance_sum=float(sums[k]), explained_logit=float(explained[k]), empty=int(empty[k]),
+                         error="", no_box=not bool(has_box[k]))
+            out.append(entry)
+        return out
+
+
+def score_batches(batches, forward, target_kind, device, settings, explain, names, metrics=M.METRICS, extra=None,
+                  progress=None):
+    """Explain and score every batch: ``(rows, curves)`` over all of them.
+
+    ``explain(b)`` returns ``{name: (logits, relevance)}`` for a :class:`ScoringBatch` ``b`` (method names
+    ``names``); ``extra(b, maps, rows)`` may add columns to the rows of a batch; ``progress`` (a tqdm bar) is
+    advanced by the images of each batch. Unreadable images get one error row per name.
+    """
+    rows, curves = [], {n: {} for n in names}
+    for batch in batches:
+        rows += failed_rows(batch, names)
+        b = ScoringBatch.of(batch, forward, target_kind, device, settings)
+        if b.ok:
+            maps = explain(b)
+            scored, kept = b.score(maps, metrics)
+            if extra is not None:
+                extra(b, maps, scored)
+            for n in names:
+                rows += [{"method": n, **r} for r in scored[n]]
+                for kind, c in kept[n].items():
+                    curves[n].setdefault(kind, []).append(c)
+        if progress is not None:
+            progress.update(len(batch["error"]))
+    return rows, curves

@@ -129,21 +129,23 @@ def score(cfg, dist, device, chosen, model, dataset, indices, marks):
                              cfg.ROWS_PER_PASS)
     shard = dist.shard(indices)
     options = method_options(cfg)
+    metrics = E.active_metrics(cfg.ROAD)
     with ExitStack() as stack, tqdm(total=len(shard), desc="score", unit="img", disable=not dist.is_main) as bar:
         runners = {m.name: stack.enter_context(methods.MethodRunner(m, plain, options)) for m in chosen}
 
-        def explain(b):
-            return {name: run(b.images, b.target, b.ids) for name, run in runners.items()}
+        def explain(b):  # each method's maps for the explained class and for a random other class
+            return {name: (*run(b.images, b.target, b.ids), run(b.images, b.other, b.ids)[1])
+                    for name, run in runners.items()}
 
-        def mark_scores(b, maps, rows):  # the share of each map on the shortcut mark
-            for name, (_, relevance) in maps.items():
+        def mark_scores(b, maps, rows):  # the share of each map on the shortcut mark (not of an empty map)
+            for name, (_, relevance, *_) in maps.items():
                 extra = SC.score_batch(relevance, marks["box"][b.ids])
                 for k, r in enumerate(rows[name]):
-                    r.update({key: float(v[k]) for key, v in extra.items()})
+                    r.update({key: float("nan") if r.get("empty") else float(v[k]) for key, v in extra.items()})
 
         rows, curves = score_batches(loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device), forward,
-                                     cfg.TARGET, device, settings, explain, list(runners),
-                                     E.active_metrics(cfg.ROAD), mark_scores if marks else None, bar)
+                                     cfg.TARGET, device, settings, explain, list(runners), metrics,
+                                     mark_scores if marks else None, bar)
     gathered = dist.all_gather_objects((rows, curves))
     return E.merge_ranks(gathered, list(runners)) if dist.is_main else ([], {})
 
@@ -186,8 +188,8 @@ def summary_doc(cfg, rows, indices, found, shortcut):
         "dataset_root": str(cfg.DATASET_ROOT), "config": cli.config_dict(cfg),
         "perturbation_baseline": "removed patches are set to 0 after normalization (the mean colour)"
                                  + ("; road_*: filled by noisy linear imputation (ROAD)" if cfg.ROAD else ""),
-        "empty_maps": "a map with every pixel the same (no evidence) is scored as the uniform map (chance level); "
-                      "n_empty counts them per method",
+        "empty_maps": "an image whose map has every pixel the same (no evidence) is left out of all of that method's "
+                      "metrics; n_empty counts them per method",
         "higher_is_better": directions(E.active_metrics(cfg.ROAD)), "methods": found["summary"],
         "best": {k: {"method": m, "mean": v, **({"runner_up": runner_up[k][0], "diff_to_runner_up": runner_up[k][1],
                                                  "p_wilcoxon_vs_runner_up": runner_up[k][2],

@@ -94,9 +94,9 @@ def sweep(cfg, dist, device, model, dataset, indices, cells):
             tqdm(total=len(shard), desc="sweep", unit="img", disable=not dist.is_main) as bar:
         def explain(b):
             t0 = time.perf_counter()
-            logits, maps = explainer.explain_many(b.images, b.target, cells)
+            logits, maps, other = explainer.explain_many(b.images, b.target, cells, other=b.other)
             seconds["maps"] += time.perf_counter() - t0
-            return {name: (logits, m) for name, m in zip(names, maps)}
+            return {name: (logits, m, o) for name, m, o in zip(names, maps, other)}
 
         t_all = time.perf_counter()
         rows, _ = score_batches(loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device), forward,
@@ -111,7 +111,8 @@ def sweep(cfg, dist, device, model, dataset, indices, cells):
 
 def write_outputs(cfg, run, device, cells, rows_lin, rows, found, seconds):
     out, summary, doc = run.path, found["summary"], found["doc"]
-    write_csv(out / "cells.csv", S.cell_rows(summary, cells, found["front"], found["sums"]), S.CELL_FIELDS)
+    write_csv(out / "cells.csv", S.cell_rows(summary, cells, found["front"], found["sums"], found["class_failed"]),
+              S.CELL_FIELDS)
     write_csv(out / "per_image.csv", rows, E.ROW_FIELDS)
     convs = list(dict.fromkeys(c for c, _ in cells))
     where = {S.cell_name(c, lin): (r, k) for r, lin in enumerate(rows_lin) for k, c in enumerate(convs)}
@@ -142,7 +143,7 @@ def print_report(cfg, out, cells, found, seconds):
     print(f"Pareto front ({', '.join(S.OBJECTIVES)}): {len(front)} of {len(cells)} cells")
     print(f"{'':<16}{'cell':<26}" + "".join(f"{m:>17}" for m in S.OBJECTIVES) + f"{'rank sum':>10}  pareto")
     for label, name in [("recommended", rec), *found["presets"].items()]:
-        if name in summary:
+        if name in sums:
             vals = "".join(f"{summary[name][m]['mean']:>10.3f} ±{summary[name][m]['ci95']:<5.3f}" for m in S.OBJECTIVES)
             print(f"{label:<16}{name:<26}{vals}{sums[name]:>10}  {'yes' if name in front else 'no'}")
     print(f"Recommended γ: {rec} (rule: {S.RULE})")

@@ -456,3 +456,19 @@ def test_vit_b16_real_size_on_cpu():
     err = rel_err(maps["fused"], maps["zennit"])
     print(f"ViT-B/16 (2 blocks): fused vs zennit, max |diff| / max |R| = {err:.1e}")
     assert err < 1e-4
+
+
+def test_conv_gamma_moves_relevance_within_patches_not_between_them():
+    """The patch embedding maps each patch on its own and the Gamma rule conserves each output's relevance up to
+    what the bias absorbs: the per-patch sums (what MoRF/LeRF and every patch-level metric see) hardly depend on the
+    Conv2d γ, while the pixels inside each patch do. Patch-level faithfulness cannot rank Conv2d γ values."""
+    from vitlrp import metrics as M
+
+    model, x = tiny_vit(), images(4)
+    with Explainer(model, impl="fused") as ex:
+        _, maps = ex.explain_many(x, None, [(0.0, 0.5), (1.0, 0.5), (100.0, 0.5)])
+    patches = [M.patch_scores(m, 8) for m in maps]
+    for k in (1, 2):
+        assert pearson(patches[0][:, :, None], patches[k][:, :, None]).min() > 0.99
+        assert (M.spearman(patches[0], patches[k]) > 0.97).all()  # nearly the same removal order
+        assert pearson(maps[0], maps[k]).max() < 0.9  # the pixel maps differ

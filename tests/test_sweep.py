@@ -106,6 +106,7 @@ def fake_summary(values):
     summary = {}
     for name, (faith, box, neg) in values.items():
         entry = {m: {"mean": 0.5, "ci95": 0.01, "n": 4} for m in METRICS}
+        entry["class_sensitivity"] = {"mean": 0.9, "ci95": 0.01, "n": 4}  # |ρ| 0.1: passes the class check
         entry.update(lerf_minus_morf={"mean": faith, "ci95": 0.01, "n": 4}, box_share={"mean": box, "ci95": 0.02,
                      "n": 4}, negative_share={"mean": neg, "ci95": 0.03, "n": 4}, n_images=4, n_failed=0)
         summary[name] = entry
@@ -134,6 +135,44 @@ def test_grid_surface_pareto_and_recommendation():
     assert doc["best"]["box_share"]["method"] == "gamma:1:0"
     assert doc["best"]["negative_share"]["method"] == "gamma:1:0.5"
     assert doc["presets"]["baseline"]["pareto"] and not doc["presets"]["other"]["in_grid"]
+
+
+def sweep_rows(values):
+    """per_image rows of 4 images per cell whose metrics equal ``values``: name → {metric: value} (others 0.5)."""
+    return [{"method": name, "sample_idx": i, "error": "", "empty": 0,
+             **{m: v.get(m, 0.5) for m in METRICS}} for name, v in values.items() for i in range(4)]
+
+
+def test_the_recommendation_passes_the_class_check():
+    good = {"lerf_minus_morf": 0.3, "box_share": 0.7, "negative_share": 0.2, "class_sensitivity": 0.8}
+    shiny = {"lerf_minus_morf": 0.5, "box_share": 0.9, "negative_share": 0.0, "class_sensitivity": 0.2}  # |ρ| 0.8
+    cells = [(0.0, "0"), (1.0, "0")]
+    found = S.conclude(sweep_rows({"gamma:0:0": good, "gamma:1:0": shiny}), ["gamma:0:0", "gamma:1:0"], cells, 4,
+                       {"baseline": (0.0, 0.0)})
+    # the class-insensitive cell dominates every objective and still is not recommended
+    assert found["class_failed"] == ["gamma:1:0"] and found["front"] == ["gamma:0:0"]
+    rec = found["doc"]["recommended"]
+    assert rec["method"] == "gamma:0:0" and rec["sanity"]["passes_class_check"]
+    assert rec["sanity"]["class_abs_rho"] == pytest.approx(0.2)
+    assert found["doc"]["class_check_failed"] == ["gamma:1:0"]
+    rows = S.cell_rows(found["summary"], cells, found["front"], found["sums"], found["class_failed"])
+    assert [r["class_check"] for r in rows] == ["pass", "fail"] and rows[1]["rank_sum"] == ""
+    assert any("1 of 2 cells fail it" in line for line in S.failure_lines(found))
+    # when no cell passes, the best of all is named, and marked as failing
+    found = S.conclude(sweep_rows({"gamma:1:0": shiny}), ["gamma:1:0"], cells[1:], 4, {})
+    assert not found["doc"]["recommended"]["sanity"]["passes_class_check"]
+    assert any("NO cell passes" in line for line in S.failure_lines(found))
+
+
+def test_a_cell_that_fails_on_every_image_is_reported_not_fatal():
+    rows = sweep_rows({"gamma:0:0": {"class_sensitivity": 0.9}})
+    rows += [{"method": "gamma:1:0", "sample_idx": i, "error": "non-finite map: ...", "empty": 0} for i in range(4)]
+    found = S.conclude(rows, ["gamma:0:0", "gamma:1:0"], [(0.0, "0"), (1.0, "0")], 4, {})
+    assert found["failed_cells"] == ["gamma:1:0"] and found["failed"] == [] and found["n_ok"] == 4
+    assert found["doc"]["recommended"]["method"] == "gamma:0:0"
+    assert any("gave no finite map on any image" in line and "gamma:1:0" in line for line in S.failure_lines(found))
+    with pytest.raises(UserError, match="no image could be scored in any cell"):
+        S.conclude(rows[4:], ["gamma:1:0"], [(1.0, "0")], 4, {})
 
 
 def test_read_gamma_file(tmp_path):

@@ -54,7 +54,7 @@ def warning_lines(rows, names, summary):
         empty = summary[name]["n_empty"]
         if empty:
             lines.append(f"{name}: {empty} of {summary[name]['n_images']} map(s) were empty (every pixel the same, "
-                         "no evidence): scored as the uniform map, i.e. at chance level (per_image.csv: empty=1)")
+                         "no evidence): those images are left out of all its metrics (per_image.csv: empty=1)")
     return lines
 
 
@@ -68,8 +68,8 @@ def merge_ranks(gathered, methods):
 
 
 def summarize(rows, methods, metrics=M.METRICS, unsigned=()):
-    """Per method and metric: mean, 95% CI half-width, n; plus the counts of failed images and of empty maps (scored
-    as the uniform map) per method, and ``not_applicable``: the metrics that say nothing about it (a method in
+    """Per method and metric: mean, 95% CI half-width, n; plus the counts of failed images and of empty maps (left
+    out of every metric) per method, and ``not_applicable``: the metrics that say nothing about it (a method in
     ``unsigned`` cannot give negative relevance, so its negative share is 0 by construction)."""
     summary = {}
     for method in methods:

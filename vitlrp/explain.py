@@ -129,28 +129,33 @@ class Explainer:
             (grad,) = torch.autograd.grad(logits.gather(1, target).sum(), x)
         return logits.detach().to(self.out_dtype()), input_times_grad(x, grad, self.out_dtype())
 
-    def explain_many(self, images, target, settings):
-        """Maps for several γ settings of the same batch: ``(logits, relevance [K, B, H, W])``.
+    def explain_many(self, images, target, settings, other=None):
+        """Maps for several γ settings of the same batch: ``(logits, relevance [K, B, H, W])``, and with ``other``
+        (a second choice of classes) ``(logits, relevance, relevance of other)``.
 
         ``settings`` is a list of ``(conv_gamma, lin_gamma)`` (``lin_gamma`` a number or schedule). The rule acts
-        only in the backward, so with ``impl='fused'`` one forward serves every setting (see
-        :func:`vitlrp.fastgamma.explain_settings`); ``zennit`` explains each setting separately. The maps equal
-        separate calls.
+        only in the backward, so with ``impl='fused'`` one forward serves every setting and class (see
+        :func:`vitlrp.fastgamma.explain_settings`); ``zennit`` explains each separately. The maps equal separate
+        calls.
         """
         settings = [(check_gamma("conv_gamma", c), schedule_text(lin)) for c, lin in settings]
+        targets = [target] if other is None else [target, other]
         if self.impl == "fused":
             from .fastgamma import explain_settings
 
-            return explain_settings(self, self._input(images), target, settings)
-        saved = self.conv_gamma, self.lin_gamma
-        try:
-            maps = []
-            for self.conv_gamma, self.lin_gamma in settings:
-                logits, rel = self(images, target)
-                maps.append(rel)
-        finally:
-            self.conv_gamma, self.lin_gamma = saved
-        return logits, torch.stack(maps)
+            logits, maps = explain_settings(self, self._input(images), targets, settings)
+        else:
+            saved = self.conv_gamma, self.lin_gamma
+            try:
+                maps = [[] for _ in targets]
+                for self.conv_gamma, self.lin_gamma in settings:
+                    for t, chosen in enumerate(targets):
+                        logits, rel = self(images, chosen)
+                        maps[t].append(rel)
+            finally:
+                self.conv_gamma, self.lin_gamma = saved
+            maps = torch.stack([torch.stack(m) for m in maps])
+        return (logits, maps[0]) if other is None else (logits, maps[0], maps[1])
 
     def gamma_layers(self):
         """Names → types of the modules the Gamma rule acted on so far (a dry run on a blank image if none yet)."""

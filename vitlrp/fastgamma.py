@@ -125,9 +125,10 @@ def gamma_rules(module_gammas):
             del module.forward
 
 
-def explain_settings(explainer, x, target, settings):
-    """``(logits, relevance [K, B, H, W])`` of an entered fused :class:`~vitlrp.explain.Explainer` for ``settings``
-    (``(conv γ, Linear γ text)`` pairs) from one forward of the input leaf ``x``.
+def explain_settings(explainer, x, targets, settings):
+    """``(logits, relevance [T, K, B, H, W])`` of an entered fused :class:`~vitlrp.explain.Explainer` for each of
+    ``targets`` (T class choices: each a ``[B]`` tensor, one class, or None for the prediction) and ``settings``
+    (K ``(conv γ, Linear γ text)`` pairs), from one forward of the input leaf ``x``.
 
     The graph is kept and the Linear γ are changed between backwards (:class:`GammaHolder`); the backward down to
     the patch embedding's output is shared by all settings with the same Linear γ, and each Conv2d γ only re-runs
@@ -139,33 +140,34 @@ def explain_settings(explainer, x, target, settings):
     groups = {}  # Linear γ → [(index in settings, conv γ)]
     for k, (conv, lin) in enumerate(settings):
         groups.setdefault(lin, []).append((k, conv))
-    maps = [None] * len(settings)
+    maps = [[None] * len(settings) for _ in targets]
     with explainer.patched(), torch.enable_grad():
         rules = explainer.rule_map(*settings[0])
         holders = {name: GammaHolder() for name in rules}
         logits, z, conv = _forward_keeping_patch_output(explainer, x, rules, holders)
-        score = logits.gather(1, target_index(logits, target)).sum()
-
-        def set_gammas(conv_gamma, lin):
-            for name, (_, gamma) in explainer.rule_map(conv_gamma, lin).items():
-                holders[name].value = gamma
-
-        for g, (lin, cells) in enumerate(groups.items()):
-            last_group = g == len(groups) - 1
+        steps = [(t, lin, cells) for t in range(len(targets)) for lin, cells in groups.items()]
+        for n, (t, lin, cells) in enumerate(steps):
+            score = logits.gather(1, target_index(logits, targets[t])).sum()
+            last = n == len(steps) - 1
             if conv is None:  # no single patch embedding on the input: one backward per setting
                 for i, (k, conv_gamma) in enumerate(cells):
-                    set_gammas(conv_gamma, lin)
-                    (grad,) = torch.autograd.grad(score, x, retain_graph=not (last_group and i == len(cells) - 1))
-                    maps[k] = input_times_grad(x, grad, out_dtype)
+                    _set_gammas(explainer, holders, conv_gamma, lin)
+                    (grad,) = torch.autograd.grad(score, x, retain_graph=not (last and i == len(cells) - 1))
+                    maps[t][k] = input_times_grad(x, grad, out_dtype)
                 continue
-            set_gammas(cells[0][1], lin)
-            (grad_z,) = torch.autograd.grad(score, z, retain_graph=not last_group)
+            _set_gammas(explainer, holders, cells[0][1], lin)
+            (grad_z,) = torch.autograd.grad(score, z, retain_graph=not last)
             bias = None if conv.bias is None else conv.bias.detach()
             for k, conv_gamma in cells:
                 grad = patch_conv_input_gradient(x.detach(), conv.weight.detach(), bias, z.detach(), grad_z,
                                                  conv_gamma)
-                maps[k] = input_times_grad(x, grad, out_dtype)
-    return logits.detach().to(out_dtype), torch.stack(maps)
+                maps[t][k] = input_times_grad(x, grad, out_dtype)
+    return logits.detach().to(out_dtype), torch.stack([torch.stack(m) for m in maps])
+
+
+def _set_gammas(explainer, holders, conv_gamma, lin):
+    for name, (_, gamma) in explainer.rule_map(conv_gamma, lin).items():
+        holders[name].value = gamma
 
 
 def _forward_keeping_patch_output(explainer, x, rules, holders):

@@ -30,7 +30,7 @@ SCHEDULE_HELP = ("a number, one value per encoder block joined by '/' (e.g. 0.5/
 
 
 def parse_schedule(spec, name="lin_gamma"):
-    """A Linear-γ schedule → ``(kind, values)``: ``('const', (g,))``, ``('list', (g0, g1, ...))``,
+    """A Linear-γ schedule → ``(form, values)``: ``('const', (g,))``, ``('list', (g0, g1, ...))``,
     ``('linear', (first, last))`` or ``('geometric', (first, last))``; ``spec`` is a number, a list or text."""
     if isinstance(spec, (list, tuple)):
         if not spec:
@@ -39,16 +39,16 @@ def parse_schedule(spec, name="lin_gamma"):
     if not isinstance(spec, str):
         return "const", (check_gamma(name, spec),)
     text = spec.strip()
-    kind, _, rest = text.partition(":")
+    form, _, rest = text.partition(":")
     try:
-        if kind in ("linear", "geometric"):
+        if form in ("linear", "geometric"):
             values = tuple(float(v) for v in rest.split(":"))
             if len(values) != 2:
                 raise ValueError
-            values = tuple(check_gamma(f"{name} {kind} value", v) for v in values)
-            if kind == "geometric" and min(values) <= 0:
+            values = tuple(check_gamma(f"{name} {form} value", v) for v in values)
+            if form == "geometric" and min(values) <= 0:
                 raise UserError(f"{name} {text!r}: a geometric schedule needs values > 0 (use linear:... for 0)")
-            return kind, values
+            return form, values
         values = tuple(float(v) for v in text.split("/"))
     except ValueError:
         raise UserError(f"{name} {text!r} is not a γ schedule: {SCHEDULE_HELP}") from None
@@ -58,34 +58,34 @@ def parse_schedule(spec, name="lin_gamma"):
 
 def schedule_values(spec, num_blocks, name="lin_gamma"):
     """The Linear γ of each of ``num_blocks`` encoder blocks (a list of floats) for a schedule spec."""
-    kind, v = parse_schedule(spec, name)
-    if kind == "const":
+    form, v = parse_schedule(spec, name)
+    if form == "const":
         return [v[0]] * num_blocks
-    if kind == "list":
+    if form == "list":
         if len(v) != num_blocks:
             raise UserError(f"{name} lists {len(v)} values but the model has {num_blocks} encoder blocks: give one "
                             "value per block, or use linear:<first>:<last>")
         return list(v)
     steps = [i / (num_blocks - 1) if num_blocks > 1 else 0.0 for i in range(num_blocks)]
-    if kind == "linear":
+    if form == "linear":
         return [v[0] + (v[1] - v[0]) * t for t in steps]
     return [v[0] * (v[1] / v[0]) ** t for t in steps]
 
 
 def schedule_text(spec, name="lin_gamma"):
     """The canonical text of a schedule (a number as ``%g``), as used in method names and JSON."""
-    kind, v = parse_schedule(spec, name)
-    if kind == "const":
+    form, v = parse_schedule(spec, name)
+    if form == "const":
         return f"{v[0]:g}"
-    if kind == "list":
+    if form == "list":
         return "/".join(f"{g:g}" for g in v)
-    return f"{kind}:{v[0]:g}:{v[1]:g}"
+    return f"{form}:{v[0]:g}:{v[1]:g}"
 
 
 def lin_gamma_value(spec, name="lin_gamma"):
     """A Linear γ as stored in configs and JSON: a float for a constant, the canonical text for a schedule."""
-    kind, v = parse_schedule(spec, name)
-    return v[0] if kind == "const" else schedule_text(spec, name)
+    form, v = parse_schedule(spec, name)
+    return v[0] if form == "const" else schedule_text(spec, name)
 
 
 def encoder_blocks(model):

@@ -81,7 +81,7 @@ def coverage_line(explainer):
                    "option routes them through gamma)")
 
 
-def explain_batch(batch, explainer, grid, target_kind, device, ids):
+def explain_batch(batch, explainer, grid, target_mode, device, ids):
     """Maps of a batch's readable images: ``{'ok': rows, 'logits', 'relevance', 'target', 'grid': {caption: maps}}``.
 
     ``grid``: caption → an entered :class:`vitlrp.methods.MethodRunner` for the comparison grid, explained for the
@@ -91,7 +91,7 @@ def explain_batch(batch, explainer, grid, target_kind, device, ids):
     if not ok:
         return {"ok": ok}
     images, labels = batch["image"][ok], batch["label"][ok].to(device)
-    logits, relevance = explainer(images, None if target_kind == "pred" else labels)
-    target = logits.argmax(1) if target_kind == "pred" else labels
+    logits, relevance = explainer(images, None if target_mode == "pred" else labels)
+    target = logits.argmax(1) if target_mode == "pred" else labels
     maps = {caption: run(images, target, ids)[1] for caption, run in grid.items()}
     return {"ok": ok, "logits": logits, "relevance": relevance, "target": target, "grid": maps}

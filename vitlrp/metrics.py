@@ -102,6 +102,46 @@ def gini(relevance):
     return _safe_div(((2 * i - n - 1) * v).sum(1), n * v.sum(1)).float()
 
 
+def spearman(a, b):
+    """Spearman ρ between the rows of ``a`` and ``b`` (``[B, L]``), ties at their average rank (scipy's
+    ``rankdata``); NaN where a row is constant (no ranking to correlate)."""
+    from scipy.stats import rankdata
+
+    ra, rb = (torch.from_numpy(rankdata(t.double().cpu().numpy(), axis=1)) for t in (a, b))
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    den = ra.norm(dim=1) * rb.norm(dim=1)
+    return torch.where(den > 0, (ra * rb).sum(1) / den.clamp(min=1e-300), torch.full_like(den, math.nan)).float()
+
+
+def class_sensitivity(relevance, other, patch):
+    """1 − |Spearman ρ| between the per-patch sums of the map and of the map of another class of the same image
+    (Sixt et al. 2020: a map that looks the same whatever class it explains does not explain the class); 1 = the
+    maps share no ranking, 0 = the same ranking (or its reverse). NaN where either map is constant."""
+    return 1 - spearman(patch_scores(relevance, patch), patch_scores(other, patch)).abs()
+
+
+# A method passes the class check when the mean |Spearman ρ| between its maps for the explained class and for a random
+# other class stays below this: more than half of the ranking shared whatever class is asked is no explanation of
+# the class (see vitlrp.sanity for how it was chosen).
+CLASS_CHECK_MAX_RHO = 0.5
+
+
+def class_check(summary_entry):
+    """``(mean |ρ| to a random other class, whether it passes)`` from a method's summary (its class_sensitivity)."""
+    mean = summary_entry["class_sensitivity"]["mean"]
+    rho = 1 - mean if math.isfinite(mean) else math.nan
+    return rho, bool(rho < CLASS_CHECK_MAX_RHO)
+
+
+def roughness(relevance):
+    """Total variation of the map scaled to a largest |value| of 1: the mean absolute difference between
+    horizontally and vertically neighbouring pixels (0 = flat; high = speckled). The seed's "less noise" claim, as a
+    number; lower is smoother, which is not the same as more faithful."""
+    r = relevance.float()
+    r = r / r.flatten(1).abs().amax(1).clamp(min=torch.finfo(r.dtype).tiny)[:, None, None]
+    return ((r[:, :, 1:] - r[:, :, :-1]).abs().mean((1, 2)) + (r[:, 1:, :] - r[:, :-1, :]).abs().mean((1, 2))) / 2
+
+
 def linear_impute(images, keep, noise=ROAD_NOISE, generator=None, seeds=None):
     """ROAD's noisy linear imputation of ``[B, C, H, W]`` images where ``keep`` (``[B, 1, H, W]``, 1 = kept) is 0.
 
@@ -282,13 +322,14 @@ def mean_ci(values):
 class Metric:
     """A metric: its direction, what it reads besides the map, and how it scores a batch.
 
-    ``score(view)`` returns ``[B]`` floats for a view with ``rel`` (``[B, H, W]`` float maps) and, as ``needs``
-    says, ``mask`` (box pixels), ``parts`` + ``tolerance``, or ``curves`` (``morf``, ``lerf``, ``road_morf``,
-    ``road_lerf``: ``[B, steps+1]``). ``signed_only``: it says nothing about a method whose maps cannot be negative.
+    ``score(view)`` returns ``[B]`` floats for a view with ``rel`` (``[B, H, W]`` float maps), ``patch`` and, as
+    ``needs`` says, ``mask`` (box pixels), ``parts`` + ``tolerance``, ``other`` (the maps of a random other class)
+    or ``curves`` (``morf``, ``lerf``, ``road_morf``, ``road_lerf``: ``[B, steps+1]``). ``signed_only``: it says
+    nothing about a method whose maps cannot be negative.
     """
 
     higher: bool  # higher is better
-    needs: str  # "" (the map alone), "box", "parts", "curves" or "road"
+    needs: str  # "" (the map alone), "box", "parts", "other", "curves" or "road"
     score: object
     about: str
     signed_only: bool = False
@@ -312,6 +353,10 @@ METRICS = {
     "negative_share": Metric(False, "", lambda v: negative_share(v.rel), "share of |relevance| that is negative",
                              signed_only=True),
     "gini": Metric(True, "", lambda v: gini(v.rel), "concentration of |relevance| (1 = one pixel, 0 = uniform)"),
+    "roughness": Metric(False, "", lambda v: roughness(v.rel),
+                        "total variation of the max-normalised map (lower is smoother, not more faithful)"),
+    "class_sensitivity": Metric(True, "other", lambda v: class_sensitivity(v.rel, v.other, v.patch),
+                                "1 − |Spearman ρ| to the map of a random other class (per-patch sums)"),
     "morf_auc": Metric(False, "curves", _auc_of("morf"),
                        "area under the MoRF probability curve (a faithful map drops it fast)"),
     "lerf_auc": Metric(True, "curves", _auc_of("lerf"),

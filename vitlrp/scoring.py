@@ -5,9 +5,11 @@ the probabilities the perturbation curves start and end at (one forward each for
 random ranks that break ties between patches of equal relevance. :meth:`ScoringBatch.score` then scores the maps of
 all methods together: their perturbation curves in one chunked pass over the distinct perturbed images.
 
-Maps that give no evidence at all (every pixel the same, e.g. an all-zero Grad-CAM) are scored as the uniform map
-they are: chance-level scores, flagged ``empty`` in their row and counted per method. Maps or logits with NaN or inf
-are not scored: their row carries the error.
+One rule for maps without any evidence (every pixel the same, e.g. an all-zero Grad-CAM): the image leaves *all* of
+that method's metrics (NaN in its row, ``empty`` = 1, counted per method as ``n_empty``). A uniform map has no
+ranking, no location and no class, so no metric can say anything true about it: scored, it would count as a miss in
+one metric, as chance in another and as perfectly smooth in a third. Maps or logits with NaN or inf are not scored
+either: their row carries the error.
 """
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -58,6 +60,13 @@ def nonfinite_error(relevance, logits):
             "gamma, and check the checkpoint)")
 
 
+def other_classes(target, num_classes, ids, seed):
+    """A random class other than ``target`` for each image, seeded by the run's seed and the image (the same
+    whatever the batch or the shard): what ``class_sensitivity`` compares the map with."""
+    k = torch.tensor([image_seed(seed, i, 2) % max(num_classes - 1, 1) for i in ids], device=target.device)
+    return k + (k >= target).long()
+
+
 def empty_maps(relevance):
     """``[B]`` bool: maps without any evidence, every pixel the same value (all zero, say)."""
     flat = relevance.flatten(1)
@@ -77,16 +86,20 @@ class ScoringBatch:
     start: torch.Tensor = None  # target probability with nothing removed
     end: torch.Tensor = None  # ... with everything removed
     ids: list = field(default_factory=list)  # sample indices of the readable samples
+    other: torch.Tensor = None  # a random other class per image (class_sensitivity)
 
     @classmethod
-    def of(cls, batch, forward, target_kind, device, settings):
-        """``target_kind``: ``'pred'`` (explain the model's prediction) or ``'label'`` (the true class)."""
+    def of(cls, batch, forward, target_mode, device, settings):
+        """``target_mode``: ``'pred'`` (explain the model's prediction) or ``'label'`` (the true class)."""
         ok = [i for i, err in enumerate(batch["error"]) if not err]
         if not ok:
             return cls(batch, ok, settings)
         images = batch["image"][ok].to(device)
-        target = forward(images).argmax(1) if target_kind == "pred" else batch["label"][ok].to(device)
-        b = cls(batch, ok, settings, images, target, forward, ids=[int(batch["index"][i]) for i in ok])
+        logits = forward(images)
+        target = logits.argmax(1) if target_mode == "pred" else batch["label"][ok].to(device)
+        ids = [int(batch["index"][i]) for i in ok]
+        b = cls(batch, ok, settings, images, target, forward, ids=ids,
+                other=other_classes(target, logits.shape[1], ids, settings.seed))
         rows = torch.arange(len(ok), device=device)
         b.start, b.end = b.prob(images, rows), b.prob(torch.zeros_like(images), rows)
         return b
@@ -101,7 +114,8 @@ class ScoringBatch:
                             for i in self.ids])
 
     def score(self, maps, metrics=M.METRICS):
-        """Score ``maps`` (method name → ``(logits, relevance [B, H, W])`` for the readable samples).
+        """Score ``maps`` (method name → ``(logits, relevance [B, H, W])`` for the readable samples, plus the maps of
+        :attr:`other` as a third item when a metric needs them).
 
         Returns ``(rows, curves)``: per method the per-image row dicts (metrics, the explained logit, the relevance
         sum, ``empty``, ``no_box``, ``error``) and the curves ``{kind: [B_finite, steps+1]}`` of its scored maps.
@@ -109,22 +123,23 @@ class ScoringBatch:
         names = list(maps)
         s = self.settings
         rel, errors, empty = {}, {}, {}
-        for n, (logits, relevance) in maps.items():
+        for n, (logits, relevance, *_) in maps.items():
             errors[n] = [nonfinite_error(relevance[k], logits[k]) for k in range(len(self.ok))]
-            r = torch.nan_to_num(relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
-            empty[n] = empty_maps(r) & torch.tensor([not e for e in errors[n]], device=r.device)
-            rel[n] = torch.where(empty[n][:, None, None], torch.ones_like(r), r)  # scored as the uniform map
+            rel[n] = torch.nan_to_num(relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
+            empty[n] = (empty_maps(rel[n]) & torch.tensor([not e for e in errors[n]], device=rel[n].device)).cpu()
         curves = self._curves([rel[n] for n in names], {m.needs for m in metrics.values()})
         device = self.images.device
         view = SimpleNamespace(mask=M.box_mask(self.batch["box"][self.ok].to(device), self.images.shape[-1]),
-                               parts=self.batch["parts"][self.ok].to(device), tolerance=s.tolerance)
+                               parts=self.batch["parts"][self.ok].to(device), tolerance=s.tolerance, patch=s.patch)
         rows, kept = {}, {}
         for j, n in enumerate(names):
             view.rel, view.curves = rel[n], {k: c[j] for k, c in curves.items()}
-            values = {name: m.score(view).float().cpu() for name, m in metrics.items()}
+            view.other = torch.nan_to_num(maps[n][2].float()) if len(maps[n]) > 2 else None
+            values = {name: m.score(view).float().cpu().masked_fill(empty[n], float("nan"))
+                      for name, m in metrics.items()}
             rows[n] = self._rows(maps[n][0], maps[n][1], values, errors[n], empty[n], view.mask)
-            finite = torch.tensor([not e for e in errors[n]], dtype=torch.bool)
-            kept[n] = {k: c[finite] for k, c in view.curves.items()}
+            scored = torch.tensor([not e for e in errors[n]], dtype=torch.bool) & ~empty[n]
+            kept[n] = {k: c[scored] for k, c in view.curves.items()}
         return rows, kept
 
     def _curves(self, rels, needs):
@@ -163,7 +178,7 @@ class ScoringBatch:
         return out
 
 
-def score_batches(batches, forward, target_kind, device, settings, explain, names, metrics=M.METRICS, extra=None,
+def score_batches(batches, forward, target_mode, device, settings, explain, names, metrics=M.METRICS, extra=None,
                   progress=None):
     """Explain and score every batch: ``(rows, curves)`` over all of them.
 
@@ -174,7 +189,7 @@ def score_batches(batches, forward, target_kind, device, settings, explain, name
     rows, curves = [], {n: {} for n in names}
     for batch in batches:
         rows += failed_rows(batch, names)
-        b = ScoringBatch.of(batch, forward, target_kind, device, settings)
+        b = ScoringBatch.of(batch, forward, target_mode, device, settings)
         if b.ok:
             maps = explain(b)
             scored, kept = b.score(maps, metrics)

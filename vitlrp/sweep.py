@@ -15,8 +15,9 @@ from .gamma import check_gamma, lin_gamma_value, parse_schedule, schedule_text
 
 # the three aims a recommended γ trades off: metric → True when higher is better
 OBJECTIVES = {"lerf_minus_morf": True, "box_share": True, "negative_share": False}
-RULE = ("the Pareto-optimal cell (faithfulness LeRF − MoRF, box share, negative share) with the smallest sum of its "
-        "three ranks among all cells; ties go to the higher LeRF − MoRF")
+RULE = ("among the cells that pass the class check (mean |ρ| to a random other class below "
+        f"{M.CLASS_CHECK_MAX_RHO}), the Pareto-optimal cell (faithfulness LeRF − MoRF, box share, negative share) with "
+        "the smallest sum of its three ranks; ties go to the higher LeRF − MoRF")
 
 
 def cell_name(conv_gamma, lin_gamma):
@@ -31,8 +32,8 @@ def grid(conv_gammas, lin_gammas, schedules=()):
     convs = [check_gamma("CONV_GAMMAS value", c) for c in conv_gammas]
     rows = [schedule_text(check_gamma("LIN_GAMMAS value", g)) for g in lin_gammas]
     for s in schedules:
-        kind, _ = parse_schedule(s, "SCHEDULES entry")
-        if kind == "const":
+        form, _ = parse_schedule(s, "SCHEDULES entry")
+        if form == "const":
             raise UserError(f"SCHEDULES entry {s!r} is a constant: put constants in LIN_GAMMAS")
         rows.append(schedule_text(s, "SCHEDULES entry"))
     if not convs or not rows:
@@ -81,21 +82,23 @@ def recommend(summary):
     return min(front, key=lambda n: (sums[n], -_oriented(summary, n)[0]))
 
 
-def cell_rows(summary, cells, front, sums):
-    """One CSV row per cell: its γ, whether it is on the Pareto front, its rank sum, every metric ± CI."""
+def cell_rows(summary, cells, front, sums, class_failed=()):
+    """One CSV row per cell: its γ, whether it passes the class check and is on the Pareto front (of the cells that
+    pass), its rank sum among them, every metric ± CI."""
     rows = []
     for conv, lin in cells:
         name = cell_name(conv, lin)
         s = summary[name]
         row = {"method": name, "conv_gamma": conv, "lin_gamma": lin, "schedule": parse_schedule(lin)[0] != "const",
-               "pareto": name in front, "rank_sum": sums[name], "n_images": s["n_images"]}
+               "class_check": "fail" if name in class_failed else "pass" if s["n_images"] else "",
+               "pareto": name in front, "rank_sum": sums.get(name, ""), "n_images": s["n_images"]}
         for metric in M.METRICS:
             row[metric], row[f"{metric}_ci95"] = s[metric]["mean"], s[metric]["ci95"]
         rows.append(row)
     return rows
 
 
-CELL_FIELDS = ["method", "conv_gamma", "lin_gamma", "schedule", "pareto", "rank_sum", "n_images",
+CELL_FIELDS = ["method", "conv_gamma", "lin_gamma", "schedule", "class_check", "pareto", "rank_sum", "n_images",
                *[f for m in M.METRICS for f in (m, f"{m}_ci95")]]
 
 
@@ -104,22 +107,29 @@ def _setting(cells, name):
     return {"conv_gamma": conv, "lin_gamma": lin_gamma_value(lin), "method": name}
 
 
-def best_gamma_doc(summary, cells, presets):
-    """The content of ``best_gamma.json``: the recommended setting, the best per metric, the front, the presets."""
+def best_gamma_doc(summary, cells, presets, class_failed=()):
+    """The content of ``best_gamma.json``: the recommended setting (with its sanity figures), the best per metric,
+    the front, the presets, and the cells that failed the class check (``class_failed``, left out of ``summary``
+    by the caller unless every cell failed)."""
     rec = recommend(summary)
     front, sums = pareto_front(summary), rank_sums(summary)
+    rho, passed = M.class_check(summary[rec]) if "class_sensitivity" in summary[rec] else (math.nan, False)
     by_name = {cell_name(c, lin): (c, lin) for c, lin in cells}
     preset_rows = {}
     for preset, (conv, lin) in presets.items():
         name = cell_name(conv, lin)
-        preset_rows[preset] = {"method": name, "in_grid": name in summary}
+        preset_rows[preset] = {"method": name, "in_grid": name in by_name,
+                               "class_check": "fail" if name in class_failed else "pass" if name in summary else ""}
         if name in summary:
             preset_rows[preset].update(pareto=name in front, rank_sum=sums[name],
                                        **{m: summary[name][m]["mean"] for m in OBJECTIVES})
     best = best_methods(summary, exclude=())
     return {
         "recommended": {**_setting(cells, rec), "rule": RULE, "rank_sum": sums[rec],
-                        "scores": {m: summary[rec][m] for m in M.METRICS}},
+                        "scores": {m: summary[rec][m] for m in M.METRICS},
+                        "sanity": {"class_abs_rho": rho, "passes_class_check": passed,
+                                   "class_check_max_abs_rho": M.CLASS_CHECK_MAX_RHO}},
+        "class_check_failed": list(class_failed),
         "best": {metric: {**_setting(cells, name), "mean": summary[name][metric]["mean"],
                           "ci95": summary[name][metric]["ci95"]} for metric, (name, _) in best.items()},
         "pareto": [n for n in by_name if n in front],
@@ -144,15 +154,25 @@ def conclude(rows, names, cells, n_sampled, presets):
         raise UserError("no image could be scored in any cell: every image was unreadable or gave a non-finite map "
                         "(see per-image errors above); nothing to recommend")
     scored = {n: s for n, s in summary.items() if n not in failed_cells}
-    front, sums = pareto_front(scored), rank_sums(scored)
+    class_failed = [n for n, s in scored.items() if not M.class_check(s)[1]]
+    candidates = {n: s for n, s in scored.items() if n not in class_failed} or scored  # none passes: say so below
+    front, sums = pareto_front(candidates), rank_sums(candidates)
     named = {p: cell_name(*g) for p, g in presets.items()}
-    return {"summary": summary, "front": front, "sums": sums, "doc": best_gamma_doc(scored, cells, presets),
-            "presets": named, "failed": failed, "failed_cells": failed_cells, "n_ok": n_sampled - len(failed)}
+    return {"summary": summary, "front": front, "sums": sums,
+            "doc": best_gamma_doc(candidates, cells, presets, class_failed), "presets": named, "failed": failed,
+            "failed_cells": failed_cells, "class_failed": class_failed, "n_ok": n_sampled - len(failed)}
 
 
 def failure_lines(found):
-    """The console's notes on images and cells that failed."""
+    """The console's notes on the class check and on images and cells that failed."""
     lines = []
+    failed, n = found["class_failed"], len(found["summary"]) - len(found["failed_cells"])
+    if failed:
+        rec = found["doc"]["recommended"]
+        lines.append(f"class check: {len(failed)} of {n} cells fail it (mean |ρ| to a random other class ≥ "
+                     f"{M.CLASS_CHECK_MAX_RHO}: their maps hardly depend on the class asked) and cannot be "
+                     "recommended" + ("; NO cell passes, so the recommendation above fails it too"
+                                      if not rec["sanity"]["passes_class_check"] else ""))
     if found["failed_cells"]:
         lines.append(f"warning: {len(found['failed_cells'])} cell(s) gave no finite map on any image and are left out "
                      f"of the front and the recommendation: {', '.join(found['failed_cells'])}")

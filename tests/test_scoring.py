@@ -1,0 +1,73 @@
+"""vitlrp.scoring: every method's maps of a batch scored together; failures, empty maps and seeds per image."""
+import math
+
+import pytest
+import torch
+from test_explain import images, tiny_vit
+
+from vitlrp import evaluation as E
+from vitlrp import metrics as M
+from vitlrp.scoring import ScoreSettings, ScoringBatch, model_in, other_classes
+
+
+def fake_batch(n=4, size=32, ids=(10, 11, 12, 13), errors=None):
+    return {"image": images(n, size=size), "label": torch.arange(n) % 5, "index": torch.tensor(ids),
+            "error": errors or [""] * n, "box": torch.tensor([[4.0, 4.0, 20.0, 20.0]] * n),
+            "parts": torch.tensor([[[8.0, 8.0, 1.0]]] * n)}
+
+
+@pytest.fixture(scope="module")
+def scored():
+    model = tiny_vit()
+    _, forward = model_in(model, torch.float32, torch.device("cpu"))
+    b = ScoringBatch.of(fake_batch(), forward, "pred", torch.device("cpu"), ScoreSettings(8, steps=4, seed=3))
+    logits = forward(b.images)
+    gen = torch.Generator().manual_seed(0)
+    good = torch.randn(4, 32, 32, generator=gen)
+    empty = good.clone()
+    empty[1] = 0.0  # no evidence at all
+    broken = good.clone()
+    broken[2, 0, 0] = math.nan
+    maps = {"good": (logits, good, torch.randn(4, 32, 32, generator=gen)), "empty": (logits, empty, good),
+            "broken": (logits, broken, good)}
+    rows, curves = b.score(maps, M.METRICS)
+    return b, rows, curves, maps
+
+
+def test_an_empty_map_leaves_every_metric_of_its_image(scored):
+    _, rows, curves, _ = scored
+    row = rows["empty"][1]
+    assert row["empty"] == 1 and row["error"] == ""
+    assert all(math.isnan(row[m]) for m in M.METRICS)  # one rule for every metric
+    assert all(rows["empty"][k]["empty"] == 0 and math.isfinite(rows["empty"][k]["box_share"]) for k in (0, 2, 3))
+    assert len(curves["empty"]["morf"]) == 3  # its curve is not averaged either
+    summary = E.summarize([{"method": n, **r} for n, rs in rows.items() for r in rs], list(rows))
+    assert summary["empty"]["n_empty"] == 1 and summary["empty"]["box_share"]["n"] == 3
+    assert summary["good"]["n_empty"] == 0
+    lines = E.warning_lines([{"method": n, **r} for n, rs in rows.items() for r in rs], list(rows), summary)
+    assert any(line.startswith("empty: 1 of 4 map(s) were empty") for line in lines)
+
+
+def test_a_non_finite_map_is_an_error_row_not_a_score(scored):
+    _, rows, curves, _ = scored
+    assert rows["broken"][2]["error"].startswith("non-finite map") and "box_share" not in rows["broken"][2]
+    assert len(curves["broken"]["morf"]) == 3
+
+
+def test_the_same_maps_score_the_same_whatever_else_is_scored(scored):
+    b, rows, _, maps = scored
+    alone, _ = b.score({"good": maps["good"]}, M.METRICS)
+    for a, c in zip(alone["good"], rows["good"]):
+        for m in M.METRICS:
+            assert a[m] == pytest.approx(c[m], abs=1e-6), m
+
+
+def test_other_classes_are_random_seeded_per_image_and_never_the_target():
+    target = torch.tensor([0, 1, 2, 3, 4] * 4)
+    ids = list(range(20))
+    other = other_classes(target, 5, ids, seed=0)
+    assert (other != target).all() and ((other >= 0) & (other < 5)).all()
+    assert torch.equal(other, other_classes(target, 5, ids, seed=0))
+    assert not torch.equal(other, other_classes(target, 5, ids, seed=1))
+    # one image's class depends on that image, not on its batch
+    assert torch.equal(other_classes(target[7:9], 5, ids[7:9], seed=0), other[7:9])

@@ -130,12 +130,12 @@ def score(cfg, dist, device, chosen, model, dataset, indices, marks):
     shard = dist.shard(indices)
     options = method_options(cfg)
     metrics = E.active_metrics(cfg.ROAD)
-    with ExitStack() as stack, tqdm(total=len(shard), desc="score", unit="img", disable=not dist.is_main) as bar:
-        runners = {m.name: stack.enter_context(methods.MethodRunner(m, plain, options)) for m in chosen}
-
+    names = [m.name for m in chosen]
+    with methods.MethodSet(chosen, plain, options) as explain_all, \
+            tqdm(total=len(shard), desc="score", unit="img", disable=not dist.is_main) as bar:
         def explain(b):  # each method's maps for the explained class and for a random other class
-            return {name: (*run(b.images, b.target, b.ids), run(b.images, b.other, b.ids)[1])
-                    for name, run in runners.items()}
+            return {name: (logits, *maps) for name, (logits, maps) in
+                    explain_all(b.images, [b.target, b.other], b.ids).items()}
 
         def mark_scores(b, maps, rows):  # the share of each map on the shortcut mark (not of an empty map)
             for name, (_, relevance, *_) in maps.items():
@@ -144,10 +144,10 @@ def score(cfg, dist, device, chosen, model, dataset, indices, marks):
                     r.update({key: float("nan") if r.get("empty") else float(v[k]) for key, v in extra.items()})
 
         rows, curves = score_batches(loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device), forward,
-                                     cfg.TARGET, device, settings, explain, list(runners), metrics,
+                                     cfg.TARGET, device, settings, explain, names, metrics,
                                      mark_scores if marks else None, bar)
     gathered = dist.all_gather_objects((rows, curves))
-    return E.merge_ranks(gathered, list(runners)) if dist.is_main else ([], {})
+    return E.merge_ranks(gathered, names) if dist.is_main else ([], {})
 
 
 def write_outputs(cfg, run, dist, device, names, indices, rows, curves, found, shortcut):

@@ -12,35 +12,47 @@ NUM_PAIRS = 8  # pairs shown: half where the model followed the swapped mark, ha
 SEED = 0  # which pairs
 BATCH_SIZE = 32  # images per forward when measuring which swapped marks were followed
 IMPL = "fused"  # fused or zennit (same maps)
+IG_STEPS = 32  # integrated_gradients in METHODS: points on the path from the baseline
+SMOOTHGRAD_SAMPLES = 32  # smoothgrad in METHODS: noisy copies per image
+ROWS_PER_PASS = 64  # at most this many images per forward (IG, SmoothGrad)
 DEVICE = "auto"  # auto, cuda, cpu
 NUM_WORKERS = 2  # JPEG decoding processes
 OUTPUT_DIR = "results/shortcut/pairs"  # index.html, pair_<idx>.png, pairs.json
 # -------------------------------------------------------------------------------------------------
 from contextlib import ExitStack
-from pathlib import Path
 
 import torch
 
 from vitlrp import cli, methods, render
 from vitlrp import shortcut as S
 from vitlrp.errors import UserError
-from vitlrp.fileio import ensure_writable_dir, write_json
+from vitlrp.explain import IMPLS
+from vitlrp.fileio import write_json
 from vitlrp.gallery import write_shortcut_gallery
 from vitlrp.inputs import load_model_and_split, loader
 from vitlrp.methods import MethodRunner, Options, parse_methods
+from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
+
+# every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
+OUTPUT_NAMES = ("pair_*.png", "pairs.json", "index.html")
 
 
 def check_config(cfg):
     if not cfg.METHODS:
         raise UserError("METHODS is empty: name at least one method")
-    if cfg.NUM_PAIRS <= 0:
-        raise UserError(f"NUM_PAIRS must be positive, got {cfg.NUM_PAIRS}")
+    for name in ("NUM_PAIRS", "BATCH_SIZE", "IG_STEPS", "SMOOTHGRAD_SAMPLES", "ROWS_PER_PASS"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.NUM_WORKERS < 0:
+        raise UserError(f"NUM_WORKERS must be >= 0 (0 = decode in this process), got {cfg.NUM_WORKERS}")
+    if cfg.IMPL not in IMPLS:
+        raise UserError(f"IMPL must be one of {', '.join(IMPLS)}, got {cfg.IMPL!r}")
     return parse_methods(cfg.METHODS, "METHODS")
 
 
 def main(cfg):
-    methods = check_config(cfg)
+    chosen = check_config(cfg)
     device = resolve_device(cfg.DEVICE)
     ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, "test", device)
     marks = S.load_marks(dataset.ann)
@@ -48,10 +60,28 @@ def main(cfg):
         raise UserError(f"{cfg.DATASET_ROOT} has no {S.MARKS_FILE}: make a shortcut mini-CUB with "
                         "make_synthetic_cub.py --shortcut-share 0.8")
     split = S.split_marks(marks, dataset)
-    out = ensure_writable_dir(Path(cfg.OUTPUT_DIR), "OUTPUT_DIR")
-    names, prep = ckpt["class_names"], dataset.preprocessing
+    with RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, clear_first=("pairs.json", "index.html")) as run:
+        predicted = followed_marks(cfg, model, dataset, split, device)
+        followed = sum(predicted[i] == split["mark_class"][i] for i in predicted)
+        intro = (f"On {len(predicted)} swapped-mark test images the model predicted the mark's class {followed} "
+                 f"times ({followed / max(len(predicted), 1):.0%}). Top row of each card: the bird with its own "
+                 "class's mark; bottom row: the same pixels with another class's mark (outlined). Red: positive "
+                 "relevance for the predicted class, blue: negative; 'mark' is the share of positive relevance on "
+                 "the mark.")
+        print(intro.split(". Top")[0] + ".")
+        pairs = S.pick_pairs(split, predicted, cfg.NUM_PAIRS, cfg.SEED)
+        explained = explain_pairs(cfg, chosen, model, dataset, split, pairs, device)
+        cards = draw_pairs(run.path, ckpt["class_names"], dataset.preprocessing, split, pairs, *explained)
+        write_json(run.path / "pairs.json", cards)
+        write_shortcut_gallery(run.path, cards, intro, cli.config_dict(cfg))
+        run.finish(["pairs.json", "index.html"] + [c["file"] for c in cards])
+    print(f"Wrote {len(cards)} pairs ({sum(c['followed'] for c in cards)} followed the mark) to "
+          f"{run.path / 'index.html'}")
+    return 0
 
-    # 1. which swapped marks does the model follow? (measured with plain forwards, no explanation)
+
+def followed_marks(cfg, model, dataset, split, device):
+    """Split index → predicted class of every swapped-mark image (plain forwards, no explanation)."""
     swapped = [int(i) for i in split["swapped"].nonzero()[0]]
     predicted = {}
     with torch.no_grad():
@@ -59,33 +89,34 @@ def main(cfg):
             for i, err, p in zip(batch["index"], batch["error"], model(batch["image"].to(device)).argmax(1)):
                 if not err:
                     predicted[int(i)] = int(p)
-    followed = sum(predicted[i] == split["mark_class"][i] for i in predicted)
-    intro = (f"On {len(predicted)} swapped-mark test images the model predicted the mark's class {followed} times "
-             f"({followed / max(len(predicted), 1):.0%}). Top row of each card: the bird with its own class's mark; "
-             "bottom row: the same pixels with another class's mark (outlined). Red: positive relevance for the "
-             "predicted class, blue: negative; 'mark' is the share of positive relevance on the mark.")
-    print(intro.split(". Top")[0] + ".")
+    return predicted
 
-    # 2. explain the chosen pairs (own-mark twin and swapped image) with every method
-    chosen = S.pick_pairs(split, predicted, cfg.NUM_PAIRS, cfg.SEED)
-    order = [j for i, _ in chosen for j in (int(split["pair"][i]), i)]
+
+def explain_pairs(cfg, chosen, model, dataset, split, pairs, device):
+    """Both images of each pair (own-mark twin, swapped) explained by every method: ``(order, batch, target,
+    maps)`` with the images in ``order`` (twin, swapped, twin, swapped, ...)."""
+    order = [j for i, _ in pairs for j in (int(split["pair"][i]), i)]
     batch = next(iter(loader(dataset, order, len(order), 0, device)))
     images = batch["image"].to(device)
     with torch.no_grad():
-        logits = model(images)
-    target = logits.argmax(1)
+        target = model(images).argmax(1)
+    options = Options(impl=cfg.IMPL, seed=cfg.SEED, ig_steps=cfg.IG_STEPS, smoothgrad_samples=cfg.SMOOTHGRAD_SAMPLES,
+                      rows_per_pass=cfg.ROWS_PER_PASS)
     maps = {}
     with ExitStack() as stack:
-        for m in methods:
-            runner = stack.enter_context(MethodRunner(m, model, Options(impl=cfg.IMPL, seed=cfg.SEED)))
+        for m in chosen:
+            runner = stack.enter_context(MethodRunner(m, model, options))
             maps[m.name] = runner(images, target, order)[1].float().cpu()
+    return order, batch, target, maps
+
+
+def draw_pairs(out, names, prep, split, pairs, order, batch, target, maps):
+    """One picture per pair, two rows of panels (own mark, swapped mark); the cards of the page."""
     rgb = prep.denormalize(batch["image"]).permute(0, 2, 3, 1).numpy()
     boxes = split["box"][order]
     share = {name: S.score_batch(rel, boxes)["mark_share"] for name, rel in maps.items()}
-
-    # 3. one picture per pair, two rows of panels
-    pairs = []
-    for n, (i, did_follow) in enumerate(chosen):
+    cards = []
+    for n, (i, did_follow) in enumerate(pairs):
         rows = []
         for k in (2 * n, 2 * n + 1):
             idx, pred = order[k], int(target[k])
@@ -99,15 +130,12 @@ def main(cfg):
                  f" ({'followed the mark' if did_follow else 'kept the bird'})")
         file = f"pair_{i:06d}.png"
         render.save_png(render.stack(rows), out / file)
-        pairs.append({"sample_idx": i, "pair_sample_idx": int(split["pair"][i]), "label": label, "mark_class": mark,
+        cards.append({"sample_idx": i, "pair_sample_idx": int(split["pair"][i]), "label": label, "mark_class": mark,
                       "predicted": int(target[2 * n + 1]), "predicted_own_mark": int(target[2 * n]),
                       "followed": did_follow, "title": title, "file": file,
                       "mark_share": {name: float(share[name][2 * n + 1]) for name in maps},
                       "mark_share_own_mark": {name: float(share[name][2 * n]) for name in maps}})
-    write_json(out / "pairs.json", pairs)
-    write_shortcut_gallery(out, pairs, intro, cli.config_dict(cfg))
-    print(f"Wrote {len(pairs)} pairs ({sum(p['followed'] for p in pairs)} followed the mark) to {out / 'index.html'}")
-    return 0
+    return cards
 
 
 if __name__ == "__main__":

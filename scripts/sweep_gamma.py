@@ -94,7 +94,7 @@ def sweep(cfg, dist, device, model, dataset, indices, cells):
             tqdm(total=len(shard), desc="sweep", unit="img", disable=not dist.is_main) as bar:
         def explain(b):
             t0 = time.perf_counter()
-            logits, maps, other = explainer.explain_many(b.images, b.target, cells, other=b.other)
+            logits, maps, other = explainer.explain_many(b.images, b.target, cells, also=(b.other,))
             seconds["maps"] += time.perf_counter() - t0
             return {name: (logits, m, o) for name, m, o in zip(names, maps, other)}
 

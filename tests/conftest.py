@@ -147,6 +147,14 @@ def run_script(name, *flags, cwd=REPO_ROOT, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_torchrun(name, *flags, nproc=2, timeout=400):
+    """Run ``scripts/<name>`` under ``torchrun --nproc_per_node=nproc`` on the CPU (gloo); the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
+           str(_script_path(name)), *map(str, flags)]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def run_script_inprocess(name, *flags):
     """Run a script in this process (no second torch import); return ``(exit_code, stdout, stderr)``."""
     out, err = io.StringIO(), io.StringIO()

@@ -86,6 +86,25 @@ def aggressive_run(trained_tiny, tmp_path_factory):
 
 
 # --- the default run --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_processes_match_one(default_run, trained_tiny, tmp_path):
+    """torchrun shards the samples; rank 0 writes the JSON and the page over all of them, nothing is left marked."""
+    from conftest import run_torchrun
+
+    proc = run_torchrun(SCRIPT, "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",
+                        trained_tiny["dataset_root"], "--num-samples", N, "--batch-size", 4, "--num-workers", 0,
+                        "--device", "cpu", "--output-dir", tmp_path, "--compare-presets", "baseline,balanced")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x2 processes" in proc.stdout and not (tmp_path / "RUN_INCOMPLETE.txt").exists()
+    two, one = results(tmp_path), default_run["results"]
+    assert [r["sample_idx"] for r in two] == [r["sample_idx"] for r in one]
+    for a, b in zip(two, one):
+        assert a["target_class"] == b["target_class"] and a["files"] == b["files"]
+        assert a["relevance_sum"] == pytest.approx(b["relevance_sum"], rel=1e-4, abs=1e-6)
+        assert all((tmp_path / f).is_file() for f in a["files"].values())
+    assert (tmp_path / "lrp_gamma_grid_overview.png").is_file() and (tmp_path / "index.html").is_file()
+
+
 def test_console_shows_the_seed_lines(default_run):
     lines = default_run["stdout"].splitlines()
     for line in ("Using device: cpu", "Using Gamma rule: Conv2d gamma=1.0, Linear gamma=0.5", "Dataset size: 200",

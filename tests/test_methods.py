@@ -379,3 +379,21 @@ def test_the_same_method_under_two_names_is_refused():
     with pytest.raises(UserError, match="METHODS lists 'gae' twice"):
         methods.parse_methods(["gae", "gae"], "METHODS")
     assert len(methods.parse_methods(["balanced", "balanced+attn", "gamma:1:0.25"], "METHODS")) == 3
+
+
+def test_a_method_set_equals_separate_runs(model_x):
+    """γ methods share one forward (and backwards) in a MethodSet; the maps equal each method run on its own."""
+    model, x = model_x
+    chosen = methods.parse_methods(["baseline", "balanced", "aggressive", "very_aggressive", "balanced+attn",
+                                    "random", "gae"], "METHODS")
+    other = torch.tensor([1, 0, 4])
+    with methods.MethodSet(chosen, model, Options(seed=2)) as together:
+        out = together(x, [TARGET, other], ids=[5, 6, 7])
+    assert list(out) == [m.name for m in chosen]
+    for m in chosen:
+        logits, maps = out[m.name]
+        assert len(maps) == 2
+        for target, joint in zip((TARGET, other), maps):
+            alone_logits, alone = explain(m.name, model, x, target, seed=2, ids=[5, 6, 7])
+            torch.testing.assert_close(joint, alone, rtol=1e-4, atol=1e-6 * float(alone.abs().max()))
+            torch.testing.assert_close(logits, alone_logits, rtol=1e-5, atol=1e-6)

@@ -211,6 +211,27 @@ def sweep_run(trained_tiny, tmp_path_factory):
     return {"out": out, "stdout": stdout, "doc": json.loads((out / "best_gamma.json").read_text())}
 
 
+@pytest.mark.slow
+def test_two_processes_match_one(sweep_run, trained_tiny, tmp_path):
+    """torchrun shards the images over the ranks; rank 0 merges: the same cells, the same recommendation."""
+    from conftest import run_torchrun
+
+    proc = run_torchrun("sweep_gamma", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",
+                        trained_tiny["dataset_root"], "--num-images", 8, "--batch-size", 4, "--num-workers", 0,
+                        "--device", "cpu", "--perturb-steps", 3, "--conv-gammas", ",".join(CONVS), "--lin-gammas",
+                        ",".join(LINS), "--schedules", ",".join(SCHED), "--output-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cpu x2" in proc.stdout and not (tmp_path / "RUN_INCOMPLETE.txt").exists()
+    read = lambda out: {c["method"]: c for c in csv.DictReader(open(out / "cells.csv", newline=""))}  # noqa: E731
+    one, two = read(sweep_run["out"]), read(tmp_path)
+    assert list(one) == list(two)
+    for name, cell in one.items():
+        for metric in METRICS:
+            assert float(two[name][metric]) == pytest.approx(float(cell[metric]), abs=1e-5, nan_ok=True), metric
+    doc = json.loads((tmp_path / "best_gamma.json").read_text())
+    assert doc["recommended"]["method"] == sweep_run["doc"]["recommended"]["method"] and doc["n_images"] == 8
+
+
 def test_sweep_writes_surfaces_csv_and_best_gamma(sweep_run):
     out, doc = sweep_run["out"], sweep_run["doc"]
     for metric in METRICS:

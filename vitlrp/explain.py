@@ -129,9 +129,9 @@ class Explainer:
             (grad,) = torch.autograd.grad(logits.gather(1, target).sum(), x)
         return logits.detach().to(self.out_dtype()), input_times_grad(x, grad, self.out_dtype())
 
-    def explain_many(self, images, target, settings, other=None):
-        """Maps for several γ settings of the same batch: ``(logits, relevance [K, B, H, W])``, and with ``other``
-        (a second choice of classes) ``(logits, relevance, relevance of other)``.
+    def explain_many(self, images, target, settings, also=()):
+        """Maps for several γ settings of the same batch: ``(logits, relevance [K, B, H, W])``, followed by the
+        relevance for each further choice of classes in ``also`` (e.g. a random other class per image).
 
         ``settings`` is a list of ``(conv_gamma, lin_gamma)`` (``lin_gamma`` a number or schedule). The rule acts
         only in the backward, so with ``impl='fused'`` one forward serves every setting and class (see
@@ -139,7 +139,7 @@ class Explainer:
         calls.
         """
         settings = [(check_gamma("conv_gamma", c), schedule_text(lin)) for c, lin in settings]
-        targets = [target] if other is None else [target, other]
+        targets = [target, *also]
         if self.impl == "fused":
             from .fastgamma import explain_settings
 
@@ -155,7 +155,7 @@ class Explainer:
             finally:
                 self.conv_gamma, self.lin_gamma = saved
             maps = torch.stack([torch.stack(m) for m in maps])
-        return (logits, maps[0]) if other is None else (logits, maps[0], maps[1])
+        return (logits, *maps)
 
     def gamma_layers(self):
         """Names → types of the modules the Gamma rule acted on so far (a dry run on a blank image if none yet)."""

@@ -56,6 +56,8 @@ class Spec:
     class_specific: bool = True  # its map depends on the explained class
     parse: object = None  # name -> params dict, or None when the name is not of this family
     pattern: str = ""  # how a family's names look, for --help and messages
+    open_group: object = None  # (methods, model, options) -> context manager yielding
+    #                            (images, targets, ids) -> {name: (logits, [maps per target])}: shared work
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ REGISTRY = {}
 
 
 def register(name, family, summary, *, function=None, opener=None, packages=(), patched=False, signed=True,
-             class_specific=True, parse=None, pattern=""):
+             class_specific=True, parse=None, pattern="", open_group=None):
     """Register a method under ``name``: ``function(model, images, target, ids, method, options)`` for a method
     without state, or ``opener(method, model, options)`` (a context manager factory yielding such a callable
     without the model and options). Returns the :class:`Spec`. A name registered twice is an error."""
@@ -85,7 +87,8 @@ def register(name, family, summary, *, function=None, opener=None, packages=(), 
         raise ValueError("register a method with exactly one of function= or opener=")
     if opener is None:
         opener = _opener_of(function)
-    spec = Spec(name, family, summary, opener, tuple(packages), patched, signed, class_specific, parse, pattern)
+    spec = Spec(name, family, summary, opener, tuple(packages), patched, signed, class_specific, parse, pattern,
+                open_group)
     REGISTRY[name] = spec
     return spec
 
@@ -218,6 +221,58 @@ class MethodRunner:
             # a package's failure is one line for the user, with the package's own words
             raise UserError(f"method {spec.name} failed: {type(err).__name__}: {err}") from err
         return logits.detach().float(), maps.detach().float()
+
+
+class MethodSet:
+    """Context manager running several methods on the same batches, for one or more choices of class.
+
+    ``methods_set(images, targets, ids)`` returns ``{name: (logits, [relevance per target])}``. Methods whose
+    family can share work (``Spec.open_group``: every γ-LRP method takes one forward for all γ settings and classes)
+    run together; the others one by one (:class:`MethodRunner`). The maps equal separate runs.
+    """
+
+    def __init__(self, methods, model, options=None):
+        self.methods, self.model, self.options = list(methods), model, options or Options()
+        self._stack = None
+
+    def __enter__(self):
+        from contextlib import ExitStack
+
+        self._stack = ExitStack().__enter__()
+        try:
+            self._runs = []
+            groups = {}
+            for m in self.methods:
+                if m.spec.open_group is not None:
+                    groups.setdefault(m.spec.name, []).append(m)
+                else:
+                    runner = self._stack.enter_context(MethodRunner(m, self.model, self.options))
+                    self._runs.append(self._one(m.name, runner))
+            for group in groups.values():
+                check_available(group[0].spec)
+                self._runs.append(self._stack.enter_context(group[0].spec.open_group(group, self.model,
+                                                                                      self.options)))
+        except BaseException:
+            self._stack.__exit__(*__import__("sys").exc_info())
+            raise
+        return self
+
+    @staticmethod
+    def _one(name, runner):
+        def run(images, targets, ids):
+            results = [runner(images, t, ids) for t in targets]
+            return {name: (results[0][0], [r[1] for r in results])}
+        return run
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)
+
+    def __call__(self, images, targets, ids=None):
+        ids = list(range(len(images))) if ids is None else [int(i) for i in ids]
+        out = {}
+        for run in self._runs:
+            out.update(run(images, targets, ids))
+        return {m.name: out[m.name] for m in self.methods}  # in the order asked
 
 
 # the built-in families register themselves on import, in the order --help lists them

@@ -5,7 +5,7 @@ schedule (:data:`vitlrp.gamma.SCHEDULE_HELP`), either optionally followed by ``+
 projections too). Its parameters are ``conv_gamma``, ``lin_gamma`` (a float, or a schedule's canonical text) and
 ``attention``; ``balanced`` and ``gamma:1:0.5`` are the same method.
 """
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from ..errors import UserError
 from ..explain import Explainer
@@ -41,9 +41,33 @@ def open_explainer(method, model, options):
         yield lambda images, target, ids: ex(images, target)
 
 
+@contextmanager
+def open_group(methods, model, options):
+    """Every γ method of a batch from one forward per attention setting (:meth:`Explainer.explain_many`): the rule
+    acts only in the backward, so the forward, and the backward down to the patch embedding of every setting with
+    the same Linear γ, are shared by all the methods and classes."""
+    by_attention = {}
+    for m in methods:
+        by_attention.setdefault(m.params["attention"], []).append(m)
+    with ExitStack() as stack:
+        explainers = {a: stack.enter_context(Explainer(model, dtype=options.dtype, impl=options.impl,
+                                                       gamma_attention=a)) for a in by_attention}
+
+        def run(images, targets, ids):
+            out = {}
+            for attention, group in by_attention.items():
+                settings = [(m.params["conv_gamma"], m.params["lin_gamma"]) for m in group]
+                logits, *maps = explainers[attention].explain_many(images, targets[0], settings, targets[1:])
+                for k, m in enumerate(group):
+                    out[m.name] = (logits, [per_target[k] for per_target in maps])
+            return out
+
+        yield run
+
+
 register("gamma", "lrp", "AttnLRP with the Gamma rule; presets " + ", ".join(PRESETS) + "; <lin> is " + SCHEDULE_HELP
          + "; +attn puts γ on the attention projections too",
-         opener=open_explainer, patched=True, parse=parse, pattern=PATTERN)
+         opener=open_explainer, patched=True, parse=parse, pattern=PATTERN, open_group=open_group)
 
 
 def is_lrp(method):

@@ -54,14 +54,14 @@ def choose_gammas(cfg):
     """``(conv γ, Linear γ, where they came from)``: GAMMA_FILE, PRESET, or CONV_GAMMA with LIN_GAMMA or
     LIN_GAMMA_SCHEDULE. Two of them setting the same γ at once is refused (one line), never resolved silently."""
     given = cli.given(cfg)
-    sources = [f"{n} {getattr(cfg, n)}" for n in ("GAMMA_FILE", "PRESET") if getattr(cfg, n)]
-    sources += [f"--{n.lower().replace('_', '-')} {getattr(cfg, n)}" for n in ("CONV_GAMMA", "LIN_GAMMA")
-                if n in given and sources]
-    sources += [f"LIN_GAMMA_SCHEDULE {cfg.LIN_GAMMA_SCHEDULE}"] if cfg.LIN_GAMMA_SCHEDULE and (
-        sources or "LIN_GAMMA" in given) else []
-    if len(sources) > 1:
-        raise UserError(f"{' and '.join(sources)} both set the gammas: keep one of them (PRESET and GAMMA_FILE set "
-                        "both gammas; LIN_GAMMA_SCHEDULE replaces LIN_GAMMA)")
+    both = [f"{n} {getattr(cfg, n)}" for n in ("GAMMA_FILE", "PRESET") if getattr(cfg, n)]
+    conv = [f"--conv-gamma {cfg.CONV_GAMMA}"] if "CONV_GAMMA" in given else []
+    lin = ([f"--lin-gamma {cfg.LIN_GAMMA}"] if "LIN_GAMMA" in given else []) + (
+        [f"LIN_GAMMA_SCHEDULE {cfg.LIN_GAMMA_SCHEDULE}"] if cfg.LIN_GAMMA_SCHEDULE else [])
+    for clash in (both + conv + lin if both else []), (both if len(both) > 1 else []), (lin if len(lin) > 1 else []):
+        if clash:
+            raise UserError(f"{' and '.join(clash[:2])} both set the gammas: keep one of them (PRESET and "
+                            "GAMMA_FILE set both gammas; LIN_GAMMA_SCHEDULE replaces LIN_GAMMA)")
     if cfg.GAMMA_FILE:
         return (*read_gamma_file(cfg.GAMMA_FILE), f"GAMMA_FILE {cfg.GAMMA_FILE}")
     if cfg.PRESET:

@@ -190,6 +190,7 @@ def test_preset_overrides_gammas_and_changes_maps(default_run, aggressive_run):
     assert "Using Gamma rule: Conv2d gamma=10.0, Linear gamma=1.0 (preset aggressive)" in aggressive_run["stdout"]
     for a, d in zip(aggressive_run["results"], default_run["results"]):
         assert a["gamma_params"] == {"conv_gamma": 10.0, "lin_gamma": 1.0} and a["preset"] == "aggressive"
+        assert a["gamma_source"] == "PRESET aggressive" and d["gamma_source"] == "CONV_GAMMA, LIN_GAMMA"
         assert a["target_class"] == d["target_class"]
         ra, rd = raw(aggressive_run["out"], a["sample_idx"]), raw(default_run["out"], d["sample_idx"])
         assert ((ra - rd).norm() / rd.norm()).item() > 0.05
@@ -314,6 +315,12 @@ def test_bad_checkpoint_is_one_line(trained_tiny, tmp_path, kind, message):
     (("--preset", "nosuch"), "unknown PRESET 'nosuch'"),
     (("--compare-presets", "balanced,nosuch"), "unknown preset(s) in COMPARE_PRESETS: nosuch"),
     (("--dtype", "fp16"), "DTYPE must be one of"),
+    (("--preset", "aggressive", "--conv-gamma", "3"), "PRESET aggressive and --conv-gamma 3.0 both set the gammas"),
+    (("--preset", "aggressive", "--lin-gamma", "0.5"), "PRESET aggressive and --lin-gamma 0.5 both set the gammas"),
+    (("--preset", "balanced", "--lin-gamma-schedule", "linear:0.5:0"), "PRESET balanced and LIN_GAMMA_SCHEDULE"),
+    (("--lin-gamma", "0.3", "--lin-gamma-schedule", "linear:0.5:0"), "LIN_GAMMA_SCHEDULE linear:0.5:0 both set"),
+    (("--preset", "balanced", "--gamma-file", "best_gamma.json"), "GAMMA_FILE best_gamma.json and PRESET balanced"),
+    (("--compare-presets", "balanced", "--compare-methods", "balanced"), "lists 'balanced' twice"),
 ])
 def test_bad_flags_are_one_line(trained_tiny, tmp_path, flags, message):
     out = tmp_path / "out"

@@ -286,6 +286,10 @@ def test_best_gamma_file_drives_the_heatmap_script(sweep_run, trained_tiny, tmp_
         config = json.loads((out / "config.json").read_text())
         assert (config["conv_gamma"], config["lin_gamma"]) == (entry["conv_gamma"], entry["lin_gamma"])
         assert f"Conv2d gamma={float(entry['conv_gamma'])}, Linear gamma={entry['lin_gamma']} (from " in stdout
+        # the record says where the γ came from, and no preset's name beside the file's γ
+        results = json.loads((out / "lrp_results.json").read_text())
+        assert all(r["gamma_source"].startswith("GAMMA_FILE ") and r["preset"] == "" for r in results)
+        assert config["gamma_source"] == results[0]["gamma_source"]
 
 
 def test_heatmap_script_takes_a_schedule(trained_tiny, tmp_path):

@@ -241,10 +241,12 @@ def load_resume(cfg, ann, last_path):
     resume = load_checkpoint(last_path)
     check_classes(resume, ann.class_names, cfg.DATASET_ROOT, fix="resume on the dataset it was trained on "
                   "(--dataset-root) or start afresh in another --checkpoint-dir")
-    missing = [k for k in ("optimizer", "scheduler", "scaler", "epoch", "best_acc") if k not in resume]
-    if missing:
-        raise UserError(f"{last_path} holds no training state ({', '.join(missing)}): --resume true needs the "
-                        "vit_cub_last.pt this script writes")
+    kinds = {"optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int, "best_acc": (int, float),
+             "summary_row": dict}
+    missing = [k for k, kind in kinds.items() if not isinstance(resume.get(k), kind) or isinstance(resume[k], bool)]
+    if missing or resume["epoch"] < 1:
+        raise UserError(f"{last_path} holds no training state ({', '.join(missing or ['epoch'])}): --resume true "
+                        "needs the vit_cub_last.pt this script writes")
     _check_same_recipe(cfg, resume, last_path)
     return resume
 

@@ -213,6 +213,12 @@ def test_resume_from_a_best_checkpoint_without_training_state_is_refused(mini_cu
     code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
     assert "holds no training state (optimizer" in one_error(code, stderr)
 
+    # training state of the wrong kind (an epoch as text) is refused the same way, not a traceback later
+    last = torch.load(one_epoch / "ck" / "vit_cub_last.pt", weights_only=True)
+    torch.save({**last, "epoch": "1"}, tmp_path / "ck" / "vit_cub_last.pt")
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    assert "holds no training state (epoch)" in one_error(code, stderr)
+
 
 # --- 2. a fresh run into a folder that holds checkpoints --------------------------------------------------
 def test_a_fresh_run_does_not_overwrite_checkpoints_without_being_told(mini_cub, one_epoch, tmp_path):

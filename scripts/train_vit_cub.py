@@ -1,12 +1,16 @@
 """Fine-tune a torchvision ViT on CUB-200-2011; writes checkpoints/vit_cub_best.pt and vit_cub_last.pt.
 
+The best epoch is picked on a validation split held out from the training images (VAL_FRACTION), not on the test
+split that the explaining scripts use. Weights per model (PRETRAINED): vit_b_16 and vit_l_16: IMAGENET1K_V1,
+IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1; vit_b_32 and vit_l_32: IMAGENET1K_V1; vit_h_14:
+IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1; vit_tiny: none. Preprocessing comes from the weights.
 Several GPUs: torchrun --nproc_per_node=N scripts/train_vit_cub.py (DDP; BATCH_SIZE is the global batch).
 """
 # --- configuration (each constant is also a flag: --epochs 30, --lr 5e-5, ...) ---
 DATASET_ROOT = "dataset/raw/CUB_200_2011"  # folder holding images.txt
-MODEL = "vit_b_16"  # vit_b_16, or vit_tiny (a small ViT for CPU runs and the demo)
-PRETRAINED = "IMAGENET1K_V1"  # IMAGENET1K_V1, IMAGENET1K_SWAG_LINEAR_V1, IMAGENET1K_SWAG_E2E_V1, none, or a file
-IMAGE_SIZE = 0  # model input size; 0 = the weights' own (224, or 384 for SWAG_E2E)
+MODEL = "vit_b_16"  # vit_b_16, vit_b_32, vit_l_16, vit_l_32, vit_h_14 (torchvision's), vit_tiny (small: CPU, demo)
+PRETRAINED = "IMAGENET1K_V1"  # IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1 (above), none, a file
+IMAGE_SIZE = 0  # model input size; 0 = the weights' own (224; 384 for vit_b_16 SWAG_E2E, 518 for vit_h_14 SWAG_E2E)
 EPOCHS = 20  # full passes over the train split
 BATCH_SIZE = 64  # global batch, split over processes under torchrun
 LR = 1e-4  # AdamW peak learning rate
@@ -17,7 +21,8 @@ GRAD_CLIP = 1.0  # clip the gradient norm; 0 = off
 AMP = "auto"  # auto (bf16 on CUDA, none on CPU), bf16, fp16, none
 COMPILE = False  # torch.compile the model (faster on a GPU after a minute of compiling)
 NUM_WORKERS = 8  # JPEG decoding processes per GPU
-SEED = 0  # model init, shuffling and augmentation
+VAL_FRACTION = 0.1  # share of each class's training images held out to pick the best epoch; 0 = pick on the test split
+SEED = 0  # model init, shuffling, augmentation and the validation split
 DEVICE = "auto"  # auto, cuda, cpu
 CHECKPOINT_DIR = "checkpoints"  # vit_cub_best.pt and vit_cub_last.pt go here
 RESUME = False  # continue from CHECKPOINT_DIR/vit_cub_last.pt
@@ -29,10 +34,8 @@ import contextlib
 import csv
 import json
 import math
-import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,63 +43,100 @@ import torch
 from vitlrp import cli, plots
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
-from vitlrp.fileio import append_csv_row, ensure_writable_dir, write_csv, write_json
+from vitlrp.fileio import append_csv_row, write_csv, write_json
+from vitlrp.holdout import best_row, make_split, split_from_record
 from vitlrp.models import (
-    WEIGHTS,
     build_vit,
     check_arch,
     check_classes,
     check_image_size,
+    check_pretrained,
     default_image_size,
     load_checkpoint,
     load_pretrained,
     save_checkpoint,
+    weights_names,
     weights_preprocessing,
 )
 from vitlrp.runfolder import FolderLock, RunFolder
 from vitlrp.runtime import Distributed, resolve_device, seed_everything
-from vitlrp.training import (
-    SUMMARY_FIELDS,
-    EpochSampler,
-    NonFiniteLoss,
-    ShardSampler,
-    WarmupCosine,
-    amp_dtype,
-    evaluate,
-    make_loader,
-    make_optimizer,
-    train_one_epoch,
-)
+from vitlrp.training import SUMMARY_FIELDS, NonFiniteLoss, Recipe, Trainer, summary_row
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
 OUTPUT_NAMES = ("config.json", "summary.csv", "curves.png")
+MAX_EPOCHS = 10_000  # fine-tuning on CUB takes tens of epochs: more is a typo, not a run
+MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
+# A resumed run continues the same optimisation: these settings must match the checkpoint's.
+RECIPE = ("MODEL", "PRETRAINED", "IMAGE_SIZE", "EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "WARMUP_EPOCHS",
+          "LABEL_SMOOTHING", "GRAD_CLIP", "AMP", "VAL_FRACTION", "SEED")
+# the value a setting had before checkpoints recorded it: those runs picked the best epoch on the test split
+RECIPE_BEFORE = {"VAL_FRACTION": 0.0}
 
 
-def check_config(cfg, dist):
-    for name in ("EPOCHS", "BATCH_SIZE"):
-        if getattr(cfg, name) <= 0:
-            raise UserError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
-    for name in ("IMAGE_SIZE", "WARMUP_EPOCHS", "NUM_WORKERS", "SEED", "STOP_AFTER"):
-        if getattr(cfg, name) < 0:
-            raise UserError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
-    for name in ("LR", "WEIGHT_DECAY", "LABEL_SMOOTHING", "GRAD_CLIP"):
+def _check_range(cfg, name, low, high=None, why=""):
+    value = getattr(cfg, name)
+    if value < low:
+        raise UserError(f"{name} must be {'a positive integer' if low == 1 else '0 or more'}, got {value}")
+    if high is not None and value > high:
+        raise UserError(f"{name} must be at most {high}{why}, got {value}")
+
+
+def check_numbers(cfg):
+    """The numeric settings: ranges, finiteness, and settings that contradict each other."""
+    _check_range(cfg, "EPOCHS", 1, MAX_EPOCHS, " (fine-tuning takes tens of epochs)")
+    _check_range(cfg, "BATCH_SIZE", 1)
+    _check_range(cfg, "WARMUP_EPOCHS", 0)
+    if cfg.WARMUP_EPOCHS > cfg.EPOCHS:
+        raise UserError(f"WARMUP_EPOCHS {cfg.WARMUP_EPOCHS} is longer than the run (EPOCHS {cfg.EPOCHS}): the learning "
+                        f"rate would never reach LR; pass --warmup-epochs {cfg.EPOCHS} or less")
+    for name in ("IMAGE_SIZE", "NUM_WORKERS", "STOP_AFTER"):
+        _check_range(cfg, name, 0)
+    _check_range(cfg, "SEED", 0, MAX_SEED, " (2**64 - 1, torch's seed range)")
+    for name in ("LR", "WEIGHT_DECAY", "LABEL_SMOOTHING", "GRAD_CLIP", "VAL_FRACTION"):
         if not math.isfinite(getattr(cfg, name)):
             raise UserError(f"{name} must be a finite number, got {getattr(cfg, name)}")
     if not cfg.LR > 0:
         raise UserError(f"LR must be positive, got {cfg.LR}")
-    if cfg.WEIGHT_DECAY < 0 or not 0 <= cfg.LABEL_SMOOTHING < 1 or cfg.GRAD_CLIP < 0 or cfg.WARMUP_EPOCHS < 0:
-        raise UserError("WEIGHT_DECAY, GRAD_CLIP and WARMUP_EPOCHS must be >= 0 and LABEL_SMOOTHING in [0, 1)")
+    if cfg.WEIGHT_DECAY < 0 or not 0 <= cfg.LABEL_SMOOTHING < 1 or cfg.GRAD_CLIP < 0:
+        raise UserError("WEIGHT_DECAY and GRAD_CLIP must be >= 0 and LABEL_SMOOTHING in [0, 1)")
+    if cfg.LR * cfg.WEIGHT_DECAY >= 1:  # AdamW multiplies every weight by 1 - LR * WEIGHT_DECAY at each step
+        raise UserError(f"LR x WEIGHT_DECAY is {cfg.LR * cfg.WEIGHT_DECAY:g}: AdamW would shrink every weight to zero "
+                        "or flip its sign at each step; lower --lr or --weight-decay so that their product is below 1")
+    if not 0 <= cfg.VAL_FRACTION < 1:
+        raise UserError(f"VAL_FRACTION must be in [0, 1), got {cfg.VAL_FRACTION}")
+
+
+def check_config(cfg, dist):
+    """Every setting, before any folder or file is touched (the dataset's own limits: check_against_data)."""
+    check_numbers(cfg)
     check_arch(cfg.MODEL)
     if cfg.IMAGE_SIZE:
         check_image_size(cfg.MODEL, cfg.IMAGE_SIZE)
-    if cfg.MODEL != "vit_b_16" and cfg.PRETRAINED in WEIGHTS:
-        raise UserError(f"{cfg.MODEL} has no ImageNet weights: pass --pretrained none")
+    if not cfg.RESUME:  # a resumed run does not read them (and must name the same, see RECIPE)
+        check_pretrained(cfg.MODEL, cfg.PRETRAINED)
     if cfg.AMP.lower() not in ("auto", "bf16", "fp16", "none"):
         raise UserError(f"AMP must be auto, bf16, fp16 or none, got {cfg.AMP!r}")
     if cfg.BATCH_SIZE % dist.world_size:
         raise UserError(f"BATCH_SIZE {cfg.BATCH_SIZE} must be divisible by the {dist.world_size} processes")
     if cfg.RESUME and cfg.OVERWRITE:
         raise UserError("--resume true continues the checkpoints, --overwrite true replaces them: choose one")
+    if Path(cfg.CHECKPOINT_DIR).resolve() == Path(cfg.OUTPUT_DIR).resolve():
+        raise UserError(f"--checkpoint-dir and --output-dir are the same folder {cfg.OUTPUT_DIR}: each run locks "
+                        "both, so give them different folders")
+
+
+def check_against_data(cfg, ann):
+    """The dataset's limits on the settings; returns the validation split (seeded, stratified)."""
+    for split in ("train", "test"):
+        if not len(ann.split_indices(split)):
+            raise UserError(f"the {split} split of {cfg.DATASET_ROOT} is empty (train_test_split.txt marks no "
+                            f"image as {split}); training needs images in both splits")
+    split = make_split(ann, cfg.VAL_FRACTION, cfg.SEED)
+    if cfg.BATCH_SIZE > len(split.train):
+        held = f" ({len(split.val)} held out for validation)" if len(split.val) else ""
+        raise UserError(f"BATCH_SIZE {cfg.BATCH_SIZE} is larger than the {len(split.train)} training images of "
+                        f"{cfg.DATASET_ROOT}{held}: pass --batch-size {len(split.train)} or less")
+    return split
 
 
 def check_checkpoint_dir(cfg, ckpt_dir, last_path):
@@ -116,14 +156,9 @@ def recorded_config(cfg):
     config = cli.config_dict(cfg)
     for name in ("DATASET_ROOT", "CHECKPOINT_DIR", "OUTPUT_DIR"):
         config[name] = str(Path(config[name]).resolve())
-    if config["PRETRAINED"] not in WEIGHTS and config["PRETRAINED"].lower() != "none":
+    if config["PRETRAINED"] not in weights_names(cfg.MODEL) and config["PRETRAINED"].lower() != "none":
         config["PRETRAINED"] = str(Path(config["PRETRAINED"]).resolve())
     return config
-
-
-# A resumed run continues the same optimisation: these settings must match the checkpoint's.
-RECIPE = ("MODEL", "PRETRAINED", "IMAGE_SIZE", "EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "WARMUP_EPOCHS",
-          "LABEL_SMOOTHING", "GRAD_CLIP", "AMP", "SEED")
 
 
 def _on_disk(saved_epoch, last_path, best_path, earlier):
@@ -138,10 +173,12 @@ def _on_disk(saved_epoch, last_path, best_path, earlier):
 def _check_same_recipe(cfg, resume, path):
     saved, now = resume.get("config", {}), recorded_config(cfg)
     for name in RECIPE:
-        if name in saved and saved[name] != now[name] and saved[name] != getattr(cfg, name):
-            raise UserError(f"--resume true with {name}={getattr(cfg, name)!r}, but {path} was trained with "
-                            f"{name}={saved[name]!r}; use the same settings (or start a new run in another "
-                            "--checkpoint-dir)")
+        was = saved.get(name, RECIPE_BEFORE.get(name))
+        if name in saved or name in RECIPE_BEFORE:
+            if was != now[name] and was != getattr(cfg, name):
+                raise UserError(f"--resume true with {name}={getattr(cfg, name)!r}, but {path} was trained with "
+                                f"{name}={was!r}; use the same settings (or start a new run in another "
+                                "--checkpoint-dir)")
 
 
 def _read_rows(path):
@@ -157,11 +194,12 @@ def resumed_rows(resume, summary_path, last_path):
 
     Also restores a row a crash lost (killed after saving the checkpoint, before appending the row).
     """
-    as_text = [{k: str(v) for k, v in r.items()} for r in resume.get("summary_rows", [resume["summary_row"]])]
+    as_text = [{k: str(r.get(k, "")) for k in SUMMARY_FIELDS} for r in resume.get("summary_rows",
+                                                                                   [resume["summary_row"]])]
     if "summary_rows" not in resume:  # written before checkpoints carried the whole history
         print(f"note: {last_path} holds only the summary row of its epoch {resume['epoch']}; {summary_path} "
               "restarts there", file=sys.stderr)
-    on_disk = _read_rows(summary_path)
+    on_disk = [{k: r.get(k) or "" for k in SUMMARY_FIELDS} for r in _read_rows(summary_path)]
     if on_disk and on_disk != as_text[:len(on_disk)]:
         print(f"note: {summary_path} held epochs that are not this run's (another run wrote into this OUTPUT_DIR); "
               f"rewritten from {last_path}", file=sys.stderr)
@@ -203,174 +241,218 @@ def load_resume(cfg, ann, last_path):
     resume = load_checkpoint(last_path)
     check_classes(resume, ann.class_names, cfg.DATASET_ROOT, fix="resume on the dataset it was trained on "
                   "(--dataset-root) or start afresh in another --checkpoint-dir")
-    missing = [k for k in ("optimizer", "scheduler", "scaler", "epoch", "best_acc") if k not in resume]
-    if missing:
-        raise UserError(f"{last_path} holds no training state ({', '.join(missing)}): --resume true needs the "
-                        "vit_cub_last.pt this script writes")
+    kinds = {"optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int, "best_acc": (int, float),
+             "summary_row": dict}
+    missing = [k for k, kind in kinds.items() if not isinstance(resume.get(k), kind) or isinstance(resume[k], bool)]
+    if missing or resume["epoch"] < 1:
+        raise UserError(f"{last_path} holds no training state ({', '.join(missing or ['epoch'])}): --resume true "
+                        "needs the vit_cub_last.pt this script writes")
     _check_same_recipe(cfg, resume, last_path)
     return resume
 
 
-def initial_model(cfg, num_classes, image_size, pretrained):
-    """The seeded model before training: ImageNet (or file) weights unless resuming, a small random head."""
+def initial_model(cfg, num_classes):
+    """The seeded model before training and its preprocessing: ImageNet (or file) weights unless resuming (the
+    checkpoint's replace them), a small random head."""
+    image_size = cfg.IMAGE_SIZE or default_image_size(cfg.MODEL, cfg.PRETRAINED)
     seed_everything(cfg.SEED)
     model = build_vit(cfg.MODEL, num_classes, image_size)
-    if pretrained and cfg.PRETRAINED.lower() != "none":
-        load_pretrained(model, cfg.PRETRAINED)
-    elif cfg.PRETRAINED.lower() == "none":
+    if cfg.PRETRAINED.lower() == "none":
         # torchvision zero-initialises the head; from scratch a small random head trains faster
         torch.nn.init.trunc_normal_(model.heads.head.weight, std=0.02)
-    return model
+    elif not cfg.RESUME:
+        load_pretrained(model, cfg.MODEL, cfg.PRETRAINED)
+    return model, weights_preprocessing(cfg.MODEL, cfg.PRETRAINED, image_size)
+
+
+def take_checkpoint_dir(cfg, dist, held, ann, paths):
+    """Lock CHECKPOINT_DIR for this run (released when ``held`` closes); the checked last checkpoint to resume."""
+    if dist.is_main:
+        held.enter_context(FolderLock(paths["ckpt"], "CHECKPOINT_DIR"))  # one run at a time writes checkpoints
+    check_checkpoint_dir(cfg, paths["ckpt"], paths["last"])  # again under the lock: a run that ended meanwhile
+    return load_resume(cfg, ann, paths["last"]) if cfg.RESUME else None
+
+
+def datasets(ann, split, preprocessing):
+    """The images trained on (augmented) and those scored after every epoch: ``val`` (when held out) and ``test``."""
+    # an unreadable image is skipped and reported, not a traceback after an epoch of work
+    train = CUBDataset(ann, "train", preprocessing, train_augment=True, report_errors=True)
+    scored = {"test": CUBDataset(ann, "test", preprocessing, report_errors=True)}
+    if len(split.val):
+        held_out = CUBDataset(ann, "train", preprocessing, report_errors=True)
+        scored = {"val": torch.utils.data.Subset(held_out, split.val.tolist()), **scored}
+    return torch.utils.data.Subset(train, split.train.tolist()), scored
+
+
+def recipe(cfg):
+    return Recipe(cfg.EPOCHS, cfg.BATCH_SIZE, cfg.LR, cfg.WEIGHT_DECAY, cfg.WARMUP_EPOCHS, cfg.LABEL_SMOOTHING,
+                  cfg.GRAD_CLIP, cfg.AMP, cfg.SEED, cfg.NUM_WORKERS, cfg.COMPILE)
+
+
+def open_output_dir(cfg, held, paths, resume):
+    """Take OUTPUT_DIR once the run can start (a refused run leaves it as it was); mark it resumable when resuming."""
+    if resume is None:
+        _earlier_run_note(paths["out"], paths["ckpt"])
+    # a fresh run's folder must not show the older run's epochs while it is incomplete
+    run = held.enter_context(RunFolder(paths["out"], "OUTPUT_DIR", OUTPUT_NAMES,
+                                       clear_first=() if resume is not None else ("summary.csv", "curves.png"),
+                                       overwrite=cfg.OVERWRITE))
+    if resume is not None:
+        mark_resumable(run, paths["ckpt"])
+    return run
+
+
+def start_outputs(cfg, dist, trainer, split, paths, resume, preprocessing, ann):
+    """config.json, the resumed run's summary rows (and curves) and the console header; returns the rows."""
+    out, rows = paths["out"], []
+    write_json(out / "config.json", {**recorded_config(cfg), "world_size": dist.world_size,
+                                     "preprocessing": preprocessing.to_dict(), "device": str(trainer.device),
+                                     "val_images": len(split.val)})
+    if resume is not None:
+        rows = resumed_rows(resume, out / "summary.csv", paths["last"])
+        write_csv(out / "summary.csv", rows, SUMMARY_FIELDS)
+        plots.training_curves(rows, out / "curves.png")
+    print(f"Using device: {trainer.device}" + (f" x{dist.world_size} processes" if dist.enabled else ""))
+    print(f"Dataset: {len(split.train)} train / {len(split.val)} validation / {len(ann.split_indices('test'))} test "
+          f"images, {ann.num_classes} classes")
+    print(f"Model: {cfg.MODEL} ({cfg.PRETRAINED}), input {preprocessing.crop_size}px, AMP {trainer.dtype or 'none'}"
+          + (f", resuming after epoch {resume['epoch']}" if resume else ""))
+    if not len(split.val):
+        print("note: VAL_FRACTION is 0: the best epoch is picked on the test split, the split the explaining scripts "
+              "then score (pass --val-fraction 0.1 to hold out training images instead)", file=sys.stderr)
+    return rows
+
+
+def epoch_figures(cfg, dist, trainer, epoch, on_disk):
+    """Train and score one epoch; a non-finite loss or an unreadable split is one line saying what is on disk."""
+    try:
+        figures = trainer.epoch(epoch, progress=dist.is_main)
+    except NonFiniteLoss as err:
+        raise UserError(f"{err} in epoch {epoch}; stopped, {on_disk()} (try a lower --lr or --amp bf16)") from None
+    for name, count, errors in (("train", figures["seen"], figures["errors"]),
+                                *((n, figures[n]["count"], figures[n]["errors"]) for n in ("val", "test")
+                                  if n in figures)):
+        if not count:
+            raise UserError(f"no {name} image of {cfg.DATASET_ROOT} could be read (e.g. {errors[:1]}); "
+                            "`python scripts/download_cub.py --verify true` lists the unreadable files")
+    return figures
+
+
+def _skipped(figures):
+    """``[(split, unreadable images)]`` of an epoch: train, validation (when held out), test."""
+    return [("train", figures["skipped"])] + [(name, figures[key]["skipped"]) for key, name in
+                                              (("val", "validation"), ("test", "test")) if key in figures]
+
+
+def _and(parts):
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def warn_skipped(figures):
+    """Say once how many unreadable images each epoch leaves out, and the first one's message."""
+    first = figures["errors"] + [e for n in ("val", "test") for e in figures.get(n, {}).get("errors", [])]
+    counts = _and([f"{n} unreadable train" if s == "train" else f"{n} {s}" for s, n in _skipped(figures)])
+    print(f"warning: skipped {counts} image(s) in each epoch (left out of the loss and the accuracy)"
+          + (f": {first[0]}" if first else ""))
+
+
+def save_epoch(cfg, trainer, ann, preprocessing, split, paths, row, rows, is_best, best_acc):
+    """The epoch's checkpoints: the best one first (killed in between, the resumed run repeats this epoch and saves
+    its best again; the other way round last.pt's best_acc would count a best epoch best.pt never got)."""
+    meta = dict(epoch=row["epoch"], best_acc=best_acc, config=recorded_config(cfg), summary_row=row,
+                val_split=split.record)
+    if is_best:
+        save_checkpoint(paths["best"], trainer.model, cfg.MODEL, ann.class_names, preprocessing, **meta)
+    # the last checkpoint carries the training state --resume needs and the run's summary rows; the best one only
+    # what a model needs
+    save_checkpoint(paths["last"], trainer.model, cfg.MODEL, ann.class_names, preprocessing, **meta,
+                    summary_rows=rows, **trainer.state())
+
+
+def epoch_line(cfg, row, figures, is_best):
+    val = f"  val top-1 {figures['val']['top1']:.2%}" if "val" in figures else ""
+    return (f"epoch {row['epoch']}/{cfg.EPOCHS}  train loss {float(row['train_loss']):.3f}{val}  "
+            f"test loss {figures['test']['loss']:.3f}  top-1 {figures['test']['top1']:.2%}  "
+            f"top-5 {figures['test']['top5']:.2%}  {float(row['train_img_per_s']):.0f} img/s  "
+            f"{row['epoch_seconds']}s" + ("  *best*" if is_best else ""))
+
+
+def train_epochs(cfg, dist, trainer, split, paths, run, rows, resume, ann, preprocessing):
+    """Train to the last epoch of this run, writing checkpoints, summary rows and curves after each epoch;
+    returns the last epoch and the figures of the last epoch trained (None if none was)."""
+    start = resume["epoch"] + 1 if resume is not None else 1
+    last_epoch = cfg.EPOCHS if not cfg.STOP_AFTER else min(cfg.EPOCHS, start - 1 + cfg.STOP_AFTER)
+    best_acc = resume["best_acc"] if resume is not None else -1.0
+    saved_epoch = resume["epoch"] if resume is not None else None  # the epoch the last checkpoint on disk holds
+    earlier = resume is None and (paths["last"].exists() or paths["best"].exists())  # an older run's (--overwrite)
+    figures = None
+    for epoch in range(start, last_epoch + 1):
+        figures = epoch_figures(cfg, dist, trainer, epoch,
+                                lambda: _on_disk(saved_epoch, paths["last"], paths["best"], earlier))
+        row = summary_row(epoch, figures)
+        is_best = figures[split.picks_on]["top1"] > best_acc
+        best_acc = max(best_acc, figures[split.picks_on]["top1"])
+        if dist.is_main:
+            if epoch == start and row["skipped_images"] != "0":
+                warn_skipped(figures)
+            rows.append(row)
+            save_epoch(cfg, trainer, ann, preprocessing, split, paths, row, rows, is_best, best_acc)
+            if resume is None and epoch == start:  # from now on --resume true continues this run
+                mark_resumable(run, paths["ckpt"])
+            append_csv_row(paths["out"] / "summary.csv", row, SUMMARY_FIELDS)
+            plots.training_curves(rows, paths["out"] / "curves.png")
+            print(epoch_line(cfg, row, figures, is_best))
+        saved_epoch = epoch
+        dist.barrier()
+    return last_epoch, figures
+
+
+def report_end(cfg, run, paths, rows, last_epoch, figures):
+    """Finish OUTPUT_DIR (or mark a run stopped by STOP_AFTER as paused) and print the best epoch's figures."""
+    if last_epoch == cfg.EPOCHS:
+        run.finish(["config.json", "summary.csv"] + (["curves.png"] if rows else []))
+        done = "Finished"
+    else:  # a pause, not a failure: the folder says which epochs it holds and how to go on
+        mark_resumable(run, paths["ckpt"], f"This run stopped after epoch {last_epoch} of {cfg.EPOCHS} as asked "
+                                           f"(--stop-after {cfg.STOP_AFTER}): summary.csv and curves.png show those "
+                                           "epochs.")
+        done = f"Stopped after epoch {last_epoch} (resume with --resume true)"
+    best = best_row(rows)
+    if best is None:
+        picked = "no epoch trained"
+    elif best["val_top1"]:
+        picked = (f"Best val top-1 {float(best['val_top1']):.2%} at epoch {best['epoch']} (picked on the validation "
+                  f"split), its test top-1 {float(best['top1']):.2%}")
+    else:
+        picked = f"Best test top-1 {float(best['top1']):.2%} at epoch {best['epoch']} (picked on the test split)"
+    counts = _skipped(figures) if figures else []
+    skipped = (f"; {_and([f'{n} {s}' for s, n in counts])} images were unreadable and skipped"
+               if sum(n for _, n in counts) else "")
+    print(f"{done}. {picked}; checkpoints: {paths['best']}, {paths['last']}{skipped}")
 
 
 def main(cfg):
-    with contextlib.ExitStack() as held:  # releases the folders' locks however the run ends
-        return train(cfg, held)
-
-
-def train(cfg, held):
     dist = Distributed()
     check_config(cfg, dist)
     device = dist.init(resolve_device(cfg.DEVICE))
     ann = load_cub(cfg.DATASET_ROOT)
-    for split in ("train", "test"):
-        if not len(ann.split_indices(split)):
-            raise UserError(f"the {split} split of {cfg.DATASET_ROOT} is empty (train_test_split.txt marks no "
-                            f"image as {split}); training needs images in both splits")
-    ckpt_dir, out_dir = Path(cfg.CHECKPOINT_DIR), Path(cfg.OUTPUT_DIR)
-    last_path, best_path = ckpt_dir / "vit_cub_last.pt", ckpt_dir / "vit_cub_best.pt"
-    if dist.is_main:
-        held.enter_context(FolderLock(ckpt_dir, "CHECKPOINT_DIR"))  # one run at a time writes checkpoints
-        ensure_writable_dir(out_dir, "OUTPUT_DIR")
-    check_checkpoint_dir(cfg, ckpt_dir, last_path)  # under the lock: a run that ended meanwhile is seen
-    resume = load_resume(cfg, ann, last_path) if cfg.RESUME else None
-    image_size = cfg.IMAGE_SIZE or default_image_size(cfg.MODEL, cfg.PRETRAINED)
-    preprocessing = weights_preprocessing(cfg.PRETRAINED, image_size)
-    model = initial_model(cfg, ann.num_classes, image_size, pretrained=resume is None).to(device)
-    dtype = amp_dtype(cfg.AMP, device)
-    run = None
-    if dist.is_main:  # entered once the run can start: a refused one leaves OUTPUT_DIR as it was
-        if resume is None:
-            _earlier_run_note(out_dir, ckpt_dir)
-        # a fresh run's folder must not show the older run's epochs while it is incomplete
-        run = held.enter_context(RunFolder(out_dir, "OUTPUT_DIR", OUTPUT_NAMES,
-                                           clear_first=() if resume is not None else ("summary.csv", "curves.png"),
-                                           overwrite=cfg.OVERWRITE))
-        if resume is not None:
-            mark_resumable(run, ckpt_dir)
-
-    # an unreadable image is skipped and reported, not a traceback after an epoch of work
-    train_set = CUBDataset(ann, "train", preprocessing, train_augment=True, report_errors=True)
-    test_set = CUBDataset(ann, "test", preprocessing, report_errors=True)
-    workers = min(cfg.NUM_WORKERS, os.cpu_count() or 1)
-    sampler = EpochSampler(len(train_set), cfg.SEED, shuffle=True, rank=dist.rank, world=dist.world_size)
-    per_rank = cfg.BATCH_SIZE // dist.world_size
-    train_loader = make_loader(train_set, per_rank, workers, device, sampler=sampler, seeded=True)
-    test_loader = make_loader(test_set, per_rank, workers, device,
-                              sampler=ShardSampler(len(test_set), dist.rank, dist.world_size))
-
-    optimizer = make_optimizer(model, cfg.LR, cfg.WEIGHT_DECAY)
-    steps = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(cfg.WARMUP_EPOCHS * steps,
-                                                                          cfg.EPOCHS * steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.LABEL_SMOOTHING)
-    start_epoch, best_acc = 1, -1.0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        start_epoch, best_acc = resume["epoch"] + 1, resume["best_acc"]
-    train_model = model
-    if dist.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.COMPILE:
-        train_model = torch.compile(train_model)
-
-    summary_path = out_dir / "summary.csv"
-    rows = []
-    if dist.is_main:
-        write_json(out_dir / "config.json", {**recorded_config(cfg), "world_size": dist.world_size,
-                                             "preprocessing": preprocessing.to_dict(), "device": str(device)})
-        if resume is not None:
-            rows = resumed_rows(resume, summary_path, last_path)
-            write_csv(summary_path, rows, SUMMARY_FIELDS)
-            plots.training_curves(rows, out_dir / "curves.png")
-        print(f"Using device: {device}" + (f" x{dist.world_size} processes" if dist.enabled else ""))
-        print(f"Dataset: {len(train_set)} train / {len(test_set)} test images, {ann.num_classes} classes")
-        print(f"Model: {cfg.MODEL} ({cfg.PRETRAINED}), input {image_size}px, AMP {dtype or 'none'}"
-              + (f", resuming after epoch {start_epoch - 1}" if resume else ""))
-
-    last_epoch = cfg.EPOCHS if not cfg.STOP_AFTER else min(cfg.EPOCHS, start_epoch - 1 + cfg.STOP_AFTER)
-    saved_epoch = resume["epoch"] if resume is not None else None  # the epoch the last checkpoint on disk holds
-    earlier = resume is None and (last_path.exists() or best_path.exists())  # an earlier run's, with --overwrite
-    skipped = (0, 0)
-    for epoch in range(start_epoch, last_epoch + 1):
-        t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        try:
-            stats = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler, criterion, device,
-                                    dtype, cfg.GRAD_CLIP, desc=f"epoch {epoch}/{cfg.EPOCHS}",
-                                    progress=dist.is_main)
-        except NonFiniteLoss as err:
-            raise UserError(f"{err} in epoch {epoch}; stopped, " + _on_disk(saved_epoch, last_path, best_path, earlier)
-                            + " (try a lower --lr or --amp bf16)") from None
-        loss_sum, seen, train_skipped = dist.all_reduce_sum(
-            [stats["train_loss"] * stats["seen"], stats["seen"], len(stats["errors"])], device)
-        if not seen:
-            raise UserError(f"no train image of {cfg.DATASET_ROOT} could be read (e.g. {stats['errors'][:1]}); "
-                            "`python scripts/download_cub.py --verify true` lists the unreadable files")
-        metrics = evaluate(model, test_loader, device, dtype, dist, progress=dist.is_main)
-        if not metrics["count"]:
-            raise UserError(f"no test image of {cfg.DATASET_ROOT} could be read (e.g. {metrics['errors'][:1]}); "
-                            "`python scripts/download_cub.py --verify true` lists the unreadable files")
-        skipped = (int(train_skipped), metrics["skipped"])
-        row = {"epoch": epoch, "lr": f"{stats['lr']:.6g}", "train_loss": f"{loss_sum / seen:.5f}",
-               "test_loss": f"{metrics['test_loss']:.5f}", "top1": f"{metrics['top1']:.5f}",
-               "top5": f"{metrics['top5']:.5f}", "train_img_per_s": f"{stats['train_img_per_s'] * dist.world_size:.1f}",
-               "epoch_seconds": f"{time.perf_counter() - t0:.1f}", "skipped_images": str(sum(skipped))}
-        is_best = metrics["top1"] > best_acc
-        best_acc = max(best_acc, metrics["top1"])
+    split = check_against_data(cfg, ann)
+    paths = {"ckpt": Path(cfg.CHECKPOINT_DIR), "out": Path(cfg.OUTPUT_DIR)}
+    paths.update(last=paths["ckpt"] / "vit_cub_last.pt", best=paths["ckpt"] / "vit_cub_best.pt")
+    check_checkpoint_dir(cfg, paths["ckpt"], paths["last"])  # before reading (or downloading) the weights
+    model, preprocessing = initial_model(cfg, ann.num_classes)
+    with contextlib.ExitStack() as held:  # releases the folders' locks however the run ends
+        resume = take_checkpoint_dir(cfg, dist, held, ann, paths)
+        if resume is not None:  # the run goes on holding out the images it held out
+            split = split_from_record(ann, resume.get("val_split", {"fraction": 0, "seed": cfg.SEED,
+                                                                   "image_ids": []}), paths["last"])
+        train_set, scored = datasets(ann, split, preprocessing)
+        trainer = Trainer(model.to(device), train_set, scored, recipe(cfg), dist, device, resume)
+        run = open_output_dir(cfg, held, paths, resume) if dist.is_main else None
+        rows = start_outputs(cfg, dist, trainer, split, paths, resume, preprocessing, ann) if dist.is_main else []
+        last_epoch, figures = train_epochs(cfg, dist, trainer, split, paths, run, rows, resume, ann, preprocessing)
         if dist.is_main:
-            if sum(skipped) and epoch == start_epoch:
-                first = (stats["errors"] + metrics["errors"])[:1]
-                print(f"warning: skipped {skipped[0]} unreadable train and {skipped[1]} test image(s) in each epoch "
-                      f"(left out of the loss and the accuracy){': ' + first[0] if first else ''}")
-            meta = dict(epoch=epoch, best_acc=best_acc, config=recorded_config(cfg), summary_row=row)
-            # best before last: killed in between, the resumed run repeats this epoch (same batches) and saves
-            # its best again; the other way round last.pt's best_acc would count a best epoch best.pt never got
-            if is_best:
-                save_checkpoint(best_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta)
-            rows.append(row)
-            # the last checkpoint carries the training state --resume needs and the run's summary rows; the best
-            # one only what a model needs
-            save_checkpoint(last_path, model, cfg.MODEL, ann.class_names, preprocessing, **meta,
-                            summary_rows=rows, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict())
-            if resume is None and epoch == start_epoch:  # from now on --resume true continues this run
-                mark_resumable(run, ckpt_dir)
-            append_csv_row(summary_path, row, SUMMARY_FIELDS)
-            plots.training_curves(rows, out_dir / "curves.png")
-            print(f"epoch {epoch}/{cfg.EPOCHS}  train loss {float(row['train_loss']):.3f}  "
-                  f"test loss {metrics['test_loss']:.3f}  top-1 {metrics['top1']:.2%}  top-5 {metrics['top5']:.2%}  "
-                  f"{float(row['train_img_per_s']):.0f} img/s  {row['epoch_seconds']}s"
-                  + ("  *best*" if is_best else ""))
-        saved_epoch = epoch
-        dist.barrier()
-    if dist.is_main:
-        if last_epoch == cfg.EPOCHS:
-            run.finish(["config.json", "summary.csv"] + (["curves.png"] if rows else []))
-        else:  # a pause, not a failure: the folder says which epochs it holds and how to go on
-            mark_resumable(run, ckpt_dir, f"This run stopped after epoch {last_epoch} of {cfg.EPOCHS} as asked "
-                                          f"(--stop-after {cfg.STOP_AFTER}): summary.csv and curves.png show those "
-                                          "epochs.")
-        done = ("Finished" if last_epoch == cfg.EPOCHS
-                else f"Stopped after epoch {last_epoch} (resume with --resume true)")
-        print(f"{done}. Best test top-1 {best_acc:.2%}; checkpoints: {best_path}, {last_path}"
-              + (f"; {skipped[0]} train and {skipped[1]} test images were unreadable and skipped" if sum(skipped)
-                 else ""))
+            report_end(cfg, run, paths, rows, last_epoch, figures)
     dist.close()
     return 0
 

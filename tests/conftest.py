@@ -187,15 +187,18 @@ def error_lines(stderr):
     return [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
 
 
+# VAL_FRACTION 0: the session's model trains on every training image and its best epoch is picked on the test split,
+# as before the validation split existed, so the tests that explain and score it see the same model
 TINY_TRAIN_FLAGS = ("--model", "vit_tiny", "--pretrained", "none", "--epochs", "15", "--batch-size", "32",
-                    "--lr", "1e-3", "--warmup-epochs", "1", "--num-workers", "0", "--device", "cpu")
+                    "--lr", "1e-3", "--warmup-epochs", "1", "--num-workers", "0", "--device", "cpu",
+                    "--val-fraction", "0")
 
 
 @pytest.fixture(scope="session")
 def trained_tiny(mini_cub, tmp_path_factory):
     """``vit_tiny`` trained once per session on the mini-CUB (CPU, ~30 s).
 
-    Returns a dict with ``checkpoint`` (best), ``last``, ``dataset_root``, ``output_dir`` and ``stdout``.
+    Returns a dict with ``checkpoint`` (best), ``last``, ``dataset_root``, ``output_dir``, ``stdout`` and ``stderr``.
     """
     out = tmp_path_factory.mktemp("trained_tiny")
     code, stdout, stderr = run_script_inprocess(
@@ -203,4 +206,4 @@ def trained_tiny(mini_cub, tmp_path_factory):
         "--checkpoint-dir", out / "checkpoints", "--output-dir", out / "train")
     assert code == 0, stderr[-2000:]
     return {"checkpoint": out / "checkpoints" / "vit_cub_best.pt", "last": out / "checkpoints" / "vit_cub_last.pt",
-            "dataset_root": mini_cub, "output_dir": out / "train", "stdout": stdout}
+            "dataset_root": mini_cub, "output_dir": out / "train", "stdout": stdout, "stderr": stderr}

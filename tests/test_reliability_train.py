@@ -23,6 +23,7 @@ from vitlrp import cli, fileio
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.gallery import incomplete_runs
+from vitlrp.holdout import make_split
 from vitlrp.models import FORMAT, build_vit, load_checkpoint, model_from_checkpoint, pretrained_state_dict
 from vitlrp.preprocess import Preprocessing
 from vitlrp.runfolder import LOCK, MARKER, FolderLock
@@ -55,7 +56,7 @@ def one_error(code, stderr):
 
 # --- 1. divergence ------------------------------------------------------------------------------------------
 def test_diverging_learning_rate_writes_no_checkpoint_and_says_so(mini_cub, tmp_path):
-    flags = list(TINY32) + ["--epochs", "2"]
+    flags = list(TINY32) + ["--epochs", "2", "--weight-decay", "0"]  # else LR x WEIGHT_DECAY is refused up front
     flags[flags.index("--lr") + 1] = "1e6"
     code, stdout, stderr = train(mini_cub, tmp_path, *flags)
     message = one_error(code, stderr)
@@ -67,7 +68,7 @@ def test_weights_that_turn_nan_in_the_last_step_are_not_saved(mini_cub, one_epoc
     """The loss of a step is finite, the update it makes is not: the weights check after the epoch catches it."""
     before = copy_run(one_epoch, tmp_path)
     summary_before = (tmp_path / "train" / "summary.csv").read_text(encoding="utf-8")
-    steps_per_epoch = math.ceil(len(load_cub(mini_cub).split_indices("train")) / 32)
+    steps_per_epoch = math.ceil(len(make_split(load_cub(mini_cub), 0.1, 0).train) / 32)  # TINY32 holds out 10%
     step, calls = torch.optim.AdamW.step, []
 
     def poisoned_step(self, *args, **kwargs):
@@ -108,7 +109,7 @@ def test_checkpoint_with_nan_weights_is_refused_by_loader_and_rebuilder(tmp_path
     with pytest.raises(UserError, match="NaN or infinite"):
         model_from_checkpoint(torch.load(path, weights_only=True))
     with pytest.raises(UserError, match="NaN or infinite"):
-        pretrained_state_dict(str(path))
+        pretrained_state_dict("vit_tiny", str(path))
 
 
 # --- 4. what a checkpoint file is ---------------------------------------------------------------------------
@@ -137,7 +138,26 @@ BAD_FILES = {
     "unknown_arch": (lambda p: write_checkpoint(p, arch="resnet50"), "unknown arch 'resnet50'"),
     "bad_preprocessing": (lambda p: write_checkpoint(p, preprocessing={"crop_size": 32}),
                           "unusable preprocessing settings (KeyError: 'resize_size')"),
-    "wrong_shapes": (lambda p: write_checkpoint(p, image_size=48), "encoder.pos_embedding has shape (1, 5, 128)"),
+    "wrong_shapes": (lambda p: write_checkpoint(p, image_size=48, preprocessing=Preprocessing.for_size(48).to_dict()),
+                     "encoder.pos_embedding has shape (1, 5, 128)"),
+    # fields that disagree with each other: each was a torchvision assertion or a traceback in explain and evaluate
+    "crop_differs_from_image_size": (lambda p: write_checkpoint(p, preprocessing=Preprocessing(48, 56).to_dict()),
+                                     "crops its inputs to 48 px (preprocessing.crop_size) but its model takes 32 px"),
+    "resize_below_crop": (lambda p: write_checkpoint(p, preprocessing={"crop_size": 32, "resize_size": 16}),
+                          "need 0 < crop_size <= resize_size (a smaller resize pads the crop with black)"),
+    "two_channel_mean": (lambda p: write_checkpoint(p, preprocessing={"crop_size": 32, "resize_size": 36,
+                                                                       "mean": [0.5, 0.5]}),
+                         "mean and std need one value per RGB channel, got 2 and 3"),
+    "zero_std": (lambda p: write_checkpoint(p, preprocessing={"crop_size": 32, "resize_size": 36, "std": [1, 0, 1]}),
+                 "std finite and positive"),
+    "head_of_another_class_count": (lambda p: write_checkpoint(p, num_classes=4, class_names=list("abcd")),
+                                    "heads.head.weight has shape (3, 128), the model expects (4, 128)"),
+    "no_classes": (lambda p: write_checkpoint(p, num_classes=0, class_names=[]), "a classifier needs at least one"),
+    "class_names_not_text": (lambda p: write_checkpoint(p, class_names=[1, 2, 3]), "class names that are not text"),
+    "size_off_the_patch_grid": (lambda p: write_checkpoint(p, image_size=40,
+                                                           preprocessing=Preprocessing.for_size(40).to_dict()),
+                                "describes no buildable model (IMAGE_SIZE 40 must be a multiple of vit_tiny's patch"),
+    "image_size_a_bool": (lambda p: write_checkpoint(p, image_size=True), "lacks image_size"),
 }
 
 
@@ -176,12 +196,28 @@ def test_scripts_say_what_a_bad_checkpoint_is(mini_cub, tmp_path):
                                            "--device", "cpu", "--num-workers", "0")
     assert "is a folder" in one_error(code, stderr)
 
+    # a crop that is not the model's input size: one line from the explaining and the evaluating script, before
+    # torchvision's assertion in the model's forward
+    crop = write_checkpoint(tmp_path / "crop.pt", preprocessing=Preprocessing(48, 56).to_dict())
+    for script in ("test_vit_forward", "evaluate_lrp"):
+        code, _, stderr = run_script_inprocess(script, "--checkpoint-path", crop, "--dataset-root", mini_cub,
+                                               "--output-dir", tmp_path / script, "--device", "cpu",
+                                               "--num-workers", "0")
+        assert "crops its inputs to 48 px" in one_error(code, stderr)
+        assert not (tmp_path / script).exists()
+
 
 def test_resume_from_a_best_checkpoint_without_training_state_is_refused(mini_cub, one_epoch, tmp_path):
     copy_run(one_epoch, tmp_path)
     shutil.copy(tmp_path / "ck" / "vit_cub_best.pt", tmp_path / "ck" / "vit_cub_last.pt")
     code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
     assert "holds no training state (optimizer" in one_error(code, stderr)
+
+    # training state of the wrong kind (an epoch as text) is refused the same way, not a traceback later
+    last = torch.load(one_epoch / "ck" / "vit_cub_last.pt", weights_only=True)
+    torch.save({**last, "epoch": "1"}, tmp_path / "ck" / "vit_cub_last.pt")
+    code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    assert "holds no training state (epoch)" in one_error(code, stderr)
 
 
 # --- 2. a fresh run into a folder that holds checkpoints --------------------------------------------------
@@ -203,7 +239,8 @@ def test_a_fresh_run_does_not_overwrite_checkpoints_without_being_told(mini_cub,
 # --- 3. unreadable JPEGs ------------------------------------------------------------------------------------
 def test_unreadable_images_are_skipped_and_counted(cub_fixture, tmp_path):
     root = cub_fixture(corrupt=(1, 2))  # image 1 is in the train split, image 2 in the test split
-    code, stdout, stderr = train(root, tmp_path, *TINY32, "--batch-size", "2", "--epochs", "2")
+    # one training image per class: nothing to hold out
+    code, stdout, stderr = train(root, tmp_path, *TINY32, "--batch-size", "2", "--epochs", "2", "--val-fraction", "0")
     assert code == 0, stderr[-2000:]
     assert "warning: skipped 1 unreadable train and 1 test image(s) in each epoch" in stdout
     assert stdout.count("warning: skipped") == 1 and len(epoch_lines(stdout)) == 2
@@ -217,7 +254,7 @@ def test_unreadable_images_are_skipped_and_counted(cub_fixture, tmp_path):
 
 def test_a_split_where_no_image_is_readable_is_one_error(cub_fixture, tmp_path):
     root = cub_fixture(corrupt=(2, 4, 6))  # every test image
-    code, _, stderr = train(root, tmp_path, *TINY32, "--batch-size", "2", "--epochs", "1")
+    code, _, stderr = train(root, tmp_path, *TINY32, "--batch-size", "2", "--epochs", "1", "--val-fraction", "0")
     assert "no test image" in one_error(code, stderr)
     assert not list(tmp_path.rglob("*.pt"))
 
@@ -244,7 +281,7 @@ def test_evaluate_and_training_step_leave_unreadable_rows_out_exactly(cub_fixtur
     cpu = torch.device("cpu")
     got, want = (evaluate(model, ld, cpu, None, progress=False) for ld in (bad_loader, clean_loader))
     assert got["skipped"] == 1 and got["count"] == 5 and want["skipped"] == 0 and len(got["errors"]) == 1
-    for key in ("test_loss", "top1", "top5"):
+    for key in ("loss", "top1", "top5"):
         assert got[key] == pytest.approx(want[key], abs=1e-6)
 
     weights = []
@@ -270,12 +307,29 @@ def test_evaluate_and_training_step_leave_unreadable_rows_out_exactly(cub_fixtur
     (["--stop-after", "-1"], "STOP_AFTER must be 0 or more, got -1"),
     (["--seed", "-3"], "SEED must be 0 or more, got -3"),
     (["--overwrite", "true", "--resume", "true"], "choose one"),
-    (["--image-size", "33"], "IMAGE_SIZE 33 must be a multiple of the patch size 16"),
+    (["--image-size", "33"], "IMAGE_SIZE 33 must be a multiple of vit_tiny's patch size 16"),
+    (["--image-size", "4096"], "IMAGE_SIZE must be between 1 and 2048 px, got 4096"),
+    # enormous values: each was a traceback or an endless run
+    (["--seed", "99999999999999999999"], "SEED must be at most 18446744073709551615 (2**64 - 1, torch's seed range)"),
+    (["--epochs", "99999999999999999999"], "EPOCHS must be at most 10000"),
+    (["--batch-size", "99999999999999999999"], "BATCH_SIZE 99999999999999999999 is larger than the 180 training"),
+    (["--warmup-epochs", "99999999999999999999"], "WARMUP_EPOCHS 99999999999999999999 is longer than the run"),
+    (["--lr", "1", "--weight-decay", "1"], "LR x WEIGHT_DECAY is 1: AdamW would shrink every weight to zero"),
+    (["--val-fraction", "1"], "VAL_FRACTION must be in [0, 1), got 1.0"),
+    (["--val-fraction", "-0.1"], "VAL_FRACTION must be in [0, 1), got -0.1"),
+    (["--val-fraction", "nan"], "VAL_FRACTION must be a finite number, got nan"),
 ])
 def test_odd_values_are_one_error_line_before_any_work(flags, needle, mini_cub, tmp_path):
     code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1", *flags)
     assert needle in one_error(code, stderr) and stdout == ""
     assert list(tmp_path.iterdir()) == []  # no checkpoint or output folder, no lock file
+
+
+def test_a_dataset_too_small_to_hold_out_images_is_one_line(cub_fixture, tmp_path):
+    code, stdout, stderr = train(cub_fixture(), tmp_path, *TINY32, "--batch-size", "2", "--epochs", "1")
+    message = one_error(code, stderr)
+    assert "VAL_FRACTION 0.1 holds out no image" in message and "no class has 2 training images" in message
+    assert "VAL_FRACTION to 0" in message and stdout == "" and list(tmp_path.iterdir()) == [tmp_path / "cub0"]
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -298,8 +352,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint(mini_cub, one_epoch, tmp_path
     code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
     message = one_error(code, stderr)
     ck = tmp_path / "ck"
-    # epoch 2 improves on epoch 1, so its best checkpoint is the first file written
-    assert f"cannot write the checkpoint {ck / 'vit_cub_best.pt'} (No space left on device)" in message
+    # the first file the epoch writes: its best checkpoint when it is a new best, else the last one
+    assert re.search(rf"cannot write the checkpoint {re.escape(str(ck))}.vit_cub_(best|last)\.pt \(No space left on "
+                     r"device\)", message), message
     assert "left as it was" in message
     assert {p.name: p.read_bytes() for p in ck.iterdir()} == before and stray_files(ck) == []
 
@@ -440,11 +495,12 @@ def test_a_kill_between_the_best_and_the_last_checkpoint_loses_no_best_epoch(min
     code, stdout, stderr = run_script_inprocess("train_vit_cub", *flags)
     assert code == 0, stderr[-2000:]
     _, rows = read_summary(tmp_path / "train")
-    top1 = [float(r["top1"]) for r in rows]
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and top1.index(max(top1)) == 2  # epoch 3 is the best
+    val = [float(r["val_top1"]) for r in rows]
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and val.index(max(val)) == 2  # epoch 3 is the best on val
     best = load_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")
-    assert best["epoch"] == 3 and best["summary_row"]["top1"] == rows[2]["top1"]
-    assert f"Best test top-1 {max(top1):.2%}" in stdout
+    assert best["epoch"] == 3 and {k: str(v) for k, v in best["summary_row"].items()} == rows[2]
+    assert f"Best val top-1 {max(val):.2%} at epoch 3 (picked on the validation split), its test top-1 " \
+           f"{float(rows[2]['top1']):.2%}" in stdout
     assert incomplete_runs(tmp_path) == {}
 
 

@@ -10,8 +10,9 @@ One concept per module:
 - ``cub``         the CUB-200-2011 folder layout and dataset
 - ``synthetic``   the synthetic mini-CUB (CUB layout, known evidence box)
 - ``download``    fetch, md5-check and safely extract the CUB archive
-- ``models``      ViT building, pretrained weights, checkpoints
-- ``training``    the fine-tuning loop pieces
+- ``models``      the table of ViTs (torchvision's and vit_tiny), their weights, checkpoints
+- ``training``    the fine-tuning loop pieces and the Trainer that steps a run epoch by epoch
+- ``holdout``     the validation split that picks the best epoch
 - ``runtime``     devices, dtypes, seeding (per image too), distributed helpers
 - ``gamma``       γ values: presets, per-block schedules, which module gets which γ
 - ``lxtpatch``    LXT's patches, active only while explaining; the attention swap

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from .fileio import write_text
+from .holdout import best_row, picked_on
 from .runfolder import MARKER, incomplete_note
 
 _STYLE = """
@@ -97,11 +98,15 @@ def _training_section(train_dir, prefix):
 
     with open(train_dir / "summary.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    best = max(rows, key=lambda r: float(r["top1"])) if rows else None
+    best = best_row(rows)
     parts = ["<h2>Training</h2>"]
-    if best:
-        parts.append(f"<p>{len(rows)} epochs; best test top-1 {float(best['top1']):.1%} (top-5 "
-                     f"{float(best['top5']):.1%}) at epoch {best['epoch']}.</p>")
+    if best and picked_on(rows) == "val":
+        parts.append(f"<p>{len(rows)} epochs; best on val: epoch {best['epoch']} (val top-1 "
+                     f"{float(best['val_top1']):.1%}), test top-1 {float(best['top1']):.1%} (top-5 "
+                     f"{float(best['top5']):.1%}).</p>")
+    elif best:
+        parts.append(f"<p>{len(rows)} epochs; best on test (no validation split was held out): epoch {best['epoch']}, "
+                     f"test top-1 {float(best['top1']):.1%} (top-5 {float(best['top5']):.1%}).</p>")
     if (train_dir / "curves.png").exists():
         parts.append(img("curves.png", "training curves", prefix))
     config = _read_json(train_dir / "config.json")

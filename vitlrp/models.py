@@ -1,17 +1,19 @@
-"""torchvision ViTs for CUB: building, ImageNet weights (offline-aware), and checkpoints.
+"""torchvision ViTs for CUB: the table of models, building, ImageNet weights (offline-aware), and checkpoints.
 
 A checkpoint is a dict of plain types and tensors only, so it loads with ``torch.load(weights_only=True)``:
 ``arch``, ``image_size``, ``num_classes``, ``class_names``, ``preprocessing``, ``model`` (state dict),
-optionally ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_acc``, ``config``, ``summary_row`` (that
-epoch's ``summary.csv`` row) and ``summary_rows`` (the last checkpoint: every row of the run up to it).
+optionally ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_acc``, ``config``, ``val_split``,
+``summary_row`` (that epoch's ``summary.csv`` row) and ``summary_rows`` (the last checkpoint: every row of the run up
+to it).
 """
 import os
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from torchvision.models import ViT_B_16_Weights
+import torchvision.models as tvm
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
 from .errors import UserError
@@ -19,12 +21,32 @@ from .fileio import torch_save
 from .preprocess import Preprocessing
 
 FORMAT = "vitlrp-checkpoint/1"
-# vit_b_16 is torchvision's ViT-B/16; vit_tiny is a small VisionTransformer for CPU runs, tests and the demo.
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A model this package builds: torchvision's builder (or a VisionTransformer spec), its patch size (the patch
+    embedding's kernel and stride), its input size without pretrained weights and torchvision's weights enum."""
+
+    patch_size: int
+    image_size: int
+    builder: object = None  # torchvision.models.vit_*; None: VisionTransformer(**spec)
+    weights: object = None  # torchvision's weights enum, or None (no ImageNet weights)
+    spec: dict = field(default_factory=dict)
+
+
 ARCHS = {
-    "vit_b_16": dict(patch_size=16, num_layers=12, num_heads=12, hidden_dim=768, mlp_dim=3072, image_size=224),
-    "vit_tiny": dict(patch_size=16, num_layers=4, num_heads=4, hidden_dim=128, mlp_dim=256, image_size=112),
+    "vit_b_16": Arch(16, 224, tvm.vit_b_16, tvm.ViT_B_16_Weights),
+    "vit_b_32": Arch(32, 224, tvm.vit_b_32, tvm.ViT_B_32_Weights),
+    "vit_l_16": Arch(16, 224, tvm.vit_l_16, tvm.ViT_L_16_Weights),
+    "vit_l_32": Arch(32, 224, tvm.vit_l_32, tvm.ViT_L_32_Weights),
+    "vit_h_14": Arch(14, 224, tvm.vit_h_14, tvm.ViT_H_14_Weights),
+    # a small VisionTransformer for CPU runs, tests and the demo
+    "vit_tiny": Arch(16, 112, spec=dict(num_layers=4, num_heads=4, hidden_dim=128, mlp_dim=256)),
 }
-WEIGHTS = {w.name: w for w in ViT_B_16_Weights}
+# Larger inputs are a typo: a ViT's attention memory grows with the fourth power of the side (ViT-B/16 at 2048 px
+# needs about 13 GB per image and layer for the attention weights alone).
+MAX_IMAGE_SIZE = 2048
 
 
 def check_arch(arch, name="MODEL"):
@@ -34,76 +56,111 @@ def check_arch(arch, name="MODEL"):
     return arch
 
 
+def weights_names(arch):
+    """The names of ``arch``'s own torchvision weights (IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1, ...), maybe none."""
+    weights = ARCHS[check_arch(arch)].weights
+    return [w.name for w in weights] if weights is not None else []
+
+
+def _weights(arch, name):
+    """``arch``'s torchvision weights called ``name``, or None when ``name`` is not one of them."""
+    return ARCHS[arch].weights[name] if name in weights_names(arch) else None
+
+
+def check_pretrained(arch, pretrained):
+    """Refuse a PRETRAINED value that is not ``none``, one of ``arch``'s own weights names or an existing file."""
+    own = weights_names(arch)
+    if pretrained.lower() == "none" or pretrained in own or Path(pretrained).is_file():
+        return pretrained
+    owners = ", ".join(a for a in ARCHS if pretrained in weights_names(a))
+    choose = f"choose one of {arch}'s {', '.join(own)}, none or a weights file" if own else (
+        "choose none or a weights file")
+    if owners:
+        what = (f"{arch} has no weights {pretrained} (they belong to {owners})" if own
+                else f"{arch} has no ImageNet weights ({pretrained} belong to {owners})")
+    else:
+        what = (f"PRETRAINED {pretrained!r} is neither a weights name of {arch} nor an existing file" if own
+                else f"PRETRAINED {pretrained!r} is no existing file, and {arch} has no ImageNet weights")
+    raise UserError(f"{what}: {choose}")
+
+
 def check_image_size(arch, image_size=0):
-    """The input size ``arch`` is built at (``0``: its own); refuse one that is not a multiple of the patch size."""
+    """The input size ``arch`` is built at (``0``: its own); refuse one above MAX_IMAGE_SIZE or off the patch grid."""
     spec = ARCHS[check_arch(arch)]
-    size = int(image_size or spec["image_size"])
-    if size % spec["patch_size"]:
-        raise UserError(f"IMAGE_SIZE {size} must be a multiple of the patch size {spec['patch_size']}")
+    size = int(image_size or spec.image_size)
+    if not 0 < size <= MAX_IMAGE_SIZE:
+        raise UserError(f"IMAGE_SIZE must be between 1 and {MAX_IMAGE_SIZE} px, got {size}")
+    if size % spec.patch_size:
+        raise UserError(f"IMAGE_SIZE {size} must be a multiple of {arch}'s patch size {spec.patch_size}")
     return size
 
 
 def build_vit(arch, num_classes, image_size=0):
     """A randomly initialised torchvision ``VisionTransformer`` (zero-initialised head, as torchvision does)."""
-    spec = dict(ARCHS[arch], image_size=check_image_size(arch, image_size))
-    return VisionTransformer(num_classes=num_classes, **spec)
+    spec, size = ARCHS[check_arch(arch)], check_image_size(arch, image_size)
+    if spec.builder is not None:
+        return spec.builder(weights=None, num_classes=num_classes, image_size=size)
+    return VisionTransformer(image_size=size, patch_size=spec.patch_size, num_classes=num_classes, **spec.spec)
 
 
 def default_image_size(arch, pretrained):
-    if pretrained in WEIGHTS:
-        return WEIGHTS[pretrained].meta["min_size"][0]
-    return ARCHS[arch]["image_size"]
+    """The input size of ``arch``'s weights ``pretrained`` (their ``min_size``: 384 for vit_b_16's SWAG_E2E), else
+    ``arch``'s own."""
+    weights = _weights(arch, pretrained)
+    return weights.meta["min_size"][0] if weights is not None else ARCHS[check_arch(arch)].image_size
 
 
-def weights_preprocessing(pretrained, image_size):
-    """The preprocessing the chosen weights were trained with, scaled to ``image_size``."""
-    if pretrained in WEIGHTS:
-        t = WEIGHTS[pretrained].transforms()
-        crop, resize = t.crop_size[0], t.resize_size[0]
-        return Preprocessing(image_size, int(round(image_size * resize / crop)), t.interpolation.value,
-                             tuple(t.mean), tuple(t.std))
-    return Preprocessing.for_size(image_size)
+def weights_preprocessing(arch, pretrained, image_size):
+    """The preprocessing ``arch``'s weights ``pretrained`` were trained with (their transforms: resize, crop,
+    interpolation, mean and std), scaled to ``image_size``; ImageNet's standard one for ``none`` or a file."""
+    weights = _weights(arch, pretrained)
+    if weights is None:
+        return Preprocessing.for_size(image_size)
+    t = weights.transforms()
+    crop, resize = t.crop_size[0], t.resize_size[0]
+    return Preprocessing(image_size, int(round(image_size * resize / crop)), t.interpolation.value,
+                         tuple(t.mean), tuple(t.std))
 
 
-def weights_file(name):
-    """Where torchvision keeps the weights ``name``: ``$TORCH_HOME/hub/checkpoints/<file name of the URL>``."""
-    url = WEIGHTS[name].url
+def weights_file(arch, name):
+    """Where torchvision keeps ``arch``'s weights ``name``: ``$TORCH_HOME/hub/checkpoints/<file name of the URL>``."""
+    url = ARCHS[arch].weights[name].url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def pretrained_state_dict(pretrained):
-    """The ImageNet state dict for a weights name (cached file first, else download), or from a file path."""
-    if pretrained in WEIGHTS:
-        path = weights_file(pretrained)
-        if not path.is_file():
-            try:
-                return WEIGHTS[pretrained].get_state_dict(progress=True, check_hash=True)
-            except Exception as err:  # no network, proxy, hash mismatch: all end the same way for the user
-                raise UserError(f"cannot download {pretrained} weights from {WEIGHTS[pretrained].url} ({err}); "
-                                f"put that file at {path} (or set TORCH_HOME)", fix="pretrained_file") from None
-    else:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise UserError(f"PRETRAINED {pretrained!r} is neither a weights name ({', '.join(WEIGHTS)}, none) "
-                            "nor an existing file")
+def pretrained_state_dict(arch, pretrained):
+    """The state dict of ``arch``'s weights ``pretrained`` (the cached file first, else a download), or of a file."""
+    weights = _weights(arch, check_pretrained(arch, pretrained))
+    path = weights_file(arch, pretrained) if weights is not None else Path(pretrained)
+    if weights is not None and not path.is_file():
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True)
+        except Exception as err:  # no network, proxy, hash mismatch: all end the same way for the user
+            raise UserError(f"cannot download {arch} {pretrained} weights from {weights.url} ({err}); put that file "
+                            f"at {path} (or set TORCH_HOME)", fix="pretrained_file") from None
     state = _load(path, "weights file")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # one of our checkpoints
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"weights file {pretrained} holds no state dict (a dict of tensors)")
+        raise UserError(f"weights file {path} holds no state dict (a dict of tensors)")
     bad = non_finite_tensors(state)
     if bad:
-        raise UserError(f"weights file {pretrained} holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]})")
+        raise UserError(f"weights file {path} holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]})")
     return state
 
 
-def load_pretrained(model, pretrained):
-    """Load ImageNet (or file) weights into ``model`` except the classifier head; adapt position embeddings."""
-    state = {k: v for k, v in pretrained_state_dict(pretrained).items() if not k.startswith("heads.")}
+def load_pretrained(model, arch, pretrained):
+    """Load ``arch``'s ImageNet (or a file's) weights into ``model`` except the classifier head; position embeddings
+    are interpolated to the model's input size."""
+    state = {k: v for k, v in pretrained_state_dict(arch, pretrained).items() if not k.startswith("heads.")}
     pos = state.get("encoder.pos_embedding")
     own_pos = model.encoder.pos_embedding
     if pos is not None and pos.shape != own_pos.shape and pos.ndim == 3 and pos.shape[-1] == own_pos.shape[-1]:
-        state = interpolate_embeddings(model.image_size, model.patch_size, state)
+        try:
+            state = interpolate_embeddings(model.image_size, model.patch_size, state)
+        except ValueError as err:  # a token count that is no square grid plus the class token
+            raise UserError(f"weights {pretrained} do not fit this model: encoder.pos_embedding has shape "
+                            f"{_shape(pos)} ({_first_line(err)})") from None
     problem = _fit_problem(state, model.state_dict(), strict=False)
     if problem:  # another architecture (e.g. a vit_b_16 file for vit_tiny): load_state_dict would raise a traceback
         raise UserError(f"weights {pretrained} do not fit this model: {problem}")
@@ -229,25 +286,40 @@ def load_checkpoint(path):
     return ckpt
 
 
-def _checkpoint_problem(ckpt):
-    """Why a checkpoint dict cannot be rebuilt into a usable model, as ``(phrase, fix key or None)``, or None."""
+def _metadata_problem(ckpt):
+    """Why a checkpoint's metadata describes no model this package builds (one phrase), or None."""
     need = {"arch": str, "image_size": int, "num_classes": int, "class_names": list, "preprocessing": dict,
             "model": dict}
-    absent = [k for k, kind in need.items() if not isinstance(ckpt.get(k), kind)]
+    absent = [k for k, kind in need.items() if not isinstance(ckpt.get(k), kind) or isinstance(ckpt.get(k), bool)]
     if absent:
-        return f"lacks {', '.join(absent)} (or holds the wrong type there); it was not written by this package", None
+        return f"lacks {', '.join(absent)} (or holds the wrong type there); it was not written by this package"
     if ckpt["arch"] not in ARCHS:
-        return f"names an unknown arch {ckpt['arch']!r} (known: {', '.join(ARCHS)})", None
-    try:
-        Preprocessing.from_dict(ckpt["preprocessing"])
-    except (KeyError, TypeError, ValueError) as err:
-        return f"holds unusable preprocessing settings ({type(err).__name__}: {_first_line(err)})", None
+        return f"names an unknown arch {ckpt['arch']!r} (known: {', '.join(ARCHS)})"
+    if ckpt["num_classes"] < 1:
+        return f"says num_classes {ckpt['num_classes']}: a classifier needs at least one class"
     if len(ckpt["class_names"]) != ckpt["num_classes"]:
-        return f"names {len(ckpt['class_names'])} classes but says num_classes {ckpt['num_classes']}", None
+        return f"names {len(ckpt['class_names'])} classes but says num_classes {ckpt['num_classes']}"
+    if not all(isinstance(c, str) for c in ckpt["class_names"]):
+        return "holds class names that are not text"
+    try:
+        prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    except (KeyError, TypeError, ValueError) as err:
+        return f"holds unusable preprocessing settings ({type(err).__name__}: {_first_line(err)})"
+    if prep.crop_size != ckpt["image_size"]:  # the model would refuse every input (torchvision asserts the size)
+        return (f"crops its inputs to {prep.crop_size} px (preprocessing.crop_size) but its model takes "
+                f"{ckpt['image_size']} px (image_size); it was not written by this package")
+    return None
+
+
+def _checkpoint_problem(ckpt):
+    """Why a checkpoint dict cannot be rebuilt into a usable model, as ``(phrase, fix key or None)``, or None."""
+    problem = _metadata_problem(ckpt)
+    if problem:
+        return problem, None
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation
             own = build_vit(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"]).state_dict()
-    except (UserError, ValueError, RuntimeError) as err:
+    except (UserError, ValueError, RuntimeError, AssertionError) as err:
         return f"describes no buildable model ({_first_line(err)})", None
     problem = _fit_problem(ckpt["model"], own)
     if problem:

@@ -8,6 +8,7 @@ import torch
 
 from . import metrics as M
 from .fileio import save_figure
+from .holdout import best_row, picked_on
 
 
 def _plt():
@@ -79,16 +80,25 @@ def ranking_table(summary, path, metrics=M.METRICS):
 
 
 def training_curves(rows, path):
-    """Loss and accuracy per epoch from ``summary.csv`` rows, as one PNG."""
+    """Loss and accuracy per epoch from ``summary.csv`` rows, as one PNG; the validation curves when the run held
+    out a validation split, and the best epoch marked."""
     plt = _plt()
     epochs = [int(r["epoch"]) for r in rows]
+    val = picked_on(rows) == "val"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train")
-    ax1.plot(epochs, [float(r["test_loss"]) for r in rows], "o-", label="test")
+    # one colour per split in both panels: train C0, validation C1, test C2
+    ax1.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", color="C0", label="train")
+    if val:
+        ax1.plot(epochs, [float(r["val_loss"]) for r in rows], "o-", color="C1", label="validation")
+    ax1.plot(epochs, [float(r["test_loss"]) for r in rows], "o-", color="C2", label="test")
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax2.plot(epochs, [100 * float(r["top1"]) for r in rows], "o-", label="top-1")
-    ax2.plot(epochs, [100 * float(r["top5"]) for r in rows], "o-", label="top-5")
-    ax2.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy", ylim=(0, 100))
+    if val:
+        ax2.plot(epochs, [100 * float(r["val_top1"]) for r in rows], "o-", color="C1", label="validation top-1")
+    ax2.plot(epochs, [100 * float(r["top1"]) for r in rows], "o-", color="C2", label="test top-1")
+    ax2.plot(epochs, [100 * float(r["top5"]) for r in rows], "s--", color="C2", alpha=0.6, label="test top-5")
+    if rows:
+        ax2.axvline(int(best_row(rows)["epoch"]), color="grey", ls=":", label=f"best (on {picked_on(rows)})")
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(0, 100))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()

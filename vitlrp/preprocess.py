@@ -4,6 +4,7 @@ The evaluation needs CUB's boxes and part points in the coordinates of the model
 mapping here follows torchvision's ``Resize(int)`` + ``CenterCrop`` exactly.
 Conventions: boxes are edges (``x, y, w, h`` covers ``[x, x+w)``); points are pixel indices (centre of a pixel).
 """
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,6 +34,14 @@ class Preprocessing:
             raise ValueError(f"interpolation must be one of {sorted(_MODES)}, got {self.interpolation!r}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        # each of these would fail only later, inside a transform, or pad or divide by zero without a word
+        if not 0 < self.crop_size <= self.resize_size:
+            raise ValueError(f"need 0 < crop_size <= resize_size (a smaller resize pads the crop with black), got "
+                             f"crop_size {self.crop_size}, resize_size {self.resize_size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need one value per RGB channel, got {len(self.mean)} and {len(self.std)}")
+        if not all(math.isfinite(v) for v in self.mean + self.std) or min(self.std) <= 0:
+            raise ValueError(f"mean must be finite and std finite and positive, got {self.mean} and {self.std}")
 
     @classmethod
     def for_size(cls, crop_size, interpolation="bilinear", resize_ratio=256 / 224):

@@ -18,7 +18,14 @@ def resolve_device(name):
         if not torch.cuda.is_available():
             raise UserError(f"DEVICE={name} but CUDA is not available to torch {torch.__version__} "
                             "(check the driver and that torch is a CUDA build)", fix="cpu")
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:  # e.g. cuda:x
+            raise UserError(f"unknown DEVICE {name!r}: use auto, cuda, cuda:N or cpu") from None
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:  # else a CUDA error once the model moves there
+            raise UserError(f"DEVICE={name} but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}")
+        return device
     if name == "cpu":
         return torch.device("cpu")
     raise UserError(f"unknown DEVICE {name!r}: use auto, cuda, cuda:N or cpu")

@@ -1,19 +1,23 @@
-"""The fine-tuning loop: optimizer, schedule, deterministic sampling, one epoch of training, evaluation.
+"""The fine-tuning loop: optimizer, schedule, deterministic sampling, one epoch of training, evaluation, and the
+:class:`Trainer` that holds them for a run and steps it one epoch at a time.
 
 Determinism: every training item is augmented under its own seed, derived from (seed, epoch, position), and
 the shuffling of epoch ``e`` depends only on (seed, e). So a resumed run, a run with another number of
 loader workers, and an uninterrupted run see the same batches (bit-identical on the CPU).
 """
 import math
+import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "test_loss", "top1", "top5", "train_img_per_s", "epoch_seconds",
-                  "skipped_images"]
+# one row per epoch; the val_* columns are empty when no validation split is held out (VAL_FRACTION 0)
+SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "test_loss", "top1", "top5",
+                  "train_img_per_s", "epoch_seconds", "skipped_images"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -191,8 +195,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, devi
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, dtype, dist=None, progress=True):
-    """Top-1, top-5 and mean loss over ``loader`` (summed over ranks when ``dist`` is given).
+def evaluate(model, loader, device, dtype, dist=None, progress=True, desc="eval"):
+    """Top-1, top-5 and mean ``loss`` over ``loader`` (summed over ranks when ``dist`` is given).
 
     Rows whose image failed to load are left out of every figure; ``skipped`` counts them (over ranks), ``errors``
     holds this rank's messages and ``count`` the images scored.
@@ -200,7 +204,7 @@ def evaluate(model, loader, device, dtype, dist=None, progress=True):
     model.eval()
     totals = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss sum, top-1 hits, top-5 hits, count, skipped
     errors = []
-    for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         ok = readable_rows(batch, device)
@@ -220,5 +224,89 @@ def evaluate(model, loader, device, dtype, dist=None, progress=True):
     if dist is not None:
         totals = dist.all_reduce_sum(totals, device)
     n = max(totals[3], 1)
-    return {"test_loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n, "count": int(totals[3]),
+    return {"loss": totals[0] / n, "top1": totals[1] / n, "top5": totals[2] / n, "count": int(totals[3]),
             "skipped": int(totals[4]), "errors": errors}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a run trains: the settings a resumed run must share with the run it continues (and the workers)."""
+
+    epochs: int
+    batch_size: int  # global: split over the processes
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    label_smoothing: float
+    grad_clip: float
+    amp: str
+    seed: int
+    num_workers: int = 0  # per process, at most the CPU count
+    compile: bool = False
+
+
+class Trainer:
+    """One run's model, loaders, optimizer, schedule and scaler; :meth:`epoch` trains one epoch and evaluates.
+
+    ``eval_sets``: name → dataset scored after every epoch (e.g. ``val`` and ``test``). ``resume``: a last
+    checkpoint whose model and training state are restored before the model is wrapped (DDP, torch.compile).
+    """
+
+    def __init__(self, model, train_set, eval_sets, recipe, dist, device, resume=None):
+        self.model, self.recipe, self.dist, self.device = model, recipe, dist, device
+        self.dtype = amp_dtype(recipe.amp, device)
+        workers, per_rank = min(recipe.num_workers, os.cpu_count() or 1), recipe.batch_size // dist.world_size
+        self.sampler = EpochSampler(len(train_set), recipe.seed, shuffle=True, rank=dist.rank, world=dist.world_size)
+        self.train_loader = make_loader(train_set, per_rank, workers, device, sampler=self.sampler, seeded=True)
+        self.eval_loaders = {name: make_loader(data, per_rank, workers, device,
+                                               sampler=ShardSampler(len(data), dist.rank, dist.world_size))
+                             for name, data in eval_sets.items()}
+        self.optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay)
+        steps = len(self.train_loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, WarmupCosine(recipe.warmup_epochs * steps, recipe.epochs * steps))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            for part in ("optimizer", "scheduler", "scaler"):
+                getattr(self, part).load_state_dict(resume[part])
+        self.train_model = model
+        if dist.enabled:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if recipe.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    def state(self):
+        """The training state a last checkpoint carries for a resumed run."""
+        return {part: getattr(self, part).state_dict() for part in ("optimizer", "scheduler", "scaler")}
+
+    def epoch(self, epoch, progress=True):
+        """Train epoch ``epoch`` (1-based), then score every eval set. Figures over all processes: ``lr``,
+        ``train_loss``, ``seen``, ``skipped`` (unreadable training images), ``errors`` (this rank's messages),
+        ``img_per_s``, ``seconds`` and per eval set the dict of :func:`evaluate`. Raises :class:`NonFiniteLoss`."""
+        start = time.perf_counter()
+        self.sampler.set_epoch(epoch)
+        stats = train_one_epoch(self.train_model, self.train_loader, self.optimizer, self.scheduler, self.scaler,
+                                self.criterion, self.device, self.dtype, self.recipe.grad_clip,
+                                desc=f"epoch {epoch}/{self.recipe.epochs}", progress=progress)
+        loss_sum, seen, skipped = self.dist.all_reduce_sum(
+            [stats["train_loss"] * stats["seen"], stats["seen"], len(stats["errors"])], self.device)
+        scores = {name: evaluate(self.model, loader, self.device, self.dtype, self.dist, progress, desc=name)
+                  for name, loader in self.eval_loaders.items()}
+        return {"lr": stats["lr"], "train_loss": loss_sum / max(seen, 1), "seen": int(seen), "skipped": int(skipped),
+                "errors": stats["errors"], "img_per_s": stats["train_img_per_s"] * self.dist.world_size,
+                "seconds": time.perf_counter() - start, **scores}
+
+
+def summary_row(epoch, figures):
+    """The ``summary.csv`` row of an epoch's :meth:`Trainer.epoch` figures (val columns empty without ``val``)."""
+    val, test = figures.get("val"), figures["test"]
+    skipped = figures["skipped"] + test["skipped"] + (val["skipped"] if val else 0)
+    return {"epoch": epoch, "lr": f"{figures['lr']:.6g}", "train_loss": f"{figures['train_loss']:.5f}",
+            "val_loss": f"{val['loss']:.5f}" if val else "", "val_top1": f"{val['top1']:.5f}" if val else "",
+            "val_top5": f"{val['top5']:.5f}" if val else "", "test_loss": f"{test['loss']:.5f}",
+            "top1": f"{test['top1']:.5f}", "top5": f"{test['top5']:.5f}",
+            "train_img_per_s": f"{figures['img_per_s']:.1f}", "epoch_seconds": f"{figures['seconds']:.1f}",
+            "skipped_images": str(skipped)}

@@ -363,6 +363,7 @@ def test_non_lrp_methods_take_fp32_batches_on_a_bf16_model(trained_tiny):
         assert torch.isfinite(rel).all()
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(trained_tiny, small_run, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

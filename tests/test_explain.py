@@ -437,6 +437,7 @@ def test_check_gamma_accepts_and_the_presets_are_the_seeds():
 
 
 # --- the real size ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_vit_b16_real_size_on_cpu():
     torch.manual_seed(0)
     model = randomize(build_vit("vit_b_16", 200), seed=0, bias_std=0.02)

@@ -290,7 +290,8 @@ def test_evaluate_scores_every_plain_method(peer_eval):
         assert name in stdout
 
 
-def test_evaluate_peers_under_torchrun_match_one_process(trained_tiny, peer_eval, tmp_path):
+@pytest.mark.slow
+def test_evaluate_under_torchrun_matches_one_process(trained_tiny, peer_eval, tmp_path):
     out, _ = peer_eval
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",

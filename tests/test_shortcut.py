@@ -262,7 +262,7 @@ def _follow_rate(rows):
     return sum(int(r["followed"]) for r in swapped) / len(swapped)
 
 
-@pytest.mark.slow
+@pytest.mark.optin
 @slow
 def test_a_model_trained_with_the_shortcut_follows_the_mark_and_one_without_does_not(tmp_path):
     """The same birds, two trainings: the mark always names the class (shortcut), or never tells it (control).

@@ -543,6 +543,7 @@ def test_script_without_weights_or_network_stops_with_one_error(cub_fixture, tmp
 
 
 # --- 5. torchrun on the CPU -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(mini_cub, run_a, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     out = tmp_path / "ddp"

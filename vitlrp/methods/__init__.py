@@ -20,7 +20,7 @@ benchmark and the tests iterate the registry.
 """
 import importlib
 import textwrap
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -236,25 +236,19 @@ class MethodSet:
         self._stack = None
 
     def __enter__(self):
-        from contextlib import ExitStack
-
-        self._stack = ExitStack().__enter__()
-        try:
+        with ExitStack() as stack:
             self._runs = []
             groups = {}
             for m in self.methods:
                 if m.spec.open_group is not None:
                     groups.setdefault(m.spec.name, []).append(m)
                 else:
-                    runner = self._stack.enter_context(MethodRunner(m, self.model, self.options))
+                    runner = stack.enter_context(MethodRunner(m, self.model, self.options))
                     self._runs.append(self._one(m.name, runner))
             for group in groups.values():
                 check_available(group[0].spec)
-                self._runs.append(self._stack.enter_context(group[0].spec.open_group(group, self.model,
-                                                                                      self.options)))
-        except BaseException:
-            self._stack.__exit__(*__import__("sys").exc_info())
-            raise
+                self._runs.append(stack.enter_context(group[0].spec.open_group(group, self.model, self.options)))
+            self._stack = stack.pop_all()  # entered: __exit__ closes them
         return self
 
     @staticmethod

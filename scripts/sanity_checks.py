@@ -19,7 +19,7 @@ METHODS = [  # presets, gamma:<conv>:<lin> (<lin> may be a schedule: gamma:1:lin
     "baseline", "conservative", "balanced", "aggressive", "very_aggressive", "input_x_gradient", "random"]
 TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
 NOISE_SAMPLES = 3  # noisy copies per image for the noise check; 0 = no noise check
-NOISE_STD = 0.05  # σ of the Gaussian noise on the model input, in normalised units (≈ 1% of a pixel's range)
+NOISE_STD = 0.25  # σ of the noise on the model input, in normalised units (≈ 6% of a pixel's [0, 1] range)
 FIGURE_IMAGES = 3  # images shown in cascade_<idx>.png and class_pairs.png (the first ones drawn)
 IG_STEPS = 32  # integrated_gradients: points on the path from the baseline (Gauss-Legendre rule)
 SMOOTHGRAD_SAMPLES = 32  # smoothgrad: noisy copies per image

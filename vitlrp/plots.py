@@ -266,8 +266,8 @@ def sanity_curves(summary, steps, thresholds, path):
         if measure in thresholds:
             ax.axhline(thresholds[measure], color="0.3", ls="--", lw=1, label="verdict threshold")
         ax.set_xticks(x, steps, rotation=45, ha="right", fontsize=8)
-        ax.set(title=f"{measure}: original map vs randomized model's", ylim=(-1.02 if "spearman" == measure else -0.02,
-                                                                               1.02))
+        signed = measure in ("spearman", "spearman_of_abs")  # ρ may be negative; |ρ| and SSIM of |maps| hardly
+        ax.set(title=f"{measure}: original map vs randomized model's", ylim=(-1.02 if signed else -0.02, 1.02))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(measures):]:
         ax.axis("off")

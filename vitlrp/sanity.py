@@ -30,18 +30,31 @@ values (``n_undefined``) apart from the mean of the defined ones. Every measure 
   of the input's structure, so this check cannot rank methods finely: read its numbers beside the class check.
 - ``noise`` (the "higher γ, less noise" claim): :data:`NOISE_KEY`-seeded noisy copies of the model input
   (:func:`noisy_copy`), their maps against the clean map; a copy whose prediction changes is skipped and counted.
+  σ = 0.25 in normalised units (about 6% of a pixel's range) by default: at 0.05 every method but ``random`` keeps
+  ρ ≥ 0.99 on the mini-CUB, nothing to tell apart; at 0.25 two of 120 copies change the prediction and
+  Input×Gradient (ρ 0.91) parts from AttnLRP (0.955 at every γ).
 
 **Verdicts** (:func:`verdicts`): the class check passes when the mean ``abs_spearman`` to the random other class is
 below :data:`CLASS_THRESHOLD`, the randomization check when the mean ``abs_spearman`` at the last step (everything
 randomized) is below :data:`RANDOMIZATION_THRESHOLD`. The numbers are reported beside every verdict.
 
-Thresholds (0.5 for both). The chance level of ``|ρ|`` for ``n`` patches is ``√(2 / (π (n - 1)))``: 0.12 for the
-49 patches of the vit_tiny, 0.06 for ViT-B/16's 196; the ``random`` baseline measures it. On the mini-CUB
-(vit_tiny, 200 test images) Input×Gradient, the gradient's own answer, has 0.06 to the random class and 0.14 after
-full randomization; AttnLRP at γ = 0 has 0.37 and 0.09. A mean ``|ρ|`` of 0.5 says that the ranking of the patches
-shares a quarter of its variance (ρ²) with the other map on the average image: more than half-way from those
-references to identical maps (1), and four to eight times the chance level, so a map that passes is mostly about
-the class or the model it was asked about, and one that fails mostly is not.
+Thresholds (0.6 for both), measured on the mini-CUB (a vit_tiny, 49 patches, all 200 test images; mean |ρ| ± 95%).
+The chance level of |ρ| for ``n`` patches is ``√(2 / (π (n - 1)))``, 0.115 for 49 (0.057 for ViT-B/16's 196): the
+``random`` baseline measures it (0.12 ± 0.01 in both checks). Input×Gradient, whose map for each class follows that
+class's gradient, has 0.49 ± 0.04 to the random class: not near chance, because the patch sums of x·∇ share the
+input's structure whatever the class. Rollout, the same map for every class by construction, has 1.00. The class
+threshold sits above Input×Gradient's 95% interval (≤ 0.53) with a margin, at a |ρ| whose ρ² = 0.36 says the
+patch ranking shares at most a third of its variance with the other class's map on the average image; AttnLRP at
+γ = 0 (0.47), conservative (0.56), Grad-CAM (0.51) pass, balanced (0.74), aggressive (0.81), GAE (0.66) and
+rollout fail. After the full cascade every method of the mini-CUB lies between 0.29 (Input×Gradient) and 0.40
+(rollout), against 0.61-0.88 for AttnLRP after the head alone: the same 0.6 (a third of the variance) separates a
+map that keeps its structure from one that lost it, and none keeps it here, in line with Binder et al. A verdict
+whose 95% interval holds its threshold is marked borderline. The thresholds are calibrated on one small model: on
+another model read them beside Input×Gradient and ``random`` on the same images (both in the default methods).
+
+Limitation of |ρ|: it also counts anti-ordered maps as alike. Two classes that rest on disjoint pixels give their
+Input×Gradient maps ρ = -0.86 (a linear model reading two halves of the image), which fails the class check though
+the maps are as class-specific as maps can be; the signed ρ is reported beside |ρ| for that reason.
 
 **Randomization of a parameter** (:func:`randomize_parameters`): every parameter of a step, whatever module holds it
 (the attention's ``in_proj_weight``/``in_proj_bias``, the class token, the position embedding, the LayerNorms),
@@ -69,8 +82,8 @@ from .runtime import image_seed
 
 MEASURES = ("spearman", "spearman_of_abs", "ssim", "abs_spearman")
 TESTS = ("class_runner_up", "class_random", "randomization", "noise")
-CLASS_THRESHOLD = 0.5  # mean |ρ| to a random other class below this: the class check passes
-RANDOMIZATION_THRESHOLD = 0.5  # mean |ρ| after the last randomization step below this: the randomization check passes
+CLASS_THRESHOLD = 0.6  # mean |ρ| to a random other class below this: the class check passes
+RANDOMIZATION_THRESHOLD = 0.6  # mean |ρ| after the last randomization step below this: the randomization check passes
 FALLBACK_STD = 0.02  # spread of a randomized constant tensor that is not a weight matrix (torchvision's std of the
 #                      position embedding)
 RANDOM_CLASS_KEY, NOISE_KEY, FRESH_KEY = 2, 3, 4  # image_seed keys of the draws (0, 1: scoring's tie-breaks, ROAD)
@@ -249,7 +262,7 @@ class Settings:
     patch: int
     seed: int = 0
     noise_samples: int = 3
-    noise_std: float = 0.05
+    noise_std: float = 0.25
 
 
 @dataclass
@@ -393,8 +406,9 @@ def _find(summary, name, test, step, measure="abs_spearman"):
 
 
 def verdicts(summary, names, steps):
-    """Per method ``{'class': {...}, 'randomization': {...}}``: ``passed`` (None when undefined), the mean |ρ|,
-    its 95% half-width, ``n``, ``n_undefined`` and the threshold."""
+    """Per method ``{'class': {...}, 'randomization': {...}}``: ``passed`` (None when undefined), ``borderline``
+    (the 95% interval holds the threshold), the mean |ρ|, its 95% half-width, ``n``, ``n_undefined`` and the
+    threshold."""
     out = {}
     for name in names:
         out[name] = {}
@@ -403,27 +417,33 @@ def verdicts(summary, names, steps):
                                                                  RANDOMIZATION_THRESHOLD)}.items():
             r = _find(summary, name, test, step) or dict(mean=math.nan, ci95=math.nan, n=0, n_undefined=0)
             passed = None if not math.isfinite(r["mean"]) else bool(r["mean"] < threshold)
-            out[name][check] = dict(passed=passed, abs_spearman=r["mean"], ci95=r["ci95"], n=r["n"],
-                                    n_undefined=r["n_undefined"], threshold=threshold, test=test, step=step)
+            borderline = passed is not None and math.isfinite(r["ci95"]) and abs(r["mean"] - threshold) <= r["ci95"]
+            out[name][check] = dict(passed=passed, borderline=borderline, abs_spearman=r["mean"], ci95=r["ci95"],
+                                    n=r["n"], n_undefined=r["n_undefined"], threshold=threshold, test=test,
+                                    step=step)
     return out
 
 
-def _word(passed):
-    return "n/a" if passed is None else "pass" if passed else "FAIL"
+def _word(c):
+    word = "n/a" if c["passed"] is None else "pass" if c["passed"] else "FAIL"
+    return word + ("?" if c["borderline"] else "")
 
 
 def verdict_lines(found):
-    """The console's verdict table: one line per method with both checks' |ρ| (± 95%) and pass or FAIL."""
-    below = f"(passes below {CLASS_THRESHOLD:g})", f"(passes below {RANDOMIZATION_THRESHOLD:g})"
-    lines = [f"{'method':<20} {'class: |ρ| to a random class':<34} {'randomization: |ρ| fully randomized':<38}",
-             f"{'':<20} {below[0]:<34} {below[1]:<38}"]
+    """The console's verdict table: one line per method with both checks' mean |ρ| ± 95% and pass or FAIL (``?``:
+    borderline), and a note when a verdict is borderline."""
+    heads = (f"class: |ρ| to a random class (pass < {CLASS_THRESHOLD:g})",
+             f"randomization: |ρ| at the end (pass < {RANDOMIZATION_THRESHOLD:g})")
+    lines = [f"{'method':<20} {heads[0]:<44} {heads[1]}"]
     for name, v in found.items():
         cells = []
         for check in ("class", "randomization"):
             c = v[check]
             undefined = f", {c['n_undefined']} undefined" if c["n_undefined"] else ""
-            cells.append(f"{c['abs_spearman']:.3f} ± {c['ci95']:.3f} {_word(c['passed']):<4} (n={c['n']}{undefined})")
-        lines.append(f"{name:<20} {cells[0]:<34} {cells[1]:<38}")
+            cells.append(f"{c['abs_spearman']:.3f} ± {c['ci95']:.3f} {_word(c):<5} (n={c['n']}{undefined})")
+        lines.append(f"{name:<20} {cells[0]:<44} {cells[1]}")
+    if any(c["borderline"] for v in found.values() for c in v.values()):
+        lines.append("?: borderline, the 95% interval holds the threshold")
     return lines
 
 

@@ -94,7 +94,7 @@ def test_random_maps_have_chance_level_class_similarity():
     chance = math.sqrt(2 / (math.pi * 63))
     for test in ("class_runner_up", "class_random"):
         assert mean_of(rows, test) == pytest.approx(chance, abs=0.04)
-        assert abs(mean_of(rows, test, "spearman")) < 0.08
+        assert abs(mean_of(rows, test, "spearman")) < 0.12
         assert mean_of(rows, test, "ssim") < 0.1
 
 

@@ -13,7 +13,7 @@ Several GPUs: torchrun --nproc_per_node=N scripts/sanity_checks.py (each rank ch
 CHECKPOINT_PATH = "checkpoints/vit_cub_best.pt"  # written by scripts/train_vit_cub.py
 DATASET_ROOT = "dataset/raw/CUB_200_2011"  # folder holding images.txt
 SPLIT = "test"  # train, test or all
-NUM_IMAGES = 100  # images drawn with random.seed(SEED) (the first ones evaluate_lrp.py draws); 0 = the whole split
+NUM_IMAGES = 100  # images drawn with random.seed(SEED), as evaluate_lrp.py draws them; 0 = the whole split
 SEED = 0  # which images, the random other class, the noise, the randomized weights, the random maps
 METHODS = [  # presets, gamma:<conv>:<lin> (<lin> may be a schedule: gamma:1:linear:0.5:0), <preset>+attn, ...
     "baseline", "conservative", "balanced", "aggressive", "very_aggressive", "input_x_gradient", "random"]

@@ -130,13 +130,20 @@ def ssim_rows(a, b):
                      for x, y, good in zip(na, nb, ok)])
 
 
+def patch_spearman(a, b, patch, absolute=False):
+    """Spearman's ρ of the per-patch sums (their absolute values with ``absolute``) of the ``[B, H, W]`` maps ``a``
+    and ``b``, per image: ``[B]`` numpy, NaN for a constant or non-finite map. The cheap part of
+    :func:`similarity` (no SSIM), e.g. for a class-sensitivity score ``1 - |ρ|``."""
+    sa, sb = (patch_scores(m.detach().float().cpu(), patch).numpy() for m in (a, b))
+    return spearman_rows(np.abs(sa), np.abs(sb)) if absolute else spearman_rows(sa, sb)
+
+
 def similarity(a, b, patch):
     """Every measure of :data:`MEASURES` between the ``[B, H, W]`` maps ``a`` and ``b``: ``{measure: [B] numpy}``."""
-    a, b = a.detach().float().cpu(), b.detach().float().cpu()
-    sa, sb = patch_scores(a, patch).numpy(), patch_scores(b, patch).numpy()
-    rho = spearman_rows(sa, sb)
-    return {"spearman": rho, "spearman_of_abs": spearman_rows(np.abs(sa), np.abs(sb)),
-            "ssim": ssim_rows(a.numpy(), b.numpy()), "abs_spearman": np.abs(rho)}
+    rho = patch_spearman(a, b, patch)
+    return {"spearman": rho, "spearman_of_abs": patch_spearman(a, b, patch, absolute=True),
+            "ssim": ssim_rows(a.detach().float().cpu().numpy(), b.detach().float().cpu().numpy()),
+            "abs_spearman": np.abs(rho)}
 
 
 # --- what the checks compare -----------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ values (``n_undefined``) apart from the mean of the defined ones. Every measure 
 - ``noise`` (the "higher γ, less noise" claim): :data:`NOISE_KEY`-seeded noisy copies of the model input
   (:func:`noisy_copy`), their maps against the clean map; a copy whose prediction changes is skipped and counted.
   σ = 0.25 in normalised units (about 6% of a pixel's range) by default: at 0.05 every method but ``random`` keeps
-  ρ ≥ 0.99 on the mini-CUB (40 images), nothing to tell apart; at 0.25 two of 120 copies change the prediction and
-  Input×Gradient (ρ 0.91) parts from AttnLRP (0.955 at every γ).
+  ρ ≥ 0.99 on the mini-CUB, nothing to tell apart; at 0.25 (200 images) 8 of 600 copies change the prediction and
+  Input×Gradient (ρ 0.93) parts from AttnLRP (0.96 at every γ).
 
 **Verdicts** (:func:`verdicts`): the class check passes when the mean ``abs_spearman`` to the random other class is
 below :data:`CLASS_THRESHOLD`, the randomization check when the mean ``abs_spearman`` at the last step (everything

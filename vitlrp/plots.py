@@ -264,10 +264,11 @@ def sanity_curves(summary, steps, thresholds, path):
             half = [mine[s]["ci95"] if s in mine and math.isfinite(mine[s]["ci95"]) else 0.0 for s in steps]
             ax.errorbar(x, mean, yerr=half, marker="o", ms=3, capsize=2, label=method)
         if measure in thresholds:
-            ax.axhline(thresholds[measure], color="0.3", ls="--", lw=1, label="verdict threshold")
+            ax.axhline(thresholds[measure], color="0.3", ls="--", lw=1)
         ax.set_xticks(x, steps, rotation=45, ha="right", fontsize=8)
         signed = measure in ("spearman", "spearman_of_abs")  # ρ may be negative; |ρ| and SSIM of |maps| hardly
-        ax.set(title=f"{measure}: original map vs randomized model's", ylim=(-1.02 if signed else -0.02, 1.02))
+        note = "\n(dashed: the verdict's threshold, read at the last step)" if measure in thresholds else ""
+        ax.set(title=f"{measure}: original map vs randomized model's{note}", ylim=(-1.02 if signed else -0.02, 1.02))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(measures):]:
         ax.axis("off")

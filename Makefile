@@ -26,6 +26,7 @@ DEMO_CKPT := $(DEMO)/checkpoints/vit_cub_best.pt
 # integrated_gradients,smoothgrad for the full list (30-40x Input×Gradient each: kept out so the demo stays short)
 DEMO_METHODS := baseline,conservative,balanced,aggressive,very_aggressive,input_x_gradient,random,gradcam,rollout,gae
 
+# the sanity checks run on 12 images with 2 noisy copies each (about 25 s of one CPU core)
 demo: $(STAMP)
 	$(PY) scripts/make_synthetic_cub.py --dataset-root $(MINI)
 	$(PY) scripts/train_vit_cub.py --dataset-root $(MINI) --model vit_tiny --pretrained none --epochs 15 \
@@ -38,10 +39,13 @@ demo: $(STAMP)
 	$(PY) scripts/inspect_lrp_predictions.py --output-dir $(DEMO)/lrp_samples
 	$(PY) scripts/evaluate_lrp.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 0 \
 	    --methods $(DEMO_METHODS) --num-workers 2 --output-dir $(DEMO)/lrp_eval
+	$(PY) scripts/sanity_checks.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 12 \
+	    --methods $(DEMO_METHODS) --noise-samples 2 --figure-images 2 --num-workers 2 --output-dir $(DEMO)/sanity
 	$(PY) scripts/build_gallery.py --results-dir $(DEMO) --title "Demo on the synthetic mini-CUB (not real birds)"
 	@echo
 	@echo "Demo done. Look at $(DEMO)/index.html (all results), $(DEMO)/lrp_samples/index.html (heatmaps),"
-	@echo "$(DEMO)/lrp_eval/summary.csv (which gamma explains best) and $(DEMO)/train/curves.png."
+	@echo "$(DEMO)/lrp_eval/summary.csv (which gamma explains best), $(DEMO)/sanity/sanity.csv (do the maps depend on"
+	@echo "the class and the model?) and $(DEMO)/train/curves.png."
 
 # The γ sweep on the demo's checkpoint (run `make demo` first): a short CPU run, 48 images, 5 perturbation steps.
 sweep: $(STAMP)

@@ -254,3 +254,36 @@ def forest_plot(rows, path):
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+def sanity_curves(summary, steps, thresholds, path):
+    """Similarity of each method's original map to the map after each randomization step (mean and 95% interval),
+    one panel per measure; ``thresholds``: measure → the verdict's line drawn on that panel."""
+    plt = _plt()
+    measures = list(dict.fromkeys(r["measure"] for r in summary))
+    methods = list(dict.fromkeys(r["method"] for r in summary))
+    cols = 2
+    fig, axes = plt.subplots(math.ceil(len(measures) / cols), cols, figsize=(12, 3.8 * math.ceil(len(measures) / 2)),
+                             squeeze=False)
+    x = list(range(len(steps)))
+    for ax, measure in zip(axes.flat, measures):
+        for method in methods:
+            mine = {r["step"]: r for r in summary if (r["method"], r["test"], r["measure"]) == (method, "randomization",
+                                                                                                measure)}
+            mean = [mine[s]["mean"] if s in mine else math.nan for s in steps]
+            half = [mine[s]["ci95"] if s in mine and math.isfinite(mine[s]["ci95"]) else 0.0 for s in steps]
+            ax.errorbar(x, mean, yerr=half, marker="o", ms=3, capsize=2, label=method)
+        if measure in thresholds:
+            ax.axhline(thresholds[measure], color="0.3", ls="--", lw=1)
+        ax.set_xticks(x, steps, rotation=45, ha="right", fontsize=8)
+        signed = measure in ("spearman", "spearman_of_abs")  # ρ may be negative; |ρ| and SSIM of |maps| hardly
+        note = "\n(dashed: the verdict's threshold, read at the last step)" if measure in thresholds else ""
+        ax.set(title=f"{measure}: original map vs randomized model's{note}", ylim=(-1.02 if signed else -0.02, 1.02))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(measures):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("cascading randomization, head first (left) to everything randomized (right)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)

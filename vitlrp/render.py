@@ -135,3 +135,29 @@ def outline(image, box, color=(255, 0, 255), width=1):
     x0, y0, x1, y1 = (float(v) for v in box)
     ImageDraw.Draw(img).rectangle([x0, y0, x1 - 1, y1 - 1], outline=color, width=width)
     return np.asarray(img)
+
+
+def map_rows(rows, header=None):
+    """A table of pictures: ``header`` (a :func:`panels` picture, e.g. the input image) on top, then one row per
+    ``(title, tiles, captions)`` of ``rows`` (uint8 ``[H, W, 3]`` tiles)."""
+    pictures = [header] if header is not None else []
+    return stack(pictures + [panels(tiles, captions, title) for title, tiles, captions in rows])
+
+
+def cascade_grid(image, title, rows):
+    """Adebayo-style cascade: the input, then per method its original map and each randomization step's map.
+
+    ``rows``: ``(method, maps, captions)`` with the ``[H, W]`` maps (each scaled by its own largest |value|)."""
+    return map_rows([(name, [heatmap(m) for m in maps], captions) for name, maps, captions in rows],
+                    panels([to_uint8(image)], ["input"], title))
+
+
+def class_pair_grid(images, rows):
+    """Per method one row of overlays: for each image its explained class's map beside another class's map.
+
+    ``images``: the RGB inputs; ``rows``: ``(method, maps, captions)`` with two maps per image, in image order."""
+    out = []
+    for name, maps, captions in rows:
+        tiles = [overlay(images[k // 2], m) for k, m in enumerate(maps)]
+        out.append((name, tiles, captions))
+    return map_rows(out)

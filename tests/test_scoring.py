@@ -7,7 +7,7 @@ from test_explain import images, tiny_vit
 
 from vitlrp import evaluation as E
 from vitlrp import metrics as M
-from vitlrp.scoring import ScoreSettings, ScoringBatch, model_in, other_classes
+from vitlrp.scoring import ScoreSettings, ScoringBatch, model_in
 
 
 def fake_batch(n=4, size=32, ids=(10, 11, 12, 13), errors=None):
@@ -62,12 +62,10 @@ def test_the_same_maps_score_the_same_whatever_else_is_scored(scored):
             assert a[m] == pytest.approx(c[m], abs=1e-6), m
 
 
-def test_other_classes_are_random_seeded_per_image_and_never_the_target():
-    target = torch.tensor([0, 1, 2, 3, 4] * 4)
-    ids = list(range(20))
-    other = other_classes(target, 5, ids, seed=0)
-    assert (other != target).all() and ((other >= 0) & (other < 5)).all()
-    assert torch.equal(other, other_classes(target, 5, ids, seed=0))
-    assert not torch.equal(other, other_classes(target, 5, ids, seed=1))
-    # one image's class depends on that image, not on its batch
-    assert torch.equal(other_classes(target[7:9], 5, ids[7:9], seed=0), other[7:9])
+def test_class_sensitivity_compares_with_the_sanity_checks_random_class(scored):
+    """The evaluation's class_sensitivity and the sanity checks' class test use the same random class per image."""
+    from vitlrp.sanity import other_classes
+
+    b = scored[0]
+    assert torch.equal(b.other, other_classes(b.forward(b.images), b.target, b.ids, seed=3)[1])
+    assert (b.other != b.target).all()

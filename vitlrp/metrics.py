@@ -103,14 +103,19 @@ def gini(relevance):
 
 
 def spearman(a, b):
-    """Spearman ρ between the rows of ``a`` and ``b`` (``[B, L]``), ties at their average rank (scipy's
-    ``rankdata``); NaN where a row is constant (no ranking to correlate)."""
+    """Spearman's ρ of each row pair of ``[B, n]`` tensors or arrays (scipy's ranks, the mean rank for ties), as a
+    float64 tensor; NaN for a row that is constant (no ranking to correlate) or not finite."""
     from scipy.stats import rankdata
 
-    ra, rb = (torch.from_numpy(rankdata(t.double().cpu().numpy(), axis=1)) for t in (a, b))
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    den = ra.norm(dim=1) * rb.norm(dim=1)
-    return torch.where(den > 0, (ra * rb).sum(1) / den.clamp(min=1e-300), torch.full_like(den, math.nan)).float()
+    x, y = (np.asarray(t.detach().double().cpu() if torch.is_tensor(t) else t, dtype=np.float64) for t in (a, b))
+    ok = np.isfinite(x).all(1) & np.isfinite(y).all(1)
+    rx = rankdata(np.where(ok[:, None], x, 0), axis=1)
+    ry = rankdata(np.where(ok[:, None], y, 0), axis=1)
+    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (rx * ry).sum(1) / den
+    return torch.from_numpy(np.where(ok & (den > 0), np.clip(rho, -1, 1), np.nan))
 
 
 def class_sensitivity(relevance, other, patch):
@@ -118,19 +123,6 @@ def class_sensitivity(relevance, other, patch):
     (Sixt et al. 2020: a map that looks the same whatever class it explains does not explain the class); 1 = the
     maps share no ranking, 0 = the same ranking (or its reverse). NaN where either map is constant."""
     return 1 - spearman(patch_scores(relevance, patch), patch_scores(other, patch)).abs()
-
-
-# A method passes the class check when the mean |Spearman ρ| between its maps for the explained class and for a random
-# other class stays below this: more than half of the ranking shared whatever class is asked is no explanation of
-# the class (see vitlrp.sanity for how it was chosen).
-CLASS_CHECK_MAX_RHO = 0.5
-
-
-def class_check(summary_entry):
-    """``(mean |ρ| to a random other class, whether it passes)`` from a method's summary (its class_sensitivity)."""
-    mean = summary_entry["class_sensitivity"]["mean"]
-    rho = 1 - mean if math.isfinite(mean) else math.nan
-    return rho, bool(rho < CLASS_CHECK_MAX_RHO)
 
 
 def roughness(relevance):

@@ -77,7 +77,7 @@ import torch
 
 from .errors import UserError
 from .methods import MethodRunner
-from .metrics import mean_ci, patch_scores
+from .metrics import mean_ci, patch_scores, spearman
 from .runtime import image_seed
 
 MEASURES = ("spearman", "spearman_of_abs", "ssim", "abs_spearman")
@@ -93,22 +93,6 @@ SUMMARY_FIELDS = ["method", "test", "step", "measure", "mean", "ci95", "n", "n_u
 
 
 # --- similarity ----------------------------------------------------------------------------------------------------
-
-
-def spearman_rows(x, y):
-    """Spearman's ρ of each row pair of ``[B, n]`` arrays (scipy's ranks, mean rank for ties); NaN for a row that is
-    constant or not finite."""
-    from scipy.stats import rankdata
-
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(x).all(1) & np.isfinite(y).all(1)
-    rx = rankdata(np.where(ok[:, None], x, 0), axis=1)
-    ry = rankdata(np.where(ok[:, None], y, 0), axis=1)
-    rx, ry = rx - rx.mean(1, keepdims=True), ry - ry.mean(1, keepdims=True)
-    den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (rx * ry).sum(1) / den
-    return np.where(ok & (den > 0), np.clip(rho, -1, 1), np.nan)
 
 
 def max_normalised_abs(maps):
@@ -134,8 +118,8 @@ def patch_spearman(a, b, patch, absolute=False):
     """Spearman's ρ of the per-patch sums (their absolute values with ``absolute``) of the ``[B, H, W]`` maps ``a``
     and ``b``, per image: ``[B]`` numpy, NaN for a constant or non-finite map. The cheap part of
     :func:`similarity` (no SSIM), e.g. for a class-sensitivity score ``1 - |ρ|``."""
-    sa, sb = (patch_scores(m.detach().float().cpu(), patch).numpy() for m in (a, b))
-    return spearman_rows(np.abs(sa), np.abs(sb)) if absolute else spearman_rows(sa, sb)
+    sa, sb = (patch_scores(m.detach().float().cpu(), patch) for m in (a, b))
+    return (spearman(sa.abs(), sb.abs()) if absolute else spearman(sa, sb)).numpy()
 
 
 def similarity(a, b, patch):
@@ -451,6 +435,14 @@ def verdict_lines(found):
     if any(c["borderline"] for v in found.values() for c in v.values()):
         lines.append("?: borderline, the 95% interval holds the threshold")
     return lines
+
+
+def class_check(summary_entry):
+    """``(mean |ρ| to a random other class, whether it passes)`` of a method scored by the evaluation or the sweep:
+    its ``class_sensitivity`` is 1 − |ρ| (:func:`vitlrp.metrics.class_sensitivity`), the class check's statistic."""
+    mean = summary_entry["class_sensitivity"]["mean"]
+    rho = 1 - mean if math.isfinite(mean) else math.nan
+    return rho, bool(rho < CLASS_THRESHOLD)
 
 
 def check_model(model):

@@ -18,6 +18,7 @@ import torch
 
 from . import metrics as M
 from .runtime import image_seed
+from .sanity import other_classes
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,6 @@ def nonfinite_error(relevance, logits):
             "gamma, and check the checkpoint)")
 
 
-def other_classes(target, num_classes, ids, seed):
-    """A random class other than ``target`` for each image, seeded by the run's seed and the image (the same
-    whatever the batch or the shard): what ``class_sensitivity`` compares the map with."""
-    k = torch.tensor([image_seed(seed, i, 2) % max(num_classes - 1, 1) for i in ids], device=target.device)
-    return k + (k >= target).long()
-
-
 def empty_maps(relevance):
     """``[B]`` bool: maps without any evidence, every pixel the same value (all zero, say)."""
     flat = relevance.flatten(1)
@@ -86,7 +80,7 @@ class ScoringBatch:
     start: torch.Tensor = None  # target probability with nothing removed
     end: torch.Tensor = None  # ... with everything removed
     ids: list = field(default_factory=list)  # sample indices of the readable samples
-    other: torch.Tensor = None  # a random other class per image (class_sensitivity)
+    other: torch.Tensor = None  # a random other class per image (class_sensitivity), as the sanity checks draw it
 
     @classmethod
     def of(cls, batch, forward, target_mode, device, settings):
@@ -99,7 +93,7 @@ class ScoringBatch:
         target = logits.argmax(1) if target_mode == "pred" else batch["label"][ok].to(device)
         ids = [int(batch["index"][i]) for i in ok]
         b = cls(batch, ok, settings, images, target, forward, ids=ids,
-                other=other_classes(target, logits.shape[1], ids, settings.seed))
+                other=other_classes(logits, target, ids, settings.seed)[1])
         rows = torch.arange(len(ok), device=device)
         b.start, b.end = b.prob(images, rows), b.prob(torch.zeros_like(images), rows)
         return b

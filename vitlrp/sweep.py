@@ -12,11 +12,12 @@ from . import metrics as M
 from .errors import UserError
 from .evaluation import best_methods
 from .gamma import check_gamma, lin_gamma_value, parse_schedule, schedule_text
+from .sanity import CLASS_THRESHOLD, class_check
 
 # the three aims a recommended γ trades off: metric → True when higher is better
 OBJECTIVES = {"lerf_minus_morf": True, "box_share": True, "negative_share": False}
 RULE = ("among the cells that pass the class check (mean |ρ| to a random other class below "
-        f"{M.CLASS_CHECK_MAX_RHO}), the Pareto-optimal cell (faithfulness LeRF − MoRF, box share, negative share) with "
+        f"{CLASS_THRESHOLD}), the Pareto-optimal cell (faithfulness LeRF − MoRF, box share, negative share) with "
         "the smallest sum of its three ranks; ties go to the higher LeRF − MoRF")
 
 
@@ -113,7 +114,7 @@ def best_gamma_doc(summary, cells, presets, class_failed=()):
     by the caller unless every cell failed)."""
     rec = recommend(summary)
     front, sums = pareto_front(summary), rank_sums(summary)
-    rho, passed = M.class_check(summary[rec]) if "class_sensitivity" in summary[rec] else (math.nan, False)
+    rho, passed = class_check(summary[rec]) if "class_sensitivity" in summary[rec] else (math.nan, False)
     by_name = {cell_name(c, lin): (c, lin) for c, lin in cells}
     preset_rows = {}
     for preset, (conv, lin) in presets.items():
@@ -128,7 +129,7 @@ def best_gamma_doc(summary, cells, presets, class_failed=()):
         "recommended": {**_setting(cells, rec), "rule": RULE, "rank_sum": sums[rec],
                         "scores": {m: summary[rec][m] for m in M.METRICS},
                         "sanity": {"class_abs_rho": rho, "passes_class_check": passed,
-                                   "class_check_max_abs_rho": M.CLASS_CHECK_MAX_RHO}},
+                                   "class_check_max_abs_rho": CLASS_THRESHOLD}},
         "class_check_failed": list(class_failed),
         "best": {metric: {**_setting(cells, name), "mean": summary[name][metric]["mean"],
                           "ci95": summary[name][metric]["ci95"]} for metric, (name, _) in best.items()},
@@ -154,7 +155,7 @@ def conclude(rows, names, cells, n_sampled, presets):
         raise UserError("no image could be scored in any cell: every image was unreadable or gave a non-finite map "
                         "(see per-image errors above); nothing to recommend")
     scored = {n: s for n, s in summary.items() if n not in failed_cells}
-    class_failed = [n for n, s in scored.items() if not M.class_check(s)[1]]
+    class_failed = [n for n, s in scored.items() if not class_check(s)[1]]
     candidates = {n: s for n, s in scored.items() if n not in class_failed} or scored  # none passes: say so below
     front, sums = pareto_front(candidates), rank_sums(candidates)
     named = {p: cell_name(*g) for p, g in presets.items()}
@@ -170,7 +171,7 @@ def failure_lines(found):
     if failed:
         rec = found["doc"]["recommended"]
         lines.append(f"class check: {len(failed)} of {n} cells fail it (mean |ρ| to a random other class ≥ "
-                     f"{M.CLASS_CHECK_MAX_RHO}: their maps hardly depend on the class asked) and cannot be "
+                     f"{CLASS_THRESHOLD}: their maps hardly depend on the class asked) and cannot be "
                      "recommended" + ("; NO cell passes, so the recommendation above fails it too"
                                       if not rec["sanity"]["passes_class_check"] else ""))
     if found["failed_cells"]:

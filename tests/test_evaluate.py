@@ -171,7 +171,7 @@ def test_paired_csv_matches_per_image_differences(main_run):
         assert int(p["n_pairs"]) == len(kept) and int(p["n_dropped"]) == len(d) - len(kept)
         assert float(p["mean_diff"]) == pytest.approx(sum(kept) / len(kept), abs=1e-6)
         assert float(p["ci_low"]) <= float(p["mean_diff"]) <= float(p["ci_high"])
-        sign = 1 if METRICS[p["metric"]] else -1
+        sign = 1 if METRICS[p["metric"]].higher else -1
         assert int(p["wins"]) == sum(sign * x > 0 for x in kept) and int(p["ties"]) == sum(x == 0 for x in kept)
         if any(x != 0 for x in kept):
             assert float(p["p_wilcoxon"]) == pytest.approx(wilcoxon(kept).pvalue, rel=1e-6)

@@ -248,7 +248,7 @@ def test_sweep_writes_surfaces_csv_and_best_gamma(sweep_run):
     by_name = {c["method"]: c for c in cells}
     for metric, best in doc["best"].items():  # the best per metric is the CSV's extreme
         col = [float(c[metric]) for c in cells if math.isfinite(float(c[metric]))]
-        assert float(by_name[best["method"]][metric]) == (max if METRICS[metric] else min)(col)
+        assert float(by_name[best["method"]][metric]) == (max if METRICS[metric].higher else min)(col)
     assert doc["n_images"] == 8 and doc["presets"]["baseline"]["in_grid"]
     assert doc["presets"]["aggressive"]["method"] == "gamma:10:1" and doc["presets"]["aggressive"]["in_grid"]
     assert f"Recommended γ: {rec['method']}" in sweep_run["stdout"]

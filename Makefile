@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv bench sweep shortcut clean-demo
+.PHONY: test demo venv bench sweep shortcut report clean-demo
 
 venv: $(STAMP)
 
@@ -75,6 +75,10 @@ shortcut: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py
+
+# docs/results.md from the runs above (their files, their commands): what the README's results link to
+report: $(STAMP)
+	$(PY) scripts/report.py
 
 clean-demo:
 	rm -rf results/demo results/shortcut dataset/synthetic

@@ -12,6 +12,7 @@ flags. ``--help`` lists the flags with their defaults and the comment written be
 import ast
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -170,6 +171,8 @@ def configure(namespace, argv=None, help_notes=None):
     namespace.update(values)
     cfg = SimpleNamespace(**values)
     cfg._given = frozenset(given)
+    script = namespace.get("__file__")
+    cfg._command = shlex.join(["python", os.path.relpath(script) if script else "script.py", *argv])
     return cfg
 
 
@@ -204,8 +207,10 @@ def message(err):
 
 
 def config_dict(cfg):
-    """The effective configuration as a JSON-ready dict."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items() if not k.startswith("_")}
+    """The effective configuration as a JSON-ready dict, with the ``command`` line that set it (what a report
+    quotes so its numbers can be made again)."""
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items() if not k.startswith("_")}
+    return {**out, **({"command": cfg._command} if hasattr(cfg, "_command") else {})}
 
 
 class Terminated(KeyboardInterrupt):

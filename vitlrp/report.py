@@ -1,0 +1,167 @@
+"""Markdown tables of finished runs, read from their files (``scripts/report.py`` writes them into one page).
+
+Each :class:`Section` says where its numbers come from and the command that made them; a run that is missing or
+did not finish (its folder still marked incomplete) gives a section that says so instead of a table.
+"""
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runfolder import incomplete_note
+
+
+@dataclass
+class Section:
+    """One results table: a heading, the source and its command, a header row and rows, notes below it."""
+
+    title: str
+    source: str = ""
+    command: str = ""
+    header: list = field(default_factory=list)
+    table: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    missing: str = ""
+
+    def lines(self):
+        out = [f"## {self.title}", ""]
+        if not self.table:
+            return out + [f"Not shown: {self.missing}.", ""]
+        out += [f"From `{self.source}`, made by `{self.command or 'an unrecorded command'}`.", ""]
+        out += ["| " + " | ".join(_cell(c) for c in self.header) + " |", "|" + "---|" * len(self.header)]
+        out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in self.table]
+        return out + [""] + [n for note in self.notes for n in (note, "")]
+
+
+def _cell(value):
+    """A table cell: a | inside it (as in |ρ|) must not end the cell."""
+    return str(value).replace("|", "\\|")
+
+
+def _read(path, title):
+    """``(document, None)`` of a finished run's JSON file, or ``(None, Section saying why not)``."""
+    path = Path(path)
+    if not path.is_file():
+        return None, Section(title, missing=f"{path} does not exist")
+    if incomplete_note(path.parent) is not None:
+        return None, Section(title, missing=f"{path.parent} holds a run that did not finish")
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, ValueError) as err:
+        return None, Section(title, missing=f"{path} cannot be read ({err})")
+
+
+def _num(value, digits=3):
+    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _ci(entry):
+    return f"{_num(entry.get('mean'))} ± {_num(entry.get('ci95'))}" if entry else "n/a"
+
+
+EVAL_COLUMNS = ("box_share", "pointing_game", "rank_accuracy", "negative_share", "gini", "roughness",
+                "class_sensitivity", "lerf_minus_morf")
+
+
+def evaluation_section(folder, title="Which method explains best (evaluate_lrp.py)"):
+    doc, missing = _read(Path(folder) / "summary.json", title)
+    if missing:
+        return missing
+    header = ["method", "images", "empty", *EVAL_COLUMNS]
+    rows = []
+    for method, s in doc["methods"].items():
+        cells = ["n/a†" if m in s.get("not_applicable", ()) else _ci(s.get(m)) for m in EVAL_COLUMNS]
+        rows.append([method, s["n_images"], s.get("n_empty", 0), *cells])
+    directions = doc.get("higher_is_better", {})
+    best = "; ".join(f"{m}: {b['method']}" for m, b in doc.get("best", {}).items() if m in EVAL_COLUMNS)
+    notes = ["Mean ± 95% interval over images. " + ", ".join(
+        f"{m} {'↑' if directions.get(m) else '↓'}" for m in EVAL_COLUMNS) + ". † says nothing about a method whose "
+        "maps cannot be negative. *empty*: maps with every pixel the same, left out of all the method's metrics.",
+        f"Best per metric (random excluded): {best}."]
+    return Section(title, f"{Path(folder) / 'summary.json'}", doc.get("config", {}).get("command", ""), header, rows,
+                   notes)
+
+
+def sanity_section(folder, title="Sanity checks (sanity_checks.py)"):
+    doc, missing = _read(Path(folder) / "summary.json", title)
+    if missing:
+        return missing
+    by_key = {(r["method"], r["test"], r["step"], r["measure"]): r for r in doc["summary"]}
+    steps = list(dict.fromkeys(r["step"] for r in doc["summary"] if r["test"] == "randomization"))
+    header = ["method", "|ρ| runner-up", "|ρ| random class", "class check", f"|ρ| after {steps[0] if steps else '-'}",
+              "|ρ| all randomized", "randomization check", "noise ρ", "noise SSIM"]
+    rows = []
+    for method, v in doc["verdicts"].items():
+        def get(test, step="", measure="abs_spearman"):
+            return _ci(by_key.get((method, test, step, measure)))
+
+        rows.append([method, get("class_runner_up"), get("class_random"), _verdict(v["class"]),
+                     get("randomization", steps[0]) if steps else "n/a", get("randomization", steps[-1]) if steps
+                     else "n/a", _verdict(v["randomization"]), get("noise", measure="spearman"),
+                     get("noise", measure="ssim")])
+    t = doc.get("thresholds", {})
+    notes = [f"|ρ|: Spearman's ρ of the per-patch sums, absolute; a check passes below its threshold (class "
+             f"{t.get('class')}, randomization {t.get('randomization')}); ? marks a verdict whose 95% interval holds "
+             f"the threshold. Noise: σ = {doc.get('noise', {}).get('std')} on the model input, "
+             f"{doc.get('noise', {}).get('copies_per_image')} copies per image."]
+    return Section(title, f"{Path(folder) / 'summary.json'}", doc.get("config", {}).get("command", ""), header, rows,
+                   notes)
+
+
+def _verdict(check):
+    word = "n/a" if check.get("passed") is None else "pass" if check["passed"] else "**fail**"
+    return word + ("?" if check.get("borderline") else "")
+
+
+def sweep_section(folder, title="Which γ: the sweep (sweep_gamma.py)"):
+    doc, missing = _read(Path(folder) / "best_gamma.json", title)
+    if missing:
+        return missing
+    rec = doc["recommended"]
+    header = ["", "cell", "class check", "Pareto", "rank sum", "LeRF − MoRF", "box share", "negative share"]
+    rows = [["recommended", rec["method"], "pass" if rec.get("sanity", {}).get("passes_class_check") else "**fail**",
+             "yes", rec["rank_sum"], *(_num(rec["scores"][m]["mean"]) for m in
+                                       ("lerf_minus_morf", "box_share", "negative_share"))]]
+    for preset, p in doc.get("presets", {}).items():
+        if p.get("in_grid"):
+            rows.append([preset, p["method"], p.get("class_check", ""), "yes" if p.get("pareto") else "no",
+                         p.get("rank_sum", ""), *(_num(p.get(m)) for m in
+                                                  ("lerf_minus_morf", "box_share", "negative_share"))])
+    failed = doc.get("class_check_failed", [])
+    notes = [f"Rule: {rec['rule']}.", f"{len(failed)} cell(s) fail the class check"
+             + (f": {', '.join(failed)}." if failed else ".")]
+    return Section(title, f"{Path(folder) / 'best_gamma.json'}", doc.get("config", {}).get("command", ""), header,
+                   rows, notes)
+
+
+def shortcut_section(folder, title="Does the explanation show the shortcut? (make shortcut)"):
+    doc, missing = _read(Path(folder) / "summary.json", title)
+    if missing:
+        return missing
+    if "shortcut" not in doc:
+        return Section(title, missing=f"{folder} was not evaluated on a shortcut mini-CUB")
+    header = ["method", "AUC [95% CI]", "mark share, followed", "mark share, not followed", "swapped images"]
+    rows = [[m, f"{_num(s['auc'])} [{_num(s['auc_low'], 2)}, {_num(s['auc_high'], 2)}]",
+             _num(s["mark_share_followed"]), _num(s["mark_share_not_followed"]), s["n_swapped"]]
+            for m, s in doc["shortcut"].items()]
+    notes = ["AUC: how well the map's share of positive relevance on the class mark tells the swapped images where "
+             "the model followed the mark from those where it did not (0.5: not at all, 1: perfectly)."]
+    return Section(title, f"{Path(folder) / 'summary.json'}", doc.get("config", {}).get("command", ""), header, rows,
+                   notes)
+
+
+def benchmark_section(path, title="Speed (benchmark.py)"):
+    doc, missing = _read(path, title)
+    if missing:
+        return missing
+    header = ["row", "images/s", "× Input×Gradient", "min cosine vs fp32 zennit", "peak MiB"]
+    rows = [[name, _num(r["images_per_s"], 1), _num(r.get("x_input_x_gradient"), 2),
+             _num(r.get("min_cosine_vs_fp32_zennit"), 4), _num(r.get("peak_mem_mib"), 0)]
+            for name, r in doc["rows"].items() if "images_per_s" in r]
+    notes = [f"{doc.get('device')} , torch {doc.get('torch')}, {doc.get('model')} at {doc.get('image_size')} px, "
+             f"measured {doc.get('date')}."]
+    ceiling = doc.get("ceiling")
+    if isinstance(ceiling, dict):
+        notes.append("Ceiling of exact γ-LRP against Input×Gradient from this model's shapes: "
+                     + ", ".join(f"{k} {_num(v, 2) if isinstance(v, float) else v}" for k, v in ceiling.items()) + ".")
+    return Section(title, str(path), doc.get("config", {}).get("command", ""), header, rows, notes)

@@ -214,7 +214,7 @@ def print_report(cfg, out, rows, names, found, shortcut):
     print()
     for metric, (method, value) in found["best"].items():
         print(E.best_line(metric, method, value, found["runner_up"].get(metric)))
-    for line in E.warning_lines(rows, names, summary):
+    for line in [E.class_check_line(summary)] + E.warning_lines(rows, names, summary):
         print(line)
     print(f"Output directory: {out}")
 

@@ -124,7 +124,8 @@ def test_output_files(main_run, trained_tiny):
 def test_console_ends_with_table_best_lines_and_output_dir(main_run):
     lines = main_run["stdout"].rstrip("\n").splitlines()
     assert lines[-1].startswith("Output directory:") and str(main_run["out"]) in lines[-1]
-    best = lines[-1 - len(METRICS):-1]
+    assert lines[-2].startswith("class check (mean |ρ| to a random other class below 0.6): passes ")
+    best = lines[-2 - len(METRICS):-2]
     assert [line.split()[1] for line in best] == list(METRICS)
     assert all(line.startswith("best ") and line.split()[2] != "random" for line in best)
     for line, (metric, b) in zip(best, main_run["summary"]["best"].items()):  # the paired test vs the runner-up

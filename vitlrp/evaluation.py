@@ -35,6 +35,19 @@ def boxless(rows):
     return sorted({r["sample_idx"] for r in rows if r.get("no_box")})
 
 
+def class_check_line(summary):
+    """The class check of every class-specific method in one line (:func:`vitlrp.sanity.class_check`)."""
+    from .sanity import CLASS_THRESHOLD, class_check
+
+    checked = {m: class_check(s) for m, s in summary.items() if "class_sensitivity" in s}
+    if not checked:
+        return ""
+    fail = [f"{m} ({rho:.2f})" for m, (rho, ok) in checked.items() if not ok and math.isfinite(rho)]
+    passed = [f"{m} ({rho:.2f})" for m, (rho, ok) in checked.items() if ok]
+    return (f"class check (mean |ρ| to a random other class below {CLASS_THRESHOLD:g}): "
+            f"passes {', '.join(passed) or 'none'}; fails {', '.join(fail) or 'none'}")
+
+
 def warning_lines(rows, names, summary):
     """The console's closing notes: images without a box, unreadable images, non-finite and empty maps."""
     lines = []

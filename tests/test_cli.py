@@ -5,7 +5,7 @@ import runpy
 from pathlib import Path
 
 import pytest
-from conftest import error_lines, run_script
+from conftest import REPO_ROOT, error_lines, run_script
 
 from vitlrp import cli
 from vitlrp.errors import UserError
@@ -234,3 +234,41 @@ def test_sigterm_unwinds_like_ctrl_c_and_exits_143(ns, capsys):
     assert info.value.code == 143 and cleaned == [True]
     assert capsys.readouterr().err == "interrupted (SIGTERM)\n"
     assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+
+
+HELP_WITHOUT_FCNTL = '''\
+import contextlib, io, runpy, sys
+sys.modules["fcntl"] = None  # as on a platform without fcntl (Windows): importing it raises ImportError
+for script in sys.argv[1:]:
+    out, code = io.StringIO(), None
+    sys.argv = [script, "--help"]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+    print(f"=== {script} exit={code!r} usage={out.getvalue().startswith('usage: python ')}")
+'''
+
+
+def test_every_script_starts_without_fcntl():
+    """The folder lock must not need fcntl (issue 21): every script's --help runs with importing fcntl failing."""
+    import subprocess
+    import sys
+
+    scripts = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "scripts").glob("*.py"))
+    done = subprocess.run([sys.executable, "-c", HELP_WITHOUT_FCNTL, *scripts], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [ln for ln in done.stdout.splitlines() if ln.startswith("===")] == [
+        f"=== {s} exit=0 usage=True" for s in scripts]
+
+
+def test_no_module_imports_fcntl():
+    found = []
+    for path in sorted([*(REPO_ROOT / "vitlrp").glob("*.py"), *(REPO_ROOT / "scripts").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}:{node.lineno}" for n in names if n and n.split(".")[0] == "fcntl"]
+    assert not found, found

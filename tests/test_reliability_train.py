@@ -25,7 +25,7 @@ from vitlrp.errors import UserError
 from vitlrp.gallery import incomplete_runs
 from vitlrp.models import FORMAT, build_vit, load_checkpoint, model_from_checkpoint, pretrained_state_dict
 from vitlrp.preprocess import Preprocessing
-from vitlrp.runfolder import LOCK, MARKER, FolderLock
+from vitlrp.runfolder import HOLDER, LOCK, MARKER, FolderLock
 from vitlrp.training import evaluate, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -371,7 +371,7 @@ def test_a_second_run_into_a_busy_checkpoint_dir_is_refused_and_a_stale_lock_tak
     assert "is in use by another run" in one_error(code, stderr) and f"pid {os.getpid()}" in stderr
     assert stdout == "" and not list(ck.glob("*.pt"))
 
-    (ck / LOCK).write_text(json.dumps({"pid": 999999, "host": "gone"}))  # left by a killed run
+    (ck / HOLDER).write_text(json.dumps({"pid": 999999, "host": "gone"}))  # left by a killed run
     code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
     assert code == 0, stderr[-2000:]
     assert "taking over" in stderr

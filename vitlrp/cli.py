@@ -6,8 +6,8 @@ Each UPPER_CASE constant (bool, int, float, str or list) assigned there can be o
 comma-separated values; a folder (``*_DIR``, ``*_ROOT``) cannot be set empty. UPPER_CASE names defined after the
 first import (tables the code uses, such as the training script's ``RECIPE``) are not settings and never become
 flags. ``--help`` lists the flags with their defaults and the comment written beside each. Bad flags and
-:class:`~vitlrp.errors.UserError` end the script with one line; so do Ctrl-C and SIGTERM, after the clean-up of
-``with`` blocks and ``finally``.
+:class:`~vitlrp.errors.UserError` end the script with one line; so do Ctrl-C and SIGTERM (with how to finish the
+folders the run left incomplete), after the clean-up of ``with`` blocks and ``finally``.
 """
 import ast
 import os
@@ -18,6 +18,7 @@ import threading
 import tokenize
 from types import SimpleNamespace
 
+from . import runfolder
 from .errors import UserError
 
 _TRUE = {"true", "yes", "1", "on"}
@@ -207,10 +208,12 @@ def run(main, namespace, argv=None):
     """Parse flags into ``namespace`` and call ``main(cfg)``; a UserError becomes one line and exit status 2.
 
     ``main`` may return an int exit status (e.g. 1 when some samples failed). Ctrl-C exits with 130, SIGTERM with
-    143 (128 + the signal, as the shell reports a process the signal ended).
+    143 (128 + the signal, as the shell reports a process the signal ended), each after a line per folder the run
+    left incomplete saying how to finish it.
     """
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    runfolder.unfinished()  # forget what an earlier run in this process left (tests run scripts in-process)
     try:
         cfg = configure(namespace, argv)
         status = main(cfg)
@@ -219,7 +222,8 @@ def run(main, namespace, argv=None):
         raise SystemExit(2) from None
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
-        print("interrupted" + (" (SIGTERM)" if terminated else ""), file=sys.stderr)
+        print("\n".join(["interrupted" + (" (SIGTERM)" if terminated else ""), *runfolder.unfinished()]),
+              file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM if terminated else 130) from None
     finally:
         if main_thread and previous is not None:  # None: set outside Python, it cannot be put back

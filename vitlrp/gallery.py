@@ -4,30 +4,41 @@ import json
 from pathlib import Path
 
 from .fileio import write_text
-from .runfolder import MARKER, incomplete_note
+from .runfolder import MANIFEST, MARKER, incomplete_note
 
+# every picture and table is held to the page width: a wide figure shrinks, a wide table scrolls in its own box
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px}
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px;overflow-wrap:break-word}
 h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+img{max-width:100%;height:auto}
 .card{margin:1em 0;padding:.6em;border:1px solid #e3e3e3;border-radius:6px}
-.card img{max-width:100%;display:block;margin:.3em 0}
+.card img{display:block;margin:.3em 0}
 .ok{color:#1a7f37} .bad{color:#c62828} .note{color:#555;font-size:.92em}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.92em} td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left} pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:.85em}
 """
+# the files that tell one run's output folder (and what ran there) from a results folder holding several
+_RUN_FILES = (("lrp_results.json", "a heatmap run"), ("pairs.json", "swapped-mark pairs"), ("cells.csv", "a γ sweep"),
+              ("summary.json", "an evaluation run"), ("summary.csv", "a training run"))
+# the subfolders a results folder's page shows
+SECTIONS = ("train", "lrp_samples", "lrp_eval", "pairs")
 
 
 def _e(text):
     return html.escape(str(text))
 
 
-# After loading, the page counts its images and flags missing ones (a moved or deleted PNG shows up at once).
+# After loading, the page counts its images and flags missing ones (a moved or deleted PNG shows up at once); it also
+# records how wide its content is against the window (wider means the page scrolls sideways).
 _CHECK = """
 <script>
 window.addEventListener('load', () => {
   const imgs = [...document.images];
   const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0));
-  document.documentElement.dataset.images = `loaded:${imgs.length - broken.length} broken:${broken.length}`;
+  const root = document.documentElement;
+  root.dataset.images = `loaded:${imgs.length - broken.length} broken:${broken.length}`;
+  root.dataset.width = `content:${root.scrollWidth} window:${root.clientWidth}`;
   if (broken.length) {
     const p = document.createElement('p');
     p.className = 'bad';
@@ -98,13 +109,15 @@ def _training_section(train_dir, prefix):
     with open(train_dir / "summary.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     best = max(rows, key=lambda r: float(r["top1"])) if rows else None
+    config = _read_json(train_dir / "config.json") or {}
     parts = ["<h2>Training</h2>"]
+    if config.get("MODEL"):
+        parts.append(f"<p>Model: {_e(config['MODEL'])} (initial weights: {_e(config.get('PRETRAINED', '?'))}).</p>")
     if best:
         parts.append(f"<p>{len(rows)} epochs; best test top-1 {float(best['top1']):.1%} (top-5 "
                      f"{float(best['top5']):.1%}) at epoch {best['epoch']}.</p>")
     if (train_dir / "curves.png").exists():
         parts.append(img("curves.png", "training curves", prefix))
-    config = _read_json(train_dir / "config.json")
     if config:
         parts += ["<details><summary>training configuration</summary>", config_block(config), "</details>"]
     return parts
@@ -139,7 +152,7 @@ def summary_table(summary):
     for method, s in summary["methods"].items():
         cells = "".join(f"<td>{s[m]['mean']:.3f} ± {s[m]['ci95']:.3f}</td>" for m in METRICS)
         rows.append(f"<tr><td>{_e(method)}</td>{cells}</tr>")
-    return "<table>" + "\n".join(rows) + "</table>"
+    return "<div class=scroll><table>" + "\n".join(rows) + "</table></div>"
 
 
 def _evaluation_section(eval_dir, prefix):
@@ -167,8 +180,32 @@ def incomplete_runs(results_dir):
     return {sub: note for sub, note in notes.items() if note is not None}
 
 
-def write_results_gallery(results_dir, title="Results"):
-    """``index.html`` over a results folder holding any of ``train/``, ``lrp_samples/``, ``lrp_eval/``."""
+def run_folder_kind(folder):
+    """What ``folder`` holds when it is one run's output folder (e.g. ``'a heatmap run'``), else None."""
+    folder = Path(folder)
+    kind = next((kind for name, kind in _RUN_FILES if (folder / name).is_file()), None)
+    if kind is None and ((folder / MANIFEST).exists() or (folder / MARKER).exists()):
+        kind = "one run's outputs"
+    return kind
+
+
+def shown(results_dir):
+    """The subfolders of ``results_dir`` its page shows (finished results, or runs that did not finish)."""
+    root = Path(results_dir)
+    found = {"train": root / "train" / "summary.csv", "lrp_samples": root / "lrp_samples" / "lrp_results.json",
+             "lrp_eval": root / "lrp_eval" / "summary.json", "pairs": root / "pairs" / "index.html"}
+    return [sub for sub in SECTIONS if found[sub].exists() or sub in incomplete_runs(root)]
+
+
+def default_title(results_dir):
+    """A page title naming the model the results folder's training run trained (``train/config.json``)."""
+    model = (_read_json(Path(results_dir) / "train" / "config.json") or {}).get("MODEL")
+    return f"{model if isinstance(model, str) and model else 'A ViT'} on CUB-200-2011: AttnLRP with the Gamma rule"
+
+
+def write_results_gallery(results_dir, title=""):
+    """``index.html`` over a results folder holding any of ``train/``, ``lrp_samples/``, ``lrp_eval/``, ``pairs/``
+    (``title`` empty: :func:`default_title`)."""
     root = Path(results_dir)
     body = [f"<p class=bad>{_e(sub)}/ holds a run that did not finish ({_e(MARKER)}): {_e(note)}</p>"
             for sub, note in incomplete_runs(root).items()]
@@ -184,7 +221,7 @@ def write_results_gallery(results_dir, title="Results"):
     if not body:
         body = ["<p>Nothing here yet: no train/, lrp_samples/ or lrp_eval/ results.</p>"]
     path = root / "index.html"
-    write_text(path, page(title, "\n".join(body)))
+    write_text(path, page(title or default_title(root), "\n".join(body)))
     return path
 
 

@@ -21,8 +21,9 @@ th:first-child,td:first-child{text-align:left} pre{background:#f6f8fa;padding:.8
 # the files that tell one run's output folder (and what ran there) from a results folder holding several
 _RUN_FILES = (("lrp_results.json", "a heatmap run"), ("pairs.json", "swapped-mark pairs"), ("cells.csv", "a γ sweep"),
               ("summary.json", "an evaluation run"), ("summary.csv", "a training run"))
-# the subfolders a results folder's page shows
-SECTIONS = ("train", "lrp_samples", "lrp_eval", "pairs")
+# the subfolders a results folder's page shows, each with the file that says its run's results are there
+SECTIONS = {"train": "summary.csv", "lrp_samples": "lrp_results.json", "lrp_eval": "summary.json",
+            "pairs": "index.html"}
 
 
 def _e(text):
@@ -189,12 +190,14 @@ def run_folder_kind(folder):
     return kind
 
 
+def _with_results(results_dir):
+    return {sub for sub, name in SECTIONS.items() if (Path(results_dir) / sub / name).exists()}
+
+
 def shown(results_dir):
-    """The subfolders of ``results_dir`` its page shows (finished results, or runs that did not finish)."""
-    root = Path(results_dir)
-    found = {"train": root / "train" / "summary.csv", "lrp_samples": root / "lrp_samples" / "lrp_results.json",
-             "lrp_eval": root / "lrp_eval" / "summary.json", "pairs": root / "pairs" / "index.html"}
-    return [sub for sub in SECTIONS if found[sub].exists() or sub in incomplete_runs(root)]
+    """The subfolders of ``results_dir`` its page shows (their results, or that their run did not finish)."""
+    listed = _with_results(results_dir) | set(incomplete_runs(results_dir))
+    return [sub for sub in SECTIONS if sub in listed]
 
 
 def default_title(results_dir):
@@ -209,13 +212,14 @@ def write_results_gallery(results_dir, title=""):
     root = Path(results_dir)
     body = [f"<p class=bad>{_e(sub)}/ holds a run that did not finish ({_e(MARKER)}): {_e(note)}</p>"
             for sub, note in incomplete_runs(root).items()]
-    if (root / "train" / "summary.csv").exists():
+    found = _with_results(root)
+    if "train" in found:
         body += _training_section(root / "train", "train/")
-    if (root / "lrp_samples" / "lrp_results.json").exists():
+    if "lrp_samples" in found:
         body += _heatmap_section(root / "lrp_samples", "lrp_samples/")
-    if (root / "lrp_eval" / "summary.json").exists():
+    if "lrp_eval" in found:
         body += _evaluation_section(root / "lrp_eval", "lrp_eval/")
-    if (root / "pairs" / "index.html").exists():
+    if "pairs" in found:
         body += ["<h2>Swapped-mark pairs</h2>", '<p><a href="pairs/index.html">each method on the same bird with '
                  "its own and another class's mark</a></p>"]
     if not body:

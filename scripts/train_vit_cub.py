@@ -76,7 +76,7 @@ def check_config(cfg, dist):
     for name in ("EPOCHS", "BATCH_SIZE"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
-    for name in ("IMAGE_SIZE", "WARMUP_EPOCHS", "NUM_WORKERS", "SEED", "STOP_AFTER"):
+    for name in ("IMAGE_SIZE", "WARMUP_EPOCHS", "NUM_WORKERS", "STOP_AFTER"):  # SEED: cli checks every seed
         if getattr(cfg, name) < 0:
             raise UserError(f"{name} must be 0 or more, got {getattr(cfg, name)}")
     for name in ("LR", "WEIGHT_DECAY", "LABEL_SMOOTHING", "GRAD_CLIP"):

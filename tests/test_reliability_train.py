@@ -268,7 +268,7 @@ def test_evaluate_and_training_step_leave_unreadable_rows_out_exactly(cub_fixtur
     (["--grad-clip", "nan"], "GRAD_CLIP must be a finite number, got nan"),
     (["--lr", "inf"], "LR must be a finite number, got inf"),
     (["--stop-after", "-1"], "STOP_AFTER must be 0 or more, got -1"),
-    (["--seed", "-3"], "SEED must be 0 or more, got -3"),
+    (["--seed", "-3"], "--seed must be an integer from 0 to 4294967295 (2**32 - 1), got -3"),
     (["--overwrite", "true", "--resume", "true"], "choose one"),
     (["--image-size", "33"], "IMAGE_SIZE 33 must be a multiple of the patch size 16"),
 ])

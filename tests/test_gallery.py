@@ -53,6 +53,13 @@ def results(trained_tiny, tmp_path_factory):
     code, _, err = run_script_inprocess("evaluate_lrp", *common, "--num-images", "6", "--methods", "balanced,random",
                                         "--perturb-steps", "2", "--output-dir", root / "lrp_eval")
     assert code == 0, err[-2000:]
+    code, _, err = run_script_inprocess("sanity_checks", *common, "--num-images", "3", "--methods", "balanced,random",
+                                        "--noise-samples", "1", "--figure-images", "1", "--output-dir", root / "sanity")
+    assert code == 0, err[-2000:]
+    code, _, err = run_script_inprocess("sweep_gamma", *common, "--num-images", "3", "--conv-gammas", "0,1",
+                                        "--lin-gammas", "0,0.5", "--schedules", "", "--perturb-steps", "2",
+                                        "--output-dir", root / "sweep")
+    assert code == 0, err[-2000:]
     code, out, err = run_script_inprocess("build_gallery", "--results-dir", root)
     assert code == 0, err[-2000:]
     assert "index.html" in out
@@ -61,8 +68,12 @@ def results(trained_tiny, tmp_path_factory):
 
 def test_gallery_links_are_relative_and_cover_every_section(results):
     html = (results / "index.html").read_text(encoding="utf-8")
-    for heading in ("Training", "Heatmaps", "Evaluation"):
+    for heading in ("Training", "Heatmaps", "Evaluation", "Sanity checks", "Which γ: the sweep"):
         assert f"<h2>{heading}</h2>" in html
+    for picture in ("lrp_eval/forest_paired.png", "sanity/curves_randomization.png", "sanity/class_pairs.png",
+                    "sweep/pareto.png", "sweep/surface_box_share.png"):
+        assert f'src="{picture}"' in html, picture
+    assert "class check" in html and "Recommended: <b>gamma:" in html
     srcs = re.findall(r'<img src="([^"]+)"', html)
     assert len(srcs) >= 3 + 3 + 1 + 2  # curves, 3 comparisons, 3 grids, overview, eval plots
     for src in srcs:

@@ -17,14 +17,15 @@ img{max-width:100%;height:auto}
 .ok{color:#1a7f37} .bad{color:#c62828} .note{color:#555;font-size:.92em}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.92em} td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left} pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:.85em}
+th:first-child,td:first-child{text-align:left} td{white-space:nowrap}
+pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:.85em}
 """
 # the files that tell one run's output folder (and what ran there) from a results folder holding several
 _RUN_FILES = (("lrp_results.json", "a heatmap run"), ("pairs.json", "swapped-mark pairs"), ("cells.csv", "a γ sweep"),
-              ("summary.json", "an evaluation run"), ("summary.csv", "a training run"))
+              ("sanity.csv", "sanity checks"), ("summary.json", "an evaluation run"), ("summary.csv", "a training run"))
 # the subfolders a results folder's page shows, each with the file that says its run's results are there
 SECTIONS = {"train": "summary.csv", "lrp_samples": "lrp_results.json", "lrp_eval": "summary.json",
-            "pairs": "index.html"}
+            "sanity": "sanity.csv", "sweep": "best_gamma.json", "pairs": "index.html"}
 
 
 def _e(text):
@@ -149,41 +150,96 @@ def _heatmap_section(lrp_dir, prefix):
     return parts
 
 
-def summary_table(summary):
-    """HTML table of an evaluation summary (mean ± 95% CI per metric and method)."""
-    from .metrics import METRICS
+def _mean_ci(entry):
+    mean, ci = entry.get("mean"), entry.get("ci95")
+    return "n/a" if mean is None else f"{mean:.3f} ± {ci:.3f}" if ci is not None else f"{mean:.3f}"
 
-    head = "<tr><th>method</th>" + "".join(f"<th>{_e(m)} {'↑' if spec.higher else '↓'}</th>"
-                                           for m, spec in METRICS.items())
+
+def summary_table(summary):
+    """HTML table of an evaluation summary: mean ± 95% CI per metric and method, n/a† where a metric says nothing
+    about a method, and the count of empty maps."""
+    higher = summary.get("higher_is_better", {})
+    metrics = [m for m in higher if any(m in s for s in summary["methods"].values())]
+    head = "<tr><th>method</th><th>empty</th>" + "".join(f"<th>{_e(m)} {'↑' if higher[m] else '↓'}</th>"
+                                                         for m in metrics)
     rows = [head + "</tr>"]
     for method, s in summary["methods"].items():
-        cells = "".join(f"<td>{s[m]['mean']:.3f} ± {s[m]['ci95']:.3f}</td>" for m in METRICS)
-        rows.append(f"<tr><td>{_e(method)}</td>{cells}</tr>")
+        cells = "".join(f"<td>{'n/a†' if m in s.get('not_applicable', ()) else _mean_ci(s[m])}</td>"
+                        for m in metrics)
+        rows.append(f"<tr><td>{_e(method)}</td><td>{s.get('n_empty', 0)}</td>{cells}</tr>")
     return "<div class=scroll><table>" + "\n".join(rows) + "</table></div>"
 
 
 def _evaluation_section(eval_dir, prefix):
-    from .metrics import METRICS
 
     summary = _read_json(eval_dir / "summary.json")
     parts = ["<h2>Evaluation</h2>",
              f"<p>{summary['n_images']} images of the {_e(summary['split'])} split; mean ± 95% confidence interval; "
-             f"↑ higher is better, ↓ lower is better. {_e(summary['perturbation_baseline'])}.</p>",
+             f"↑ higher is better, ↓ lower is better. {_e(summary['perturbation_baseline'])}. <i>empty</i>: maps "
+             "with every pixel the same, left out of all that method's metrics. n/a†: the metric says nothing "
+             "about a method whose maps cannot be negative.</p>",
              summary_table(summary),
              "<p>" + "; ".join(f"best {_e(k)}: <b>{_e(v['method'])}</b> ({v['mean']:.3f})"
                                for k, v in summary["best"].items()) + "</p>"]
-    for name, alt in [("curves_morf_lerf.png", "MoRF and LeRF curves"), ("ranking.png", "ranked table"),
-                      ("shortcut.png", "does the mark share tell when the model followed the mark?")] + \
-            [(f"bar_{m}.png", f"{m} per method") for m in METRICS]:
+    for name, alt in [("forest_paired.png", "every method minus the reference, image by image"),
+                      ("curves_morf_lerf.png", "MoRF and LeRF curves"), ("ranking.png", "ranked table"),
+                      ("shortcut.png", "does the mark share tell when the model followed the mark?")]:
         if (eval_dir / name).exists():
             parts.append(img(name, alt, prefix))
+    bars = [img(p.name, f"{p.stem[4:]} per method", prefix) for p in sorted(eval_dir.glob("bar_*.png"))]
+    if bars:
+        parts += ["<details><summary>every metric as bars</summary>", *bars, "</details>"]
     parts += ["<details><summary>evaluation configuration</summary>", config_block(summary["config"]), "</details>"]
+    return parts
+
+
+def _verdict_cell(check):
+    word = "n/a" if check.get("passed") is None else "pass" if check["passed"] else "FAIL"
+    value = _mean_ci({"mean": check.get("abs_spearman"), "ci95": check.get("ci95")})
+    return (f"<td class={'ok' if check.get('passed') else 'bad'}>{value} {word}"
+            f"{'?' if check.get('borderline') else ''}</td>")
+
+
+def _sanity_section(folder, prefix):
+    """The verdicts of the sanity checks and their figures."""
+    doc = _read_json(folder / "summary.json") or {}
+    rows = ["<tr><th>method</th><th>class check: |ρ| to a random class</th><th>randomization check: |ρ| at the "
+            "end</th></tr>"]
+    for method, v in doc.get("verdicts", {}).items():
+        rows.append(f"<tr><td>{_e(method)}</td>{_verdict_cell(v['class'])}{_verdict_cell(v['randomization'])}</tr>")
+    t = doc.get("thresholds", {})
+    parts = ["<h2>Sanity checks</h2>", f"<p>Does each map depend on the class it explains and on the model's "
+             f"parameters? A check passes when the mean |ρ| is below its threshold (class {t.get('class')}, "
+             f"randomization {t.get('randomization')}); ? marks a verdict whose 95% interval holds the threshold.</p>",
+             "<div class=scroll><table>" + "\n".join(rows) + "</table></div>"]
+    figures = [("curves_randomization.png", "similarity to the original map as the model is randomized"),
+               ("class_pairs.png", "the explained class's map beside the runner-up's")]
+    figures += [(p.name, "cascading randomization, one image") for p in sorted(folder.glob("cascade_*.png"))]
+    parts += [img(name, alt, prefix) for name, alt in figures if (folder / name).exists()]
+    return parts
+
+
+def _sweep_section(folder, prefix):
+    """The recommended γ, how it was chosen, the Pareto front and the surfaces."""
+    doc = _read_json(folder / "best_gamma.json") or {}
+    rec = doc.get("recommended", {})
+    sanity = rec.get("sanity", {})
+    parts = ["<h2>Which γ: the sweep</h2>",
+             f"<p>Recommended: <b>{_e(rec.get('method', '?'))}</b> (Conv2d γ {_e(rec.get('conv_gamma'))}, Linear γ "
+             f"{_e(rec.get('lin_gamma'))}); class check "
+             f"{'passed' if sanity.get('passes_class_check') else '<span class=bad>failed</span>'} (|ρ| "
+             f"{sanity.get('class_abs_rho', float('nan')):.2f}). Rule: {_e(rec.get('rule', ''))}. "
+             f"{len(doc.get('class_check_failed', []))} cell(s) fail the class check. The Conv2d γ only moves "
+             "relevance inside each patch, so these patch-level metrics hardly tell Conv2d γ values apart.</p>"]
+    if (folder / "pareto.png").exists():
+        parts.append(img("pareto.png", "Pareto front of the cells", prefix))
+    parts += [img(p.name, p.stem.replace("_", " "), prefix) for p in sorted(folder.glob("surface_*.png"))]
     return parts
 
 
 def incomplete_runs(results_dir):
     """``{'train': marker text, ...}`` for the training and explaining folders whose last run did not finish."""
-    notes = {sub: incomplete_note(Path(results_dir) / sub) for sub in ("train", "lrp_samples", "lrp_eval")}
+    notes = {sub: incomplete_note(Path(results_dir) / sub) for sub in SECTIONS if sub != "pairs"}
     return {sub: note for sub, note in notes.items() if note is not None}
 
 
@@ -225,11 +281,15 @@ def write_results_gallery(results_dir, title=""):
         body += _heatmap_section(root / "lrp_samples", "lrp_samples/")
     if "lrp_eval" in found:
         body += _evaluation_section(root / "lrp_eval", "lrp_eval/")
+    if "sanity" in found:
+        body += _sanity_section(root / "sanity", "sanity/")
+    if "sweep" in found:
+        body += _sweep_section(root / "sweep", "sweep/")
     if "pairs" in found:
         body += ["<h2>Swapped-mark pairs</h2>", '<p><a href="pairs/index.html">each method on the same bird with '
                  "its own and another class's mark</a></p>"]
     if not body:
-        body = ["<p>Nothing here yet: no train/, lrp_samples/ or lrp_eval/ results.</p>"]
+        body = ["<p>Nothing here yet: no train/, lrp_samples/, lrp_eval/, sanity/ or sweep/ results.</p>"]
     path = root / "index.html"
     write_text(path, page(title or default_title(root), "\n".join(body)))
     return path

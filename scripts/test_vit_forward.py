@@ -58,8 +58,8 @@ def choose_gammas(cfg):
     conv = [f"--conv-gamma {cfg.CONV_GAMMA}"] if "CONV_GAMMA" in given else []
     lin = ([f"--lin-gamma {cfg.LIN_GAMMA}"] if "LIN_GAMMA" in given else []) + (
         [f"LIN_GAMMA_SCHEDULE {cfg.LIN_GAMMA_SCHEDULE}"] if cfg.LIN_GAMMA_SCHEDULE else [])
-    for clash in (both + conv + lin if both else []), (both if len(both) > 1 else []), (lin if len(lin) > 1 else []):
-        if clash:
+    for clash in (both + conv + lin if both else []), lin:
+        if len(clash) > 1:
             raise UserError(f"{' and '.join(clash[:2])} both set the gammas: keep one of them (PRESET and "
                             "GAMMA_FILE set both gammas; LIN_GAMMA_SCHEDULE replaces LIN_GAMMA)")
     if cfg.GAMMA_FILE:
@@ -72,6 +72,13 @@ def choose_gammas(cfg):
     if cfg.LIN_GAMMA_SCHEDULE:
         return conv, lin_gamma_value(cfg.LIN_GAMMA_SCHEDULE, "LIN_GAMMA_SCHEDULE"), "CONV_GAMMA, LIN_GAMMA_SCHEDULE"
     return conv, check_gamma("LIN_GAMMA", cfg.LIN_GAMMA), "CONV_GAMMA, LIN_GAMMA"
+
+
+def lin_source(source):
+    """What set the Linear γ, for messages: LIN_GAMMA, LIN_GAMMA_SCHEDULE, or the preset's or file's Linear γ."""
+    if source.startswith(("PRESET", "GAMMA_FILE")):
+        return f"the Linear γ of {source}"
+    return source.split(", ")[-1]
 
 
 def check_config(cfg):
@@ -92,7 +99,7 @@ def main(cfg):
     device = dist.init(resolve_device(cfg.DEVICE))
     ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device)
     indices = sample_indices(len(dataset), cfg.NUM_SAMPLES, cfg.SEED, split=cfg.SPLIT)
-    check_schedules_fit([(f"the Linear γ of {source}", lin_gamma), *lrp.schedules(grid)], model)
+    check_schedules_fit([(lin_source(source), lin_gamma), *lrp.schedules(grid)], model)
     with ExitStack() as folder:  # rank 0 holds the folder; no results or page of an older run meanwhile
         run = folder.enter_context(RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", H.OUTPUT_NAMES,
                                              clear_first=("lrp_results.json", "index.html"))) if dist.is_main else None

@@ -185,7 +185,8 @@ def test_paired_csv_matches_per_image_differences(main_run):
 
 
 def test_reference_not_among_methods_is_one_line_before_any_work(trained_tiny, tmp_path):
-    code, stdout, stderr = run(trained_tiny, tmp_path / "out", num_images=4, methods="baseline,random")
+    code, stdout, stderr = run(trained_tiny, tmp_path / "out", num_images=4, methods="baseline,random",
+                               reference="balanced")
     assert code == 2
     assert error_lines(stderr) == ["error: REFERENCE 'balanced' is not among METHODS (baseline, random): set it to "
                                    "one of them, or leave it empty for no paired comparison"]

@@ -246,8 +246,11 @@ def test_sweep_writes_surfaces_csv_and_best_gamma(sweep_run):
     rec = doc["recommended"]
     assert rec["method"] in doc["pareto"] and rec["rule"] == S.RULE
     by_name = {c["method"]: c for c in cells}
-    for metric, best in doc["best"].items():  # the best per metric is the CSV's extreme
-        col = [float(c[metric]) for c in cells if math.isfinite(float(c[metric]))]
+    passing = [c for c in cells if c["class_check"] == "pass"]
+    assert rec["sanity"]["passes_class_check"] and rec["method"] in [c["method"] for c in passing]
+    assert sorted(doc["class_check_failed"]) == sorted(c["method"] for c in cells if c["class_check"] == "fail")
+    for metric, best in doc["best"].items():  # the best per metric is the extreme of the cells that pass
+        col = [float(c[metric]) for c in passing if math.isfinite(float(c[metric]))]
         assert float(by_name[best["method"]][metric]) == (max if METRICS[metric].higher else min)(col)
     assert doc["n_images"] == 8 and doc["presets"]["baseline"]["in_grid"]
     assert doc["presets"]["aggressive"]["method"] == "gamma:10:1" and doc["presets"]["aggressive"]["in_grid"]
@@ -318,7 +321,7 @@ def test_bad_grids_are_one_error_line(trained_tiny, tmp_path, flags, words):
 @pytest.mark.parametrize("script,flags,words", [
     ("evaluate_lrp", ("--methods", "gamma:1:0.5/0.2", "--num-images", 4, "--reference", ""),
      "method 'gamma:1:0.5/0.2': its Linear γ lists 2 values"),
-    ("test_vit_forward", ("--lin-gamma-schedule", "0.5/0.2"), "the Linear γ lists 2 values"),
+    ("test_vit_forward", ("--lin-gamma-schedule", "0.5/0.2"), "LIN_GAMMA_SCHEDULE lists 2 values"),
     ("test_vit_forward", ("--compare-methods", "gamma:1:0.5/0.2/0.1"), "its Linear γ lists 3 values"),
     ("sweep_gamma", ("--schedules", "0.5/0.2"), "SCHEDULES entry '0.5/0.2' lists 2 values"),
 ])

@@ -109,9 +109,9 @@ def _setting(cells, name):
 
 
 def best_gamma_doc(summary, cells, presets, class_failed=()):
-    """The content of ``best_gamma.json``: the recommended setting (with its sanity figures), the best per metric,
-    the front, the presets, and the cells that failed the class check (``class_failed``, left out of ``summary``
-    by the caller unless every cell failed)."""
+    """The content of ``best_gamma.json``: the recommended setting (with its sanity figures), the best per metric
+    (both among the cells of ``summary``: those that pass the class check, unless none does), the front, the
+    presets, and the cells that failed the class check (``class_failed``)."""
     rec = recommend(summary)
     front, sums = pareto_front(summary), rank_sums(summary)
     rho, passed = class_check(summary[rec]) if "class_sensitivity" in summary[rec] else (math.nan, False)

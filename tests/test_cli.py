@@ -1,11 +1,12 @@
 """vitlrp.cli: constants block → typed --flags, --help, one-line errors."""
 import ast
+import os
 import re
 import runpy
 from pathlib import Path
 
 import pytest
-from conftest import error_lines, run_script
+from conftest import REPO_ROOT, error_lines, run_script, run_script_inprocess
 
 from vitlrp import cli
 from vitlrp.errors import UserError
@@ -234,3 +235,139 @@ def test_sigterm_unwinds_like_ctrl_c_and_exits_143(ns, capsys):
     assert info.value.code == 143 and cleaned == [True]
     assert capsys.readouterr().err == "interrupted (SIGTERM)\n"
     assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+
+
+HELP_WITHOUT_FCNTL = '''\
+import contextlib, io, runpy, sys
+sys.modules["fcntl"] = None  # as on a platform without fcntl (Windows): importing it raises ImportError
+for script in sys.argv[1:]:
+    out, code = io.StringIO(), None
+    sys.argv = [script, "--help"]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+    print(f"=== {script} exit={code!r} usage={out.getvalue().startswith('usage: python ')}")
+'''
+
+
+def test_every_script_starts_without_fcntl():
+    """The folder lock must not need fcntl (issue 21): every script's --help runs with importing fcntl failing."""
+    import subprocess
+    import sys
+
+    scripts = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "scripts").glob("*.py"))
+    done = subprocess.run([sys.executable, "-c", HELP_WITHOUT_FCNTL, *scripts], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [ln for ln in done.stdout.splitlines() if ln.startswith("===")] == [
+        f"=== {s} exit=0 usage=True" for s in scripts]
+
+
+def test_no_module_imports_fcntl():
+    found = []
+    for path in sorted([*(REPO_ROOT / "vitlrp").glob("*.py"), *(REPO_ROOT / "scripts").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}:{node.lineno}" for n in names if n and n.split(".")[0] == "fcntl"]
+    assert not found, found
+
+
+# --- checks every script gets by the constant's name: paths that fit the file system, seeds numpy takes ----------
+def name_max(folder):
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError):
+        return 255
+
+
+def test_a_name_over_name_max_is_one_line_counted_in_bytes(tmp_path):
+    limit = name_max(tmp_path)
+    cli.check_path("OUTPUT_DIR", str(tmp_path / ("a" * limit) / "b"))  # at the limit: fine
+    for name in ("a" * (limit + 1), "é" * (limit // 2 + 1)):  # é is two bytes in UTF-8
+        with pytest.raises(UserError) as info:
+            cli.check_path("OUTPUT_DIR", str(tmp_path / "new" / name / "x"))
+        assert str(info.value) == (f"--output-dir: the name {name[:20] + '…' + name[-20:]!r} is "
+                                   f"{len(name.encode())} bytes long, over the {limit} bytes a file or folder name "
+                                   "may have on this file system (NAME_MAX); choose a shorter name")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_path_over_path_max_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path_max = os.pathconf(tmp_path, "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+    deep = "/".join(["d" * 100] * (path_max // 101 + 1))  # every name short, the whole too long
+    with pytest.raises(UserError, match=rf"^--checkpoint-path is \d+ bytes long as a full path, over the "
+                                        rf"{path_max - 1} bytes a path may have on this system \(PATH_MAX\); choose a "
+                                        r"shorter path$"):
+        cli.check_path("CHECKPOINT_PATH", deep)
+    cli.check_path("CHECKPOINT_PATH", "/".join(["d" * 100] * 3))
+
+
+@pytest.mark.parametrize("name,value,ok", [
+    ("SEED", 0, True), ("SEED", 2**32 - 1, True), ("SEED", -1, False), ("SEED", 2**32, False),
+    ("SEED", 10**20, False), ("SPLIT_SEED", -5, False), ("SEED", True, False), ("SEED_STYLE_IMAGES", -1, True)])
+def test_seeds_must_be_what_numpy_takes(name, value, ok):
+    if ok:
+        cli.check_value(name, value)
+        return
+    flag = "--" + name.lower().replace("_", "-")
+    with pytest.raises(UserError, match=rf"^{flag} must be an integer from 0 to 4294967295 \(2\*\*32 - 1\), got "):
+        cli.check_value(name, value)
+
+
+def test_a_path_too_long_that_slips_through_is_one_line(ns, capsys):
+    import errno
+
+    def main(cfg):
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), "/tmp/" + "x" * 300)
+
+    with pytest.raises(SystemExit) as info:
+        cli.run(main, ns, [])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f"error: a path is too long for the file system (/tmp/{'x' * 25}…{'x' * 30}): "
+                                       "choose shorter folder or file names\n")
+
+
+PATH_FLAGS = [(p.stem, name) for p in sorted((REPO_ROOT / "scripts").glob("*.py"))
+              for name in cli.block_names(p) if cli.is_path(name)]
+
+
+def test_every_script_has_its_paths_checked():
+    assert {s for s, _ in PATH_FLAGS} == {p.stem for p in (REPO_ROOT / "scripts").glob("*.py")}
+    assert ("download_cub", "ARCHIVE") in PATH_FLAGS and ("train_vit_cub", "PRETRAINED") in PATH_FLAGS
+
+
+@pytest.mark.parametrize("script,name", PATH_FLAGS)
+def test_a_name_too_long_for_the_file_system_is_one_line_in_every_script(script, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written, here or anywhere
+    flag, long_name = "--" + name.lower().replace("_", "-"), "n" * (name_max(tmp_path) + 45)
+    code, stdout, stderr = run_script_inprocess(script, flag, tmp_path / "new" / long_name)
+    assert code == 2 and stdout == ""
+    assert error_lines(stderr) == [f"error: {flag}: the name '{'n' * 20}…{'n' * 20}' is {len(long_name)} bytes long, "
+                                   f"over the {name_max(tmp_path)} bytes a file or folder name may have on this file "
+                                   "system (NAME_MAX); choose a shorter name"]
+    assert "Traceback" not in stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("script,flag", [("test_vit_forward", "--checkpoint-path"), ("evaluate_lrp", "--output-dir"),
+                                         ("train_vit_cub", "--checkpoint-dir")])
+def test_a_path_over_path_max_is_one_line_in_the_scripts_the_audit_named(script, flag, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_script_inprocess(script, flag, "/".join(["d" * 200] * 25))  # 5,025 bytes
+    assert code == 2 and "Traceback" not in stderr and list(tmp_path.iterdir()) == []
+    path_max = os.pathconf(tmp_path, "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+    assert [ln.split(" is ")[0] + " ..." + ln.split("bytes long")[1] for ln in error_lines(stderr)] == [
+        f"error: {flag} ... as a full path, over the {path_max - 1} bytes a path may have on this system (PATH_MAX); "
+        "choose a shorter path"]
+
+
+@pytest.mark.parametrize("script,seed", [("evaluate_lrp", "-1"), ("train_vit_cub", "99999999999999999999"),
+                                         ("make_synthetic_cub", "4294967296")])
+def test_a_seed_numpy_cannot_take_is_one_line_before_any_work(script, seed, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = run_script_inprocess(script, "--seed", seed, "--dataset-root", tmp_path / "none")
+    assert code == 2 and stdout == "" and "Traceback" not in stderr and list(tmp_path.iterdir()) == []
+    assert error_lines(stderr) == [f"error: --seed must be an integer from 0 to 4294967295 (2**32 - 1), got {seed}"]

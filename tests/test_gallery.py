@@ -11,9 +11,11 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
 
 
 def render_dom(page, tmp_path):
-    """The DOM of ``page`` after load, from headless Chromium (flags keep it off the closed network)."""
+    """The DOM of ``page`` after load in a 1280 px wide window, from headless Chromium (flags keep it off the closed
+    network)."""
     result = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--hide-scrollbars", "--window-size=1280,900",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--allow-file-access-from-files",
          "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
@@ -24,6 +26,13 @@ def render_dom(page, tmp_path):
 
 def image_counts(dom):
     match = re.search(r'data-images="loaded:(\d+) broken:(\d+)"', dom)
+    assert match, "the page's load check did not run"
+    return int(match.group(1)), int(match.group(2))
+
+
+def widths(dom):
+    """(content width, window width) in CSS px, as the page measured them after load."""
+    match = re.search(r'data-width="content:(\d+) window:(\d+)"', dom)
     assert match, "the page's load check did not run"
     return int(match.group(1)), int(match.group(2))
 
@@ -64,11 +73,14 @@ def test_gallery_links_are_relative_and_cover_every_section(results):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium; .ci/run does it)")
-def test_every_picture_loads_in_headless_chromium(results, tmp_path):
+def test_every_picture_loads_and_fits_the_page_in_headless_chromium(results, tmp_path):
     for page in (results / "index.html", results / "lrp_samples" / "index.html"):
         srcs = re.findall(r'<img src="([^"]+)"', page.read_text(encoding="utf-8"))
-        loaded, broken = image_counts(render_dom(page, tmp_path))
+        dom = render_dom(page, tmp_path)
+        loaded, broken = image_counts(dom)
         assert (loaded, broken) == (len(srcs), 0), page
+        content, window = widths(dom)
+        assert window == 1280 and content <= window, f"{page} scrolls sideways: {content} px in a {window} px window"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium; .ci/run does it)")
@@ -81,6 +93,41 @@ def test_a_missing_picture_is_reported_by_the_page(results, tmp_path):
     loaded, broken = image_counts(dom)
     assert broken == 1 and loaded > 0
     assert "could not be loaded" in dom and victim.name in dom
+
+
+def test_the_title_names_the_model_trained_and_wide_pictures_are_held_to_the_page(results):
+    html = (results / "index.html").read_text(encoding="utf-8")
+    title = "vit_tiny on CUB-200-2011: AttnLRP with the Gamma rule"  # the fixture trained vit_tiny, from scratch
+    assert f"<title>{title}</title>" in html and f"<h1>{title}</h1>" in html and "ViT-B/16" not in html
+    assert "<p>Model: vit_tiny (initial weights: none).</p>" in html
+    from PIL import Image
+
+    assert Image.open(results / "lrp_eval" / "ranking.png").width > 1280  # a picture wider than the window...
+    assert "img{max-width:100%;height:auto}" in html  # ...shrinks to the page: every <img>, not only in cards
+    assert html.count("<table>") == html.count("<div class=scroll><table>") > 0  # a wide table scrolls in its box
+
+
+@pytest.mark.parametrize("sub,kind,page", [("lrp_samples", "a heatmap run", True),
+                                           ("lrp_eval", "an evaluation run", False),
+                                           ("train", "a training run", False)])
+def test_one_runs_folder_is_refused_and_its_page_kept(results, sub, kind, page):
+    folder = results / sub
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    code, out, err = run_script_inprocess("build_gallery", "--results-dir", folder)
+    own = f"its own page is {folder / 'index.html'}" if page else "it has no page of its own"
+    assert code == 2 and out == "" and [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        f"error: RESULTS_DIR {folder} holds {kind}, not a results folder ({own}); pass the folder that holds it and "
+        f"the other runs' folders: --results-dir {results}"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_a_folder_with_nothing_to_show_says_so_and_gets_no_page(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, out, err = run_script_inprocess("build_gallery", "--results-dir", tmp_path)
+    assert code == 2 and out == "" and [ln for ln in err.splitlines() if ln.startswith("error:")] == [
+        f"error: RESULTS_DIR {tmp_path} holds no results to show (none of train/, lrp_samples/, lrp_eval/, pairs/); "
+        "run the pipeline first or pass the folder that holds them"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_gallery_script_errors_on_a_missing_folder(tmp_path):
@@ -98,7 +145,8 @@ def test_gallery_script_on_a_file_or_an_unwritable_folder(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root ignores read-only permissions: the read-only case cannot be shown")
     locked = tmp_path / "locked"
-    locked.mkdir()
+    (locked / "train").mkdir(parents=True)
+    (locked / "train" / "summary.csv").write_text("epoch,top1,top5\n")
     locked.chmod(0o555)
     try:
         code, _, err = run_script_inprocess("build_gallery", "--results-dir", locked)

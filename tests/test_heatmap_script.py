@@ -18,7 +18,7 @@ from vitlrp.gamma import PRESETS
 from vitlrp.inputs import load_model_and_split
 from vitlrp.models import load_checkpoint
 from vitlrp.preprocess import Preprocessing
-from vitlrp.runfolder import LOCK
+from vitlrp.runfolder import MANIFEST, MARKER
 
 SCRIPT = "test_vit_forward"
 N = 6
@@ -375,7 +375,7 @@ def test_unreadable_image_is_skipped_and_reported(trained_tiny, tmp_path):
 def test_interrupted_run_leaves_no_stale_results_and_a_rerun_completes(trained_tiny, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    (out / LOCK).touch()  # an older run's folder (an older version of this project: its lock file, no list)
+    (out / MANIFEST).write_text('{"files": ["lrp_results.json"]}', encoding="utf-8")  # an earlier run's folder
     (out / "lrp_results.json").write_text('[{"sample_idx": 1, "stale": true}]', encoding="utf-8")
     import vitlrp.render
 
@@ -390,7 +390,8 @@ def test_interrupted_run_leaves_no_stale_results_and_a_rerun_completes(trained_t
 
     monkeypatch.setattr(vitlrp.render, "save_png", dying_save)
     code, stdout, stderr = explain(trained_tiny, out, n=3, batch_size=2)
-    assert code == 130 and "interrupted" in stderr
+    assert code == 130 and f"interrupted\nOUTPUT_DIR {out} is incomplete (see {MARKER}). To finish, run again: " \
+                           "python " in stderr  # how to finish, as the marker says
     assert not (out / "lrp_results.json").exists()  # the old results are gone: the folder is not complete
     monkeypatch.undo()
 

@@ -22,7 +22,7 @@ import vitlrp.render
 from vitlrp.cub import load_cub
 from vitlrp.gallery import write_results_gallery
 from vitlrp.inputs import sample_indices
-from vitlrp.runfolder import LOCK, MANIFEST, MARKER, FolderLock
+from vitlrp.runfolder import HOLDER, MANIFEST, MARKER, FolderLock
 
 HEAT, EVAL, INSPECT = "test_vit_forward", "evaluate_lrp", "inspect_lrp_predictions"
 
@@ -158,7 +158,7 @@ def test_lock_of_a_killed_run_is_taken_over_with_a_note(trained_tiny, tmp_path):
     code, _, stderr = explain(trained_tiny, out, n=1)
     assert code == 0, stderr[-2000:]
     assert f"note: a run that did not end cleanly (pid {holder.pid}" in stderr
-    assert (out / LOCK).read_text() == ""  # released
+    assert not (out / HOLDER).exists()  # released
 
 
 # --- 3. killed runs and leftovers of older runs -------------------------------------------------------------
@@ -205,7 +205,7 @@ def test_folder_holds_only_the_last_runs_files_or_says_it_is_incomplete(trained_
 def test_evaluation_folder_keeps_only_its_last_run(trained_tiny, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
-    (out / LOCK).touch()  # a folder of an older version of this project: its lock file, no list of the files
+    (out / MANIFEST).write_text('{"files": ["bar_old_metric.png", "summary.json"]}', encoding="utf-8")
     (out / "bar_old_metric.png").write_bytes(b"png")  # an older run's output name
     (out / "summary.json").write_text("{}", encoding="utf-8")
     (out / "notes.md").write_text("mine", encoding="utf-8")

@@ -26,7 +26,7 @@ from vitlrp.gallery import incomplete_runs
 from vitlrp.holdout import make_split
 from vitlrp.models import FORMAT, build_vit, load_checkpoint, model_from_checkpoint, pretrained_state_dict
 from vitlrp.preprocess import Preprocessing
-from vitlrp.runfolder import LOCK, MARKER, FolderLock
+from vitlrp.runfolder import HOLDER, LOCK, MARKER, FolderLock
 from vitlrp.training import evaluate, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -305,12 +305,12 @@ def test_evaluate_and_training_step_leave_unreadable_rows_out_exactly(cub_fixtur
     (["--grad-clip", "nan"], "GRAD_CLIP must be a finite number, got nan"),
     (["--lr", "inf"], "LR must be a finite number, got inf"),
     (["--stop-after", "-1"], "STOP_AFTER must be 0 or more, got -1"),
-    (["--seed", "-3"], "SEED must be 0 or more, got -3"),
+    (["--seed", "-3"], "--seed must be an integer from 0 to 4294967295 (2**32 - 1), got -3"),
     (["--overwrite", "true", "--resume", "true"], "choose one"),
     (["--image-size", "33"], "IMAGE_SIZE 33 must be a multiple of vit_tiny's patch size 16"),
     (["--image-size", "4096"], "IMAGE_SIZE must be between 1 and 2048 px, got 4096"),
     # enormous values: each was a traceback or an endless run
-    (["--seed", "99999999999999999999"], "SEED must be at most 18446744073709551615 (2**64 - 1, torch's seed range)"),
+    (["--seed", "99999999999999999999"], "--seed must be an integer from 0 to 4294967295 (2**32 - 1)"),
     (["--epochs", "99999999999999999999"], "EPOCHS must be at most 10000"),
     (["--batch-size", "99999999999999999999"], "BATCH_SIZE 99999999999999999999 is larger than the 180 training"),
     (["--warmup-epochs", "99999999999999999999"], "WARMUP_EPOCHS 99999999999999999999 is longer than the run"),
@@ -426,7 +426,7 @@ def test_a_second_run_into_a_busy_checkpoint_dir_is_refused_and_a_stale_lock_tak
     assert "is in use by another run" in one_error(code, stderr) and f"pid {os.getpid()}" in stderr
     assert stdout == "" and not list(ck.glob("*.pt"))
 
-    (ck / LOCK).write_text(json.dumps({"pid": 999999, "host": "gone"}))  # left by a killed run
+    (ck / HOLDER).write_text(json.dumps({"pid": 999999, "host": "gone"}))  # left by a killed run
     code, _, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "1")
     assert code == 0, stderr[-2000:]
     assert "taking over" in stderr

@@ -4,20 +4,21 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import namedtuple
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TINY_TRAIN_FLAGS
 
 import vitlrp.fileio
 import vitlrp.runfolder
 from vitlrp.errors import UserError
 from vitlrp.fileio import atomic_path, ensure_writable_dir, torch_save, write_text
 from vitlrp.heatmaps import OUTPUT_NAMES
-from vitlrp.runfolder import LOCK, MANIFEST, MARKER, FolderLock, RunFolder
+from vitlrp.runfolder import HOLDER, LOCK, MANIFEST, MARKER, FolderLock, RunFolder
 
 USERS = {"predictions.csv": "mine", "lrp_notes.txt": "notes", "config.json": '{"mine": 1}', "index.html": "<p>mine",
          "my_plot.png": "png"}  # the last matches no output name of a heatmap run
@@ -106,12 +107,13 @@ def test_a_killed_runs_unlisted_files_are_the_projects(tmp_path):
     assert not (out / "lrp_heatmap_000007.png").exists() and not (out / MARKER).exists()
 
 
-def test_a_folder_of_an_older_version_keeps_its_old_behaviour_once(tmp_path):
+def test_a_folder_with_a_lock_but_no_list_is_not_taken_as_the_projects(tmp_path):
     out = users_folder(tmp_path / "out")
-    (out / LOCK).touch()  # the older version left its lock file but kept no list
-    a_run(out, {"lrp_results.json": "[]", "config.json": "{}"})
-    assert {p.name for p in out.iterdir()} == {"lrp_results.json", "config.json", "my_plot.png", LOCK, MANIFEST}
-    assert json.loads((out / MANIFEST).read_text())["files"] == ["config.json", "lrp_results.json"]
+    (out / LOCK).touch()  # a lock file alone says nothing about whose the other files are
+    before = snapshot(out)
+    with pytest.raises(UserError, match=r"holds files this project did not write \(config.json, index.html"):
+        a_run(out, {"lrp_results.json": "[]", "config.json": "{}"})
+    assert snapshot(out) == before
 
 
 def test_overwrite_takes_the_users_files_as_replaceable(tmp_path):
@@ -139,12 +141,17 @@ def no_space(*args, **kwargs):
 def test_a_full_disk_when_taking_the_lock_is_one_line_and_releases_it(tmp_path, monkeypatch):
     out = tmp_path / "out"
     fds = open_fds()
-    monkeypatch.setattr(vitlrp.runfolder.os, "pwrite", no_space)
-    with pytest.raises(UserError, match=r"^disk full while writing in OUTPUT_DIR .*out \(.* MiB free\); free some "
+
+    def holder_fails(path, obj):
+        with atomic_path(path):
+            no_space()
+
+    monkeypatch.setattr(vitlrp.runfolder, "write_json", holder_fails)
+    with pytest.raises(UserError, match=rf"^disk full while writing {out / HOLDER} \(.* MiB free\); free some "
                                         r"space and run again$"):
         FolderLock(out, "OUTPUT_DIR").__enter__()
     monkeypatch.undo()
-    assert open_fds() == fds
+    assert open_fds() == fds and not (out / HOLDER).exists() and not list(out.glob(".*.tmp"))
     with FolderLock(out, "OUTPUT_DIR"):  # released: this process may take it again
         pass
 
@@ -161,7 +168,9 @@ def test_a_full_disk_when_marking_the_folder_keeps_the_last_results(tmp_path, mo
     with pytest.raises(UserError, match=f"disk full while writing {out / MARKER}"):
         RunFolder(out, "OUTPUT_DIR", OUTPUT_NAMES, clear_first=("lrp_results.json",)).__enter__()
     assert (out / "lrp_results.json").read_text() == "[1]"  # the marker comes first: no half-cleared folder
-    assert (out / LOCK).read_text() == "" and not list(out.glob(".*.tmp"))
+    assert not (out / HOLDER).exists() and not list(out.glob(".*.tmp"))
+    with FolderLock(out, "OUTPUT_DIR"):  # released
+        pass
 
 
 FULL = namedtuple("usage", "total used free")(2**30, 2**30, 0)
@@ -207,21 +216,95 @@ def test_a_killed_runs_temporary_files_are_removed_with_a_note(tmp_path, capsys)
     assert ".vit_cub_last.pt.k3j_9xq2.tmp" in err
 
 
-def test_sigterm_leaves_the_folder_marked_unlocked_and_clean(tmp_path):
-    out = tmp_path / "out"
-    code = ("import time\nfrom vitlrp import cli\nfrom vitlrp.fileio import atomic_path\n"
-            "from vitlrp.runfolder import RunFolder\n"
-            "def main(cfg):\n"
-            f"    with RunFolder({str(out)!r}, 'OUTPUT_DIR', ['*.pt']), atomic_path({str(out / 'x.pt')!r}) as tmp:\n"
-            "        tmp.write_bytes(b'half'); print('writing', flush=True); time.sleep(60)\n"
-            "cli.run(main, {})\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+def start_run(tmp_path, out, how=""):
+    """A script that takes ``out`` as a RunFolder (marker ``how`` if given), starts an atomic write and waits to be
+    signalled; returns (process, script path) once it is writing."""
+    script = tmp_path / "longrun.py"
+    script.write_text(
+        "import time\nfrom vitlrp import cli\nfrom vitlrp.fileio import atomic_path\n"
+        "from vitlrp.runfolder import RunFolder\n"
+        "def main(cfg):\n"
+        f"    with RunFolder({str(out)!r}, 'OUTPUT_DIR', ['*.pt']) as run, atomic_path({str(out / 'x.pt')!r}) as tmp:\n"
+        f"        if {how!r}:\n"
+        f"            run.mark(how={how!r})\n"
+        "        tmp.write_bytes(b'half'); print('writing', flush=True); time.sleep(60)\n"
+        "cli.run(main, {})\n", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.stdout.readline().strip() == "writing"
+    return proc, script
+
+
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted"),
+                                           (signal.SIGTERM, 143, "interrupted (SIGTERM)")])
+def test_an_interrupted_run_says_how_to_finish_and_leaves_the_folder_marked_unlocked_and_clean(tmp_path, sig, code,
+                                                                                              said):
+    out = tmp_path / "out"
+    proc, script = start_run(tmp_path, out)
     try:
-        assert proc.stdout.readline().strip() == "writing"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 143 and stderr == "interrupted (SIGTERM)\n"
-    assert (out / MARKER).exists() and (out / LOCK).read_text() == "" and not list(out.glob(".*.tmp"))
+    how = f"To finish, run again: python {script}"
+    assert proc.returncode == code
+    assert stderr == f"{said}\nOUTPUT_DIR {out} is incomplete (see {MARKER}). {how}\n"
+    assert (out / MARKER).read_text(encoding="utf-8").endswith(f"\n{how}\n")  # the console says what the marker says
+    assert not (out / HOLDER).exists() and not list(out.glob(".*.tmp"))
+    with FolderLock(out, "OUTPUT_DIR"):  # released
+        pass
+
+
+def test_ctrl_c_prints_the_how_to_finish_the_run_gave_its_marker(tmp_path):
+    out = tmp_path / "out"
+    how = "Its checkpoints are in ck; to continue from the last one, run: python train.py --resume true"
+    proc, _ = start_run(tmp_path, out, how)
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and stderr == f"interrupted\nOUTPUT_DIR {out} is incomplete (see {MARKER}). {how}\n"
+
+
+def test_ctrl_c_in_training_prints_the_command_that_resumes_it(mini_cub, tmp_path):
+    out, ck = tmp_path / "train", tmp_path / "ck"
+    with open(tmp_path / "stderr.txt", "w+", encoding="utf-8") as err:  # a file: progress bars never fill a pipe
+        proc = subprocess.Popen(
+            [sys.executable, "scripts/train_vit_cub.py", "--dataset-root", str(mini_cub), *TINY_TRAIN_FLAGS,
+             "--epochs", "50", "--checkpoint-dir", str(ck), "--output-dir", str(out)], cwd=REPO_ROOT,
+            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        try:
+            assert any(line.startswith("epoch 1/50 ") for line in proc.stdout)  # a checkpoint to resume from is saved
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        err.seek(0)
+        stderr = err.read()
+    how = (out / MARKER).read_text(encoding="utf-8").splitlines()[-1]
+    assert how.startswith(f"Its checkpoints are in {ck}; to continue from the last one, run: python "
+                          "scripts/train_vit_cub.py ") and how.endswith(" --resume true")
+    assert proc.returncode == 130 and stderr.endswith(f"\ninterrupted\nOUTPUT_DIR {out} is incomplete (see {MARKER}). "
+                                                      f"{how}\n")
+
+
+def test_a_killed_run_never_blocks_the_folder_and_its_leftovers_go(tmp_path, capsys):
+    out = tmp_path / "out"
+    proc, script = start_run(tmp_path, out)
+    try:
+        with pytest.raises(UserError, match=rf"^OUTPUT_DIR {out} is in use by another run \(pid {proc.pid} on host "
+                                            rf"{socket.gethostname()}, started .*, {script.name}\); wait for it"):
+            FolderLock(out, "OUTPUT_DIR").__enter__()
+        proc.send_signal(signal.SIGKILL)  # no clean-up runs: the holder record and a temporary file stay
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert (out / HOLDER).exists() and len(list(out.glob(".*.tmp"))) == 1
+    with RunFolder(out, "OUTPUT_DIR", ["*.pt"]) as run:
+        run.finish([])
+    err = capsys.readouterr().err
+    assert f"note: a run that did not end cleanly (pid {proc.pid} on host {socket.gethostname()}" in err
+    assert f"{script.name}) held {out}; taking over" in err and "removed 1 temporary file(s)" in err
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, MANIFEST])  # no holder, marker or temporary file

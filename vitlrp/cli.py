@@ -3,13 +3,17 @@
 The constants block is the run of top-level assignments at the top of a script, before its first ``import``.
 Each UPPER_CASE constant (bool, int, float, str or list) assigned there can be overridden as
 ``--kebab-case value`` (or ``--kebab-case=value``), typed by its default: bools take true/false, lists take
-comma-separated values; a folder (``*_DIR``, ``*_ROOT``) cannot be set empty. UPPER_CASE names defined after the
-first import (tables the code uses, such as the training script's ``RECIPE``) are not settings and never become
-flags. ``--help`` lists the flags with their defaults and the comment written beside each. Bad flags and
-:class:`~vitlrp.errors.UserError` end the script with one line; so do Ctrl-C and SIGTERM, after the clean-up of
-``with`` blocks and ``finally``.
+comma-separated values; a folder (``*_DIR``, ``*_ROOT``) cannot be set empty. Some values are checked by name for
+every script: a path (``*_PATH``, ``*_DIR``, ``*_ROOT``, ``*_FILE``, ``ARCHIVE``, ``PRETRAINED``) must fit the file
+system's name and path limits, a seed (``SEED``, ``*_SEED``) must be one numpy accepts. UPPER_CASE names defined
+after the first import (tables the code uses, such as the training script's ``RECIPE``) are not settings and never
+become flags. ``--help`` lists the flags with their defaults and the comment written beside each. Bad flags and
+:class:`~vitlrp.errors.UserError` end the script with one line; so do Ctrl-C and SIGTERM (with how to finish the
+folders the run left incomplete), after the clean-up of ``with`` blocks and ``finally``, and a path too long for the
+file system.
 """
 import ast
+import errno
 import os
 import re
 import shlex
@@ -19,11 +23,16 @@ import threading
 import tokenize
 from types import SimpleNamespace
 
+from . import runfolder
 from .errors import UserError
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 _SUPPORTED = (bool, int, float, str, list, tuple)
+# constants that name a file or folder: their values must fit the file system's limits
+_PATH_SUFFIXES = ("_PATH", "_DIR", "_ROOT", "_FILE")
+_PATH_NAMES = ("ARCHIVE", "PRETRAINED")  # a local archive; a weights name or a weights file
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes no more; torch and random accept it
 
 
 def _flag(name):
@@ -100,6 +109,57 @@ def parse_value(name, text, default):
     return text
 
 
+def _short(text, keep=40):
+    """``text`` cut to about ``keep`` characters for a one-line message."""
+    return text if len(text) <= keep else f"{text[:keep // 2]}…{text[-keep // 2:]}"
+
+
+def _limits(path):
+    """(NAME_MAX, PATH_MAX) in bytes of the file system ``path`` would be on (its nearest existing folder's)."""
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:  # isdir is False for a too long path
+        folder = os.path.dirname(folder)
+
+    def conf(key, unknown):
+        try:
+            value = os.pathconf(folder, key)
+        except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no such setting
+            return unknown
+        return value if value and value > 0 else unknown
+
+    return conf("PC_NAME_MAX", 255), conf("PC_PATH_MAX", 4096)
+
+
+def check_path(name, value):
+    """Refuse a path whose file or folder name, or whole length, is over the file system's limit (one line)."""
+    if not isinstance(value, str) or not value:
+        return
+    name_max, path_max = _limits(value)
+    for part in value.replace(os.sep, "/").split("/"):
+        if len(os.fsencode(part)) > name_max:
+            raise UserError(f"{_flag(name)}: the name {_short(part)!r} is {len(os.fsencode(part))} bytes long, over "
+                            f"the {name_max} bytes a file or folder name may have on this file system (NAME_MAX); "
+                            "choose a shorter name")
+    full = len(os.fsencode(os.path.abspath(value)))
+    if full >= path_max:  # PATH_MAX counts the terminating NUL
+        raise UserError(f"{_flag(name)} is {full} bytes long as a full path, over the {path_max - 1} bytes a path may "
+                        "have on this system (PATH_MAX); choose a shorter path")
+
+
+def is_path(name):
+    """Whether the constant ``name`` names a file or folder (checked against the file system's limits)."""
+    return name.endswith(_PATH_SUFFIXES) or name in _PATH_NAMES
+
+
+def check_value(name, value):
+    """The checks every script gets by the constant's name: paths fit the file system, seeds fit numpy."""
+    if is_path(name):
+        check_path(name, value)
+    if (name == "SEED" or name.endswith("_SEED")) and not (
+            isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX):
+        raise UserError(f"{_flag(name)} must be an integer from 0 to {SEED_MAX} (2**32 - 1), got {value!r}")
+
+
 def _format_default(value):
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -168,6 +228,8 @@ def configure(namespace, argv=None, help_notes=None):
         values[name] = parse_value(name, text, consts[name])
         given.add(name)
         i += 1
+    for name, value in values.items():
+        check_value(name, value)
     namespace.update(values)
     cfg = SimpleNamespace(**values)
     cfg._given = frozenset(given)
@@ -226,10 +288,12 @@ def run(main, namespace, argv=None, help_notes=None):
     """Parse flags into ``namespace`` and call ``main(cfg)``; a UserError becomes one line and exit status 2.
 
     ``main`` may return an int exit status (e.g. 1 when some samples failed). Ctrl-C exits with 130, SIGTERM with
-    143 (128 + the signal, as the shell reports a process the signal ended).
+    143 (128 + the signal, as the shell reports a process the signal ended), each after a line per folder the run
+    left incomplete saying how to finish it.
     """
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    runfolder.unfinished()  # forget what an earlier run in this process left (tests run scripts in-process)
     try:
         cfg = configure(namespace, argv, help_notes)
         status = main(cfg)
@@ -238,8 +302,15 @@ def run(main, namespace, argv=None, help_notes=None):
         raise SystemExit(2) from None
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
-        print("interrupted" + (" (SIGTERM)" if terminated else ""), file=sys.stderr)
+        print("\n".join(["interrupted" + (" (SIGTERM)" if terminated else ""), *runfolder.unfinished()]),
+              file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM if terminated else 130) from None
+    except OSError as err:
+        if err.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"error: a path is too long for the file system ({_short(str(err.filename or '?'), 60)}): choose "
+              "shorter folder or file names", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         if main_thread and previous is not None:  # None: set outside Python, it cannot be put back
             signal.signal(signal.SIGTERM, previous)

@@ -5,30 +5,42 @@ from pathlib import Path
 
 from .fileio import write_text
 from .holdout import best_row, picked_on
-from .runfolder import MARKER, incomplete_note
+from .runfolder import MANIFEST, MARKER, incomplete_note
 
+# every picture and table is held to the page width: a wide figure shrinks, a wide table scrolls in its own box
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px}
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px;overflow-wrap:break-word}
 h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+img{max-width:100%;height:auto}
 .card{margin:1em 0;padding:.6em;border:1px solid #e3e3e3;border-radius:6px}
-.card img{max-width:100%;display:block;margin:.3em 0}
+.card img{display:block;margin:.3em 0}
 .ok{color:#1a7f37} .bad{color:#c62828} .note{color:#555;font-size:.92em}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.92em} td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left} pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:.85em}
 """
+# the files that tell one run's output folder (and what ran there) from a results folder holding several
+_RUN_FILES = (("lrp_results.json", "a heatmap run"), ("pairs.json", "swapped-mark pairs"), ("cells.csv", "a γ sweep"),
+              ("summary.json", "an evaluation run"), ("summary.csv", "a training run"))
+# the subfolders a results folder's page shows, each with the file that says its run's results are there
+SECTIONS = {"train": "summary.csv", "lrp_samples": "lrp_results.json", "lrp_eval": "summary.json",
+            "pairs": "index.html"}
 
 
 def _e(text):
     return html.escape(str(text))
 
 
-# After loading, the page counts its images and flags missing ones (a moved or deleted PNG shows up at once).
+# After loading, the page counts its images and flags missing ones (a moved or deleted PNG shows up at once); it also
+# records how wide its content is against the window (wider means the page scrolls sideways).
 _CHECK = """
 <script>
 window.addEventListener('load', () => {
   const imgs = [...document.images];
   const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0));
-  document.documentElement.dataset.images = `loaded:${imgs.length - broken.length} broken:${broken.length}`;
+  const root = document.documentElement;
+  root.dataset.images = `loaded:${imgs.length - broken.length} broken:${broken.length}`;
+  root.dataset.width = `content:${root.scrollWidth} window:${root.clientWidth}`;
   if (broken.length) {
     const p = document.createElement('p');
     p.className = 'bad';
@@ -99,7 +111,10 @@ def _training_section(train_dir, prefix):
     with open(train_dir / "summary.csv", encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     best = best_row(rows)
+    config = _read_json(train_dir / "config.json") or {}
     parts = ["<h2>Training</h2>"]
+    if config.get("MODEL"):
+        parts.append(f"<p>Model: {_e(config['MODEL'])} (initial weights: {_e(config.get('PRETRAINED', '?'))}).</p>")
     if best and picked_on(rows) == "val":
         parts.append(f"<p>{len(rows)} epochs; best on val: epoch {best['epoch']} (val top-1 "
                      f"{float(best['val_top1']):.1%}), test top-1 {float(best['top1']):.1%} (top-5 "
@@ -109,7 +124,6 @@ def _training_section(train_dir, prefix):
                      f"test top-1 {float(best['top1']):.1%} (top-5 {float(best['top5']):.1%}).</p>")
     if (train_dir / "curves.png").exists():
         parts.append(img("curves.png", "training curves", prefix))
-    config = _read_json(train_dir / "config.json")
     if config:
         parts += ["<details><summary>training configuration</summary>", config_block(config), "</details>"]
     return parts
@@ -145,7 +159,7 @@ def summary_table(summary):
     for method, s in summary["methods"].items():
         cells = "".join(f"<td>{s[m]['mean']:.3f} ± {s[m]['ci95']:.3f}</td>" for m in METRICS)
         rows.append(f"<tr><td>{_e(method)}</td>{cells}</tr>")
-    return "<table>" + "\n".join(rows) + "</table>"
+    return "<div class=scroll><table>" + "\n".join(rows) + "</table></div>"
 
 
 def _evaluation_section(eval_dir, prefix):
@@ -173,24 +187,51 @@ def incomplete_runs(results_dir):
     return {sub: note for sub, note in notes.items() if note is not None}
 
 
-def write_results_gallery(results_dir, title="Results"):
-    """``index.html`` over a results folder holding any of ``train/``, ``lrp_samples/``, ``lrp_eval/``."""
+def run_folder_kind(folder):
+    """What ``folder`` holds when it is one run's output folder (e.g. ``'a heatmap run'``), else None."""
+    folder = Path(folder)
+    kind = next((kind for name, kind in _RUN_FILES if (folder / name).is_file()), None)
+    if kind is None and ((folder / MANIFEST).exists() or (folder / MARKER).exists()):
+        kind = "one run's outputs"
+    return kind
+
+
+def _with_results(results_dir):
+    return {sub for sub, name in SECTIONS.items() if (Path(results_dir) / sub / name).exists()}
+
+
+def shown(results_dir):
+    """The subfolders of ``results_dir`` its page shows (their results, or that their run did not finish)."""
+    listed = _with_results(results_dir) | set(incomplete_runs(results_dir))
+    return [sub for sub in SECTIONS if sub in listed]
+
+
+def default_title(results_dir):
+    """A page title naming the model the results folder's training run trained (``train/config.json``)."""
+    model = (_read_json(Path(results_dir) / "train" / "config.json") or {}).get("MODEL")
+    return f"{model if isinstance(model, str) and model else 'A ViT'} on CUB-200-2011: AttnLRP with the Gamma rule"
+
+
+def write_results_gallery(results_dir, title=""):
+    """``index.html`` over a results folder holding any of ``train/``, ``lrp_samples/``, ``lrp_eval/``, ``pairs/``
+    (``title`` empty: :func:`default_title`)."""
     root = Path(results_dir)
     body = [f"<p class=bad>{_e(sub)}/ holds a run that did not finish ({_e(MARKER)}): {_e(note)}</p>"
             for sub, note in incomplete_runs(root).items()]
-    if (root / "train" / "summary.csv").exists():
+    found = _with_results(root)
+    if "train" in found:
         body += _training_section(root / "train", "train/")
-    if (root / "lrp_samples" / "lrp_results.json").exists():
+    if "lrp_samples" in found:
         body += _heatmap_section(root / "lrp_samples", "lrp_samples/")
-    if (root / "lrp_eval" / "summary.json").exists():
+    if "lrp_eval" in found:
         body += _evaluation_section(root / "lrp_eval", "lrp_eval/")
-    if (root / "pairs" / "index.html").exists():
+    if "pairs" in found:
         body += ["<h2>Swapped-mark pairs</h2>", '<p><a href="pairs/index.html">each method on the same bird with '
                  "its own and another class's mark</a></p>"]
     if not body:
         body = ["<p>Nothing here yet: no train/, lrp_samples/ or lrp_eval/ results.</p>"]
     path = root / "index.html"
-    write_text(path, page(title, "\n".join(body)))
+    write_text(path, page(title or default_title(root), "\n".join(body)))
     return path
 
 

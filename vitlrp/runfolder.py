@@ -4,15 +4,15 @@ of the files this project's runs wrote there.
 While a run works, ``RUN_INCOMPLETE.txt`` says so (a killed or failed run leaves it); at its successful end the run
 removes the older runs' outputs it did not rewrite (only names it owns) and drops the marker, so every file matching
 the script's output names belongs to the last finished run. ``.vitlrp-run-files.json`` lists the files this
-project's runs wrote: a run refuses a folder that holds files of its output names not listed there, so it never
-overwrites or removes a file of the user's. A folder with the lock file but no list was written by an older version
-of this project, which kept none (or only ever locked, as the checkpoint folder is): its files of the output names
-count as its runs' (as they did then), and the next finished run writes the list. The lock is an ``fcntl.flock`` on
-``.vitlrp-run.lock``: the kernel releases it when its process dies, so a killed run never blocks the folder, and the
-next run removes the temporary files the killed one left.
+project's runs wrote: a run refuses a folder that holds files of its output names not listed there (unless a marker
+says an unfinished run wrote them), so it never overwrites or removes a file of the user's.
+
+The lock is the ``filelock`` package's on ``.vitlrp-run.lock`` (``flock`` on Unix, ``LockFileEx`` on Windows): the
+operating system releases it when its process dies, so a killed run never blocks the folder. Who holds it (pid, host,
+start, script) is in ``.vitlrp-run-holder.json``, written once the lock is taken and removed when it is released: a
+second run names the holder from it, and a run that finds it left behind says a run did not end cleanly and removes
+the temporary files that run left.
 """
-import errno
-import fcntl
 import fnmatch
 import json
 import os
@@ -22,18 +22,35 @@ import sys
 import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from .errors import UserError
 from .fileio import ensure_writable_dir, free_space, is_disk_full, temp_files, write_json, write_text
 
 LOCK = ".vitlrp-run.lock"
+HOLDER = ".vitlrp-run-holder.json"
 MARKER = "RUN_INCOMPLETE.txt"
 MANIFEST = ".vitlrp-run-files.json"
-_BOOKKEEPING = {LOCK, MARKER, MANIFEST}
+_BOOKKEEPING = {LOCK, HOLDER, MARKER, MANIFEST}
+# one line per folder an interrupted run of this process left incomplete, with how to finish it (the command line
+# prints them after "interrupted"; see unfinished())
+_unfinished = []
 
 
 def _describe(info):
+    if not info:
+        return "it has not recorded who it is yet"
     return (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, started {info.get('started', '?')}"
             + (f", {info['script']}" if info.get("script") else ""))
+
+
+def _read(path):
+    """The JSON object at ``path``; empty if it is missing or unreadable."""
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _matches(name, patterns):
@@ -41,13 +58,8 @@ def _matches(name, patterns):
 
 
 def _listed(folder):
-    """The names the list of ``folder`` holds: None without a list, none if it is unreadable."""
-    try:
-        files = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8")).get("files", [])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, AttributeError):
-        return set()
+    """The names the list of ``folder`` holds (none without a list or if it is unreadable)."""
+    files = _read(Path(folder) / MANIFEST).get("files", [])
     return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
 
 
@@ -59,20 +71,19 @@ def _write_list(folder, names):
 def foreign_files(folder, patterns):
     """The files of ``folder`` matching ``patterns`` that no run of this project wrote (sorted names)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.is_dir() or (folder / MARKER).exists():  # an unfinished run wrote here and listed nothing yet
         return []
     listed = _listed(folder)
-    if (folder / MARKER).exists() or (listed is None and (folder / LOCK).exists()):
-        return []  # an unfinished run wrote here and listed nothing yet, or an older version that kept no list
-    return sorted(p.name for p in folder.iterdir() if p.name not in _BOOKKEEPING and p.name not in (listed or ())
+    return sorted(p.name for p in folder.iterdir() if p.name not in _BOOKKEEPING and p.name not in listed
                   and _matches(p.name, patterns) and p.is_file())
 
 
-def _unlock(fd):
-    # the file stays (unlinking a flocked file lets two runs lock two inodes); empty means released
-    os.ftruncate(fd, 0)
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
+def unfinished():
+    """The lines naming the folders that interrupted runs of this process left incomplete, each with how to finish
+    it; the list is emptied."""
+    lines = list(_unfinished)
+    _unfinished.clear()
+    return lines
 
 
 class FolderLock:
@@ -82,45 +93,45 @@ class FolderLock:
     lock is held or taken is one line naming the file and the free space.
     """
 
-    keeps_list = False  # whether taking the lock of a new folder starts its list of files (RunFolder does)
-
     def __init__(self, path, what="output folder"):
         if str(path) == "":  # Path("") is the current folder: never what an empty setting meant
             raise UserError(f"{what} is empty: give a folder")
-        self.path, self.what, self.fd = Path(path), what, None
+        self.path, self.what, self.lock, self.info = Path(path), what, None, {}
 
     def __enter__(self):
         ensure_writable_dir(self.path, self.what)
-        lock = self.path / LOCK
+        lock = FileLock(self.path / LOCK, blocking=False)
         try:
-            if self.keeps_list and not lock.exists() and _listed(self.path) is None:
-                _write_list(self.path, ())  # before the lock file: a lock without a list marks an older version
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            lock.acquire()
+        except Timeout:
+            raise UserError(f"{self.what} {self.path} is in use by another run ({_describe(_read(self.path / HOLDER))})"
+                            "; wait for it to end or choose another folder") from None
         except OSError as err:
             raise self._disk_full(err) or err from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            raise UserError(f"{self.what} {self.path} is in use by another run ({_describe(_read(lock))}); wait "
-                            f"for it to end or choose another folder") from None
-        try:
-            previous = _read(lock)
-            if previous:  # a holder that released cleanly empties the file: this one was killed
-                print(f"note: a run that did not end cleanly ({_describe(previous)}) held {self.path}; taking over",
-                      file=sys.stderr)
-            self.info = {"pid": os.getpid(), "host": socket.gethostname(),
-                         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "script": Path(sys.argv[0]).name}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(self.info).encode(), 0)
-            self._remove_temp_files()
+            self._take_over()
         except BaseException as err:
-            _unlock(fd)
+            self._release(lock)
             raise self._disk_full(err) or err from None
-        self.fd = fd
+        self.lock = lock
         return self
+
+    def _take_over(self):
+        """Note a holder that did not end cleanly, remove what it left, and record this one."""
+        previous = _read(self.path / HOLDER)
+        if previous:  # a holder that released its lock removed this file: this one was killed
+            print(f"note: a run that did not end cleanly ({_describe(previous)}) held {self.path}; taking over",
+                  file=sys.stderr)
+        self._remove_temp_files()
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(),
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "script": Path(sys.argv[0]).name}
+        write_json(self.path / HOLDER, self.info)
+
+    def _release(self, lock):
+        try:
+            (self.path / HOLDER).unlink(missing_ok=True)
+        finally:
+            lock.release()
 
     def _remove_temp_files(self):
         """A killed writer's temporary files: safe to remove, no other run writes here while we hold the lock."""
@@ -154,24 +165,15 @@ class FolderLock:
 
     def record(self, names):
         """Add ``names``, written under this lock, to the folder's list of files this project wrote."""
-        listed = _listed(self.path)
-        if listed is not None:  # an older version's folder has no list: its next finished run writes one
-            _write_list(self.path, listed | set(names))
+        _write_list(self.path, _listed(self.path) | set(names))
 
     def __exit__(self, exc_type, exc, tb):
-        _unlock(self.fd)
-        self.fd = None
+        self._release(self.lock)
+        self.lock = None
         full = self._disk_full(exc)
         if full:
             raise full from None
         return False
-
-
-def _read(lock):
-    try:
-        return json.loads(Path(lock).read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
-        return {}
 
 
 def incomplete_note(folder):
@@ -195,14 +197,14 @@ class RunFolder(FolderLock):
 
     ``owned``: glob patterns of the names this script writes (only these are ever removed); a folder holding files
     of these names that no run of this project wrote is refused, unless ``overwrite`` (the user said so). A full
-    disk inside the ``with`` block becomes one line naming the file and the free space; the marker stays.
+    disk inside the ``with`` block becomes one line naming the file and the free space; the marker stays. A run
+    interrupted (Ctrl-C, SIGTERM) inside it leaves a line saying how to finish for :func:`unfinished`.
     """
-
-    keeps_list = True
 
     def __init__(self, path, what, owned, clear_first=(), overwrite=False):
         super().__init__(path, what)
         self.owned, self.clear_first, self.overwrite = tuple(owned), tuple(clear_first), overwrite
+        self.how = None
 
     def __enter__(self):
         if not self.overwrite and not (self.path / LOCK).exists():
@@ -225,7 +227,8 @@ class RunFolder(FolderLock):
         command = shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "the same command"
         why = why or (f"This folder is incomplete: a run ({_describe(self.info)}) is writing it, or was killed or "
                       "failed before its end. Files here may mix that run's and an older run's outputs.")
-        write_text(self.path / MARKER, f"{why}\n{how or f'To finish, run again: {command}'}\n")
+        self.how = how or f"To finish, run again: {command}"
+        write_text(self.path / MARKER, f"{why}\n{self.how}\n")
 
     def finish(self, written):
         """The run ended: remove owned files it did not write (older runs' leftovers), list what it wrote, then drop
@@ -234,6 +237,11 @@ class RunFolder(FolderLock):
         for path in sorted(self.path.iterdir()):
             if path.name not in keep | _BOOKKEEPING and _matches(path.name, self.owned) and path.is_file():
                 path.unlink()
-        listed = (_listed(self.path) or set()) | keep  # other scripts' files listed here stay listed
+        listed = _listed(self.path) | keep  # other scripts' files listed here stay listed
         _write_list(self.path, {n for n in listed if (self.path / n).is_file()})
         (self.path / MARKER).unlink()
+
+    def __exit__(self, exc_type, exc, tb):
+        if isinstance(exc, KeyboardInterrupt) and self.how and (self.path / MARKER).exists():
+            _unfinished.append(f"{self.what} {self.path} is incomplete (see {MARKER}). {self.how}")
+        return super().__exit__(exc_type, exc, tb)

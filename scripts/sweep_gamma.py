@@ -147,6 +147,9 @@ def print_report(cfg, out, cells, found, seconds):
             vals = "".join(f"{summary[name][m]['mean']:>10.3f} ±{summary[name][m]['ci95']:<5.3f}" for m in S.OBJECTIVES)
             print(f"{label:<16}{name:<26}{vals}{sums[name]:>10}  {'yes' if name in front else 'no'}")
     print(f"Recommended γ: {rec} (rule: {S.RULE})")
+    print("Note: the Conv2d γ only moves relevance inside each patch, so these patch-level metrics hardly tell "
+          "Conv2d γ values apart (cells that differ only in it score nearly alike); judge it by eye or a pixel-level "
+          "measure (the sanity checks' SSIM)")
     print(f"Use it: python scripts/test_vit_forward.py --gamma-file {out / 'best_gamma.json'}")
     for line in S.failure_lines(found):
         print(line)

@@ -25,6 +25,7 @@ One concept per module:
 - ``scoring``     every method's maps of a batch scored with every metric (curves computed together)
 - ``evaluation``  summaries, the best method per metric, paired comparisons, the console's tables
 - ``stats``       paired statistics of methods scored on the same images (bootstrap, Wilcoxon, Holm)
+- ``sanity``      the sanity checks: class, cascading randomization and noise; similarity measures; verdicts
 - ``sweep``       the γ search: grid cells, surfaces, Pareto front, recommended γ, ``best_gamma.json``
 - ``shortcut``    the Clever-Hans test: class marks, measured reliance, mark share → ROC AUC
 - ``heatmaps``    the per-sample files and JSON records of a heatmap run
@@ -32,5 +33,6 @@ One concept per module:
 - ``render``      heatmaps, overlays, comparison panels, grids
 - ``plots``       matplotlib figures: training curves, evaluation plots
 - ``gallery``     the HTML gallery
+- ``report``      the Markdown tables of finished runs (docs/results.md)
 """
 __version__ = "0.1.0"

@@ -262,12 +262,16 @@ class Explainer:
         if param.dtype != self.dtype:
             self.lrp_model = copy.deepcopy(self.model).to(self.dtype)
         self.lrp_model.eval()
+        from .fastgamma import AbsWeights
+
+        self._abs_weights = AbsWeights()  # fused rule: |W| once per context, not per call (dropped at exit)
         self._open = True
         return self
 
     def __exit__(self, *exc):
         self._open = False
         self.lrp_model = None
+        self._abs_weights = None
         return False
 
     @contextmanager
@@ -315,7 +319,8 @@ class Explainer:
             else:
                 from .fastgamma import gamma_rules
 
-                with gamma_rules({m: holders[n] if holders else g for n, (m, g) in rules.items()}):
+                with gamma_rules({m: holders[n] if holders else g for n, (m, g) in rules.items()},
+                                 self._abs_weights):  # the context's |W| cache
                     yield
         finally:
             for h in handles:
@@ -360,7 +365,7 @@ class Explainer:
         return self._explain_many_fused(images, target, settings)
 
     def _explain_many_fused(self, images, target, settings):
-        from .fastgamma import GammaHolder, patch_conv_input_gradient
+        from .fastgamma import GammaHolder, absolute_output, patch_conv_input_gradient
 
         x = images.detach().to(self.device, self.dtype).requires_grad_(True)
         out_dtype = torch.promote_types(self.dtype, torch.float32)
@@ -388,6 +393,9 @@ class Explainer:
             target = _target_index(logits, target)
             score = logits.gather(1, target).sum()
             conv_module = convs[0] if "z" in seen else None
+            if conv_module is not None:  # the conv rule's |x||W|ᵀ + |b|, once for every conv γ below
+                conv_w, conv_b = conv_module.weight.detach(), conv_module.bias
+                conv_abs = absolute_output(x.detach(), conv_w, conv_b, self._abs_weights)
             for g, (lin, cells) in enumerate(groups.items()):
                 last_group = g == len(groups) - 1
                 if conv_module is None:  # no single patch embedding on the input: one backward per setting
@@ -401,9 +409,8 @@ class Explainer:
                     holders[name].value = gamma
                 (grad_z,) = torch.autograd.grad(score, seen["z"], retain_graph=not last_group)
                 for k, conv in cells:
-                    grad = patch_conv_input_gradient(x.detach(), conv_module.weight.detach(),
-                                                     None if conv_module.bias is None else conv_module.bias.detach(),
-                                                     seen["z"].detach(), grad_z, conv)
+                    grad = patch_conv_input_gradient(x.detach(), conv_w, None, seen["z"].detach(), grad_z, conv,
+                                                     conv_abs, self._abs_weights)
                     maps[k] = (x.detach().to(out_dtype) * grad.to(out_dtype)).sum(1)
         return logits.detach().to(out_dtype), torch.stack(maps)
 

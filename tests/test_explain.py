@@ -290,6 +290,33 @@ def test_fused_equals_zennit_on_a_whole_vit_in_float64(gamma_attention):
     print(f"gamma_attention={gamma_attention}: fused vs zennit in float64, max |diff| / max |R| = {err:.1e}")
     assert err < 1e-12
 
+def test_fused_weight_cache_follows_changed_weights():
+    """|W| is cached for as long as an Explainer is open: changed weights still give the new model's map, whether
+    changed in place inside the context (version counter) or behind autograd's back between two contexts."""
+    model, x = tiny_vit(seed=7, dtype=torch.float64), images(2, seed=8, dtype=torch.float64)
+    target = torch.tensor([1, 2])
+    fc = model.encoder.layers[1].mlp[0]
+
+    def zennit_map():
+        with Explainer(model, 1.0, 0.5, True, torch.float64, "zennit") as ref:
+            return ref(x, target)[1]
+
+    with Explainer(model, 1.0, 0.5, True, torch.float64, "fused") as ex:
+        first = ex(x, target)[1]
+        entries = len(ex._abs_weights)
+        assert entries > 0 and rel_err(first, zennit_map()) < 1e-12
+        with torch.no_grad():
+            fc.weight.mul_(-2.0)  # in place: the cached |W| of this layer is stale now
+        inside = ex(x, target)[1]
+        assert len(ex._abs_weights) == entries  # one entry per weight and bias, not one per call
+    assert ex._abs_weights is None  # dropped with the context
+    assert rel_err(inside, first) > 1e-2 and rel_err(inside, zennit_map()) < 1e-12
+    fc.weight.data.copy_(fc.weight.data.flip(0))  # a write the version counter does not see ...
+    with Explainer(model, 1.0, 0.5, True, torch.float64, "fused") as ex:
+        between = ex(x, target)[1]  # ... yet a new context starts with an empty cache
+    assert rel_err(between, inside) > 1e-2 and rel_err(between, zennit_map()) < 1e-12
+
+
 
 # --- the LXT patch is process-global only while explaining ------------------------------------------------
 def _patch_state():

@@ -81,7 +81,10 @@ def _absolute(t, abs_weights):
 
 def absolute_output(x, weight, bias, abs_weights=None):
     """``A + |b| = |x||W|ᵀ + |b|`` for a Linear or a patch-embedding conv (``weight.ndim == 4``, kernel = stride)."""
-    x_abs, w_abs, b_abs = x.abs(), _absolute(weight, abs_weights), _absolute(bias, abs_weights)
+    w_abs, b_abs = _absolute(weight, abs_weights), _absolute(bias, abs_weights)
+    # a contiguous |x|: a Linear after attention gets a token-major view, which F.linear would multiply as a
+    # batched product with the weight expanded per image (slower than one matrix product)
+    x_abs = torch.abs(x, out=torch.empty_like(x, memory_format=torch.contiguous_format))
     if weight.ndim == 4:
         return F.conv2d(x_abs, w_abs, b_abs, stride=weight.shape[-2:])
     return F.linear(x_abs, w_abs, b_abs)
@@ -125,7 +128,10 @@ def _patch_conv_rule(x, weight, w_abs, z, absolute, grad_out, gamma):
     rest = (x.shape[-2] - z.shape[-2] * k[0], x.shape[-1] - z.shape[-1] * k[1])  # pixels beyond the last patch
 
     def product(t, w):  # t [B, out, h, w] → Σ_o t·w on each patch's pixels, [B, C, H, W]
-        return F.conv_transpose2d(t, w, stride=k, output_padding=rest)
+        b, o, h, w_ = t.shape  # one matrix product (conv_transpose2d is several times slower on the CPU)
+        y = t.permute(0, 2, 3, 1).reshape(-1, o) @ w.reshape(o, -1)
+        y = y.view(b, h, w_, w.shape[1], *k).permute(0, 3, 1, 4, 2, 5).reshape(b, w.shape[1], h * k[0], w_ * k[1])
+        return F.pad(y, (0, rest[1], 0, rest[0])) if any(rest) else y
 
     s, d = _output_factors(z, absolute, grad_out, gamma, x.dtype)
     return _input_gradient(x, product(s, weight), product(d, w_abs) if d is not None else None, gamma)

@@ -188,9 +188,7 @@ REFERENCE = textwrap.dedent('''\
     import torch
     import torchvision
     from torch import nn
-    from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
-from torchvision.models.vision_transformer import VisionTransformer
+    from torchvision.models.vision_transformer import VisionTransformer
     from lxt.efficient import monkey_patch, monkey_patch_zennit
     from zennit.composites import LayerMapComposite
     from zennit.rules import Gamma

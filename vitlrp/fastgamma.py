@@ -81,12 +81,15 @@ def _absolute(t, abs_weights):
 
 def absolute_output(x, weight, bias, abs_weights=None):
     """``A + |b| = |x||W|ᵀ + |b|`` for a Linear or a patch-embedding conv (``weight.ndim == 4``, kernel = stride)."""
-    w_abs, b_abs = _absolute(weight, abs_weights), _absolute(bias, abs_weights)
+    return _absolute_product(x, _absolute(weight, abs_weights), _absolute(bias, abs_weights))
+
+
+def _absolute_product(x, w_abs, b_abs):
     # a contiguous |x|: a Linear after attention gets a token-major view, which F.linear would multiply as a
     # batched product with the weight expanded per image (slower than one matrix product)
     x_abs = torch.abs(x, out=torch.empty_like(x, memory_format=torch.contiguous_format))
-    if weight.ndim == 4:
-        return F.conv2d(x_abs, w_abs, b_abs, stride=weight.shape[-2:])
+    if w_abs.ndim == 4:
+        return F.conv2d(x_abs, w_abs, b_abs, stride=w_abs.shape[-2:])
     return F.linear(x_abs, w_abs, b_abs)
 
 
@@ -142,7 +145,9 @@ def _rule_inputs(x, weight, bias, gamma, absolute, abs_weights):
     if not gamma:
         return None, None
     w_abs = _absolute(weight, abs_weights)
-    return w_abs, absolute if absolute is not None else absolute_output(x, weight, bias, abs_weights)
+    if absolute is None:
+        absolute = _absolute_product(x, w_abs, _absolute(bias, abs_weights))
+    return w_abs, absolute
 
 
 def gamma_input_gradient(x, weight, bias, z, grad_out, gamma, absolute=None, abs_weights=None):

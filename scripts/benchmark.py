@@ -1,5 +1,8 @@
 """Speed of explaining and training, in one process: images/s, ratios, peak GPU memory and map fidelity, as JSON.
 
+It also prints how fast the fused γ-LRP runs as a percentage of Input×Gradient, beside the ceiling this model allows
+(the ratio of the two methods' matrix-product FLOPs, :func:`vitlrp.fastgamma.flop_ceiling`).
+
 On a GPU it measures ViT-B/16 at full size; on the CPU it runs the same rows small (so CI exercises it).
 """
 # --- configuration (each constant is also a flag) ---
@@ -9,7 +12,7 @@ IMAGE_SIZE = 0  # 0 = the model's default (224 for vit_b_16)
 RUN = []  # rows to run, e.g. lrp_fused_fp32,explain_jpeg (empty = all; the list is in ROWS below)
 LRP_BATCH = 0  # 0 = 64 on CUDA, 8 on the CPU
 TRAIN_BATCH = 0  # 0 = 128 on CUDA, 16 on the CPU
-SEED_STYLE_IMAGES = 0  # images for the one-at-a-time path; 0 = 16 on CUDA, 2 on the CPU
+ONE_BY_ONE_IMAGES = 0  # images for the one-image-at-a-time row; 0 = 16 on CUDA, 2 on the CPU
 JPEG_IMAGES = 0  # JPEGs for the end-to-end rows; 0 = 2048 on CUDA, 32 on the CPU
 NUM_WORKERS = 16  # decoding processes for the JPEG rows
 REPEATS = 0  # timed repeats per row, the median is reported; 0 = 5 on CUDA, 1 on the CPU
@@ -29,6 +32,7 @@ from vitlrp import cli
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.explain import Explainer
+from vitlrp.fastgamma import flop_ceiling
 from vitlrp.fileio import ensure_writable_dir, write_json
 from vitlrp.inputs import loader
 from vitlrp.lxtpatch import lxt_patched
@@ -41,12 +45,13 @@ from vitlrp.synthetic import make_synthetic_cub
 from vitlrp.training import EpochSampler, WarmupCosine, make_loader, make_optimizer, train_one_epoch
 
 PEERS = [n for n in names() if n not in ("gamma", "input_x_gradient", "random")]  # the other registered methods
-ROWS = ["seed_style", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16", "input_x_gradient",
+ROWS = ["one_by_one", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16", "input_x_gradient",
         *PEERS, "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg", "gamma_sweep"]
 SWEEP_CONV = [0.0, 0.1, 0.25, 0.5, 1.0, 10.0, 100.0]  # the gamma_sweep row: sweep_gamma.py's default 7 x 7 grid
 SWEEP_LIN = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
 SWEEP_PERTURB_STEPS = 10  # as evaluate_lrp.py / sweep_gamma.py
 CUB_TEST_IMAGES = 5794
+LRP_GAMMAS = (1.0, 0.5)  # conv γ, Linear γ of every LRP row (both > 0: the ceiling counts every γ layer)
 
 
 def sync(device):
@@ -89,32 +94,28 @@ def cosine_min(maps, ref):
 
 def sweep_row(model, x, target, device, cfg):
     """49 γ cells from one shared forward vs one fused LRP method on the same batch: the cost ratio of the maps,
-    and of maps + evaluate_lrp's metrics (the perturbation curves need forwards per cell)."""
-    from vitlrp import evaluation as E
+    and of maps + evaluate_lrp's metrics (one scoring call for every cell: their perturbation curves together)."""
+    from vitlrp.scoring import ScoreSettings, ScoringBatch
 
     cells = [(c, lin) for lin in SWEEP_LIN for c in SWEEP_CONV]
     n, size = len(x), x.shape[-1]
-    patch = model.patch_size
-    batch = {"box": torch.tensor([[size / 4, size / 4, 3 * size / 4, 3 * size / 4]] * n),
-             "parts": torch.zeros(n, 15, 3), "index": torch.arange(n), "label": target.cpu()}
+    batch = {"image": x, "label": target, "index": torch.arange(n), "error": [""] * n,
+             "box": torch.tensor([[size / 4, size / 4, 3 * size / 4, 3 * size / 4]] * n),
+             "parts": torch.zeros(n, 15, 3)}
 
     @torch.no_grad()
-    def prob(images):
-        return model(images).softmax(1).gather(1, target.view(-1, 1)).squeeze(1)
+    def forward(images):
+        return model(images).float()
 
-    start, end = prob(x), prob(torch.zeros_like(x))
-
-    def score(maps, logits):
-        for rel in maps:
-            E.score_batch(rel, logits, target, batch, list(range(n)), prob, x, patch, SWEEP_PERTURB_STEPS, 15,
-                          start, end)
-
-    with Explainer(model, 1.0, 0.5, impl="fused") as ex:
+    b = ScoringBatch.of(batch, forward, "label", device, ScoreSettings(model.patch_size, SWEEP_PERTURB_STEPS))
+    with Explainer(model, *LRP_GAMMAS, impl="fused") as ex:
         one = measure(lambda: ex(x, target), n, device, cfg.REPEATS)
         many = measure(lambda: ex.explain_many(x, target, cells), n, device, cfg.REPEATS)
         logits, maps = ex.explain_many(x, target, cells)
-    metrics_one = measure(lambda: score(maps[:1], logits), n, device, cfg.REPEATS)
-    metrics_all = measure(lambda: score(maps, logits), n, device, cfg.REPEATS)
+    # the maps stand in for the other class's maps of class_sensitivity too: the cost of scoring is the same
+    metrics_one = measure(lambda: b.score({"one": (logits, maps[0], maps[0])}), n, device, cfg.REPEATS)
+    metrics_all = measure(lambda: b.score({f"{k}": (logits, m, m) for k, m in enumerate(maps)}), n, device,
+                          cfg.REPEATS)
     return {**many, "cells": len(cells), "one_method_s": one["median_s"], "sweep_maps_s": many["median_s"],
             "one_method_metrics_s": metrics_one["median_s"], "sweep_metrics_s": metrics_all["median_s"],
             "ratio_maps": many["median_s"] / one["median_s"],
@@ -122,8 +123,9 @@ def sweep_row(model, x, target, device, cfg):
             / (one["median_s"] + metrics_one["median_s"])}
 
 
-def seed_style(model, x, target):
-    """The seed's loop: one image at a time, fp32, composite registered and removed around each backward."""
+def one_by_one(model, x, target):
+    """One image at a time, fp32, zennit's composite registered and removed around each backward (the first
+    version's loop)."""
     from zennit.composites import LayerMapComposite
     from zennit.rules import Gamma
 
@@ -163,7 +165,7 @@ def explain_from_jpeg(model, size, device, n, batch, cfg):
     indices = list(range(min(n, len(ds))))
     dl = loader(ds, indices, batch, min(cfg.NUM_WORKERS, os.cpu_count() or 1), device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    with Explainer(model, 1.0, 0.5, dtype=dtype, impl="fused") as ex:
+    with Explainer(model, *LRP_GAMMAS, dtype=dtype, impl="fused") as ex:
         def run():
             for b in dl:
                 ex(b["image"].to(device, non_blocking=True), None)[1].cpu()
@@ -202,98 +204,169 @@ def train_row(name, arch, size, device, batch, n, cfg):
     return r
 
 
-def main(cfg):
+def check_settings(cfg):
+    """Resolve the automatic values of ``cfg`` (in place) and refuse bad ones; returns the device."""
     device = resolve_device(cfg.DEVICE)
     cuda = device.type == "cuda"
-    arch = cfg.MODEL or ("vit_b_16" if cuda else "vit_tiny")
-    size = cfg.IMAGE_SIZE or build_vit(arch, 2).image_size
-    lrp_batch = cfg.LRP_BATCH or (64 if cuda else 8)
-    train_batch = cfg.TRAIN_BATCH or (128 if cuda else 16)
-    seed_n = cfg.SEED_STYLE_IMAGES or (16 if cuda else 2)
-    jpeg_n = cfg.JPEG_IMAGES or (2048 if cuda else 32)
-    rows = cfg.RUN or ROWS
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in cfg.RUN if r not in ROWS]
     if unknown:
         raise UserError(f"unknown RUN row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     if cfg.REPEATS < 0:
         raise UserError(f"REPEATS must be >= 0, got {cfg.REPEATS}")
+    cfg.MODEL = cfg.MODEL or ("vit_b_16" if cuda else "vit_tiny")
+    cfg.IMAGE_SIZE = cfg.IMAGE_SIZE or build_vit(cfg.MODEL, 2).image_size
+    cfg.LRP_BATCH = cfg.LRP_BATCH or (64 if cuda else 8)
+    cfg.TRAIN_BATCH = cfg.TRAIN_BATCH or (128 if cuda else 16)
+    cfg.ONE_BY_ONE_IMAGES = cfg.ONE_BY_ONE_IMAGES or (16 if cuda else 2)
+    cfg.JPEG_IMAGES = cfg.JPEG_IMAGES or (2048 if cuda else 32)
     cfg.REPEATS = cfg.REPEATS or (5 if cuda else 1)
-    out = ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are true fp32; bf16 rows say so
-    gpu = torch.cuda.get_device_name(device) if cuda else None
-    print(f"Benchmark on {gpu or 'CPU'} ({device}), torch {torch.__version__}, {arch} at {size}px, "
-          f"LRP batch {lrp_batch}, train batch {train_batch}")
+    cfg.RUN = cfg.RUN or ROWS
+    return device
 
-    model = random_model(arch, size, device)
-    torch.manual_seed(1)
-    x = torch.randn(lrp_batch, 3, size, size, device=device)
-    with torch.no_grad():
-        target = model(x).argmax(1)
-    results = {}
 
-    def lrp_row(impl, dtype):
-        with Explainer(model, 1.0, 0.5, dtype=dtype, impl=impl) as ex:
-            maps = ex(x, target)[1]
-            r = measure(lambda: ex(x, target), lrp_batch, device, cfg.REPEATS)
-        return r, maps
+def lrp_row(model, x, target, impl, dtype, device, cfg, cache):
+    """Batched γ-LRP with one implementation and dtype, and the cosine of its maps to fp32 zennit's."""
+    with Explainer(model, *LRP_GAMMAS, dtype=dtype, impl=impl) as ex:
+        maps = ex(x, target)[1]
+        r = measure(lambda: ex(x, target), len(x), device, cfg.REPEATS)
+    if "reference" not in cache:
+        with Explainer(model, *LRP_GAMMAS, impl="zennit") as ex:
+            cache["reference"] = ex(x, target)[1]
+    r["min_cosine_vs_fp32_zennit"] = cosine_min(maps, cache["reference"])
+    return r
 
-    reference = None
-    for name in rows:
+
+def run_row(name, model, x, target, device, cfg, cache):
+    """One row's measurement (a dict with ``images_per_s``)."""
+    cuda = device.type == "cuda"
+    if name == "one_by_one":
+        n = cfg.ONE_BY_ONE_IMAGES
+        return measure(lambda: one_by_one(model, x[:n], target[:n]), n, device, max(1, cfg.REPEATS // 2))
+    if name.startswith("lrp_"):
+        _, impl, dt = name.split("_")
+        return lrp_row(model, x, target, impl, torch.bfloat16 if dt == "bf16" else torch.float32, device, cfg, cache)
+    if name == "input_x_gradient":
+        return measure(lambda: input_x_gradient(model, x, target), len(x), device, cfg.REPEATS)
+    if name in PEERS:  # the registered methods, as evaluate_lrp.py runs them
+        with MethodRunner(parse_method(name), model) as runner:
+            return measure(lambda: runner(x, target), len(x), device, cfg.REPEATS)
+    if name == "explain_jpeg":
+        r = explain_from_jpeg(model, cfg.IMAGE_SIZE, device, cfg.JPEG_IMAGES, cfg.LRP_BATCH, cfg)
+        r["cub_test_split_seconds"] = CUB_TEST_IMAGES / r["images_per_s"]
+        return r
+    if name.startswith("train"):
         if name.endswith("compile") and not cuda and not cfg.COMPILE_ON_CPU:
-            results[name] = {"skipped": "torch.compile rows run on CUDA only (or with --compile-on-cpu true)"}
-            print(f"  {name:<20} skipped: {results[name]['skipped']}")
-            continue
+            return {"skipped": "torch.compile rows run on CUDA only (or with --compile-on-cpu true)"}
+        return train_row(name, cfg.MODEL, cfg.IMAGE_SIZE, device, cfg.TRAIN_BATCH, cfg.JPEG_IMAGES, cfg)
+    return sweep_row(model, x, target, device, cfg)  # gamma_sweep
+
+
+def run_rows(model, x, target, device, cfg):
+    """Every row of ``cfg.RUN`` in order, printed as it finishes; the ratios to the reference rows added."""
+    results, cache = {}, {}
+    for name in cfg.RUN:
         print(f"  {name:<20}", end="", flush=True)
-        if name == "seed_style":
-            r = measure(lambda: seed_style(model, x[:seed_n], target[:seed_n]), seed_n, device,
-                        max(1, cfg.REPEATS // 2))
-        elif name.startswith("lrp_"):
-            _, impl, dt = name.split("_")
-            r, maps = lrp_row(impl, torch.bfloat16 if dt == "bf16" else torch.float32)
-            if reference is None:
-                with Explainer(model, 1.0, 0.5, impl="zennit") as ex:
-                    reference = ex(x, target)[1]
-            r["min_cosine_vs_fp32_zennit"] = cosine_min(maps, reference)
-        elif name == "input_x_gradient":
-            r = measure(lambda: input_x_gradient(model, x, target), lrp_batch, device, cfg.REPEATS)
-        elif name in PEERS:  # the registered methods, as evaluate_lrp.py runs them
-            with MethodRunner(parse_method(name), model) as runner:
-                r = measure(lambda: runner(x, target), lrp_batch, device, cfg.REPEATS)
-        elif name == "explain_jpeg":
-            r = explain_from_jpeg(model, size, device, jpeg_n, lrp_batch, cfg)
-        elif name.startswith("train"):
-            r = train_row(name, arch, size, device, train_batch, jpeg_n, cfg)
-        elif name == "gamma_sweep":
-            r = sweep_row(model, x, target, device, cfg)
-        results[name] = r
+        r = results[name] = run_row(name, model, x, target, device, cfg, cache)
+        if "skipped" in r:
+            print(f" skipped: {r['skipped']}")
+            continue
         peak = f"  peak {r['peak_mem_mib']:.0f} MiB" if r.get("peak_mem_mib") else ""
         print(f" {r['images_per_s']:>9.1f} img/s{peak}")
-
     timed = {k: r for k, r in results.items() if "skipped" not in r}
-    base, floor = timed.get("seed_style"), timed.get("input_x_gradient")
+    base, floor = timed.get("one_by_one"), timed.get("input_x_gradient")
     for r in timed.values():
-        r["x_seed_style"] = r["images_per_s"] / base["images_per_s"] if base else None
+        r["x_one_by_one"] = r["images_per_s"] / base["images_per_s"] if base else None
         r["x_input_x_gradient"] = r["images_per_s"] / floor["images_per_s"] if floor else None
-    if "gamma_sweep" in timed:
-        g = timed["gamma_sweep"]
-        print(f"\ngamma_sweep: {g['cells']} cells cost {g['ratio_maps']:.1f}x one fused method (maps only: "
-              f"{g['sweep_maps_s']:.2f} s vs {g['one_method_s']:.2f} s); with the metrics "
-              f"{g['ratio_maps_and_metrics']:.1f}x ({g['sweep_metrics_s']:.2f} s of metrics for all cells)")
-    if "explain_jpeg" in results:
-        results["explain_jpeg"]["cub_test_split_seconds"] = CUB_TEST_IMAGES / results["explain_jpeg"]["images_per_s"]
+    return results
 
-    print(f"\n{'row':<20} {'img/s':>10} {'x seed':>8} {'x IxG':>7} {'peak MiB':>9} {'cos vs fp32':>12}")
+
+def interleaved_ratios(model, x, target, device, pairs):
+    """Input×Gradient's time over fused fp32 γ-LRP's, per pair of back-to-back calls: on a shared machine a steadier
+    figure than two rows measured minutes apart."""
+    ratios = []
+    with Explainer(model, *LRP_GAMMAS, impl="fused") as ex:
+        calls = (lambda: input_x_gradient(model, x, target), lambda: ex(x, target))
+        for call in calls:
+            call()  # warm-up
+        for _ in range(pairs):
+            seconds = []
+            for call in calls:
+                sync(device)
+                t0 = time.perf_counter()
+                call()
+                sync(device)
+                seconds.append(time.perf_counter() - t0)
+            ratios.append(seconds[0] / seconds[1])
+    return ratios
+
+
+def fused_vs_floor(results, ceiling, model, x, target, device, cfg):
+    """Fused γ-LRP's throughput as a percentage of Input×Gradient's (from the rows, and from interleaved pairs of
+    calls when both rows ran), beside the ceiling this model allows."""
+    out = {"ceiling_percent": 100 * ceiling["ratio"]}
+    for dt in ("fp32", "bf16"):
+        ratio = results.get(f"lrp_fused_{dt}", {}).get("x_input_x_gradient")
+        if ratio is not None:
+            out[f"{dt}_percent"] = 100 * ratio
+    if "fp32_percent" in out:
+        ratios = interleaved_ratios(model, x, target, device, max(3, cfg.REPEATS))
+        out["fp32_percent_interleaved"] = 100 * statistics.median(ratios)
+        out["interleaved_pairs"] = len(ratios)
+    return out
+
+
+def print_summary(results, ceiling, versus):
+    """The table of every timed row, the sweep's ratios, and how close the fused rule comes to its ceiling."""
     def cell(value, width, spec):
         return format(value, f">{width}{spec}") if value is not None else f"{'-':>{width}}"
 
-    for name, r in timed.items():
-        print(f"{name:<20} {r['images_per_s']:>10.1f} {cell(r['x_seed_style'], 8, '.1f')} "
-              f"{cell(r['x_input_x_gradient'], 7, '.2f')} {cell(r.get('peak_mem_mib'), 9, '.0f')} "
-              f"{cell(r.get('min_cosine_vs_fp32_zennit'), 12, '.4f')}")
+    print(f"\n{'row':<20} {'img/s':>10} {'x 1-by-1':>8} {'x IxG':>7} {'peak MiB':>9} {'cos vs fp32':>12}")
+    for name, r in results.items():
+        if "skipped" not in r:
+            print(f"{name:<20} {r['images_per_s']:>10.1f} {cell(r['x_one_by_one'], 8, '.1f')} "
+                  f"{cell(r['x_input_x_gradient'], 7, '.2f')} {cell(r.get('peak_mem_mib'), 9, '.0f')} "
+                  f"{cell(r.get('min_cosine_vs_fp32_zennit'), 12, '.4f')}")
+    g = results.get("gamma_sweep")
+    if g and "skipped" not in g:
+        print(f"\ngamma_sweep: {g['cells']} cells cost {g['ratio_maps']:.1f}x one fused method (maps only: "
+              f"{g['sweep_maps_s']:.2f} s vs {g['one_method_s']:.2f} s); with the metrics "
+              f"{g['ratio_maps_and_metrics']:.1f}x ({g['sweep_metrics_s']:.2f} s of metrics for all cells)")
+    measured = ", ".join(f"{versus[k]:.0f}% {k[:4]}" for k in ("fp32_percent", "bf16_percent") if k in versus)
+    if "fp32_percent_interleaved" in versus:
+        measured += (f" (rows); {versus['fp32_percent_interleaved']:.0f}% fp32 (median of "
+                     f"{versus['interleaved_pairs']} interleaved pairs of calls)")
+    print(f"\nfused γ-LRP vs Input×Gradient, throughput: {measured or '? (run lrp_fused_fp32 and input_x_gradient)'}"
+          f"\nceiling for this model: {versus['ceiling_percent']:.0f}% (matrix products per image: Input×Gradient "
+          f"{ceiling['input_x_gradient_flops'] / 1e9:.3g} GFLOP, exact γ-LRP "
+          f"{ceiling['fused_gamma_lrp_flops'] / 1e9:.3g} GFLOP with γ on {ceiling['gamma_layers']} layers)")
+
+
+def main(cfg):
+    device = check_settings(cfg)
+    out = ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are true fp32; bf16 rows say so
+    gpu = torch.cuda.get_device_name(device) if cuda else None
+    print(f"Benchmark on {gpu or 'CPU'} ({device}), torch {torch.__version__}, {cfg.MODEL} at {cfg.IMAGE_SIZE}px, "
+          f"LRP batch {cfg.LRP_BATCH}, train batch {cfg.TRAIN_BATCH}")
+
+    model = random_model(cfg.MODEL, cfg.IMAGE_SIZE, device)
+    torch.manual_seed(1)
+    x = torch.randn(cfg.LRP_BATCH, 3, cfg.IMAGE_SIZE, cfg.IMAGE_SIZE, device=device)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    with Explainer(model, *LRP_GAMMAS, impl="fused") as ex:  # every γ of LRP_GAMMAS is > 0
+        ceiling = flop_ceiling(model, ex.gamma_layers(), cfg.IMAGE_SIZE)
+
+    results = run_rows(model, x, target, device, cfg)
+    versus = fused_vs_floor(results, ceiling, model, x, target, device, cfg)
+    print_summary(results, ceiling, versus)
+
     report = {"date": datetime.date.today().isoformat(), "device": gpu or "cpu", "torch": torch.__version__,
-              "model": arch, "image_size": size, "lrp_batch": lrp_batch, "train_batch": train_batch,
-              "config": cli.config_dict(cfg), "rows": results}
+              "model": cfg.MODEL, "image_size": cfg.IMAGE_SIZE, "lrp_batch": cfg.LRP_BATCH,
+              "train_batch": cfg.TRAIN_BATCH, "config": cli.config_dict(cfg), "ceiling": ceiling,
+              "fused_vs_input_x_gradient": versus, "rows": results}
     write_json(Path(out) / "benchmark.json", report)
     print(f"\nWrote {Path(out) / 'benchmark.json'}")
     return 0

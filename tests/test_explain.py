@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import run_script
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 from torchvision.models.vision_transformer import VisionTransformer
 
 from vitlrp import fastgamma
@@ -292,6 +294,69 @@ def test_fused_equals_zennit_on_a_whole_vit_in_float64(gamma_attention):
     err = rel_err(maps["fused"], maps["zennit"])
     print(f"gamma_attention={gamma_attention}: fused vs zennit in float64, max |diff| / max |R| = {err:.1e}")
     assert err < 1e-12
+
+def test_fused_weight_cache_follows_changed_weights():
+    """|W| is cached for as long as an Explainer is open: changed weights still give the new model's map, whether
+    changed in place inside the context (version counter) or behind autograd's back between two contexts."""
+    model, x = tiny_vit(seed=7, dtype=torch.float64), images(2, seed=8, dtype=torch.float64)
+    target = torch.tensor([1, 2])
+    fc = model.encoder.layers[1].mlp[0]
+
+    def zennit_map():
+        with Explainer(model, 1.0, 0.5, True, torch.float64, "zennit") as ref:
+            return ref(x, target)[1]
+
+    with Explainer(model, 1.0, 0.5, True, torch.float64, "fused") as ex:
+        first = ex(x, target)[1]
+        entries = len(ex._abs_weights)
+        assert entries > 0 and rel_err(first, zennit_map()) < 1e-12
+        with torch.no_grad():
+            fc.weight.mul_(-2.0)  # in place: the cached |W| of this layer is stale now
+        inside = ex(x, target)[1]
+        assert len(ex._abs_weights) == entries  # one entry per weight and bias, not one per call
+    assert ex._abs_weights is None  # dropped with the context
+    assert rel_err(inside, first) > 1e-2 and rel_err(inside, zennit_map()) < 1e-12
+    fc.weight.data.copy_(fc.weight.data.flip(0))  # a write the version counter does not see ...
+    with Explainer(model, 1.0, 0.5, True, torch.float64, "fused") as ex:
+        between = ex(x, target)[1]  # ... yet a new context starts with an empty cache
+    assert rel_err(between, inside) > 1e-2 and rel_err(between, zennit_map()) < 1e-12
+
+
+
+class ProductCounter(TorchDispatchMode):
+    """FLOPs of the matrix products and convolutions torch runs (its FLOP counter's formulas, without its module
+    tracker, which does not support ``autograd.grad``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func._overloadpacket in flop_registry:
+            self.flops += flop_registry[func._overloadpacket](*args, **(kwargs or {}), out_val=out)
+        return out
+
+
+@pytest.mark.parametrize("gamma_attention", [False, True], ids=["mha", "attn-linear"])
+def test_flop_ceiling_counts_the_products_autograd_runs(gamma_attention):
+    """The benchmark's ceiling counts, from the model's shapes, exactly the matrix products torch runs in
+    Input×Gradient (no weight gradients) and in the fused γ-LRP (4 per γ layer, none for query and key). Torch's
+    formulas do not cover the CPU's fused attention kernel, so the attention's share is left out of the comparison."""
+    from vitlrp.explain import input_x_gradient
+
+    model, x = tiny_vit(seed=2), images(2, seed=3)
+    with Explainer(model, 1.0, 0.5, gamma_attention, impl="fused") as ex:
+        layers = ex.gamma_layers()
+        with ProductCounter() as lrp:
+            ex(x, None)
+    with ProductCounter() as ixg:
+        input_x_gradient(model, x)
+    ceiling = fastgamma.flop_ceiling(model, layers)
+    assert ceiling["gamma_layers"] == (10 if gamma_attention else 6)  # conv, 2 x (fc1, fc2 [, v, out]), head
+    assert ixg.flops == 2 * (ceiling["input_x_gradient_flops"] - ceiling["attention_flops"])
+    assert lrp.flops == 2 * (ceiling["fused_gamma_lrp_flops"] - ceiling["attention_flops"])
+    assert 0.5 < ceiling["ratio"] < 1
 
 
 # --- the LXT patch is process-global only while explaining ------------------------------------------------

@@ -57,10 +57,14 @@ class Explainer:
         self.device = param.device
         self.lrp_model = self.model if param.dtype == self.dtype else copy.deepcopy(self.model).to(self.dtype)
         self.lrp_model.eval()
+        from .fastgamma import AbsWeights
+
+        self._abs_weights = AbsWeights()  # fused rule: |W| once per context, not per call (dropped at exit)
         return self
 
     def __exit__(self, *exc):
         self.lrp_model = None
+        self._abs_weights = None
         return False
 
     @contextmanager
@@ -106,7 +110,8 @@ class Explainer:
             else:
                 from .fastgamma import gamma_rules
 
-                with gamma_rules({m: holders[n] if holders else g for n, (m, g) in rules.items()}):
+                with gamma_rules({m: holders[n] if holders else g for n, (m, g) in rules.items()},
+                                 self._abs_weights):  # the context's |W| cache
                     yield
         finally:
             for h in handles:

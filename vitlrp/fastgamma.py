@@ -1,17 +1,27 @@
-"""zennit's generalized Gamma rule in LXT's Input×Gradient convention, with fewer matmuls and no hooks.
+"""zennit's generalized Gamma rule in LXT's Input×Gradient convention, in 4 matrix products per layer, no hooks.
 
 zennit re-runs each hooked layer five times in the backward and differentiates all five. With ``z = xWᵀ + b``
-from the forward, ``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)`` (likewise ``W⁺, W⁻, b⁺, b⁻``) and the relevance at the
-output ``R = g ⊙ z`` (LXT's convention, ``g`` the incoming gradient), the same numbers are:
+from the forward, ``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)`` (likewise ``W⁺, W⁻, b⁺, b⁻``), ``g`` the incoming gradient
+and the relevance at the output ``R = g ⊙ z`` (LXT's convention), zennit computes
 
-- ``P = x⁺W⁺ᵀ + x⁻W⁻ᵀ`` (one matmul of ``[x⁺, x⁻]`` with ``[W⁺, W⁻]``), ``Q = (z − b) − P``
-- ``d⁺ = z + γP + γb⁺`` where ``z > 0``, ``d⁻ = z + γQ + γb⁻`` where ``z < 0`` (stabilised as zennit does)
-- ``s± = [z ≷ 0] R / d±``, ``S = s⁺ + s⁻``; ``U = s⁺W⁺ + s⁻W⁻`` (one matmul), ``V = SW − U``
-- input relevance ``x ⊙ SW + γ (x⁺ ⊙ U + x⁻ ⊙ V)``; the returned gradient is that divided by ``x`` (stabilised).
+- ``P = x⁺W⁺ᵀ + x⁻W⁻ᵀ``, ``Q = (z − b) − P``; ``d⁺ = z + γ(P + b⁺)`` where ``z > 0``, ``d⁻ = z + γ(Q + b⁻)`` where
+  ``z < 0``, each stabilised as ``d + ε·sign(d)``; ``s± = [z ≷ 0] R / d±``;
+- ``U = s⁺W⁺ + s⁻W⁻``, ``V = (s⁺ + s⁻)W − U``; input relevance ``x ⊙ (s⁺ + s⁻)W + γ (x⁺ ⊙ U + x⁻ ⊙ V)``,
+  returned as a gradient: divided by ``x`` (stabilised with LXT's ε).
 
-That is 1 + 2 + 3 matmul units per layer instead of 11. Element-wise steps run in (at least) float32, matmuls in
-the model's dtype.
-The forward is the layer's own (``F.linear`` / ``F.conv2d``), so logits are unchanged.
+Since ``x⁺ − x⁻ = |x|`` and ``W⁺ − W⁻ = |W|``, one product ``A = |x||W|ᵀ`` gives both halves of ``xWᵀ = z − b``:
+``P = ((z − b) + A)/2``, ``Q = ((z − b) − A)/2``. With ``σ = sign(z)`` and ``c₁ = 1 + γ/2``, ``c₂ = γ/2`` both
+denominators are ``σ·m`` with ``m = c₁|z| + c₂(A + |b|) ≥ 0``, so (ε added to ``m``, exactly as zennit's
+stabiliser acts on ``σ·m``) ``S = s⁺ + s⁻ = g|z| / (m + ε)`` and ``D = s⁺ − s⁻ = g z / (m + ε)`` — no masks. Also
+``U = (SW + D|W|)/2``, hence ``x⁺U + x⁻V = (x ⊙ SW + |x| ⊙ D|W|)/2`` and
+
+    input gradient = (c₁ |x| ⊙ SW + c₂ x ⊙ D|W|) / (|x| + ε_LXT).
+
+Products per layer: the forward ``z``, ``A`` (also in the forward, saved for the backward, so the several backwards
+of :meth:`~vitlrp.explain.Explainer.explain_many` share it), ``SW`` and ``D|W|``: 4 units instead of zennit's 11 (and
+2 at γ = 0). ``|W|`` is cached per parameter by :class:`AbsWeights` for as long as an Explainer is open. Element-wise
+steps run in (at least) float32, products in the model's dtype. The forward is the layer's own (``F.linear`` /
+``F.conv2d``), so logits are unchanged.
 """
 from contextlib import contextmanager
 
@@ -21,33 +31,6 @@ from torch import nn
 
 ZENNIT_EPS = 1e-6  # zennit's default stabilizer of the rule's denominators
 LXT_EPS = 1e-10    # LXT's stabilizer when dividing the input relevance by the input
-
-
-def _stabilize(t, eps):
-    """``t + eps * sign(t)`` with sign(0) = +1, as zennit's ``stabilize``."""
-    return t + eps * torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
-
-
-def gamma_input_gradient(x, weight, bias, z, grad_out, gamma):
-    """The Gamma rule's gradient at the input of ``z = x @ weight.T + bias`` (2-D ``x [N, in]``, ``z [N, out]``)."""
-    f32 = torch.promote_types(x.dtype, torch.float32)  # element-wise steps never below float32
-    mm_dtype = x.dtype
-    wp, wn = weight.clamp(min=0), weight.clamp(max=0)
-    xp, xn = x.clamp(min=0), x.clamp(max=0)
-    p = torch.cat([xp, xn], 1) @ torch.cat([wp, wn], 1).T
-    zf = z.to(f32)
-    b = bias.to(f32) if bias is not None else torch.zeros((), dtype=f32, device=x.device)
-    q = (zf - b) - p.to(f32)
-    rel = grad_out.to(f32) * zf
-    s_pos = torch.where(zf > 0, rel / _stabilize(zf + gamma * (p.to(f32) + b.clamp(min=0)), ZENNIT_EPS), 0.0)
-    s_neg = torch.where(zf < 0, rel / _stabilize(zf + gamma * (q + b.clamp(max=0)), ZENNIT_EPS), 0.0)
-    s = s_pos + s_neg
-    sw = (s.to(mm_dtype) @ weight).to(f32)
-    u = (torch.cat([s_pos, s_neg], 1).to(mm_dtype) @ torch.cat([wp, wn], 0)).to(f32)
-    v = sw - u
-    xf = x.to(f32)
-    rel_in = xf * sw + gamma * (xp.to(f32) * u + xn.to(f32) * v)
-    return (rel_in / _stabilize(xf, LXT_EPS)).to(x.dtype)
 
 
 class GammaHolder:
@@ -62,39 +45,146 @@ def _gamma_of(gamma):
     return gamma.value if isinstance(gamma, GammaHolder) else gamma
 
 
-def patch_conv_input_gradient(x, weight, bias, z, grad_out, gamma):
-    """The Gamma rule's gradient at the input of a patch-embedding conv (kernel = stride): a Linear on patches."""
+class AbsWeights:
+    """``|W|`` (and ``|b|``) per parameter, computed once and reused while it is unchanged.
+
+    An entry is keyed by the tensor's memory, shape and strides (the attention swap makes new views of the same
+    weights on every call) and recomputed when the tensor's ``_version`` moves, as any in-place update does
+    (``load_state_dict``, an optimizer step, ``copy_`` under ``no_grad``). Writes through ``.data`` bypass that
+    counter: do not modify the model that way while the cache is in use. An entry holds its tensor, so the memory
+    cannot be reused by another tensor while the cache lives; drop the cache when done (the Explainer does).
+    """
+
+    def __init__(self):
+        self._entries = {}
+
+    def __call__(self, t):
+        if t is None:
+            return None
+        key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device)
+        hit = self._entries.get(key)
+        if hit is not None and hit[1] == t._version:
+            return hit[2]
+        absolute = t.detach().abs()
+        self._entries[key] = (t.detach(), t._version, absolute)
+        return absolute
+
+    def __len__(self):
+        return len(self._entries)
+
+
+def _absolute(t, abs_weights):
+    if t is None:
+        return None
+    return abs_weights(t) if abs_weights is not None else t.detach().abs()
+
+
+def absolute_output(x, weight, bias, abs_weights=None):
+    """``A + |b| = |x||W|ᵀ + |b|`` for a Linear or a patch-embedding conv (``weight.ndim == 4``, kernel = stride)."""
+    return _absolute_product(x, _absolute(weight, abs_weights), _absolute(bias, abs_weights))
+
+
+def _absolute_product(x, w_abs, b_abs):
+    # a contiguous |x|: a Linear after attention gets a token-major view, which F.linear would multiply as a
+    # batched product with the weight expanded per image (slower than one matrix product)
+    x_abs = torch.abs(x, out=torch.empty_like(x, memory_format=torch.contiguous_format))
+    if w_abs.ndim == 4:
+        return F.conv2d(x_abs, w_abs, b_abs, stride=w_abs.shape[-2:])
+    return F.linear(x_abs, w_abs, b_abs)
+
+
+def _output_factors(z, absolute, grad_out, gamma, mm_dtype):
+    """``(c₁S, c₁D)`` in ``mm_dtype`` (``D`` is ``None`` at γ = 0, where it is not needed)."""
+    f32 = torch.promote_types(z.dtype, torch.float32)  # element-wise steps never below float32
+    c1, c2 = 1 + gamma / 2, gamma / 2
+    zf = z.to(f32)
+    z_abs = zf.abs()
+    if c2:
+        m = torch.add(z_abs, absolute, alpha=c2 / c1).add_(ZENNIT_EPS / c1)  # (m + ε) / c₁
+    else:
+        m = z_abs + ZENNIT_EPS
+    t = torch.div(grad_out, m, out=m)  # c₁ g / (m + ε), in place of m
+    s = torch.mul(t, z_abs, out=z_abs) if mm_dtype == f32 else (t * z_abs).to(mm_dtype)
+    if not c2:
+        return s, None
+    return s, (t.mul_(zf) if mm_dtype == f32 else (t * zf).to(mm_dtype))
+
+
+def _input_gradient(x, sw, dw, gamma):
+    """``(c₁|x| ⊙ SW + c₂ x ⊙ D|W|) / (|x| + ε)`` from ``sw = c₁SW``, ``dw = c₁D|W|`` (``None`` at γ = 0)."""
+    f32 = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(f32)
+    x_abs = xf.abs()
+    grad = sw.mul_(x_abs) if sw.dtype == f32 else torch.mul(sw, x_abs)  # sw is a fresh product: reuse it
+    if dw is not None:
+        grad.addcmul_(dw, xf, value=(gamma / 2) / (1 + gamma / 2))
+    return grad.div_(x_abs.add_(LXT_EPS)).to(x.dtype)
+
+
+def _linear_rule(x, weight, w_abs, z, absolute, grad_out, gamma):
+    s, d = _output_factors(z, absolute, grad_out, gamma, x.dtype)
+    return _input_gradient(x, s @ weight, d @ w_abs if d is not None else None, gamma)
+
+
+def _patch_conv_rule(x, weight, w_abs, z, absolute, grad_out, gamma):
     k = weight.shape[-2:]
-    patches = F.unfold(x, k, stride=k).transpose(1, 2)                 # [B, L, C*kh*kw]
-    b, out = z.shape[0], z.shape[1]
-    z2 = z.flatten(2).transpose(1, 2).reshape(-1, out)                  # [B*L, out]
-    g2 = grad_out.flatten(2).transpose(1, 2).reshape(-1, out)
-    grad = gamma_input_gradient(patches.reshape(-1, patches.shape[-1]), weight.flatten(1), bias, z2, g2, gamma)
-    grad = grad.view(b, -1, patches.shape[-1]).transpose(1, 2)
-    return F.fold(grad, x.shape[-2:], k, stride=k)
+    rest = (x.shape[-2] - z.shape[-2] * k[0], x.shape[-1] - z.shape[-1] * k[1])  # pixels beyond the last patch
+
+    def product(t, w):  # t [B, out, h, w] → Σ_o t·w on each patch's pixels, [B, C, H, W]
+        b, o, h, w_ = t.shape  # one matrix product (conv_transpose2d is several times slower on the CPU)
+        y = t.permute(0, 2, 3, 1).reshape(-1, o) @ w.reshape(o, -1)
+        y = y.view(b, h, w_, w.shape[1], *k).permute(0, 3, 1, 4, 2, 5).reshape(b, w.shape[1], h * k[0], w_ * k[1])
+        return F.pad(y, (0, rest[1], 0, rest[0])) if any(rest) else y
+
+    s, d = _output_factors(z, absolute, grad_out, gamma, x.dtype)
+    return _input_gradient(x, product(s, weight), product(d, w_abs) if d is not None else None, gamma)
+
+
+def _rule_inputs(x, weight, bias, gamma, absolute, abs_weights):
+    """``|W|`` and ``|x||W|ᵀ + |b|`` where γ needs them."""
+    if not gamma:
+        return None, None
+    w_abs = _absolute(weight, abs_weights)
+    if absolute is None:
+        absolute = _absolute_product(x, w_abs, _absolute(bias, abs_weights))
+    return w_abs, absolute
+
+
+def gamma_input_gradient(x, weight, bias, z, grad_out, gamma, absolute=None, abs_weights=None):
+    """The Gamma rule's gradient at the input of ``z = x @ weight.T + bias`` (``x [..., in]``, ``z [..., out]``).
+
+    ``absolute``: :func:`absolute_output` of this forward if already known; ``abs_weights``: an :class:`AbsWeights`.
+    """
+    w_abs, absolute = _rule_inputs(x, weight, bias, gamma, absolute, abs_weights)
+    return _linear_rule(x, weight, w_abs, z, absolute, grad_out, gamma)
+
+
+def patch_conv_input_gradient(x, weight, bias, z, grad_out, gamma, absolute=None, abs_weights=None):
+    """The Gamma rule's gradient at the input of a patch-embedding conv (kernel = stride): a Linear on patches.
+    Arguments as :func:`gamma_input_gradient`."""
+    w_abs, absolute = _rule_inputs(x, weight, bias, gamma, absolute, abs_weights)
+    return _patch_conv_rule(x, weight, w_abs, z, absolute, grad_out, gamma)
 
 
 class _GammaRule(torch.autograd.Function):
     """Forward: the layer itself (``nn.Linear``, or a Conv2d whose kernel equals its stride, i.e. ViT's patch
-    embedding, which is a Linear on patches); backward: the Gamma rule's input gradient."""
+    embedding, which is a Linear on patches) and ``|x||W|ᵀ + |b|``; backward: the Gamma rule's input gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, gamma):
+    def forward(ctx, x, weight, bias, gamma, abs_weights):
         conv = weight.ndim == 4
         z = F.conv2d(x, weight, bias, stride=weight.shape[-2:]) if conv else F.linear(x, weight, bias)
-        ctx.save_for_backward(x, weight, bias, z)
+        w_abs = absolute = None
+        if ctx.needs_input_grad[0] and (isinstance(gamma, GammaHolder) or gamma):  # a fixed γ = 0 needs neither
+            w_abs, absolute = _rule_inputs(x, weight, bias, True, None, abs_weights)
+        ctx.save_for_backward(x, weight, w_abs, z, absolute)
         ctx.gamma = gamma
         return z
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, bias, z = ctx.saved_tensors
-        gamma = _gamma_of(ctx.gamma)
-        if weight.ndim == 2:
-            grad = gamma_input_gradient(x.reshape(-1, x.shape[-1]), weight, bias, z.reshape(-1, z.shape[-1]),
-                                        grad_out.reshape(-1, z.shape[-1]), gamma)
-            return grad.view(x.shape), None, None, None
-        return patch_conv_input_gradient(x, weight, bias, z, grad_out, gamma), None, None, None
+        rule = _patch_conv_rule if ctx.saved_tensors[1].ndim == 4 else _linear_rule
+        return rule(*ctx.saved_tensors, grad_out, _gamma_of(ctx.gamma)), None, None, None, None
 
 
 def _is_patch_conv(m):
@@ -103,10 +193,11 @@ def _is_patch_conv(m):
 
 
 @contextmanager
-def gamma_rules(module_gammas):
+def gamma_rules(module_gammas, abs_weights=None):
     """Route ``{module: γ}`` (``nn.Linear`` and patch-embedding ``nn.Conv2d``) through the fused Gamma rule.
 
-    γ is a number or a :class:`GammaHolder` (read at backward time)."""
+    γ is a number or a :class:`GammaHolder` (read at backward time). ``abs_weights``: an :class:`AbsWeights` kept
+    across calls (e.g. for as long as an Explainer is open); without one, ``|W|`` is recomputed per forward."""
     patched = []
     try:
         for module, gamma in module_gammas.items():
@@ -115,7 +206,7 @@ def gamma_rules(module_gammas):
                                  f"not {module}")
 
             def forward(x, _m=module, _g=gamma if isinstance(gamma, GammaHolder) else float(gamma)):
-                return _GammaRule.apply(x, _m.weight, _m.bias, _g)
+                return _GammaRule.apply(x, _m.weight, _m.bias, _g, abs_weights)
 
             module.forward = forward
             patched.append(module)
@@ -145,6 +236,8 @@ def explain_settings(explainer, x, targets, settings):
         rules = explainer.rule_map(*settings[0])
         holders = {name: GammaHolder() for name in rules}
         logits, z, conv = _forward_keeping_patch_output(explainer, x, rules, holders)
+        if conv is not None:  # the conv rule's |x||W|ᵀ + |b|, once for every conv γ and class below
+            conv_abs = absolute_output(x.detach(), conv.weight.detach(), conv.bias, explainer._abs_weights)
         steps = [(t, lin, cells) for t in range(len(targets)) for lin, cells in groups.items()]
         for n, (t, lin, cells) in enumerate(steps):
             score = logits.gather(1, target_index(logits, targets[t])).sum()
@@ -157,10 +250,9 @@ def explain_settings(explainer, x, targets, settings):
                 continue
             _set_gammas(explainer, holders, cells[0][1], lin)
             (grad_z,) = torch.autograd.grad(score, z, retain_graph=not last)
-            bias = None if conv.bias is None else conv.bias.detach()
             for k, conv_gamma in cells:
-                grad = patch_conv_input_gradient(x.detach(), conv.weight.detach(), bias, z.detach(), grad_z,
-                                                 conv_gamma)
+                grad = patch_conv_input_gradient(x.detach(), conv.weight.detach(), None, z.detach(), grad_z,
+                                                 conv_gamma, conv_abs, explainer._abs_weights)
                 maps[t][k] = input_times_grad(x, grad, out_dtype)
     return logits.detach().to(out_dtype), torch.stack([torch.stack(m) for m in maps])
 
@@ -188,3 +280,83 @@ def _forward_keeping_patch_output(explainer, x, rules, holders):
         for h in hooks:
             h.remove()
     return logits, seen.get("z"), convs[0] if "z" in seen else None
+
+
+# --- what the rule costs ------------------------------------------------------------------------------------------
+# the backward of the attention's own products (QKᵀ, AV): fused attention kernels recompute QKᵀ and form dP, dV,
+# dQ and dK, i.e. 5 products for the forward's 2, whichever input gradients are needed
+ATTENTION_BACKWARD = (5, 2)
+
+
+def matrix_products(model, image_size=None):
+    """The matrix products of one image's forward through a torchvision ViT: ``[(name, macs, kind)]``.
+
+    ``kind`` is ``'layer'`` (a Linear or the patch conv, including the attention's value and output projections),
+    ``'query_key'`` (the query and key projections, named ``<attention>.q_proj`` / ``.k_proj`` as when the
+    attention is swapped for ``nn.Linear`` modules) or ``'attention'`` (QKᵀ and AV together). Shapes come from one
+    forward of a blank image, so the class token, the head's single row and the image size are counted as run.
+    """
+    products, hooks = [], []
+
+    def layer(name):
+        def hook(module, args):
+            x = args[0]
+            if isinstance(module, nn.Conv2d):
+                h, w = (s // k for s, k in zip(x.shape[-2:], module.kernel_size))
+                macs = h * w * module.weight[0].numel() * module.out_channels
+            else:
+                macs = x.numel() // x.shape[0] * module.out_features
+            products.append((name, macs, "layer"))
+        return hook
+
+    def attention(name):
+        def hook(module, args):
+            q = args[0]
+            e = module.embed_dim
+            tokens = q.numel() // q.shape[0 if module.batch_first else 1] // e
+            for part, kind in (("q_proj", "query_key"), ("k_proj", "query_key"), ("v_proj", "layer"),
+                               ("out_proj", "layer")):
+                products.append((f"{name}.{part}", tokens * e * e, kind))
+            products.append((f"{name}.attention", 2 * tokens * tokens * e, "attention"))
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            hooks.append(module.register_forward_pre_hook(attention(name)))
+        elif isinstance(module, (nn.Linear, nn.Conv2d)) and not name.endswith("self_attention.out_proj"):
+            hooks.append(module.register_forward_pre_hook(layer(name)))
+    param = next(model.parameters())
+    size = image_size or model.image_size
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    return products
+
+
+def flop_ceiling(model, gamma_layers, image_size=None):
+    """The matrix-product FLOPs per image of Input×Gradient and of exact γ-LRP with the fused rule, and their ratio:
+    the share of Input×Gradient's throughput that exact γ-LRP can reach at best on this model.
+
+    Input×Gradient: the forward, then each layer's input gradient (1 product; weight gradients are not computed
+    when only the input's gradient is asked for). γ-LRP (AttnLRP with CP-LRP): the forward, then 1 product per
+    layer without γ and 3 per layer in ``gamma_layers`` (``|x||W|ᵀ``, ``SW``, ``D|W|``; give only layers with
+    γ > 0), none for the query and key projections (no relevance flows there). The attention's own products cost
+    the same in both (:data:`ATTENTION_BACKWARD`). FLOPs are 2 per multiply-accumulate.
+    """
+    gamma_layers = set(gamma_layers)
+    forward = ixg = lrp = attention = 0
+    for name, macs, kind in matrix_products(model, image_size):
+        forward += macs
+        if kind == "attention":
+            backward = macs * ATTENTION_BACKWARD[0] // ATTENTION_BACKWARD[1]
+            attention += macs + backward
+            ixg, lrp = ixg + backward, lrp + backward
+        else:
+            ixg += macs
+            lrp += 0 if kind == "query_key" else 3 * macs if name in gamma_layers else macs
+    ixg, lrp = forward + ixg, forward + lrp
+    return {"input_x_gradient_flops": 2 * ixg, "fused_gamma_lrp_flops": 2 * lrp, "forward_flops": 2 * forward,
+            "attention_flops": 2 * attention, "gamma_layers": len(gamma_layers), "ratio": ixg / lrp}

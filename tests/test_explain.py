@@ -343,7 +343,7 @@ def test_flop_ceiling_counts_the_products_autograd_runs(gamma_attention):
     """The benchmark's ceiling counts, from the model's shapes, exactly the matrix products torch runs in
     Input×Gradient (no weight gradients) and in the fused γ-LRP (4 per γ layer, none for query and key). Torch's
     formulas do not cover the CPU's fused attention kernel, so the attention's share is left out of the comparison."""
-    from vitlrp.explain import input_x_gradient
+    from vitlrp.methods.gradients import input_x_gradient
 
     model, x = tiny_vit(seed=2), images(2, seed=3)
     with Explainer(model, 1.0, 0.5, gamma_attention, impl="fused") as ex:

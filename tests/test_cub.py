@@ -357,6 +357,38 @@ def test_malformed_lines(cub_fixture, name, lineno, line, needle):
     one_line_error(lambda: load_cub(root), where, needle)
 
 
+# Every id-keyed file refuses a repeated id, naming both lines (before, the last line won silently).
+# (file, line to append, needle): the fixture's files hold one line per id, in id order, so image 3 is on line 3.
+@pytest.mark.parametrize("name,line,needle", [
+    ("images.txt", "3 003.Sooty_Albatross/other.jpg", ":7: image id 3 repeats line 3 ('3 002.Laysan_Albatross/"),
+    ("images.txt", "7 {path1}", ":7: image 001.Black_footed_Albatross/Black_footed_Albatross_0001_0.jpg repeats "
+                                "line 1 (one file under two ids)"),
+    ("image_class_labels.txt", "3 1", ":7: image id 3 repeats line 3 ('3 2'); keep one of the two lines"),
+    ("train_test_split.txt", "2 1", ":7: image id 2 repeats line 2 ('2 0')"),
+    ("bounding_boxes.txt", "1 0.0 0.0 5.0 5.0", ":7: image id 1 repeats line 1 ('1 16.0 9.0 32.0 24.0')"),
+    ("parts/part_locs.txt", "2 5 1.0 2.0 1", ":91: image id 2, part 5 repeats line 20 ('2 5 "),
+    ("classes.txt", "2 004.Other", ":4: class id 2 repeats line 2 ('2 002.Laysan_Albatross')"),
+    ("classes.txt", "4 001.Black_footed_Albatross", ":4: class name '001.Black_footed_Albatross' repeats line 1"),
+    ("parts/parts.txt", "3 belly", ":16: part id 3 repeats line 3 ('3 belly')"),
+    ("parts/parts.txt", "16 back", ":16: part name 'back' repeats line 1"),
+])
+def test_a_repeated_id_is_refused_naming_both_lines(cub_fixture, name, line, needle):
+    root = cub_fixture()
+    path1 = (root / "images.txt").read_text().splitlines()[0].split()[1]
+    with open(root / name, "a") as fh:
+        fh.write(line.format(path1=path1) + "\n")
+    one_line_error(lambda: load_cub(root), f"{root / name}{needle}")
+
+
+def test_part_ids_must_run_in_order(cub_fixture):
+    """parts.txt ids were ignored: a file in another order gave the parts other names than their locations."""
+    root = cub_fixture()
+    _edit(root / "parts" / "parts.txt", 2, "3 beak")  # swapped with `3 belly`
+    _edit(root / "parts" / "parts.txt", 3, "2 belly")
+    one_line_error(lambda: load_cub(root), f"{root / 'parts' / 'parts.txt'}:2: part ids must run 1, 2, 3, ... in "
+                                           "order, got 3")
+
+
 def test_blank_lines_and_paths_with_spaces(cub_fixture):
     root = cub_fixture()
     text = (root / "images.txt").read_text()

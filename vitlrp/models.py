@@ -83,7 +83,7 @@ def pretrained_state_dict(pretrained):
                                 f"put that file at {path} (or set TORCH_HOME)", fix="pretrained_file") from None
     else:
         path = Path(pretrained)
-        if not path.is_file():
+        if not path.exists():  # a folder is refused as one below
             raise UserError(f"PRETRAINED {pretrained!r} is neither a weights name ({', '.join(WEIGHTS)}, none) "
                             "nor an existing file")
     state = _load(path, "weights file")

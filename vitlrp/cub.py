@@ -73,6 +73,14 @@ def parse_number(path, no, text, cast=int):
         raise UserError(f"{path}:{no}: {text!r} is not a number") from None
 
 
+def parse_numbers(path, no, texts, cast=int):
+    """``[cast(t) for t in texts]`` of fields on line ``no`` of ``path``, as :func:`parse_number`."""
+    try:
+        return list(map(cast, texts))
+    except ValueError:  # the slow way, to name the field
+        return [parse_number(path, no, t, cast) for t in texts]
+
+
 def read_keyed(path, ncols, what, key=("image id",), image_ids=None, required=True):
     """``{key: (line_number, other fields)}`` of an id-keyed annotation file, in file order.
 
@@ -83,23 +91,23 @@ def read_keyed(path, ncols, what, key=("image id",), image_ids=None, required=Tr
     rows = read_rows(path, ncols, what, required)
     if rows is None:
         return None
-    out = {}
+    out, width = {}, len(key)
     for no, fields in rows:
-        ids = tuple(parse_number(path, no, v) for v in fields[:len(key)])
+        ids = parse_numbers(path, no, fields[:width])
         if image_ids is not None and ids[0] not in image_ids:
             raise UserError(f"{path}:{no}: image id {ids[0]} is not in images.txt")
-        k = ids[0] if len(key) == 1 else ids
+        k = ids[0] if width == 1 else tuple(ids)
         if k in out:
-            named = ", ".join(f"{name} {v}" for name, v in zip(key, ids))
-            first = out[k][0]
-            raise UserError(f"{path}:{no}: {named} repeats line {first} ({_line_text(rows, first)!r}); keep one "
-                            "of the two lines")
-        out[k] = (no, fields[len(key):])
+            raise _repeated(path, no, zip(key, ids), out[k][0], rows)
+        out[k] = (no, fields[width:])
     return out
 
 
-def _line_text(rows, no):
-    return next(" ".join(fields) for n, fields in rows if n == no)
+def _repeated(path, no, named, first, rows):
+    """The error for line ``no`` of ``path``, whose key (``(name, value)`` pairs) is on line ``first`` already."""
+    text = next(" ".join(fields) for n, fields in rows if n == first)
+    key = ", ".join(f"{name} {v}" for name, v in named)
+    return UserError(f"{path}:{no}: {key} repeats line {first} ({text!r}); keep one of the two lines")
 
 
 def read_numbered_names(path, what, noun):
@@ -192,7 +200,7 @@ def load_cub(root):
                         lambda path, no, fields: _class_index(path, no, fields[0], len(class_dirs)))
     is_train = _per_image(root / "train_test_split.txt", 2, "image_id is_training_image", images, _train_flag)
     boxes = _per_image(root / "bounding_boxes.txt", 5, "image_id x y width height", images,
-                       lambda path, no, fields: [parse_number(path, no, v, float) for v in fields], required=False)
+                       lambda path, no, fields: parse_numbers(path, no, fields, float), required=False)
     part_names, parts = _read_parts(root / "parts", images)
     return CUBAnnotations(
         root=root,
@@ -256,15 +264,22 @@ def _read_parts(folder, images):
     part_names = read_numbered_names(f_names, "part_id part_name", "part")
     row_of = {iid: r for r, iid in enumerate(images)}
     parts = np.zeros((len(images), len(part_names), 3), dtype=np.float32)
-    seen = np.zeros((len(images), len(part_names)), dtype=bool)
-    rows = read_keyed(f_locs, 5, "image_id part_id x y visible", key=("image id", "part"), image_ids=images)
-    for (iid, pid), (no, fields) in rows.items():
+    line_of = np.zeros((len(images), len(part_names)), dtype=np.int64)  # 0: no line yet
+    # not read_keyed: a dict of its 15 x 11,788 keys would double the time CUB takes to load
+    rows = read_rows(f_locs, 5, "image_id part_id x y visible")
+    for no, fields in rows:
+        iid, pid = parse_numbers(f_locs, no, fields[:2])
+        if iid not in row_of:
+            raise UserError(f"{f_locs}:{no}: image id {iid} is not in images.txt")
         if not 1 <= pid <= len(part_names):
             raise UserError(f"{f_locs}:{no}: part {pid} is outside parts.txt (1..{len(part_names)})")
-        parts[row_of[iid], pid - 1] = [parse_number(f_locs, no, v, float) for v in fields]
-        seen[row_of[iid], pid - 1] = True
-    if not seen.all():
-        r, p = np.argwhere(~seen)[0]
+        r = row_of[iid]
+        if line_of[r, pid - 1]:
+            raise _repeated(f_locs, no, [("image id", iid), ("part", pid)], int(line_of[r, pid - 1]), rows)
+        line_of[r, pid - 1] = no
+        parts[r, pid - 1] = parse_numbers(f_locs, no, fields[2:], float)
+    if not line_of.all():
+        r, p = np.argwhere(line_of == 0)[0]
         raise UserError(f"{f_locs}: image id {list(images)[r]} has no entry for part {p + 1}")
     return part_names, parts
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import metrics as M
-from .cub import parse_number, read_keyed
+from .cub import parse_number, parse_numbers, read_keyed
 from .errors import UserError
 
 BOXES_FILE = "shortcut_boxes.txt"
@@ -46,7 +46,7 @@ def load_marks(ann):
     n = len(ann.image_ids)
     marks = Marks(np.full((n, 4), np.nan, np.float32), np.full(n, -1, np.int64), np.full(n, -1, np.int64))
     for iid, (no, fields) in read_keyed(f_boxes, 5, "image_id x y width height", image_ids=row_of).items():
-        marks.boxes[row_of[iid]] = [parse_number(f_boxes, no, v, float) for v in fields]
+        marks.boxes[row_of[iid]] = parse_numbers(f_boxes, no, fields, float)
     rows = read_keyed(f_marks, 3, "image_id mark_class pair_id", image_ids=row_of)
     for iid, (no, (cls, pair)) in rows.items():
         c, pair = parse_number(f_marks, no, cls), parse_number(f_marks, no, pair)

@@ -142,6 +142,128 @@ def test_corrupt_image(cub_fixture):
     assert tolerant[1]["error"] == "" and tolerant[1]["image"].abs().sum() > 0
 
 
+# --- image modes: every mode becomes the 8-bit RGB its values mean -------------------------------------------
+GRADIENT_16 = (np.arange(16 * 16, dtype=np.uint32) * 65535 // 255).astype(np.uint16).reshape(16, 16)  # 0..65535
+
+
+def _saved(path, img, **kwargs):
+    """Write ``img`` with PIL and check the file reads back in the mode the test is about."""
+    img.save(path, **kwargs)
+    with Image.open(path) as back:
+        assert back.mode == img.mode or (img.mode == "I;16B" and back.mode.startswith("I;16")), back.mode
+    return path
+
+
+def _rgb(path):
+    arr = np.asarray(open_rgb(path))
+    assert arr.dtype == np.uint8 and arr.shape[2] == 3
+    return arr.astype(int)
+
+
+def _gray(value_8bit):
+    return np.repeat(np.asarray(value_8bit, dtype=int)[..., None], 3, axis=-1)
+
+
+def test_16bit_png_reads_as_its_8bit_gradient_not_white(tmp_path):
+    """A 16-bit PNG (I;16) was read all white: PIL's conversion clips every value above 255."""
+    path = _saved(tmp_path / "g16.png", Image.fromarray(GRADIENT_16))
+    assert np.array_equal(_rgb(path), _gray(np.arange(256).reshape(16, 16)))
+    rng = np.random.default_rng(0)
+    odd = rng.integers(0, 65536, (9, 11)).astype(np.uint16)  # values between the multiples of 257 round
+    path = _saved(tmp_path / "odd16.png", Image.fromarray(odd))
+    assert np.array_equal(_rgb(path), _gray(np.rint(odd / 257)))
+
+
+def test_16bit_big_endian_tiff(tmp_path):
+    img = Image.frombytes("I;16B", (16, 16), GRADIENT_16.astype(">u2").tobytes())
+    path = _saved(tmp_path / "g16b.tif", img)
+    assert np.array_equal(_rgb(path), _gray(np.arange(256).reshape(16, 16)))
+
+
+def test_32bit_integer_image(tmp_path):
+    """``I``: values in 0..65535 are 16-bit (an older PIL reads 16-bit PNGs as I); any other range is min-max."""
+    path = _saved(tmp_path / "i16range.tif", Image.fromarray(GRADIENT_16.astype(np.int32)))
+    assert np.array_equal(_rgb(path), _gray(np.arange(256).reshape(16, 16)))
+    wide = np.array([[-1000, 0, 99000, 199000]], dtype=np.int32)  # min -1000, max 199000
+    path = _saved(tmp_path / "iwide.tif", Image.fromarray(wide))
+    assert np.array_equal(_rgb(path), _gray([[0, 1, 128, 255]]))
+
+
+def test_float_image(tmp_path):
+    """``F``: values in [0, 1] are that range; any other range is min-max; NaN is refused, naming the file."""
+    unit = np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32)
+    path = _saved(tmp_path / "unit.tif", Image.fromarray(unit))
+    assert np.array_equal(_rgb(path), _gray([[0, 64, 128, 255]]))
+    path = _saved(tmp_path / "wide.tif", Image.fromarray(np.array([[-2.0, 0.0, 2.0]], dtype=np.float32)))
+    assert np.array_equal(_rgb(path), _gray([[0, 128, 255]]))
+    path = _saved(tmp_path / "nan.tif", Image.fromarray(np.array([[0.5, np.nan]], dtype=np.float32)))
+    with pytest.raises(OSError, match="cannot read image .*nan.tif: the float image holds NaN"):
+        open_rgb(path)
+
+
+def _palette_image():
+    """A 4x1 palette image: red, blue, then palette colour 2 (dark) twice."""
+    img = Image.new("P", (4, 1))
+    img.putpalette([255, 0, 0, 0, 0, 255, 10, 20, 30] + [0] * (3 * 253))
+    img.putdata([0, 1, 2, 2])
+    return img
+
+
+def test_transparent_areas_become_white(tmp_path):
+    """Transparency is composited over white (PIL's conversion shows the colour a transparent area hides)."""
+    white = [255, 255, 255]
+    path = _saved(tmp_path / "p.png", _palette_image(), transparency=2)  # one transparent palette index
+    assert _rgb(path)[0].tolist() == [[255, 0, 0], [0, 0, 255], white, white]
+    path = _saved(tmp_path / "pa.png", _palette_image(), transparency=bytes([255, 128, 0]))  # alpha per colour
+    assert _rgb(path)[0].tolist() == [[255, 0, 0], [127, 127, 255], white, white]  # blue half over white
+    la = Image.fromarray(np.array([[[100, 255], [100, 0], [100, 128]]], dtype=np.uint8), "LA")
+    assert _rgb(_saved(tmp_path / "la.png", la))[0].tolist() == [[100] * 3, white, [177] * 3]
+    rgba = Image.fromarray(np.array([[[200, 30, 40, 255], [200, 30, 40, 0]]], dtype=np.uint8), "RGBA")
+    assert _rgb(_saved(tmp_path / "rgba.png", rgba))[0].tolist() == [[200, 30, 40], white]
+    rgb = Image.fromarray(np.array([[[1, 2, 3], [4, 5, 6]]], dtype=np.uint8))
+    assert _rgb(_saved(tmp_path / "key.png", rgb, transparency=(1, 2, 3)))[0].tolist() == [white, [4, 5, 6]]
+    gray16 = Image.fromarray(np.array([[0, 1000, 65535]], dtype=np.uint16))
+    assert _rgb(_saved(tmp_path / "key16.png", gray16, transparency=1000))[0].tolist() == [[0] * 3, white, white]
+
+
+def test_ordinary_modes_unchanged(tmp_path):
+    """8-bit modes without transparency read as PIL converts them."""
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    for mode in ("RGB", "L", "1", "P"):
+        img = rgb.convert(mode)
+        path = _saved(tmp_path / f"{mode}.png", img)
+        assert np.array_equal(_rgb(path), np.asarray(img.convert("RGB"))), mode
+
+
+def _replace_first_image(root, img, name):
+    """Make image 1 of the CUB folder ``root`` the PNG ``img`` (same size as the fixture's image 1)."""
+    path = root / "images" / CUB_CLASS_DIRS[0] / name
+    img.save(path)
+    _edit(root / "images.txt", 1, f"1 {path.relative_to(root / 'images').as_posix()}")
+
+
+def test_16bit_png_in_a_cub_folder_is_read_like_its_8bit_twin(cub_fixture):
+    """The whole path (annotations, CUBDataset, preprocessing, boxes): the same model input within 1/255."""
+    w, h = CUB_IMAGES[0]["size"]
+    rng = np.random.default_rng(2)
+    deep = rng.integers(0, 65536, (h, w)).astype(np.uint16)
+    twin = np.rint(deep / 257).astype(np.uint8)
+    items, modes = [], []
+    for img, name in ((Image.fromarray(deep), "deep.png"), (Image.fromarray(twin), "twin.png")):
+        root = cub_fixture()
+        _replace_first_image(root, img, name)
+        dataset = CUBDataset(load_cub(root), "all", PRE, annotations=True)
+        with Image.open(dataset.image_path(0)) as file:
+            modes.append(file.mode)
+        items.append(dataset[0])
+    assert modes == ["I;16", "L"]
+    deep_item, twin_item = items
+    image, expected = PRE.denormalize(deep_item["image"]), PRE.denormalize(twin_item["image"])
+    assert (image - expected).abs().max() <= 1 / 255 and expected.std() > 0.1  # not white
+    assert torch.equal(deep_item["box"], twin_item["box"]) and torch.equal(deep_item["parts"], twin_item["parts"])
+
+
 # --- annotation errors -----------------------------------------------------------------------------------
 def _edit(path, lineno, new):
     lines = path.read_text().splitlines()
@@ -233,6 +355,38 @@ def test_malformed_lines(cub_fixture, name, lineno, line, needle):
     _edit(root / name, lineno, line)
     where = str(root / name) if line is None else f"{root / name}:{lineno}"
     one_line_error(lambda: load_cub(root), where, needle)
+
+
+# Every id-keyed file refuses a repeated id, naming both lines (before, the last line won silently).
+# (file, line to append, needle): the fixture's files hold one line per id, in id order, so image 3 is on line 3.
+@pytest.mark.parametrize("name,line,needle", [
+    ("images.txt", "3 003.Sooty_Albatross/other.jpg", ":7: image id 3 repeats line 3 ('3 002.Laysan_Albatross/"),
+    ("images.txt", "7 {path1}", ":7: image 001.Black_footed_Albatross/Black_footed_Albatross_0001_0.jpg repeats "
+                                "line 1 (one file under two ids)"),
+    ("image_class_labels.txt", "3 1", ":7: image id 3 repeats line 3 ('3 2'); keep one of the two lines"),
+    ("train_test_split.txt", "2 1", ":7: image id 2 repeats line 2 ('2 0')"),
+    ("bounding_boxes.txt", "1 0.0 0.0 5.0 5.0", ":7: image id 1 repeats line 1 ('1 16.0 9.0 32.0 24.0')"),
+    ("parts/part_locs.txt", "2 5 1.0 2.0 1", ":91: image id 2, part 5 repeats line 20 ('2 5 "),
+    ("classes.txt", "2 004.Other", ":4: class id 2 repeats line 2 ('2 002.Laysan_Albatross')"),
+    ("classes.txt", "4 001.Black_footed_Albatross", ":4: class name '001.Black_footed_Albatross' repeats line 1"),
+    ("parts/parts.txt", "3 belly", ":16: part id 3 repeats line 3 ('3 belly')"),
+    ("parts/parts.txt", "16 back", ":16: part name 'back' repeats line 1"),
+])
+def test_a_repeated_id_is_refused_naming_both_lines(cub_fixture, name, line, needle):
+    root = cub_fixture()
+    path1 = (root / "images.txt").read_text().splitlines()[0].split()[1]
+    with open(root / name, "a") as fh:
+        fh.write(line.format(path1=path1) + "\n")
+    one_line_error(lambda: load_cub(root), f"{root / name}{needle}")
+
+
+def test_part_ids_must_run_in_order(cub_fixture):
+    """parts.txt ids were ignored: a file in another order gave the parts other names than their locations."""
+    root = cub_fixture()
+    _edit(root / "parts" / "parts.txt", 2, "3 beak")  # swapped with `3 belly`
+    _edit(root / "parts" / "parts.txt", 3, "2 belly")
+    one_line_error(lambda: load_cub(root), f"{root / 'parts' / 'parts.txt'}:2: part ids must run 1, 2, 3, ... in "
+                                           "order, got 3")
 
 
 def test_blank_lines_and_paths_with_spaces(cub_fixture):

@@ -375,37 +375,64 @@ def test_a_killed_extraction_then_a_rerun(tmp_path, cub_fixture):
     assert (root / "images.txt").is_file() and (root / ".verified.json").is_file()
 
 
-def test_two_runs_at_once(tmp_path, served_archive, monkeypatch):
+@pytest.mark.parametrize("order", ["both_unpacked", "one_after_the_other"])
+def test_two_runs_at_once(tmp_path, served_archive, monkeypatch, order):
     """Two runs into the same root at the same time: each uses its own temporary names; one folder results,
-    the other run says why it stopped, and the archive both used is kept."""
+    the other run says why it stopped, and the archive both used is kept.
+
+    The losing run's words depend on when it finds the other's folder, so the test sets the order: both runs have
+    unpacked and checked their folder before either moves it (the loser's move fails), or the second starts
+    unpacking only when the first has finished (the loser finds the folder there).
+    """
     from vitlrp import download
 
     url, digest = served_archive
     root = tmp_path / "data" / "CUB_200_2011"
-    barrier, both_extracting = threading.Barrier(2), threading.Barrier(2, timeout=30)
-    outcomes = []
-    real_extract = download.extract_cub
+    started, both_downloaded = threading.Barrier(2, timeout=30), threading.Barrier(2, timeout=30)
+    both_unpacked, first_done = threading.Barrier(2, timeout=30), threading.Event()
+    real_extract, real_load = download.extract_cub, download.load_cub
 
-    def extract_together(*args, **kwargs):  # both runs have passed every check before either moves its folder
-        both_extracting.wait()
-        return real_extract(*args, **kwargs)
+    def load_then_wait(folder):  # inside extract_cub: unpacked into a temporary folder, not yet moved to root
+        ann = real_load(folder)
+        both_unpacked.wait()
+        return ann
 
-    monkeypatch.setattr(download, "extract_cub", extract_together)
+    def extract_in_turn(*args, **kwargs):
+        both_downloaded.wait()  # both have passed every check before the archive, so both reach the extraction
+        if threading.current_thread().name == "second":
+            assert first_done.wait(30)
+        try:
+            return real_extract(*args, **kwargs)
+        finally:
+            first_done.set()
+
+    if order == "both_unpacked":
+        monkeypatch.setattr(download, "load_cub", load_then_wait)
+    else:
+        monkeypatch.setattr(download, "extract_cub", extract_in_turn)
+    outcomes = {}
 
     def one_run():
-        barrier.wait()
+        started.wait()
         try:
-            outcomes.append(fetch_cub(root, urls=(url,), expected_md5=digest, progress=False, log=lambda _: None))
+            outcome = fetch_cub(root, urls=(url,), expected_md5=digest, progress=False, log=lambda _: None)
         except UserError as err:
-            outcomes.append(str(err))
+            outcome = str(err)
+        outcomes[threading.current_thread().name] = outcome
 
-    threads = [threading.Thread(target=one_run) for _ in range(2)]
+    threads = [threading.Thread(target=one_run, name=name) for name in ("first", "second")]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(outcomes, key=len)[0] == "extracted", outcomes
-    assert "did another run create it meanwhile" in sorted(outcomes, key=len)[1], outcomes
+    won, lost = sorted(outcomes.values(), key=len)
+    assert won == "extracted", outcomes
+    if order == "both_unpacked":
+        assert lost.startswith(f"cannot move the unpacked folder to {root} (") and lost.endswith(
+            "): did another run create it meanwhile? It was left as it is"), outcomes
+    else:
+        assert outcomes["first"] == "extracted" and outcomes["second"].startswith(
+            f"{root} already holds a CUB folder; the archive is unpacked only into a missing or empty folder"), outcomes
     assert (root / "images.txt").is_file() and _no_hidden_leftovers(root.parent)
     assert sorted(p.name for p in root.parent.iterdir()) == ["CUB_200_2011", "CUB_200_2011.tgz"]
 
@@ -470,5 +497,6 @@ def test_an_archive_with_broken_annotations_is_not_unpacked(tmp_path, cub_fixtur
     code, _, err = run_script_inprocess("download_cub", "--dataset-root", root, "--archive", archive,
                                         "--expected-md5", "")
     assert code == 2 and len(error_lines(err)) == 1, err
-    assert f"{archive} holds an inconsistent CUB folder, not unpacked:" in err and "class ids must run" in err
+    assert f"{archive} holds an inconsistent CUB folder, not unpacked:" in err
+    assert "classes.txt:2: class id 1 repeats line 1 ('1 001.A')" in err
     assert not root.exists() and _no_hidden_leftovers(root.parent)

@@ -246,6 +246,20 @@ def test_inspect_predictions_match_the_explain_step(default_run):
     assert csv_lines[0].startswith("sample_idx,label,label_name,predicted_class") and len(csv_lines) == N + 1
 
 
+@pytest.mark.parametrize("under", [False, True])
+def test_inspect_a_file_as_output_dir_is_not_an_unfinished_run(tmp_path, under):
+    """It said the folder held an unfinished run (the marker could not be read below a file)."""
+    blocker = tmp_path / "lrp_results.json"
+    blocker.write_text("[]", encoding="utf-8")
+    out = blocker / "run" if under else blocker
+    code, stdout, stderr = run_script_inprocess("inspect_lrp_predictions", "--output-dir", out, "--device", "cpu")
+    expected = (f"error: {out / 'lrp_results.json'} not found: run `python scripts/test_vit_forward.py` first (or pass "
+                "--output-dir with the folder of a finished run)" if under
+                else f"error: OUTPUT_DIR {blocker} is a file, not a folder: give the folder of the run")
+    assert code == 2 and error_lines(stderr) == [expected] and "Traceback" not in stderr, stderr
+    assert blocker.read_text(encoding="utf-8") == "[]" and sorted(tmp_path.iterdir()) == [blocker]
+
+
 # --- dtype and implementation -----------------------------------------------------------------------------
 def test_bf16_run_on_cpu(trained_tiny, tmp_path, model_and_data):
     code, stdout, stderr = explain(trained_tiny, tmp_path, "--dtype", "bf16", n=2)

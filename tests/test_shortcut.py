@@ -173,6 +173,42 @@ def test_a_mark_file_naming_an_unknown_image_is_one_clear_error(shortcut_cub, tm
         S.load_marks(load_cub(root))
 
 
+def _annotations_only(shortcut_cub, tmp_path):
+    """A copy of the shortcut mini-CUB's annotation files (the readers open no image)."""
+    import shutil
+
+    return shutil.copytree(shortcut_cub, tmp_path / "CUB", ignore=shutil.ignore_patterns("*.jpg"))
+
+
+@pytest.mark.parametrize("name,line,needle", [
+    (SHORTCUT_BOXES, "2 1.0 1.0 9.0 9.0", ":{n}: image id 2 repeats line 2 ('2 "),
+    (SHORTCUT_MARKS, "3 1 0", ":{n}: image id 3 repeats line 3 ('3 "),
+])
+def test_a_repeated_image_in_a_mark_file_is_refused_naming_both_lines(shortcut_cub, tmp_path, name, line, needle):
+    root = _annotations_only(shortcut_cub, tmp_path)
+    n = len((root / name).read_text().splitlines()) + 1
+    with open(root / name, "a") as fh:
+        fh.write(line + "\n")
+    with pytest.raises(UserError) as info:
+        S.load_marks(load_cub(root))
+    assert f"{root / name}{needle.format(n=n)}" in str(info.value) and "keep one of the two lines" in str(info.value)
+
+
+def test_pairs_must_name_each_other(shortcut_cub, tmp_path):
+    """An image named as the twin of two images (a repeated pair id) is refused, not paired twice."""
+    root = _annotations_only(shortcut_cub, tmp_path)
+    lines = (root / SHORTCUT_MARKS).read_text().splitlines()
+    first, second = [i for i, t in enumerate(lines) if t.split()[2] != "0"][:2]  # a test bird and its twin
+    iid, cls, twin = lines[first].split()
+    third = next(i for i, t in enumerate(lines) if t.split()[2] not in ("0", iid, twin))
+    moved = lines[third].split()
+    lines[third] = f"{moved[0]} {moved[1]} {twin}"  # now two images name `twin` as their pair
+    (root / SHORTCUT_MARKS).write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=rf":{third + 1}: image id {moved[0]} names {twin} as its pair, but {twin} "
+                                        rf"does not name {moved[0]}"):
+        S.load_marks(load_cub(root))
+
+
 # --- the score -------------------------------------------------------------------------------------------------
 
 

@@ -191,6 +191,17 @@ def test_read_gamma_file(tmp_path):
         S.read_gamma_file(tmp_path / "bad.json")
 
 
+def test_a_folder_as_gamma_file_is_named_a_folder(tmp_path):
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    with pytest.raises(UserError) as info:
+        S.read_gamma_file(folder)
+    assert str(info.value) == f"GAMMA_FILE {folder} is a folder, not a best_gamma.json file"
+    (folder / "best_gamma.json").write_text("{}")
+    with pytest.raises(UserError, match=r"is a folder, not a best_gamma.json file \(it holds one: pass that file\)"):
+        S.read_gamma_file(f"{folder}#box_share")
+
+
 # --- the script, end to end -------------------------------------------------------------------------------
 CONVS, LINS, SCHED = ["0", "10"], ["0", "1"], ["linear:1:0"]
 

@@ -531,6 +531,12 @@ def test_missing_imagenet_weights_without_network_is_one_line_naming_the_file(tm
     assert "nope.pth" in str(info.value)
 
 
+def test_a_folder_as_pretrained_file_is_named_a_folder(tmp_path):
+    with pytest.raises(UserError) as info:
+        models.pretrained_state_dict("vit_b_16", str(tmp_path))
+    assert str(info.value) == f"weights file {tmp_path} is a folder, not a file: pass the file itself"
+
+
 def test_script_without_weights_or_network_stops_with_one_error(cub_fixture, tmp_path, no_network, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
     code, stdout, stderr = train(cub_fixture(), tmp_path, "--model", "vit_b_16", "--pretrained", "IMAGENET1K_V1",

@@ -6,7 +6,7 @@ One concept per module:
 - ``errors``      the one exception type a script turns into one line
 - ``fileio``      atomic writes
 - ``runfolder``   an output folder's lock, incomplete marker and list of the files runs wrote
-- ``preprocess``  resize + center crop + normalize, and the same mapping for boxes and part points
+- ``preprocess``  any image file as 8-bit RGB; resize + center crop + normalize, the same mapping for boxes and parts
 - ``cub``         the CUB-200-2011 folder layout and dataset
 - ``synthetic``   the synthetic mini-CUB (CUB layout, known evidence box)
 - ``download``    fetch, md5-check and safely extract the CUB archive

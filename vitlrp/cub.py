@@ -27,8 +27,10 @@ def display_name(class_dir):
     return name.replace("_", " ")
 
 
-def _rows(path, ncols, what, required=True):
-    """Yield ``(line_number, fields)`` of a whitespace-separated annotation file with ``ncols`` columns."""
+def read_rows(path, ncols, what, required=True):
+    """``[(line_number, fields)]`` of a whitespace-separated annotation file with ``ncols`` columns (blank lines
+    skipped; with 2 columns the second keeps its spaces). ``what`` names the columns for the error line. A missing
+    file is an error if ``required``, else None."""
     if not path.is_file():
         if required:
             raise UserError(f"missing annotation file {path}: the CUB folder is incomplete", fix="dataset")
@@ -63,11 +65,64 @@ def _first_non_utf8(path):
         return f"{line}: not UTF-8 text (byte 0x{raw[err.start]:02x})"
 
 
-def _number(path, no, text, kind=int):
+def parse_number(path, no, text, cast=int):
+    """``cast(text)`` of a field on line ``no`` of ``path``; one line naming both if it is not a number."""
     try:
-        return kind(text)
+        return cast(text)
     except ValueError:
         raise UserError(f"{path}:{no}: {text!r} is not a number") from None
+
+
+def parse_numbers(path, no, texts, cast=int):
+    """``[cast(t) for t in texts]`` of fields on line ``no`` of ``path``, as :func:`parse_number`."""
+    try:
+        return list(map(cast, texts))
+    except ValueError:  # the slow way, to name the field
+        return [parse_number(path, no, t, cast) for t in texts]
+
+
+def read_keyed(path, ncols, what, key=("image id",), image_ids=None, required=True):
+    """``{key: (line_number, other fields)}`` of an id-keyed annotation file, in file order.
+
+    The first ``len(key)`` columns (integers, named by ``key``) are the key: a key on two lines is refused naming
+    both, never "the last line wins". With ``image_ids`` (a container) the first column is an image id that must be
+    in it (images.txt). A missing file is an error if ``required``, else None.
+    """
+    rows = read_rows(path, ncols, what, required)
+    if rows is None:
+        return None
+    out, width = {}, len(key)
+    for no, fields in rows:
+        ids = parse_numbers(path, no, fields[:width])
+        if image_ids is not None and ids[0] not in image_ids:
+            raise UserError(f"{path}:{no}: image id {ids[0]} is not in images.txt")
+        k = ids[0] if width == 1 else tuple(ids)
+        if k in out:
+            raise _repeated(path, no, zip(key, ids), out[k][0], rows)
+        out[k] = (no, fields[width:])
+    return out
+
+
+def _repeated(path, no, named, first, rows):
+    """The error for line ``no`` of ``path``, whose key (``(name, value)`` pairs) is on line ``first`` already."""
+    text = next(" ".join(fields) for n, fields in rows if n == first)
+    key = ", ".join(f"{name} {v}" for name, v in named)
+    return UserError(f"{path}:{no}: {key} repeats line {first} ({text!r}); keep one of the two lines")
+
+
+def read_numbered_names(path, what, noun):
+    """The names of a ``<id> <name>`` file whose ids run 1, 2, 3, ... in order (classes.txt, parts/parts.txt)."""
+    names, line_of = [], {}
+    for i, (cid, (no, (name,))) in enumerate(read_keyed(path, 2, what, key=(f"{noun} id",)).items(), 1):
+        if cid != i:
+            raise UserError(f"{path}:{no}: {noun} ids must run 1, 2, 3, ... in order, got {cid}")
+        name = name.strip()
+        if name in line_of:
+            raise UserError(f"{path}:{no}: {noun} name {name!r} repeats line {line_of[name]}; give each {noun} "
+                            "its own name")
+        line_of[name] = no
+        names.append(name)
+    return names
 
 
 @dataclass
@@ -132,86 +187,25 @@ def format_counts(counts):
 def load_cub(root):
     """Read and cross-check the annotation files of the CUB folder ``root``.
 
-    Raises a one-line :class:`UserError` naming the path (missing root) or file and line (bad annotations).
+    Raises a one-line :class:`UserError` naming the path (missing root) or file and line (bad annotations, an id
+    given twice).
     """
     root = Path(root)
     if not (root / "images.txt").is_file():
         raise UserError(f"CUB dataset not found: {not_found_reason(root)}", fix="dataset")
-
-    f_images, f_labels = root / "images.txt", root / "image_class_labels.txt"
-    f_split, f_classes = root / "train_test_split.txt", root / "classes.txt"
-    classes = _rows(f_classes, 2, "class_id class_name")
-    class_dirs = []
-    for no, (cid, name) in classes:
-        if _number(f_classes, no, cid) != len(class_dirs) + 1:
-            raise UserError(f"{f_classes}:{no}: class ids must run 1, 2, 3, ... in order, got {cid}")
-        class_dirs.append(name.strip())
-
-    ids, paths, first_line = [], [], {}
-    for no, (iid, rel) in _rows(f_images, 2, "image_id path"):
-        iid = _number(f_images, no, iid)
-        if iid in first_line:
-            raise UserError(f"{f_images}:{no}: image id {iid} repeats line {first_line[iid]}")
-        first_line[iid] = no
-        ids.append(iid)
-        paths.append(rel.strip())
-
-    def per_image(path, ncols, what, convert, required=True):
-        rows = _rows(path, ncols, what, required)
-        if rows is None:
-            return None
-        out = {}
-        for no, fields in rows:
-            iid = _number(path, no, fields[0])
-            if iid not in first_line:
-                raise UserError(f"{path}:{no}: image id {iid} is not in images.txt")
-            out[iid] = convert(no, fields[1:])
-        for iid in ids:
-            if iid not in out:
-                raise UserError(f"{f_images}:{first_line[iid]}: image id {iid} has no entry in {path.name}")
-        return out
-
-    def label(no, fields):
-        cid = _number(f_labels, no, fields[0])
-        if not 1 <= cid <= len(class_dirs):
-            raise UserError(f"{f_labels}:{no}: class {cid} is outside classes.txt (1..{len(class_dirs)})")
-        return cid - 1
-
-    def split(no, fields):
-        flag = _number(f_split, no, fields[0])
-        if flag not in (0, 1):
-            raise UserError(f"{f_split}:{no}: is_training_image must be 0 or 1, got {fields[0]}")
-        return bool(flag)
-
-    labels = per_image(f_labels, 2, "image_id class_id", label)
-    is_train = per_image(f_split, 2, "image_id is_training_image", split)
-    f_boxes = root / "bounding_boxes.txt"
-    boxes = per_image(f_boxes, 5, "image_id x y width height",
-                      lambda no, f: [_number(f_boxes, no, v, float) for v in f], required=False)
-
-    part_names = parts = None
-    f_part_names, f_part_locs = root / "parts" / "parts.txt", root / "parts" / "part_locs.txt"
-    if f_part_names.is_file() and f_part_locs.is_file():
-        part_names = [name.strip() for _, (_, name) in _rows(f_part_names, 2, "part_id part_name")]
-        parts = np.zeros((len(ids), len(part_names), 3), dtype=np.float32)
-        row_of = {iid: r for r, iid in enumerate(ids)}
-        seen = np.zeros((len(ids), len(part_names)), dtype=bool)
-        for no, fields in _rows(f_part_locs, 5, "image_id part_id x y visible"):
-            iid, pid = _number(f_part_locs, no, fields[0]), _number(f_part_locs, no, fields[1])
-            if iid not in row_of:
-                raise UserError(f"{f_part_locs}:{no}: image id {iid} is not in images.txt")
-            if not 1 <= pid <= len(part_names):
-                raise UserError(f"{f_part_locs}:{no}: part {pid} is outside parts.txt (1..{len(part_names)})")
-            parts[row_of[iid], pid - 1] = [_number(f_part_locs, no, v, float) for v in fields[2:]]
-            seen[row_of[iid], pid - 1] = True
-        if not seen.all():
-            r, p = np.argwhere(~seen)[0]
-            raise UserError(f"{f_part_locs}: image id {ids[r]} has no entry for part {p + 1}")
-
+    class_dirs = read_numbered_names(root / "classes.txt", "class_id class_name", "class")
+    images = _read_images(root / "images.txt")
+    ids = list(images)
+    labels = _per_image(root / "image_class_labels.txt", 2, "image_id class_id", images,
+                        lambda path, no, fields: _class_index(path, no, fields[0], len(class_dirs)))
+    is_train = _per_image(root / "train_test_split.txt", 2, "image_id is_training_image", images, _train_flag)
+    boxes = _per_image(root / "bounding_boxes.txt", 5, "image_id x y width height", images,
+                       lambda path, no, fields: parse_numbers(path, no, fields, float), required=False)
+    part_names, parts = _read_parts(root / "parts", images)
     return CUBAnnotations(
         root=root,
         image_ids=np.array(ids, dtype=np.int64),
-        paths=paths,
+        paths=[images[i][1] for i in ids],
         labels=np.array([labels[i] for i in ids], dtype=np.int64),
         is_train=np.array([is_train[i] for i in ids], dtype=bool),
         class_dirs=class_dirs,
@@ -220,6 +214,74 @@ def load_cub(root):
         part_names=part_names,
         parts=parts,
     )
+
+
+def _read_images(path):
+    """``{image id: (line, relative path)}`` of images.txt; an id or a path on two lines is refused."""
+    images, line_of_path = {}, {}
+    for iid, (no, (rel,)) in read_keyed(path, 2, "image_id path").items():
+        rel = rel.strip()
+        if rel in line_of_path:
+            raise UserError(f"{path}:{no}: image {rel} repeats line {line_of_path[rel]} (one file under two ids)")
+        line_of_path[rel] = no
+        images[iid] = (no, rel)
+    return images
+
+
+def _per_image(path, ncols, what, images, convert, required=True):
+    """``{image id: convert(path, line, fields)}`` of a file with one line per image of ``images``, each exactly
+    once; None if the file is missing and not ``required``."""
+    rows = read_keyed(path, ncols, what, image_ids=images, required=required)
+    if rows is None:
+        return None
+    for iid, (line, _) in images.items():
+        if iid not in rows:
+            raise UserError(f"{path.with_name('images.txt')}:{line}: image id {iid} has no entry in {path.name}")
+    return {iid: convert(path, no, fields) for iid, (no, fields) in rows.items()}
+
+
+def _class_index(path, no, text, num_classes):
+    """The 0-based class of a 1-based class id field."""
+    cid = parse_number(path, no, text)
+    if not 1 <= cid <= num_classes:
+        raise UserError(f"{path}:{no}: class {cid} is outside classes.txt (1..{num_classes})")
+    return cid - 1
+
+
+def _train_flag(path, no, fields):
+    flag = parse_number(path, no, fields[0])
+    if flag not in (0, 1):
+        raise UserError(f"{path}:{no}: is_training_image must be 0 or 1, got {fields[0]}")
+    return bool(flag)
+
+
+def _read_parts(folder, images):
+    """``(part names, [N, P, 3] x, y, visible)`` from parts/parts.txt and parts/part_locs.txt, or (None, None)
+    without them; every image needs every part exactly once."""
+    f_names, f_locs = folder / "parts.txt", folder / "part_locs.txt"
+    if not (f_names.is_file() and f_locs.is_file()):
+        return None, None
+    part_names = read_numbered_names(f_names, "part_id part_name", "part")
+    row_of = {iid: r for r, iid in enumerate(images)}
+    parts = np.zeros((len(images), len(part_names), 3), dtype=np.float32)
+    line_of = np.zeros((len(images), len(part_names)), dtype=np.int64)  # 0: no line yet
+    # not read_keyed: a dict of its 15 x 11,788 keys would double the time CUB takes to load
+    rows = read_rows(f_locs, 5, "image_id part_id x y visible")
+    for no, fields in rows:
+        iid, pid = parse_numbers(f_locs, no, fields[:2])
+        if iid not in row_of:
+            raise UserError(f"{f_locs}:{no}: image id {iid} is not in images.txt")
+        if not 1 <= pid <= len(part_names):
+            raise UserError(f"{f_locs}:{no}: part {pid} is outside parts.txt (1..{len(part_names)})")
+        r = row_of[iid]
+        if line_of[r, pid - 1]:
+            raise _repeated(f_locs, no, [("image id", iid), ("part", pid)], int(line_of[r, pid - 1]), rows)
+        line_of[r, pid - 1] = no
+        parts[r, pid - 1] = parse_numbers(f_locs, no, fields[2:], float)
+    if not line_of.all():
+        r, p = np.argwhere(line_of == 0)[0]
+        raise UserError(f"{f_locs}: image id {list(images)[r]} has no entry for part {p + 1}")
+    return part_names, parts
 
 
 class CUBDataset(Dataset):

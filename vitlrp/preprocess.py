@@ -113,14 +113,56 @@ class Preprocessing:
         return (images * std + mean).clamp(0, 1)
 
 
+BACKGROUND = (255, 255, 255)  # what a transparent area of an image becomes: white, as an image viewer shows it
+
+
 def open_rgb(path):
-    """Open an image file as RGB whatever its mode (grayscale, CMYK, palette, alpha).
+    """Open an image file as 8-bit RGB whatever its mode (see :func:`to_rgb`).
 
     Raises OSError naming the file when it cannot be decoded.
     """
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise OSError(f"cannot read image {path}: {err}") from None
+
+
+def to_rgb(img):
+    """``img`` as 8-bit RGB, its values scaled by the range of its mode (PIL's own conversion clips them).
+
+    - 16-bit (``I;16``, ``I;16B``, ...): value / 257, so 65535 is 255.
+    - 32-bit integer ``I``: values in 0..65535 are 16-bit (as an older PIL reads a 16-bit PNG); others are scaled
+      min-max to 0..255.
+    - float ``F``: values in [0, 1] are that range (x 255); others are scaled min-max. NaN or infinity is refused.
+    - any transparency (an alpha channel: ``RGBA``, ``LA``, ``PA``; a palette or colour key marked transparent) is
+      composited over :data:`BACKGROUND`, so a transparent area is white, not whatever colour it hides.
+    - everything else (``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ...) by PIL's conversion.
+    """
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _to_8bit_gray(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in img.info:
+        background = Image.new("RGBA", img.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_8bit_gray(img):
+    """A 16-bit, 32-bit integer or float single-channel image as ``L`` (rules in :func:`to_rgb`)."""
+    raw = np.asarray(img)
+    values = raw.astype(np.float64)
+    if img.mode == "F" and not np.isfinite(values).all():
+        raise ValueError("the float image holds NaN or infinite values")
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if img.mode == "F" and 0 <= lo and hi <= 1:
+        scaled = values * 255
+    elif img.mode != "F" and 0 <= lo and hi <= 65535:
+        scaled = values / 257
+    else:  # no fixed range: the image's own min..max (a constant image becomes black)
+        scaled = (values - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    key = img.info.get("transparency")
+    if isinstance(key, (int, float)) and not isinstance(key, bool):  # a 16-bit PNG's colour key, in raw values
+        gray.putalpha(Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8)))
+    return gray

@@ -180,14 +180,17 @@ def incomplete_note(folder):
     """The marker's text when ``folder`` holds an unfinished (killed, failed or running) run, else ``None``."""
     try:
         return (Path(folder) / MARKER).read_text(encoding="utf-8").strip() or "(no details)"
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no folder (a file, or a path under one): no run in it
         return None
     except OSError as err:
         return f"(marker unreadable: {err})"
 
 
 def check_complete(folder, what, how):
-    """Refuse a folder whose last run did not finish (one line naming the marker and ``how`` to finish it)."""
+    """Refuse a file given as the folder, and a folder whose last run did not finish (one line naming the marker and
+    ``how`` to finish it)."""
+    if Path(folder).is_file():
+        raise UserError(f"{what} {folder} is a file, not a folder: give the folder of the run")
     if incomplete_note(folder) is not None:
         raise UserError(f"{what} {folder} holds a run that did not finish ({Path(folder) / MARKER}); {how}")
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from . import metrics as M
-from .cub import _number, _rows
+from .cub import parse_number, parse_numbers, read_keyed
 from .errors import UserError
 
 BOXES_FILE = "shortcut_boxes.txt"
@@ -45,22 +45,24 @@ def load_marks(ann):
     row_of = {int(iid): r for r, iid in enumerate(ann.image_ids)}
     n = len(ann.image_ids)
     marks = Marks(np.full((n, 4), np.nan, np.float32), np.full(n, -1, np.int64), np.full(n, -1, np.int64))
-
-    def row(path, no, text):
-        iid = _number(path, no, text)
-        if iid not in row_of:
-            raise UserError(f"{path}:{no}: image id {iid} is not in images.txt")
-        return row_of[iid]
-
-    for no, fields in _rows(f_boxes, 5, "image_id x y width height"):
-        marks.boxes[row(f_boxes, no, fields[0])] = [_number(f_boxes, no, v, float) for v in fields[1:]]
-    for no, (iid, cls, pair) in _rows(f_marks, 3, "image_id mark_class pair_id"):
-        r, c = row(f_marks, no, iid), _number(f_marks, no, cls)
+    for iid, (no, fields) in read_keyed(f_boxes, 5, "image_id x y width height", image_ids=row_of).items():
+        marks.boxes[row_of[iid]] = parse_numbers(f_boxes, no, fields, float)
+    rows = read_keyed(f_marks, 3, "image_id mark_class pair_id", image_ids=row_of)
+    for iid, (no, (cls, pair)) in rows.items():
+        c, pair = parse_number(f_marks, no, cls), parse_number(f_marks, no, pair)
         if not 1 <= c <= ann.num_classes:
             raise UserError(f"{f_marks}:{no}: mark class {c} is outside classes.txt (1..{ann.num_classes})")
-        marks.mark_class[r] = c - 1
-        if _number(f_marks, no, pair):
-            marks.pair_row[r] = row(f_marks, no, pair)
+        marks.mark_class[row_of[iid]] = c - 1
+        if pair:
+            if pair not in row_of:
+                raise UserError(f"{f_marks}:{no}: image id {pair} is not in images.txt")
+            marks.pair_row[row_of[iid]] = row_of[pair]
+    for iid, (no, _) in rows.items():  # twins name each other: no image is the twin of two
+        pair = marks.pair_row[row_of[iid]]
+        if pair >= 0 and marks.pair_row[pair] != row_of[iid]:
+            twin = int(ann.image_ids[pair])
+            raise UserError(f"{f_marks}:{no}: image id {iid} names {twin} as its pair, but {twin} does not name "
+                            f"{iid}; pairs name each other")
     has_box, has_class = np.isfinite(marks.boxes).all(1), marks.mark_class >= 0
     if (has_box != has_class).any():
         r = int(np.flatnonzero(has_box != has_class)[0])

@@ -193,6 +193,9 @@ def read_gamma_file(spec, name="GAMMA_FILE"):
     """``(conv γ, Linear γ or schedule text)`` from ``best_gamma.json``; ``path#metric`` takes that metric's best
     cell instead of the recommended one."""
     path, _, pick = str(spec).partition("#")
+    if Path(path).is_dir():
+        inside = " (it holds one: pass that file)" if (Path(path) / "best_gamma.json").is_file() else ""
+        raise UserError(f"{name} {path} is a folder, not a best_gamma.json file{inside}")
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

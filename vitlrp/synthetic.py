@@ -58,21 +58,21 @@ def class_spec(k):
     return name, primary, secondary, PATTERNS[pattern]
 
 
-def _pattern(kind, h, w, rng):
+def _pattern(pattern, h, w, rng):
     """A [h, w] boolean mask of the class pattern (phase jittered per image, period fixed per class)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     period = max(4.0, min(h, w) / 5)
     px, py = rng.uniform(0, period, size=2)
-    if kind == "striped":
+    if pattern == "striped":
         return ((yy + py) // (period / 2)) % 2 == 0
-    if kind == "barred":
+    if pattern == "barred":
         return ((xx + px) // (period / 2)) % 2 == 0
-    if kind == "spotted":
+    if pattern == "spotted":
         cy, cx = (yy + py) % period - period / 2, (xx + px) % period - period / 2
         return cy ** 2 + cx ** 2 < (period / 3.2) ** 2
-    if kind == "checkered":
+    if pattern == "checkered":
         return (((yy + py) // (period / 2)) + ((xx + px) // (period / 2))) % 2 == 0
-    if kind == "ringed":
+    if pattern == "ringed":
         r = np.sqrt((yy - h / 2) ** 2 + (xx - w / 2) ** 2)
         return (r // (period / 2.5)) % 2 == 0
     return np.zeros((h, w), dtype=bool)
@@ -226,93 +226,122 @@ def make_synthetic_cub(root, num_classes=10, images_per_class=40, seed=0, size_r
     An existing ``root`` is replaced only if it is empty or an earlier mini-CUB (it holds ``synthetic.json``).
     ``shortcut_share > 0`` adds the class marks (module docstring); test birds are then written as pairs.
     """
+    _check_params(num_classes, images_per_class, shortcut_share)
+    root = Path(root)
+    _check_root(root)
+    ensure_writable_dir(root.parent, "the folder above the dataset root")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        params = {"num_classes": num_classes, "images_per_class": images_per_class, "seed": seed,
+                  "size_range": list(size_range), "grayscale_every": grayscale_every}
+        if shortcut_share > 0:  # recorded only when on, so the default folder stays byte-identical to before
+            params["shortcut_share"] = shortcut_share
+        files = _write_images(tmp, params, progress)
+        _write_annotations(tmp, files, params)
+        _move_into_place(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _check_params(num_classes, images_per_class, shortcut_share):
     if not 2 <= num_classes <= 200:
         raise UserError(f"NUM_CLASSES must be between 2 and 200, got {num_classes}")
     if images_per_class < 2:
         raise UserError(f"IMAGES_PER_CLASS must be at least 2 (one train, one test image), got {images_per_class}")
     if not 0 <= shortcut_share <= 1:
         raise UserError(f"SHORTCUT_SHARE must lie in [0, 1], got {shortcut_share}")
-    shortcut = shortcut_share > 0
-    if shortcut and num_classes > MAX_SHORTCUT_CLASSES:
+    if shortcut_share > 0 and num_classes > MAX_SHORTCUT_CLASSES:
         raise UserError(f"a shortcut mini-CUB has at most {MAX_SHORTCUT_CLASSES} classes (distinct marks), "
                         f"got NUM_CLASSES={num_classes}")
-    root = Path(root)
+
+
+def _check_root(root):
+    """Refuse a ``root`` that is a file, or a folder of something else than an earlier mini-CUB."""
     if root.is_file():
         raise UserError(f"dataset root {root} is a file, not a folder; choose another dataset root")
     if root.is_dir() and any(root.iterdir()) and not (root / MARKER).is_file():
         raise UserError(f"{root} exists and is not a synthetic mini-CUB (no {MARKER}); it is left as it is: "
                         "choose another dataset root")
-    ensure_writable_dir(root.parent, "the folder above the dataset root")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+
+
+def _copies(k, iid, is_train, params):
+    """``[(mark class, pair id)]`` of the images bird ``iid`` of class ``k`` is written as: one without marks; with
+    marks one per training bird (its true mark on ``shortcut_share`` of them) and two per test bird (true, swapped)."""
+    share, num_classes = params.get("shortcut_share", 0.0), params["num_classes"]
+    if not share:
+        return [(None, 0)]
+    pick = np.random.default_rng([params["seed"], iid, 2])
+    if is_train:
+        return [(k if pick.random() < share else _other_class(k, num_classes, pick), 0)]
+    return [(k, iid + 1), (_other_class(k, num_classes, pick), iid)]
+
+
+def _write_images(tmp, params, progress):
+    """Render and save every image under ``tmp/images``; return the annotation files' lines by file name."""
+    lines = {n: [] for n in ("images", "labels", "split", "boxes", "parts", "marks", "mark_boxes")}
+    classes = []
+    iid = 0
+    per_class = params["images_per_class"]
+    bar = tqdm(total=params["num_classes"] * per_class, desc="mini-CUB", unit="img", disable=not progress)
+    for k in range(params["num_classes"]):
+        spec = class_spec(k)
+        class_dir = f"{k + 1:03d}.{spec[0]}"
+        classes.append(f"{k + 1} {class_dir}")
+        (tmp / "images" / class_dir).mkdir(parents=True)
+        for j in range(per_class):
+            iid += 1
+            is_train = j % 2 == 0
+            render_id = iid
+            for c, (mark_class, pair) in enumerate(_copies(k, iid, is_train, params)):
+                iid += c  # the swapped twin takes the next id but renders as its pair
+                img, box, points, visible, mark_box = _render(render_id, k, params["seed"], params["size_range"],
+                                                              params["grayscale_every"], mark_class)
+                rel = f"{class_dir}/{spec[0]}_{iid:05d}.jpg"
+                img.save(tmp / "images" / rel, quality=92)
+                lines["images"].append(f"{iid} {rel}")
+                lines["labels"].append(f"{iid} {k + 1}")
+                lines["split"].append(f"{iid} {int(is_train)}")
+                lines["boxes"].append(f"{iid} " + " ".join(f"{float(v):.1f}" for v in box))
+                for p, ((px, py), vis) in enumerate(zip(points, visible), 1):
+                    lines["parts"].append(f"{iid} {p} {px:.1f} {py:.1f} {int(vis)}")
+                if mark_box is not None:
+                    lines["mark_boxes"].append(f"{iid} " + " ".join(f"{float(v):.1f}" for v in mark_box))
+                    lines["marks"].append(f"{iid} {mark_class + 1} {pair}")
+            bar.update()
+    bar.close()
+    files = {"images.txt": lines["images"], "image_class_labels.txt": lines["labels"],
+             "train_test_split.txt": lines["split"], "bounding_boxes.txt": lines["boxes"],
+             "classes.txt": classes, "parts/part_locs.txt": lines["parts"],
+             "parts/parts.txt": [f"{i} {n}" for i, n in enumerate(PART_NAMES, 1)]}
+    if "shortcut_share" in params:
+        files.update({SHORTCUT_BOXES: lines["mark_boxes"], SHORTCUT_MARKS: lines["marks"]})
+    return files
+
+
+def _write_annotations(tmp, files, params):
+    """The annotation files (``{name: lines}``) and the marker holding the generator ``params``."""
+    (tmp / "parts").mkdir()
+    for name, rows in files.items():
+        (tmp / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
+
+
+def _move_into_place(tmp, root):
+    """Rename the finished folder ``tmp`` to ``root``, replacing an earlier mini-CUB there."""
     try:
-        lines = {n: [] for n in ("images", "labels", "split", "boxes", "parts", "marks", "mark_boxes")}
-        classes = []
-        iid = 0
-        bar = tqdm(total=num_classes * images_per_class, desc="mini-CUB", unit="img", disable=not progress)
-        for k in range(num_classes):
-            spec = class_spec(k)
-            class_dir = f"{k + 1:03d}.{spec[0]}"
-            classes.append(f"{k + 1} {class_dir}")
-            (tmp / "images" / class_dir).mkdir(parents=True)
-            for j in range(images_per_class):
-                iid += 1
-                is_train = j % 2 == 0
-                # (mark class, pair id) per written image; a test bird with a mark is written twice
-                copies = [(None, 0)]
-                if shortcut:
-                    pick = np.random.default_rng([seed, iid, 2])
-                    if is_train:
-                        copies = [(k if pick.random() < shortcut_share else _other_class(k, num_classes, pick), 0)]
-                    else:
-                        copies = [(k, iid + 1), (_other_class(k, num_classes, pick), iid)]
-                render_id = iid
-                for c, (mark_class, pair) in enumerate(copies):
-                    iid += c  # the swapped twin takes the next id but renders as its pair
-                    img, box, points, visible, mark_box = _render(render_id, k, seed, size_range, grayscale_every,
-                                                                  mark_class)
-                    rel = f"{class_dir}/{spec[0]}_{iid:05d}.jpg"
-                    img.save(tmp / "images" / rel, quality=92)
-                    lines["images"].append(f"{iid} {rel}")
-                    lines["labels"].append(f"{iid} {k + 1}")
-                    lines["split"].append(f"{iid} {int(is_train)}")
-                    lines["boxes"].append(f"{iid} " + " ".join(f"{float(v):.1f}" for v in box))
-                    for p, ((px, py), vis) in enumerate(zip(points, visible), 1):
-                        lines["parts"].append(f"{iid} {p} {px:.1f} {py:.1f} {int(vis)}")
-                    if mark_box is not None:
-                        lines["mark_boxes"].append(f"{iid} " + " ".join(f"{float(v):.1f}" for v in mark_box))
-                        lines["marks"].append(f"{iid} {mark_class + 1} {pair}")
-                bar.update()
-        bar.close()
-        files = {"images.txt": lines["images"], "image_class_labels.txt": lines["labels"],
-                 "train_test_split.txt": lines["split"], "bounding_boxes.txt": lines["boxes"],
-                 "classes.txt": classes, "parts/part_locs.txt": lines["parts"],
-                 "parts/parts.txt": [f"{i} {n}" for i, n in enumerate(PART_NAMES, 1)]}
-        if shortcut:
-            files.update({SHORTCUT_BOXES: lines["mark_boxes"], SHORTCUT_MARKS: lines["marks"]})
-        (tmp / "parts").mkdir()
-        for name, rows in files.items():
-            (tmp / name).write_text("\n".join(rows) + "\n", encoding="utf-8")
-        params = {"num_classes": num_classes, "images_per_class": images_per_class, "seed": seed,
-                  "size_range": list(size_range), "grayscale_every": grayscale_every}
-        if shortcut:  # recorded only when on, so the default folder stays byte-identical to before
-            params["shortcut_share"] = shortcut_share
-        (tmp / MARKER).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
-        try:
-            if root.exists():
-                old = root.with_name(f".{root.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(root, old)
-                os.replace(tmp, root)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, root)
-        except OSError as err:
-            raise UserError(f"cannot move the new mini-CUB to {root} ({err.strerror or err}): did another run "
-                            "write it at the same time? Run again") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+        if root.exists():
+            old = root.with_name(f".{root.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(root, old)
+            os.replace(tmp, root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, root)
+    except OSError as err:
+        raise UserError(f"cannot move the new mini-CUB to {root} ({err.strerror or err}): did another run "
+                        "write it at the same time? Run again") from None
 
 
 def synthetic_params(root):

@@ -136,8 +136,8 @@ def test_a_folder_with_nothing_to_show_says_so_and_gets_no_page(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     code, out, err = run_script_inprocess("build_gallery", "--results-dir", tmp_path)
     assert code == 2 and out == "" and [ln for ln in err.splitlines() if ln.startswith("error:")] == [
-        f"error: RESULTS_DIR {tmp_path} holds no results to show (none of train/, lrp_samples/, lrp_eval/, pairs/); "
-        "run the pipeline first or pass the folder that holds them"]
+        f"error: RESULTS_DIR {tmp_path} holds no results to show (none of train/, lrp_samples/, lrp_eval/, sanity/, "
+        "sweep/, pairs/); run the pipeline first or pass the folder that holds them"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 

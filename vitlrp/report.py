@@ -63,7 +63,7 @@ EVAL_COLUMNS = ("box_share", "pointing_game", "rank_accuracy", "negative_share",
                 "class_sensitivity", "lerf_minus_morf")
 
 
-def evaluation_section(folder, title="Which method explains best (evaluate_lrp.py)"):
+def evaluation_section(folder, title="Which method explains best"):
     doc, missing = _read(Path(folder) / "summary.json", title)
     if missing:
         return missing
@@ -82,7 +82,7 @@ def evaluation_section(folder, title="Which method explains best (evaluate_lrp.p
                    notes)
 
 
-def sanity_section(folder, title="Sanity checks (sanity_checks.py)"):
+def sanity_section(folder, title="Sanity checks"):
     doc, missing = _read(Path(folder) / "summary.json", title)
     if missing:
         return missing
@@ -113,7 +113,7 @@ def _verdict(check):
     return word + ("?" if check.get("borderline") else "")
 
 
-def sweep_section(folder, title="Which γ: the sweep (sweep_gamma.py)"):
+def sweep_section(folder, title="Which γ: the sweep"):
     doc, missing = _read(Path(folder) / "best_gamma.json", title)
     if missing:
         return missing
@@ -134,7 +134,7 @@ def sweep_section(folder, title="Which γ: the sweep (sweep_gamma.py)"):
                    rows, notes)
 
 
-def shortcut_section(folder, title="Does the explanation show the shortcut? (make shortcut)"):
+def shortcut_section(folder, title="Does the explanation show the shortcut?"):
     doc, missing = _read(Path(folder) / "summary.json", title)
     if missing:
         return missing
@@ -150,7 +150,7 @@ def shortcut_section(folder, title="Does the explanation show the shortcut? (mak
                    notes)
 
 
-def benchmark_section(path, title="Speed (benchmark.py)"):
+def benchmark_section(path, title="Speed"):
     doc, missing = _read(path, title)
     if missing:
         return missing

@@ -195,6 +195,25 @@ TINY_TRAIN_FLAGS = ("--model", "vit_tiny", "--pretrained", "none", "--epochs", "
 
 
 @pytest.fixture(scope="session")
+def untrained_tiny(mini_cub, tmp_path_factory):
+    """An untrained vit_tiny checkpoint (random weights, a random head) for the mini-CUB's classes, in a second:
+    for tests of errors and plumbing, where what the model learned does not matter. Same keys as ``trained_tiny``."""
+    import torch
+
+    from vitlrp.cub import load_cub
+    from vitlrp.models import build_vit, save_checkpoint
+    from vitlrp.preprocess import Preprocessing
+
+    torch.manual_seed(0)
+    model = build_vit("vit_tiny", 10)
+    with torch.no_grad():
+        model.heads.head.weight.normal_(0, 0.2)
+    path = tmp_path_factory.mktemp("untrained_tiny") / "vit_cub_best.pt"
+    save_checkpoint(path, model, "vit_tiny", load_cub(mini_cub).class_names, Preprocessing.for_size(model.image_size))
+    return {"checkpoint": path, "dataset_root": mini_cub}
+
+
+@pytest.fixture(scope="session")
 def trained_tiny(mini_cub, tmp_path_factory):
     """``vit_tiny`` trained once per session on the mini-CUB (CPU, ~30 s).
 

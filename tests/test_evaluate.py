@@ -184,8 +184,8 @@ def test_paired_csv_matches_per_image_differences(main_run):
     assert any(line.startswith("paired against balanced") for line in lines)
 
 
-def test_reference_not_among_methods_is_one_line_before_any_work(trained_tiny, tmp_path):
-    code, stdout, stderr = run(trained_tiny, tmp_path / "out", num_images=4, methods="baseline,random",
+def test_reference_not_among_methods_is_one_line_before_any_work(untrained_tiny, tmp_path):
+    code, stdout, stderr = run(untrained_tiny, tmp_path / "out", num_images=4, methods="baseline,random",
                                reference="balanced")
     assert code == 2
     assert error_lines(stderr) == ["error: REFERENCE 'balanced' is not among METHODS (baseline, random): set it to "
@@ -234,8 +234,8 @@ def test_gamma_and_attn_methods_run(small_run):
         [r["relevance_sum"] for r in by_method(rows, "gamma:1:0.25")]
 
 
-def test_balanced_and_its_gamma_pair_are_one_method(trained_tiny, tmp_path):
-    code, _, stderr = run(trained_tiny, tmp_path / "out", methods="balanced,gamma:1:0.5", num_images=4)
+def test_balanced_and_its_gamma_pair_are_one_method(untrained_tiny, tmp_path):
+    code, _, stderr = run(untrained_tiny, tmp_path / "out", methods="balanced,gamma:1:0.5", num_images=4)
     assert code == 2
     assert error_lines(stderr) == ["error: METHODS lists the same method twice ('balanced' and 'gamma:1:0.5'): name "
                                    "each method once"]
@@ -250,8 +250,8 @@ def test_balanced_and_its_gamma_pair_are_one_method(trained_tiny, tmp_path):
     ("input_x_gradient+attn", "input_x_gradient+attn"),
     ("balanced,balanced", "twice"),
 ])
-def test_bad_methods_are_one_error_line(trained_tiny, tmp_path, methods, named):
-    code, stdout, stderr = run(trained_tiny, tmp_path / "out", methods=methods, num_images=4)
+def test_bad_methods_are_one_error_line(untrained_tiny, tmp_path, methods, named):
+    code, stdout, stderr = run(untrained_tiny, tmp_path / "out", methods=methods, num_images=4)
     assert code == 2
     errors = error_lines(stderr)
     assert len(errors) == 1 and named in errors[0], stderr
@@ -273,8 +273,8 @@ def test_parse_method():
 # --- bad inputs ------------------------------------------------------------------------------------------------
 
 
-def test_num_images_larger_than_the_split(trained_tiny, tmp_path):
-    code, _, stderr = run(trained_tiny, tmp_path / "out", num_images=201, methods="random")
+def test_num_images_larger_than_the_split(untrained_tiny, tmp_path):
+    code, _, stderr = run(untrained_tiny, tmp_path / "out", num_images=201, methods="random")
     assert code == 2
     errors = error_lines(stderr)
     assert len(errors) == 1 and "NUM_IMAGES=201" in errors[0] and "200" in errors[0], stderr
@@ -282,11 +282,11 @@ def test_num_images_larger_than_the_split(trained_tiny, tmp_path):
 
 @pytest.mark.parametrize("missing, named", [("bounding_boxes.txt", "bounding_boxes.txt"),
                                             ("parts/part_locs.txt", "part_locs.txt")])
-def test_missing_annotation_file(trained_tiny, tmp_path, missing, named):
+def test_missing_annotation_file(untrained_tiny, tmp_path, missing, named):
     # the checkpoint's classes are the mini-CUB's, so the folder is a copy of it with one file taken away
-    root = linked_copy(trained_tiny["dataset_root"], tmp_path / "CUB_200_2011")
+    root = linked_copy(untrained_tiny["dataset_root"], tmp_path / "CUB_200_2011")
     (root / missing).unlink()
-    code, _, stderr = run(trained_tiny, tmp_path / "out", root, num_images=4, methods="random")
+    code, _, stderr = run(untrained_tiny, tmp_path / "out", root, num_images=4, methods="random")
     assert code == 2
     errors = error_lines(stderr)
     assert len(errors) == 1 and named in errors[0], stderr

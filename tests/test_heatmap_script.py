@@ -309,11 +309,11 @@ def _checkpoint_variant(trained, tmp_path, kind):
     ("pickled", "pickled"),
     ("other_classes", "do not match"),
 ])
-def test_bad_checkpoint_is_one_line(trained_tiny, tmp_path, kind, message):
+def test_bad_checkpoint_is_one_line(untrained_tiny, tmp_path, kind, message):
     out = tmp_path / "out"
-    ckpt = _checkpoint_variant(trained_tiny, tmp_path, kind)
+    ckpt = _checkpoint_variant(untrained_tiny, tmp_path, kind)
     code, stdout, stderr = run_script_inprocess(SCRIPT, "--checkpoint-path", ckpt, "--dataset-root",
-                                                trained_tiny["dataset_root"], "--output-dir", out,
+                                                untrained_tiny["dataset_root"], "--output-dir", out,
                                                 "--num-workers", 0)
     errors = error_lines(stderr)
     assert code == 2 and len(errors) == 1, stderr
@@ -336,11 +336,11 @@ def test_bad_checkpoint_is_one_line(trained_tiny, tmp_path, kind, message):
     (("--preset", "balanced", "--gamma-file", "best_gamma.json"), "GAMMA_FILE best_gamma.json and PRESET balanced"),
     (("--compare-presets", "balanced", "--compare-methods", "balanced"), "lists 'balanced' twice"),
 ])
-def test_bad_flags_are_one_line(trained_tiny, tmp_path, flags, message):
+def test_bad_flags_are_one_line(untrained_tiny, tmp_path, flags, message):
     out = tmp_path / "out"
     out.mkdir()
     (out / "lrp_results.json").write_text("[]", encoding="utf-8")  # an older run: a refused run leaves it alone
-    code, stdout, stderr = explain(trained_tiny, out, *flags)
+    code, stdout, stderr = explain(untrained_tiny, out, *flags)
     errors = error_lines(stderr)
     assert code == 2 and len(errors) == 1, stderr
     assert message in errors[0]
@@ -349,10 +349,10 @@ def test_bad_flags_are_one_line(trained_tiny, tmp_path, flags, message):
     assert not list(out.glob("lrp_*.png"))
 
 
-def test_unwritable_output_dir_is_one_line(trained_tiny, tmp_path):
+def test_unwritable_output_dir_is_one_line(untrained_tiny, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder", encoding="utf-8")
-    code, stdout, stderr = explain(trained_tiny, blocker / "out", n=2)
+    code, stdout, stderr = explain(untrained_tiny, blocker / "out", n=2)
     errors = error_lines(stderr)
     assert code == 2 and len(errors) == 1, stderr
     assert "cannot write to OUTPUT_DIR" in errors[0] and str(blocker / "out") in errors[0]

@@ -280,7 +280,7 @@ def test_summarize_counts_failures_and_ignores_them():
     assert s["b"]["n_images"] == 1 and s["b"]["n_failed"] == 0
     assert s["a"]["box_share"]["mean"] == pytest.approx(2.0) and s["a"]["box_share"]["n"] == 2
     assert s["a"]["gini"]["mean"] == pytest.approx(1.0) and s["a"]["gini"]["n"] == 1
-    assert set(s["a"]) == {"n_images", "n_failed", "n_empty", *M.METRICS}
+    assert set(s["a"]) == {"n_images", "n_failed", "n_empty", "not_applicable", *M.METRICS}
 
 
 def test_best_methods_directions_and_random_excluded():

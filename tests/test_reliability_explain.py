@@ -98,9 +98,9 @@ def finished(trained_tiny, tmp_path_factory):
 
 
 # --- 1. non-finite maps -------------------------------------------------------------------------------------
-def test_nonfinite_map_is_a_per_sample_error(trained_tiny, tmp_path, nan_for_second_image):
+def test_nonfinite_map_is_a_per_sample_error(untrained_tiny, tmp_path, nan_for_second_image):
     out = tmp_path / "out"
-    code, stdout, stderr = explain(trained_tiny, out, n=3)
+    code, stdout, stderr = explain(untrained_tiny, out, n=3)
     assert code == 1, stderr[-2000:]
     text = (out / "lrp_results.json").read_text(encoding="utf-8")
     assert "NaN" not in text.replace("are NaN", "")  # valid JSON without NaN numbers
@@ -113,9 +113,9 @@ def test_nonfinite_map_is_a_per_sample_error(trained_tiny, tmp_path, nan_for_sec
     assert not (out / MARKER).exists()  # the run itself finished
 
 
-def test_nonfinite_map_in_evaluation_is_a_per_image_error(trained_tiny, tmp_path, nan_for_second_image):
+def test_nonfinite_map_in_evaluation_is_a_per_image_error(untrained_tiny, tmp_path, nan_for_second_image):
     out = tmp_path / "out"
-    code, stdout, stderr = evaluate(trained_tiny, out, n=4)
+    code, stdout, stderr = evaluate(untrained_tiny, out, n=4)
     assert code == 1, stderr[-2000:]
     rows = list(csv.DictReader(open(out / "per_image.csv", encoding="utf-8")))
     bad = [r for r in rows if r["error"]]
@@ -295,16 +295,16 @@ def test_unusable_boxes_are_named(trained_tiny, tmp_path):
     assert "warning: 3 image(s) have no usable box" in stdout and str(expected) in stdout
 
 
-def test_empty_split_is_an_error(trained_tiny, tmp_path):
-    root = Path(shutil.copytree(trained_tiny["dataset_root"], tmp_path / "CUB_200_2011",
+def test_empty_split_is_an_error(untrained_tiny, tmp_path):
+    root = Path(shutil.copytree(untrained_tiny["dataset_root"], tmp_path / "CUB_200_2011",
                                 ignore=shutil.ignore_patterns("images")))
-    (root / "images").symlink_to(Path(trained_tiny["dataset_root"]) / "images")
+    (root / "images").symlink_to(Path(untrained_tiny["dataset_root"]) / "images")
     split = root / "train_test_split.txt"
     split.write_text("".join(f"{ln.split()[0]} 1\n" for ln in split.read_text().splitlines()))  # no test images
-    code, stdout, stderr = explain(trained_tiny, tmp_path / "heat", n=0, root=root)
+    code, stdout, stderr = explain(untrained_tiny, tmp_path / "heat", n=0, root=root)
     one_error(code, stderr, "the test split has no images")
     assert "Generated 0/0" not in stdout
-    code, _, stderr = evaluate(trained_tiny, tmp_path / "eval", n=0, root=root)
+    code, _, stderr = evaluate(untrained_tiny, tmp_path / "eval", n=0, root=root)
     one_error(code, stderr, "the test split has no images")
 
 
@@ -328,7 +328,7 @@ def test_perturb_steps_are_bounded_by_the_patches(trained_tiny, tmp_path):
 
 
 # --- 7. disk full ---------------------------------------------------------------------------------------------
-def test_disk_full_is_one_line_and_leaves_the_folder_marked(trained_tiny, tmp_path, monkeypatch):
+def test_disk_full_is_one_line_and_leaves_the_folder_marked(untrained_tiny, tmp_path, monkeypatch):
     out = tmp_path / "out"
     calls = []
 
@@ -340,7 +340,7 @@ def test_disk_full_is_one_line_and_leaves_the_folder_marked(trained_tiny, tmp_pa
             tmp.write_bytes(data)
 
     monkeypatch.setattr(vitlrp.render, "write_bytes", full_disk)
-    code, _, stderr = explain(trained_tiny, out, n=2)
+    code, _, stderr = explain(untrained_tiny, out, n=2)
     line = one_error(code, stderr, "disk full while writing", str(calls[2]), "MiB free", MARKER)
     assert "[Errno" not in line
     assert (out / MARKER).exists() and not (out / "lrp_results.json").exists()

@@ -323,8 +323,8 @@ def test_heatmap_script_takes_a_schedule(trained_tiny, tmp_path):
     (("--conv-gammas", "0,0"), "CONV_GAMMAS lists a value twice"),
     (("--lin-gammas", "-1"), "LIN_GAMMAS value must be a finite number >= 0"),
 ])
-def test_bad_grids_are_one_error_line(trained_tiny, tmp_path, flags, words):
-    code, _, err = sweep(trained_tiny, tmp_path / "o", *flags)
+def test_bad_grids_are_one_error_line(untrained_tiny, tmp_path, flags, words):
+    code, _, err = sweep(untrained_tiny, tmp_path / "o", *flags)
     assert code == 2 and len(error_lines(err)) == 1 and words in error_lines(err)[0], err[-500:]
     assert not (tmp_path / "o" / "best_gamma.json").exists()
 
@@ -336,18 +336,18 @@ def test_bad_grids_are_one_error_line(trained_tiny, tmp_path, flags, words):
     ("test_vit_forward", ("--compare-methods", "gamma:1:0.5/0.2/0.1"), "its Linear γ lists 3 values"),
     ("sweep_gamma", ("--schedules", "0.5/0.2"), "SCHEDULES entry '0.5/0.2' lists 2 values"),
 ])
-def test_a_schedule_of_the_wrong_length_stops_before_any_output(trained_tiny, tmp_path, script, flags, words):
+def test_a_schedule_of_the_wrong_length_stops_before_any_output(untrained_tiny, tmp_path, script, flags, words):
     """vit_tiny has 4 encoder blocks: a list of 2 or 3 values is refused once the model is loaded, before the
     output folder exists (not as an incomplete folder after the first batch)."""
     code, _, err = run_script_inprocess(
-        script, "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root", trained_tiny["dataset_root"],
+        script, "--checkpoint-path", untrained_tiny["checkpoint"], "--dataset-root", untrained_tiny["dataset_root"],
         "--num-workers", 0, "--device", "cpu", *flags, "--output-dir", tmp_path / "o")
     assert code == 2 and words in error_lines(err)[0] and "4 encoder blocks" in error_lines(err)[0], err[-500:]
     assert not (tmp_path / "o").exists()
 
 
-def test_missing_gamma_file_is_one_error_line(trained_tiny, tmp_path):
+def test_missing_gamma_file_is_one_error_line(untrained_tiny, tmp_path):
     code, _, err = run_script_inprocess(
-        "test_vit_forward", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",
-        trained_tiny["dataset_root"], "--gamma-file", tmp_path / "nope.json", "--output-dir", tmp_path / "o")
+        "test_vit_forward", "--checkpoint-path", untrained_tiny["checkpoint"], "--dataset-root",
+        untrained_tiny["dataset_root"], "--gamma-file", tmp_path / "nope.json", "--output-dir", tmp_path / "o")
     assert code == 2 and "run `python scripts/sweep_gamma.py` first" in error_lines(err)[0]

@@ -348,15 +348,15 @@ def flop_ceiling(model, gamma_layers, image_size=None):
     """
     gamma_layers = set(gamma_layers)
     forward = ixg = lrp = attention = 0
-    for name, macs, kind in matrix_products(model, image_size):
+    for name, macs, role in matrix_products(model, image_size):
         forward += macs
-        if kind == "attention":
+        if role == "attention":
             backward = macs * ATTENTION_BACKWARD[0] // ATTENTION_BACKWARD[1]
             attention += macs + backward
             ixg, lrp = ixg + backward, lrp + backward
         else:
             ixg += macs
-            lrp += 0 if kind == "query_key" else 3 * macs if name in gamma_layers else macs
+            lrp += 0 if role == "query_key" else 3 * macs if name in gamma_layers else macs
     ixg, lrp = forward + ixg, forward + lrp
     return {"input_x_gradient_flops": 2 * ixg, "fused_gamma_lrp_flops": 2 * lrp, "forward_flops": 2 * forward,
             "attention_flops": 2 * attention, "gamma_layers": len(gamma_layers), "ratio": ixg / lrp}

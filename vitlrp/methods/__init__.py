@@ -53,7 +53,7 @@ class Spec:
     packages: tuple = ()  # (import name, pip requirement) pairs
     patched: bool = False  # runs on LXT's patched model (else on the plain model, never inside lxt_patched)
     signed: bool = True  # its maps can be negative (else negative_share says nothing about it)
-    class_specific: bool = True  # its map depends on the explained class
+    class_specific: bool = True  # False: the same map whatever class is asked (its class sensitivity is 0)
     parse: object = None  # name -> params dict, or None when the name is not of this family
     pattern: str = ""  # how a family's names look, for --help and messages
     open_group: object = None  # (methods, model, options) -> context manager yielding
@@ -244,7 +244,7 @@ class MethodSet:
                     groups.setdefault(m.spec.name, []).append(m)
                 else:
                     runner = stack.enter_context(MethodRunner(m, self.model, self.options))
-                    self._runs.append(self._one(m.name, runner))
+                    self._runs.append(self._one(m.name, runner, m.spec.class_specific))
             for group in groups.values():
                 check_available(group[0].spec)
                 self._runs.append(stack.enter_context(group[0].spec.open_group(group, self.model, self.options)))
@@ -252,8 +252,11 @@ class MethodSet:
         return self
 
     @staticmethod
-    def _one(name, runner):
+    def _one(name, runner, class_specific):
         def run(images, targets, ids):
+            if not class_specific:  # one map serves every class asked
+                logits, relevance = runner(images, targets[0], ids)
+                return {name: (logits, [relevance] * len(targets))}
             results = [runner(images, t, ids) for t in targets]
             return {name: (results[0][0], [r[1] for r in results])}
         return run

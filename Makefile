@@ -26,7 +26,7 @@ DEMO_CKPT := $(DEMO)/checkpoints/vit_cub_best.pt
 # integrated_gradients,smoothgrad for the full list (30-40x Input×Gradient each: kept out so the demo stays short)
 DEMO_METHODS := baseline,conservative,balanced,aggressive,very_aggressive,input_x_gradient,random,gradcam,rollout,gae
 
-# the sanity checks run on 12 images with 2 noisy copies each (about 25 s of one CPU core)
+# the sanity checks run on 40 images with 2 noisy copies each (about 20 s on 2 idle cores)
 demo: $(STAMP)
 	$(PY) scripts/make_synthetic_cub.py --dataset-root $(MINI)
 	$(PY) scripts/train_vit_cub.py --dataset-root $(MINI) --model vit_tiny --pretrained none --epochs 15 \
@@ -39,7 +39,7 @@ demo: $(STAMP)
 	$(PY) scripts/inspect_lrp_predictions.py --output-dir $(DEMO)/lrp_samples
 	$(PY) scripts/evaluate_lrp.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 0 \
 	    --methods $(DEMO_METHODS) --num-workers 2 --output-dir $(DEMO)/lrp_eval
-	$(PY) scripts/sanity_checks.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 12 \
+	$(PY) scripts/sanity_checks.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 40 \
 	    --methods $(DEMO_METHODS) --noise-samples 2 --figure-images 2 --num-workers 2 --output-dir $(DEMO)/sanity
 	$(PY) scripts/build_gallery.py --results-dir $(DEMO) --title "Demo on the synthetic mini-CUB (not real birds)"
 	@echo

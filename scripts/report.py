@@ -7,7 +7,7 @@ shown.
 # --- configuration (each constant is also a flag) ---
 RESULTS_DIR = "results/demo"  # the folder holding lrp_eval/, sanity/ and sweep/ (results/demo after make demo)
 SHORTCUT_DIR = "results/shortcut"  # the folder holding lrp_eval/ of the shortcut benchmark (make shortcut)
-BENCHMARK_FILE = "results/benchmark/benchmark.json"  # written by scripts/benchmark.py (make bench)
+BENCHMARK_FILES = ["results/benchmark/benchmark.json"]  # written by scripts/benchmark.py (make bench), one table each
 OUTPUT_FILE = "docs/results.md"  # the page
 TITLE = "Results on the synthetic mini-CUB"  # the page's heading
 # ----------------------------------------------------
@@ -29,12 +29,13 @@ def main(cfg):
         R.sanity_section(results / "sanity"),
         R.sweep_section(results / "sweep"),
         R.shortcut_section(shortcut / "lrp_eval"),
-        R.benchmark_section(Path(cfg.BENCHMARK_FILE)),
+        *(R.benchmark_section(Path(f)) for f in cfg.BENCHMARK_FILES),
     ]
     found = [s for s in sections if s.table]
     if not found:
-        raise UserError(f"no finished run under {cfg.RESULTS_DIR}, {cfg.SHORTCUT_DIR} or {cfg.BENCHMARK_FILE}: run "
-                        "`make demo` (or the scripts) first")
+        files = ", ".join(cfg.BENCHMARK_FILES) or "BENCHMARK_FILES"
+        raise UserError(f"no finished run under {cfg.RESULTS_DIR}, {cfg.SHORTCUT_DIR} or in {files}: run `make demo` "
+                        "(or the scripts) first")
     head = [f"# {cfg.TITLE}", "",
             f"Written by `{cli.config_dict(cfg)['command']}` on {datetime.date.today().isoformat()} from the files "
             "each section names. Do not edit: run the commands again, then `make report`.", ""]

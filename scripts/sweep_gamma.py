@@ -141,11 +141,12 @@ def print_report(cfg, out, cells, found, seconds):
     for metric, b in doc["best"].items():
         print(E.best_line(metric, b["method"], b["mean"]) + f"  ± {b['ci95']:.3f}")
     print(f"Pareto front ({', '.join(S.OBJECTIVES)}): {len(front)} of {len(cells)} cells")
-    print(f"{'':<16}{'cell':<26}" + "".join(f"{m:>17}" for m in S.OBJECTIVES) + f"{'rank sum':>10}  pareto")
+    print(f"{'':<16}{'cell':<26}" + "".join(f"{m:>17}" for m in S.OBJECTIVES) + f"{'rank sum':>10}  pareto  class")
     for label, name in [("recommended", rec), *found["presets"].items()]:
-        if name in sums:
+        if name in summary and name not in found["failed_cells"]:
             vals = "".join(f"{summary[name][m]['mean']:>10.3f} ±{summary[name][m]['ci95']:<5.3f}" for m in S.OBJECTIVES)
-            print(f"{label:<16}{name:<26}{vals}{sums[name]:>10}  {'yes' if name in front else 'no'}")
+            check, pareto = "fail" if name in found["class_failed"] else "pass", "yes" if name in front else "no"
+            print(f"{label:<16}{name:<26}{vals}{sums.get(name, '-'):>10}  {pareto:<6}  {check}")
     print(f"Recommended γ: {rec} (rule: {S.RULE})")
     print("Note: the Conv2d γ only moves relevance inside each patch, so these patch-level metrics hardly tell "
           "Conv2d γ values apart (cells that differ only in it score nearly alike); judge it by eye or a pixel-level "

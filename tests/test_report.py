@@ -34,7 +34,7 @@ def test_the_page_holds_each_finished_run_with_its_command(tmp_path):
     (results / "sweep" / MARKER).write_text("unfinished")  # a killed sweep: not shown as if it were a result
     out = tmp_path / "docs" / "results.md"
     code, stdout, stderr = run_script_inprocess("report", "--results-dir", results, "--shortcut-dir",
-                                                tmp_path / "none", "--benchmark-file", tmp_path / "none.json",
+                                                tmp_path / "none", "--benchmark-files", tmp_path / "none.json",
                                                 "--output-file", out)
     assert code == 0, stderr
     page = out.read_text(encoding="utf-8")
@@ -47,7 +47,7 @@ def test_the_page_holds_each_finished_run_with_its_command(tmp_path):
 
 def test_nothing_to_report_is_one_line(tmp_path):
     code, _, stderr = run_script_inprocess("report", "--results-dir", tmp_path, "--shortcut-dir", tmp_path,
-                                           "--benchmark-file", tmp_path / "none.json", "--output-file",
+                                           "--benchmark-files", tmp_path / "none.json", "--output-file",
                                            tmp_path / "r.md")
     assert code == 2 and "no finished run under" in error_lines(stderr)[0]
     assert not (tmp_path / "r.md").exists()

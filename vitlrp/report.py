@@ -128,8 +128,9 @@ def sweep_section(folder, title="Which γ: the sweep"):
                          p.get("rank_sum", ""), *(_num(p.get(m)) for m in
                                                   ("lerf_minus_morf", "box_share", "negative_share"))])
     failed = doc.get("class_check_failed", [])
+    shown = ", ".join(failed[:8]) + (f" and {len(failed) - 8} more (cells.csv)" if len(failed) > 8 else "")
     notes = [f"Rule: {rec['rule']}.", f"{len(failed)} cell(s) fail the class check"
-             + (f": {', '.join(failed)}." if failed else ".")]
+             + (f": {shown}." if failed else ".")]
     return Section(title, f"{Path(folder) / 'best_gamma.json'}", doc.get("config", {}).get("command", ""), header,
                    rows, notes)
 
@@ -151,6 +152,7 @@ def shortcut_section(folder, title="Does the explanation show the shortcut?"):
 
 
 def benchmark_section(path, title="Speed"):
+    title = f"{title}: {path}"
     doc, missing = _read(path, title)
     if missing:
         return missing
@@ -158,10 +160,10 @@ def benchmark_section(path, title="Speed"):
     rows = [[name, _num(r["images_per_s"], 1), _num(r.get("x_input_x_gradient"), 2),
              _num(r.get("min_cosine_vs_fp32_zennit"), 4), _num(r.get("peak_mem_mib"), 0)]
             for name, r in doc["rows"].items() if "images_per_s" in r]
-    notes = [f"{doc.get('device')} , torch {doc.get('torch')}, {doc.get('model')} at {doc.get('image_size')} px, "
-             f"measured {doc.get('date')}."]
-    ceiling = doc.get("ceiling")
-    if isinstance(ceiling, dict):
-        notes.append("Ceiling of exact γ-LRP against Input×Gradient from this model's shapes: "
-                     + ", ".join(f"{k} {_num(v, 2) if isinstance(v, float) else v}" for k, v in ceiling.items()) + ".")
+    ratio = doc.get("fused_vs_input_x_gradient") or {}
+    notes = [f"{doc.get('device')}, torch {doc.get('torch')}, {doc.get('model')} at {doc.get('image_size')} px, LRP "
+             f"batch {doc.get('lrp_batch')}, measured {doc.get('date')}. Fused γ-LRP (fp32) reaches "
+             f"{_num(ratio.get('fp32_percent_interleaved'), 0)}% of Input×Gradient's throughput (median of "
+             f"{ratio.get('interleaved_pairs', '?')} interleaved pairs of calls); the ceiling this model allows, from "
+             f"the FLOPs of its matrix products, is {_num(ratio.get('ceiling_percent'), 0)}%."]
     return Section(title, str(path), doc.get("config", {}).get("command", ""), header, rows, notes)

@@ -108,10 +108,12 @@ def _setting(cells, name):
     return {"conv_gamma": conv, "lin_gamma": lin_gamma_value(lin), "method": name}
 
 
-def best_gamma_doc(summary, cells, presets, class_failed=()):
+def best_gamma_doc(summary, cells, presets, class_failed=(), every_cell=None):
     """The content of ``best_gamma.json``: the recommended setting (with its sanity figures), the best per metric
     (both among the cells of ``summary``: those that pass the class check, unless none does), the front, the
-    presets, and the cells that failed the class check (``class_failed``)."""
+    presets (their objectives from ``every_cell``'s summary, whether they pass or not), and the cells that failed the
+    class check (``class_failed``)."""
+    every_cell = every_cell or summary
     rec = recommend(summary)
     front, sums = pareto_front(summary), rank_sums(summary)
     rho, passed = class_check(summary[rec]) if "class_sensitivity" in summary[rec] else (math.nan, False)
@@ -121,9 +123,9 @@ def best_gamma_doc(summary, cells, presets, class_failed=()):
         name = cell_name(conv, lin)
         preset_rows[preset] = {"method": name, "in_grid": name in by_name,
                                "class_check": "fail" if name in class_failed else "pass" if name in summary else ""}
-        if name in summary:
-            preset_rows[preset].update(pareto=name in front, rank_sum=sums[name],
-                                       **{m: summary[name][m]["mean"] for m in OBJECTIVES})
+        if name in every_cell:
+            preset_rows[preset].update(pareto=name in front, rank_sum=sums.get(name, ""),
+                                       **{m: every_cell[name][m]["mean"] for m in OBJECTIVES})
     best = best_methods(summary, exclude=())
     return {
         "recommended": {**_setting(cells, rec), "rule": RULE, "rank_sum": sums[rec],
@@ -160,7 +162,8 @@ def conclude(rows, names, cells, n_sampled, presets):
     front, sums = pareto_front(candidates), rank_sums(candidates)
     named = {p: cell_name(*g) for p, g in presets.items()}
     return {"summary": summary, "front": front, "sums": sums,
-            "doc": best_gamma_doc(candidates, cells, presets, class_failed), "presets": named, "failed": failed,
+            "doc": best_gamma_doc(candidates, cells, presets, class_failed, summary), "presets": named,
+            "failed": failed,
             "failed_cells": failed_cells, "class_failed": class_failed, "n_ok": n_sampled - len(failed)}
 
 

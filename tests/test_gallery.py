@@ -167,3 +167,17 @@ def test_gallery_script_on_a_file_or_an_unwritable_folder(tmp_path):
         assert not (locked / "index.html").exists()
     finally:
         locked.chmod(0o755)
+
+
+def test_the_evaluation_table_marks_what_says_nothing_and_counts_empty_maps():
+    from vitlrp.gallery import summary_table
+
+    entry = {"mean": 0.0, "ci95": 0.0, "n": 4}
+    summary = {"higher_is_better": {"box_share": True, "negative_share": False},
+               "methods": {"gradcam": {"n_empty": 2, "not_applicable": ["negative_share"], "box_share": entry,
+                                       "negative_share": entry},
+                           "balanced": {"n_empty": 0, "not_applicable": [], "box_share": entry,
+                                        "negative_share": entry}}}
+    html = summary_table(summary)
+    assert "<tr><td>gradcam</td><td>2</td><td>0.000 ± 0.000</td><td>n/a†</td></tr>" in html
+    assert "<tr><td>balanced</td><td>0</td><td>0.000 ± 0.000</td><td>0.000 ± 0.000</td></tr>" in html

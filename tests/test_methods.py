@@ -398,3 +398,25 @@ def test_a_method_set_equals_separate_runs(model_x):
             alone_logits, alone = explain(m.name, model, x, target, seed=2, ids=[5, 6, 7])
             torch.testing.assert_close(joint, alone, rtol=1e-4, atol=1e-6 * float(alone.abs().max()))
             torch.testing.assert_close(logits, alone_logits, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("script", ["evaluate_lrp", "test_vit_forward", "shortcut_pairs", "sanity_checks"])
+def test_the_sampling_methods_costs_are_settings_of_every_script_that_runs_them(script):
+    code, stdout, _ = run_script_inprocess(script, "--help")
+    assert code == 0 and all(flag in stdout for flag in ("--ig-steps", "--smoothgrad-samples", "--rows-per-pass"))
+
+
+def test_ig_steps_and_smoothgrad_samples_reach_the_methods(model_x):
+    model, x = model_x
+    few, many = (explain_with(model, x, "integrated_gradients", Options(ig_steps=n)) for n in (2, 32))
+    assert not torch.allclose(few, many)
+    with torch.no_grad():
+        gap = (model(x) - model(torch.zeros_like(x))).gather(1, TARGET.view(-1, 1))[:, 0]
+    assert (many.sum((1, 2)) - gap).abs().mean() < (few.sum((1, 2)) - gap).abs().mean()  # more steps, closer
+    one, two = (explain_with(model, x, "smoothgrad", Options(smoothgrad_samples=n)) for n in (1, 2))
+    assert not torch.allclose(one, two)
+
+
+def explain_with(model, x, name, options):
+    with MethodRunner(parse_method(name), model, options) as runner:
+        return runner(x, TARGET, [0, 1, 2])[1]

@@ -69,3 +69,16 @@ def test_class_sensitivity_compares_with_the_sanity_checks_random_class(scored):
     b = scored[0]
     assert torch.equal(b.other, other_classes(b.forward(b.images), b.target, b.ids, seed=3)[1])
     assert (b.other != b.target).all()
+
+
+def test_curves_from_patch_tokens_equal_curves_from_perturbed_images(scored):
+    """A mean-colour patch embeds to the conv's bias: the curves skip the patch embedding and stay the same."""
+    b = scored[0]
+    assert b.tokens is not None
+    scores = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(4))
+    common = dict(start=b.start, end=b.end, tiebreak=b.tiebreak(16), rows_per_pass=7)
+    fast = M.perturbation_curves(b.prob, b.images, scores, 8, 4, prob_kept=b.prob_kept, **common)
+    slow = M.perturbation_curves(b.prob, b.images, scores, 8, 4, **common)
+    for kind in ("morf", "lerf"):
+        torch.testing.assert_close(fast[kind], slow[kind], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fast["morf"], fast["lerf"])  # the comparison means something

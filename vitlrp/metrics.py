@@ -253,7 +253,7 @@ def _perturbation_rows(orders, counts, image_seeds, fill):
 
 @torch.inference_mode()
 def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=None, fill=None, tiebreak=None,
-                        image_seeds=None, rows_per_pass=64):
+                        image_seeds=None, rows_per_pass=64, prob_kept=None):
     """Target probabilities as patches are removed: ``{'morf': [B, steps+1], 'lerf': [B, steps+1]}``.
 
     ``scores`` are per-patch scores ``[B, L]``, or ``[M, B, L]`` for M maps of each image (the curves are then
@@ -264,7 +264,8 @@ def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=N
     passed to save two forwards. ``fill(x, keep, seeds) -> x`` replaces the removed pixels (``keep`` = 0), with
     ``seeds`` one int per row derived from ``image_seeds``; default: the mean colour (0). With everything removed
     no pixel is left to impute from, so ``end`` is always the all-mean-colour image. ``tiebreak``: see
-    :func:`removal_order`.
+    :func:`removal_order`. ``prob_kept(keep, rows)`` (mean-colour removal only) may stand in for ``prob_fn`` with the
+    ``[R, L]`` bool patch mask instead of the perturbed images (a model that can skip their patch embedding).
     """
     one = scores.ndim == 2
     scores = scores[None] if one else scores
@@ -281,6 +282,9 @@ def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=N
     for lo in range(0, len(keys), max(1, rows_per_pass)):
         k = keys[lo:lo + rows_per_pass]
         rows = k[:, 0].to(images.device)
+        if fill is None and prob_kept is not None:
+            probs[lo:lo + len(k)] = prob_kept(k[:, 2:].bool(), rows).float().cpu()
+            continue
         keep = patch_keep_to_pixels(k[:, 2:].to(images.device), grid_h, patch).to(images.dtype)
         x = images[rows] * keep if fill is None else fill(images[rows], keep, k[:, 1].tolist())
         probs[lo:lo + len(k)] = prob_fn(x, rows).float().cpu()

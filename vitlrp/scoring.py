@@ -34,15 +34,42 @@ class ScoreSettings:
     rows_per_pass: int = 64
 
 
-def model_in(model, dtype, device):
-    """``(model in dtype, forward)``: a pure-``dtype`` copy when not fp32, and a no-grad forward to fp32 logits."""
-    plain = model if dtype == torch.float32 else model.to(dtype)
+class ModelForward:
+    """No-grad forwards of a model to fp32 logits: of images, and, for a torchvision ViT whose patch embedding is a
+    conv with kernel = stride, of patch tokens. A patch set to the mean colour (0 after normalisation) embeds to the
+    conv's bias alone, so a perturbed image's tokens are the clean image's tokens with the bias where patches were
+    removed: the perturbation curves skip the patch embedding of every perturbed image (the same logits)."""
+
+    def __init__(self, model, dtype, device):
+        self.model, self.dtype, self.device = model, dtype, device
+        conv = getattr(model, "conv_proj", None)
+        self.tokens_ok = (conv is not None and hasattr(model, "_process_input") and hasattr(model, "class_token")
+                          and conv.kernel_size == conv.stride and conv.padding in (0, (0, 0)))
 
     @torch.no_grad()
-    def forward(images):
-        return plain(images.to(device, dtype)).float()
+    def __call__(self, images):
+        return self.model(images.to(self.device, self.dtype)).float()
 
-    return plain, forward
+    @torch.no_grad()
+    def patch_tokens(self, images):
+        """``([B, L, D] tokens, [D] the embedding of a removed patch)``, or None for a model without them."""
+        if not self.tokens_ok:
+            return None
+        bias = self.model.conv_proj.bias
+        tokens = self.model._process_input(images.to(self.device, self.dtype))
+        return tokens, bias if bias is not None else torch.zeros_like(tokens[0, 0])
+
+    @torch.no_grad()
+    def from_tokens(self, tokens):
+        """Logits from patch tokens, as torchvision's ``VisionTransformer.forward`` goes on after the embedding."""
+        x = torch.cat([self.model.class_token.expand(len(tokens), -1, -1), tokens], dim=1)
+        return self.model.heads(self.model.encoder(x)[:, 0]).float()
+
+
+def model_in(model, dtype, device):
+    """``(model in dtype, forward)``: a pure-``dtype`` copy when not fp32, and its :class:`ModelForward`."""
+    plain = model if dtype == torch.float32 else model.to(dtype)
+    return plain, ModelForward(plain, dtype, device)
 
 
 def failed_rows(batch, names):
@@ -80,6 +107,7 @@ class ScoringBatch:
     start: torch.Tensor = None  # target probability with nothing removed
     end: torch.Tensor = None  # ... with everything removed
     ids: list = field(default_factory=list)  # sample indices of the readable samples
+    tokens: tuple = None  # (patch tokens, removed patch's token) when the forward offers them
     other: torch.Tensor = None  # a random other class per image (class_sensitivity), as the sanity checks draw it
 
     @classmethod
@@ -96,11 +124,19 @@ class ScoringBatch:
                 other=other_classes(logits, target, ids, settings.seed)[1])
         rows = torch.arange(len(ok), device=device)
         b.start, b.end = b.prob(images, rows), b.prob(torch.zeros_like(images), rows)
+        b.tokens = forward.patch_tokens(images) if hasattr(forward, "patch_tokens") else None
         return b
 
     def prob(self, x, rows):
         """Probability of the target class of images ``rows`` for their (perturbed) copies ``x``."""
         return self.forward(x).softmax(1).gather(1, self.target[rows].view(-1, 1)).squeeze(1)
+
+    def prob_kept(self, keep, rows):
+        """Probability of the target class of images ``rows`` with the patches where ``keep`` ([R, L] bool) is
+        False set to the mean colour, from their patch tokens (see :class:`ModelForward`)."""
+        tokens, removed = self.tokens
+        x = torch.where(keep[..., None].to(tokens.device), tokens[rows], removed)
+        return self.forward.from_tokens(x).softmax(1).gather(1, self.target[rows].view(-1, 1)).squeeze(1)
 
     def tiebreak(self, n):
         """``[B, n]`` random ranks of the patches, seeded per image: the order among patches of equal relevance."""
@@ -145,7 +181,9 @@ class ScoringBatch:
         tiebreak = self.tiebreak(scores.shape[-1]).to(scores.device)
         common = dict(start=self.start, end=self.end, tiebreak=tiebreak, rows_per_pass=s.rows_per_pass)
         if "curves" in needs:
-            out.update(M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, **common))
+            kept = self.prob_kept if self.tokens is not None else None
+            out.update(M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, prob_kept=kept,
+                                             **common))
         if "road" in needs:
             seeds = [image_seed(s.seed, i, 1) for i in self.ids]
             road = M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, fill=M.road_fill(),

@@ -34,6 +34,11 @@ def resolve_device(name):
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the explaining scripts' DTYPE setting
 
 
+# the key of each kind of per-image draw (image_seed's third number), so that no two kinds share a seed; the
+# tie-breaks between patches of equal relevance take the image's seed without a key
+ROAD_NOISE_KEY, OTHER_CLASS_KEY, INPUT_NOISE_KEY, FRESH_DRAW_KEY, RANDOM_MAP_KEY, SMOOTHGRAD_KEY = 1, 2, 3, 4, 5, 6
+
+
 def image_seed(seed, sample_idx, *more):
     """The seed of one image's random draws: a function of the run's seed and the image alone (and ``more`` keys),
     so results do not depend on batching, on the other methods, or on how torchrun shards the images."""

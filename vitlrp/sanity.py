@@ -28,8 +28,8 @@ values (``n_undefined``) apart from the mean of the defined ones. Every measure 
   same class. Binder et al. 2023, "Shortcomings of Top-Down Randomization-Based Sanity Checks for Evaluations of
   Deep Neural Network Explanations", show that the randomized network keeps the scale of its activations and part
   of the input's structure, so this check cannot rank methods finely: read its numbers beside the class check.
-- ``noise`` (the "higher γ, less noise" claim): :data:`NOISE_KEY`-seeded noisy copies of the model input
-  (:func:`noisy_copy`), their maps against the clean map; a copy whose prediction changes is skipped and counted.
+- ``noise`` (the "higher γ, less noise" claim): seeded noisy copies of the model input (:func:`noisy_copy`),
+  their maps against the clean map; a copy whose prediction changes is skipped and counted.
   σ = 0.25 in normalised units (about 6% of a pixel's range) by default: at 0.05 every method but ``random`` keeps
   ρ ≥ 0.99 on the mini-CUB, nothing to tell apart; at 0.25 (200 images) 8 of 600 copies change the prediction and
   Input×Gradient (ρ 0.93) parts from AttnLRP (0.96 at every γ).
@@ -78,14 +78,13 @@ import torch
 from .errors import UserError
 from .methods import MethodRunner
 from .metrics import mean_ci, patch_scores, spearman
-from .runtime import image_seed
+from .runtime import FRESH_DRAW_KEY, INPUT_NOISE_KEY, OTHER_CLASS_KEY, image_seed
 
 MEASURES = ("spearman", "spearman_of_abs", "ssim", "abs_spearman")
 CLASS_THRESHOLD = 0.6  # mean |ρ| to a random other class below this: the class check passes
 RANDOMIZATION_THRESHOLD = 0.6  # mean |ρ| after the last randomization step below this: the randomization check passes
 FALLBACK_STD = 0.02  # spread of a randomized constant tensor that is not a weight matrix (torchvision's std of the
 #                      position embedding)
-RANDOM_CLASS_KEY, NOISE_KEY, FRESH_KEY = 2, 3, 4  # image_seed keys of the draws (0, 1: scoring's tie-breaks, ROAD)
 FRESH_FAMILIES = ("baselines",)  # methods that draw their map: a fresh draw per query, the chance level
 ROW_FIELDS = ["method", "sample_idx", "label", "target", "predicted", "test", "step", "other_class", "copies",
               "skipped", *MEASURES]
@@ -135,22 +134,23 @@ def similarity(a, b, patch):
 
 def other_classes(logits, target, ids, seed):
     """``(runner_up, random_other)``, each ``[B]`` long: the class with the highest logit other than ``target``, and
-    a class other than ``target`` drawn uniformly, seeded by ``image_seed(seed, sample_idx, RANDOM_CLASS_KEY)`` (the
+    a class other than ``target`` drawn uniformly, seeded by ``image_seed(seed, sample_idx, OTHER_CLASS_KEY)`` (the
     same whatever the batch or the shard)."""
     n = logits.shape[1]
     if n < 2:
         raise ValueError("the class check needs a model with at least two classes")
     target = target.reshape(-1).to(logits.device)
     masked = logits.detach().float().scatter(1, target.view(-1, 1), -math.inf)
-    draws = [int(np.random.default_rng(image_seed(seed, i, RANDOM_CLASS_KEY)).integers(n - 1)) for i in ids]
+    draws = [int(np.random.default_rng(image_seed(seed, i, OTHER_CLASS_KEY)).integers(n - 1)) for i in ids]
     others = torch.tensor(draws, device=logits.device)
     return masked.argmax(1), others + (others >= target).long()
 
 
 def noisy_copy(images, ids, seed, copy_index, std):
-    """``images + std · ε`` with ``ε ~ N(0, 1)`` seeded per image and copy (``image_seed(seed, i, NOISE_KEY, k)``)."""
+    """``images + std · ε`` with ``ε ~ N(0, 1)`` seeded per image and copy
+    (``image_seed(seed, i, INPUT_NOISE_KEY, k)``)."""
     noise = torch.stack([torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(
-        image_seed(seed, i, NOISE_KEY, copy_index))) for i in ids])
+        image_seed(seed, i, INPUT_NOISE_KEY, copy_index))) for i in ids])
     return images + std * noise.to(images.device, images.dtype)
 
 
@@ -235,7 +235,7 @@ class Explainers:
         fresh = method.family in FRESH_FAMILIES and query
         key = (method.name, query if fresh else 0)
         if key not in self._runners:
-            options = replace(self.options, seed=image_seed(self.options.seed, 0, FRESH_KEY, query)) if fresh \
+            options = replace(self.options, seed=image_seed(self.options.seed, 0, FRESH_DRAW_KEY, query)) if fresh \
                 else self.options
             self._runners[key] = self._stack.enter_context(MethodRunner(method, self.model, options))
         return self._runners[key]

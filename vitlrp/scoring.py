@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from . import metrics as M
-from .runtime import image_seed
+from .runtime import ROAD_NOISE_KEY, image_seed
 from .sanity import other_classes
 
 
@@ -185,7 +185,7 @@ class ScoringBatch:
             out.update(M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, prob_kept=kept,
                                              **common))
         if "road" in needs:
-            seeds = [image_seed(s.seed, i, 1) for i in self.ids]
+            seeds = [image_seed(s.seed, i, ROAD_NOISE_KEY) for i in self.ids]
             road = M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, fill=M.road_fill(),
                                          image_seeds=seeds, **common)
             out.update(road_morf=road["morf"], road_lerf=road["lerf"])

@@ -3,10 +3,8 @@ every metric."""
 import torch
 
 from ..explain import target_index
-from ..runtime import image_seed
+from ..runtime import RANDOM_MAP_KEY, image_seed
 from . import register
-
-RANDOM_MAP_KEY = 5  # image_seed keys: 0 tie-breaks, 1 ROAD's noise, 2 the other class, 3 input noise, 4 fresh draws
 
 
 def random_maps(model, images, target, ids, method, options):

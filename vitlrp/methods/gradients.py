@@ -11,7 +11,7 @@ import torch
 
 from ..explain import input_times_grad, target_index
 from ..preprocess import IMAGENET_STD
-from ..runtime import image_seed
+from ..runtime import SMOOTHGRAD_KEY, image_seed
 from . import plain_logits_and_targets, register
 
 CAPTUM = (("captum.attr", "captum==0.9.0"),)
@@ -54,7 +54,7 @@ def smoothgrad(model, images, target, ids, method, options):
     maps = []
     for k, i in enumerate(ids):
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(image_seed(options.seed, i))
+            torch.manual_seed(image_seed(options.seed, i, SMOOTHGRAD_KEY))
             attr = NoiseTunnel(Saliency(model)).attribute(
                 images[k:k + 1].detach(), nt_type="smoothgrad", nt_samples=options.smoothgrad_samples,
                 stdevs=SMOOTHGRAD_STDEV, nt_samples_batch_size=max(1, options.rows_per_pass), target=tgt[k:k + 1])

@@ -95,7 +95,7 @@ def cosine_min(maps, ref):
 def sweep_row(model, x, target, device, cfg):
     """49 γ cells from one shared forward vs one fused LRP method on the same batch: the cost ratio of the maps,
     and of maps + evaluate_lrp's metrics (one scoring call for every cell: their perturbation curves together)."""
-    from vitlrp.scoring import ScoreSettings, ScoringBatch
+    from vitlrp.scoring import ModelForward, ScoreSettings, ScoringBatch
 
     cells = [(c, lin) for lin in SWEEP_LIN for c in SWEEP_CONV]
     n, size = len(x), x.shape[-1]
@@ -103,11 +103,8 @@ def sweep_row(model, x, target, device, cfg):
              "box": torch.tensor([[size / 4, size / 4, 3 * size / 4, 3 * size / 4]] * n),
              "parts": torch.zeros(n, 15, 3)}
 
-    @torch.no_grad()
-    def forward(images):
-        return model(images).float()
-
-    b = ScoringBatch.of(batch, forward, "label", device, ScoreSettings(model.patch_size, SWEEP_PERTURB_STEPS))
+    b = ScoringBatch.of(batch, ModelForward(model, torch.float32, device), "label", device,
+                        ScoreSettings(model.patch_size, SWEEP_PERTURB_STEPS))
     with Explainer(model, *LRP_GAMMAS, impl="fused") as ex:
         one = measure(lambda: ex(x, target), n, device, cfg.REPEATS)
         many = measure(lambda: ex.explain_many(x, target, cells), n, device, cfg.REPEATS)

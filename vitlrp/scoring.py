@@ -112,7 +112,8 @@ class ScoringBatch:
 
     @classmethod
     def of(cls, batch, forward, target_mode, device, settings):
-        """``target_mode``: ``'pred'`` (explain the model's prediction) or ``'label'`` (the true class)."""
+        """``forward``: a :class:`ModelForward`; ``target_mode``: ``'pred'`` (explain the model's prediction) or
+        ``'label'`` (the true class)."""
         ok = [i for i, err in enumerate(batch["error"]) if not err]
         if not ok:
             return cls(batch, ok, settings)
@@ -123,20 +124,23 @@ class ScoringBatch:
         b = cls(batch, ok, settings, images, target, forward, ids=ids,
                 other=other_classes(logits, target, ids, settings.seed)[1])
         rows = torch.arange(len(ok), device=device)
-        b.start, b.end = b.prob(images, rows), b.prob(torch.zeros_like(images), rows)
-        b.tokens = forward.patch_tokens(images) if hasattr(forward, "patch_tokens") else None
+        b.start, b.end = b._target_prob(logits, rows), b.prob(torch.zeros_like(images), rows)
+        b.tokens = forward.patch_tokens(images)
         return b
+
+    def _target_prob(self, logits, rows):
+        return logits.softmax(1).gather(1, self.target[rows].view(-1, 1)).squeeze(1)
 
     def prob(self, x, rows):
         """Probability of the target class of images ``rows`` for their (perturbed) copies ``x``."""
-        return self.forward(x).softmax(1).gather(1, self.target[rows].view(-1, 1)).squeeze(1)
+        return self._target_prob(self.forward(x), rows)
 
     def prob_kept(self, keep, rows):
         """Probability of the target class of images ``rows`` with the patches where ``keep`` ([R, L] bool) is
         False set to the mean colour, from their patch tokens (see :class:`ModelForward`)."""
         tokens, removed = self.tokens
         x = torch.where(keep[..., None].to(tokens.device), tokens[rows], removed)
-        return self.forward.from_tokens(x).softmax(1).gather(1, self.target[rows].view(-1, 1)).squeeze(1)
+        return self._target_prob(self.forward.from_tokens(x), rows)
 
     def tiebreak(self, n):
         """``[B, n]`` random ranks of the patches, seeded per image: the order among patches of equal relevance."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import UserError
+from ..explain import DEFAULT_IMPL
 from ..lxtpatch import lxt_active
 
 
@@ -35,7 +36,7 @@ class Options:
     sampling methods' costs (Integrated Gradients' steps, SmoothGrad's noisy copies, rows per forward)."""
 
     dtype: torch.dtype = torch.float32
-    impl: str = "fused"
+    impl: str = DEFAULT_IMPL
     seed: int = 0
     ig_steps: int = 32
     smoothgrad_samples: int = 32

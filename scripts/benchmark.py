@@ -42,7 +42,14 @@ from vitlrp.models import build_vit
 from vitlrp.preprocess import Preprocessing
 from vitlrp.runtime import resolve_device
 from vitlrp.synthetic import make_synthetic_cub
-from vitlrp.training import EpochSampler, WarmupCosine, make_loader, make_optimizer, train_one_epoch
+from vitlrp.training import (
+    EpochSampler,
+    Optimization,
+    WarmupCosine,
+    make_loader,
+    make_optimizer,
+    train_one_epoch,
+)
 
 PEERS = [n for n in names() if n not in ("gamma", "input_x_gradient", "random")]  # the other registered methods
 ROWS = ["one_by_one", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16", "input_x_gradient",
@@ -195,8 +202,9 @@ def train_row(name, arch, size, device, batch, n, cfg):
                     "label": torch.randint(0, 200, (batch,), device=device)}] * steps
         count = batch * steps
     run_model = torch.compile(model) if name.endswith("compile") else model
-    r = measure(lambda: train_one_epoch(run_model, batches, optimizer, scheduler, scaler, criterion, device, dtype,
-                                        1.0, progress=False), count, device, max(1, cfg.REPEATS // 2))
+    opt = Optimization(optimizer, scheduler, scaler, criterion, 1.0, dtype)
+    r = measure(lambda: train_one_epoch(run_model, batches, opt, device, progress=False), count, device,
+                max(1, cfg.REPEATS // 2))
     r["amp"] = str(dtype).replace("torch.", "") if dtype else "none"
     return r
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from vitlrp import cli
 from vitlrp.errors import UserError
 from vitlrp.fileio import write_csv, write_json
-from vitlrp.models import load_checkpoint, model_from_checkpoint
+from vitlrp.models import read_checkpoint, model_from_checkpoint
 from vitlrp.predict import predict_files
 from vitlrp.runfolder import FolderLock, check_complete
 from vitlrp.runtime import resolve_device
@@ -70,7 +70,7 @@ def main(cfg):
         samples = read_samples(results_path)
         recorded = [s["checkpoint"] for s in samples if isinstance(s.get("checkpoint"), str) and s["checkpoint"]]
         ckpt_path = cfg.CHECKPOINT_PATH or (recorded or ["checkpoints/vit_cub_best.pt"])[0]
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = read_checkpoint(ckpt_path)
         names = ckpt["class_names"]
         check_same_classes(names, samples, ckpt_path, results_path)
         model, prep = model_from_checkpoint(ckpt)

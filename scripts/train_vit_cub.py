@@ -52,7 +52,7 @@ from vitlrp.models import (
     check_image_size,
     check_pretrained,
     default_image_size,
-    load_checkpoint,
+    read_checkpoint,
     load_pretrained,
     save_checkpoint,
     weights_names,
@@ -236,7 +236,7 @@ def _earlier_run_note(out_dir, ckpt_dir):
 
 def load_resume(cfg, ann, last_path):
     """The last checkpoint, checked: same classes, training state present, same recipe."""
-    resume = load_checkpoint(last_path)
+    resume = read_checkpoint(last_path)
     check_classes(resume, ann.class_names, cfg.DATASET_ROOT, fix="resume on the dataset it was trained on "
                   "(--dataset-root) or start afresh in another --checkpoint-dir")
     kinds = {"optimizer": dict, "scheduler": dict, "scaler": dict, "epoch": int, "best_acc": (int, float),

@@ -20,7 +20,7 @@ from vitlrp.errors import UserError
 from vitlrp.inputs import sample_indices
 from vitlrp.methods import MethodRunner, Options, parse_method
 from vitlrp.metrics import METRICS
-from vitlrp.models import load_checkpoint, model_from_checkpoint
+from vitlrp.models import read_checkpoint, model_from_checkpoint
 
 SCRIPT = "evaluate_lrp"
 MAIN_METHODS = ["balanced", "baseline", "input_x_gradient", "random"]
@@ -326,7 +326,7 @@ def test_unreadable_image_is_counted_and_reported(trained_tiny, main_run, tmp_pa
 
 
 def test_input_x_gradient_runs_on_the_unpatched_model(trained_tiny):
-    model, _ = model_from_checkpoint(load_checkpoint(trained_tiny["checkpoint"]))
+    model, _ = model_from_checkpoint(read_checkpoint(trained_tiny["checkpoint"]))
     x = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
     target = torch.tensor([1, 4])
 
@@ -355,7 +355,7 @@ def test_input_x_gradient_runs_on_the_unpatched_model(trained_tiny):
 
 
 def test_non_lrp_methods_take_fp32_batches_on_a_bf16_model(trained_tiny):
-    model, _ = model_from_checkpoint(load_checkpoint(trained_tiny["checkpoint"]))
+    model, _ = model_from_checkpoint(read_checkpoint(trained_tiny["checkpoint"]))
     model16 = copy.deepcopy(model).to(torch.bfloat16)
     x = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
     for name in ("input_x_gradient", "random"):

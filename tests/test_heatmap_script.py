@@ -16,7 +16,7 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.explain import Explainer
 from vitlrp.gamma import PRESETS
 from vitlrp.inputs import load_model_and_split
-from vitlrp.models import load_checkpoint
+from vitlrp.models import read_checkpoint
 from vitlrp.preprocess import Preprocessing
 from vitlrp.runfolder import MANIFEST, MARKER
 
@@ -140,7 +140,7 @@ def test_files_written_for_every_sample(default_run):
 def test_results_json_keys_and_values(default_run, trained_tiny):
     res = default_run["results"]
     assert isinstance(res, list) and len(res) == N
-    names = load_checkpoint(trained_tiny["checkpoint"])["class_names"]
+    names = read_checkpoint(trained_tiny["checkpoint"])["class_names"]
     for entry in res:
         assert SEED_KEYS | ADDED_KEYS <= set(entry), (SEED_KEYS | ADDED_KEYS) - set(entry)
         idx = entry["sample_idx"]
@@ -199,7 +199,7 @@ def test_preset_overrides_gammas_and_changes_maps(default_run, aggressive_run):
 def test_balanced_relevance_lies_in_the_evidence_box(trained_tiny, model_and_data):
     """The mini-CUB's class evidence is only inside each box; the explanation should put its relevance there."""
     model, _ = model_and_data
-    ckpt = load_checkpoint(trained_tiny["checkpoint"])
+    ckpt = read_checkpoint(trained_tiny["checkpoint"])
     ds = CUBDataset(load_cub(trained_tiny["dataset_root"]), "test", Preprocessing.from_dict(ckpt["preprocessing"]),
                     annotations=True)
     random.seed(0)

@@ -24,10 +24,10 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.gallery import incomplete_runs
 from vitlrp.holdout import make_split
-from vitlrp.models import FORMAT, build_vit, load_checkpoint, model_from_checkpoint, pretrained_state_dict
+from vitlrp.models import FORMAT, build_vit, read_checkpoint, model_from_checkpoint, pretrained_state_dict
 from vitlrp.preprocess import Preprocessing
 from vitlrp.runfolder import HOLDER, LOCK, MARKER, FolderLock
-from vitlrp.training import evaluate, train_one_epoch
+from vitlrp.training import Optimization, evaluate, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -105,7 +105,7 @@ def test_checkpoint_with_nan_weights_is_refused_by_loader_and_rebuilder(tmp_path
     state["heads.head.bias"][1] = float("inf")
     path = write_checkpoint(tmp_path / "nan.pt", state)
     with pytest.raises(UserError, match=r"NaN or infinite weights .*heads\.head\.bias.*diverged"):
-        load_checkpoint(path)
+        read_checkpoint(path)
     with pytest.raises(UserError, match="NaN or infinite"):
         model_from_checkpoint(torch.load(path, weights_only=True))
     with pytest.raises(UserError, match="NaN or infinite"):
@@ -167,7 +167,7 @@ def test_a_bad_checkpoint_file_is_one_line_saying_what_it_is(case, tmp_path):
     path = tmp_path / "model.pt"
     make(path)
     with pytest.raises(UserError) as info:
-        load_checkpoint(path)
+        read_checkpoint(path)
     message = str(info.value)
     assert needle in message and str(path) in message and "\n" not in message, message
 
@@ -176,7 +176,7 @@ def test_a_folder_passed_as_checkpoint_names_the_file_inside(tmp_path):
     write_checkpoint(tmp_path / "vit_cub_best.pt")
     with pytest.raises(UserError, match=re.escape(f"is a folder, not a checkpoint file: pass the file, e.g. "
                                                   f"{tmp_path / 'vit_cub_best.pt'}")):
-        load_checkpoint(tmp_path)
+        read_checkpoint(tmp_path)
 
 
 def test_scripts_say_what_a_bad_checkpoint_is(mini_cub, tmp_path):
@@ -233,7 +233,7 @@ def test_a_fresh_run_does_not_overwrite_checkpoints_without_being_told(mini_cub,
     after = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()}
     assert after.keys() == before.keys()
     assert all(after[k] != before[k] for k in after if k.endswith(".pt"))  # the lock file stays, empty
-    assert load_checkpoint(tmp_path / "ck" / "vit_cub_last.pt")["config"]["SEED"] == 1
+    assert read_checkpoint(tmp_path / "ck" / "vit_cub_last.pt")["config"]["SEED"] == 1
 
 
 # --- 3. unreadable JPEGs ------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_unreadable_images_are_skipped_and_counted(cub_fixture, tmp_path):
     assert [r["skipped_images"] for r in rows] == ["2", "2"]
     # the accuracy counts the 2 readable test images only: it is 0, 1/2 or 1
     assert all(float(r["top1"]) in (0.0, 0.5, 1.0) for r in rows)
-    assert load_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")["epoch"] in (1, 2)
+    assert read_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")["epoch"] in (1, 2)
 
 
 def test_a_split_where_no_image_is_readable_is_one_error(cub_fixture, tmp_path):
@@ -290,8 +290,8 @@ def test_evaluate_and_training_step_leave_unreadable_rows_out_exactly(cub_fixtur
         m.load_state_dict(model.state_dict())
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        stats = train_one_epoch(m, loader, opt, sched, torch.amp.GradScaler("cpu", enabled=False),
-                                torch.nn.CrossEntropyLoss(), cpu, None, 0.0, progress=False)
+        stats = train_one_epoch(m, loader, Optimization(opt, sched, torch.amp.GradScaler("cpu", enabled=False),
+                                                        torch.nn.CrossEntropyLoss()), cpu, progress=False)
         assert stats["seen"] == 5
         weights.append(m.state_dict())
     for k in weights[0]:
@@ -376,7 +376,7 @@ def test_config_records_resolved_paths(one_epoch, mini_cub):
     for name in ("DATASET_ROOT", "CHECKPOINT_DIR", "OUTPUT_DIR"):
         assert Path(config[name]).is_absolute(), (name, config[name])
     assert config["DATASET_ROOT"] == str(Path(mini_cub).resolve())
-    assert load_checkpoint(one_epoch / "ck" / "vit_cub_last.pt")["config"]["CHECKPOINT_DIR"] == config["CHECKPOINT_DIR"]
+    assert read_checkpoint(one_epoch / "ck" / "vit_cub_last.pt")["config"]["CHECKPOINT_DIR"] == config["CHECKPOINT_DIR"]
 
 
 def test_resume_with_a_relative_checkpoint_dir_matches_the_recorded_absolute_one(mini_cub, one_epoch, tmp_path,
@@ -497,7 +497,7 @@ def test_a_kill_between_the_best_and_the_last_checkpoint_loses_no_best_epoch(min
     _, rows = read_summary(tmp_path / "train")
     val = [float(r["val_top1"]) for r in rows]
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and val.index(max(val)) == 2  # epoch 3 is the best on val
-    best = load_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")
+    best = read_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")
     assert best["epoch"] == 3 and {k: str(v) for k, v in best["summary_row"].items()} == rows[2]
     assert f"Best val top-1 {max(val):.2%} at epoch 3 (picked on the validation split), its test top-1 " \
            f"{float(rows[2]['top1']):.2%}" in stdout

@@ -27,7 +27,7 @@ from vitlrp.models import (
     ARCHS,
     build_vit,
     check_pretrained,
-    load_checkpoint,
+    read_checkpoint,
     load_pretrained,
     model_from_checkpoint,
     weights_preprocessing,
@@ -144,11 +144,11 @@ def test_checkpoint_loads_with_weights_only_and_holds_plain_types(trained_tiny, 
     # the last checkpoint carries the training state --resume needs; the best one only the model (half the size)
     for key in ("optimizer", "scheduler", "scaler"):
         assert (key in ckpt) == (which == "last")
-    assert load_checkpoint(trained_tiny[which])["epoch"] == ckpt["epoch"]
+    assert read_checkpoint(trained_tiny[which])["epoch"] == ckpt["epoch"]
 
 
 def test_model_from_checkpoint_reproduces_the_trained_model(trained_tiny):
-    ckpt = load_checkpoint(trained_tiny["checkpoint"])
+    ckpt = read_checkpoint(trained_tiny["checkpoint"])
     model, prep = model_from_checkpoint(ckpt)
     assert not model.training
     assert_same_weights(model.state_dict(), ckpt["model"])
@@ -306,7 +306,7 @@ def test_held_out_images_are_never_trained_on_and_pick_the_best_epoch(mini_cub, 
     code, stdout, stderr = train(mini_cub, tmp_path, *TINY32, "--epochs", "2")
     assert code == 0, stderr[-2000:]
     ann = load_cub(mini_cub)
-    last = load_checkpoint(tmp_path / "ck" / "vit_cub_last.pt")
+    last = read_checkpoint(tmp_path / "ck" / "vit_cub_last.pt")
     held_out = {int(r) for r in np.flatnonzero(np.isin(ann.image_ids, last["val_split"]["image_ids"]))}
     assert len(held_out) == 20 and all(ann.is_train[r] for r in held_out)
     assert read["augmented"] == set(ann.split_indices("train").tolist()) - held_out  # trained on: all the others
@@ -316,7 +316,7 @@ def test_held_out_images_are_never_trained_on_and_pick_the_best_epoch(mini_cub, 
     _, rows = read_summary(tmp_path / "train")
     val = [float(r["val_top1"]) for r in rows]
     assert all(0 <= v <= 1 and abs(v * 20 - round(v * 20)) < 1e-6 for v in val)  # hits among 20 images
-    best = load_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")
+    best = read_checkpoint(tmp_path / "ck" / "vit_cub_best.pt")
     assert best["epoch"] == val.index(max(val)) + 1 and best["best_acc"] == pytest.approx(max(val), abs=1e-5)
     assert best["val_split"] == last["val_split"]
     lines = epoch_lines(stdout)
@@ -570,7 +570,7 @@ def test_torchrun_two_cpu_processes(mini_cub, run_a, tmp_path):
     fields, rows = read_summary(out / "train")
     assert fields == SUMMARY_FIELDS and [r["epoch"] for r in rows] == ["1", "2"]
     assert json.loads((out / "train" / "config.json").read_text(encoding="utf-8"))["world_size"] == 2
-    assert load_checkpoint(out / "ck" / "vit_cub_last.pt")["epoch"] == 2
+    assert read_checkpoint(out / "ck" / "vit_cub_last.pt")["epoch"] == 2
 
     # BATCH_SIZE is the global batch: epoch 1 (same warmup) matches the single-process run up to float noise
     single = read_summary(run_a / "train")[1][0]
@@ -695,7 +695,7 @@ def test_nan_loss_after_resume_keeps_the_last_good_checkpoint(mini_cub, tmp_path
     # nothing written for the NaN epoch: checkpoints byte-identical, summary still ends at epoch 1
     assert {p.name: p.read_bytes() for p in ck.iterdir()} == before
     assert (tmp_path / "train" / "summary.csv").read_text(encoding="utf-8") == summary_before
-    assert load_checkpoint(ck / "vit_cub_last.pt")["epoch"] == 1
+    assert read_checkpoint(ck / "vit_cub_last.pt")["epoch"] == 1
 
 
 # --- 8. the device ------------------------------------------------------------------------------------------

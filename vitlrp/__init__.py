@@ -1,38 +1,41 @@
-"""vitlrp: fine-tune torchvision's ViTs on CUB-200-2011 and explain them with AttnLRP + zennit's Gamma rule.
+"""vitlrp: explain Vision Transformers with AttnLRP + zennit's Gamma rule, and measure which γ explains best.
 
-One concept per module:
+The public API (``import vitlrp``; see docs/api.md)::
 
-- ``cli``         constants block → ``--flags``, one-line errors
-- ``errors``      the one exception type a script turns into one line
-- ``fileio``      atomic writes
-- ``runfolder``   an output folder's lock, incomplete marker and list of the files runs wrote
-- ``preprocess``  any image file as 8-bit RGB; resize + center crop + normalize, the same mapping for boxes and parts
-- ``cub``         the CUB-200-2011 folder layout and dataset
-- ``synthetic``   the synthetic mini-CUB (CUB layout, known evidence box)
-- ``download``    fetch, md5-check and safely extract the CUB archive
-- ``models``      the table of ViTs (torchvision's and vit_tiny), their weights, checkpoints
-- ``training``    the fine-tuning loop pieces and the Trainer that steps a run epoch by epoch
-- ``holdout``     the validation split that picks the best epoch
-- ``runtime``     devices, dtypes, seeding (per image too), distributed helpers
-- ``gamma``       γ values: presets, per-block schedules, which module gets which γ
-- ``lxtpatch``    LXT's patches, active only while explaining; the attention swap
-- ``explain``     the AttnLRP + Gamma rule explainer, batched
-- ``fastgamma``   an exact, faster implementation of zennit's generalized Gamma rule (one forward, many γ)
-- ``methods``     every attribution method by name, one file per family (lrp, gradients, cam, attention, baselines)
-- ``inputs``      what an explaining script works on: checkpoint + split, the seeded sample, batches
-- ``checks``      the explaining scripts' shared settings, checked before any work
-- ``metrics``     the table of metrics: faithfulness, localization and noise scores of relevance maps
-- ``scoring``     every method's maps of a batch scored with every metric (curves computed together)
-- ``evaluation``  summaries, the best method per metric, paired comparisons, the console's tables
-- ``stats``       paired statistics of methods scored on the same images (bootstrap, Wilcoxon, Holm)
-- ``sanity``      the sanity checks: class, cascading randomization and noise; similarity measures; verdicts
-- ``sweep``       the γ search: grid cells, surfaces, Pareto front, recommended γ, ``best_gamma.json``
-- ``shortcut``    the Clever-Hans test: class marks, measured reliance, mark share → ROC AUC
-- ``heatmaps``    the per-sample files and JSON records of a heatmap run
-- ``predict``     plain predictions for image files
-- ``render``      heatmaps, overlays, comparison panels, grids
-- ``plots``       matplotlib figures: training curves, evaluation plots
-- ``gallery``     the HTML gallery
-- ``report``      the Markdown tables of finished runs (docs/results.md)
+    model = vitlrp.build_model("vit_tiny", num_classes=10)      # or vitlrp.load_checkpoint(path).model
+    result = vitlrp.explain(model, images, method="balanced")   # result.relevance: [B, H, W]
+    scores = vitlrp.score(model, images, result, result.target)  # {metric: [B]}
+
+Method names are strings (:func:`list_methods`): the presets, ``gamma:<conv>:<lin>[+attn]``, ``input_x_gradient``,
+``integrated_gradients``, ``smoothgrad``, ``gradcam``, ``rollout``, ``gae``, ``random``. :class:`Explainer` is the
+γ-LRP method itself (a context manager with ``attribute`` / ``attribute_many``), :class:`GammaSpec` its setting.
+
+The modules behind it, one concept each:
+
+- ``families``    model families (torchvision's ViT): LXT's patches, the attention swap, blocks, γ modules, sizes
+- ``gamma``       γ settings (:class:`GammaSpec`): presets, per-block schedules, names, best_gamma.json
+- ``gammarule``   an exact, faster implementation of zennit's generalized Gamma rule
+- ``explain``     the γ-LRP method (:class:`Explainer`): one forward for many γ settings and classes
+- ``cost``        what γ-LRP costs: matrix products and the FLOP ceiling against Input×Gradient
+- ``methods``     the method protocol, the registry and every method by name, one file per family
+- ``batch``       the one batch type: readable rows, the class each map explains
+- ``metrics``     the table of metrics; ``scoring`` every method's maps of a batch scored together
+- ``evaluation``  summaries, the best method per metric, paired comparisons; ``stats`` their statistics
+- ``sanity``      the sanity checks: similarity, class draws, randomization, the batch runner, verdicts
+- ``sweep``       the γ search; ``shortcut`` the Clever-Hans test
+- ``models``      the model table and checkpoints; ``training``, ``holdout`` the fine-tuning loop and its split
+- ``preprocess``, ``cub``, ``synthetic``, ``download``   model input, the CUB layout, the mini-CUB, fetching CUB
+- ``cli``, ``errors``, ``fileio``, ``runfolder``, ``runtime``, ``step``, ``checks``, ``inputs``   the scripts'
+  plumbing: flags and one-line errors, atomic writes, output folders, devices and seeds, sharded steps, settings
+- ``heatmaps``, ``predict``, ``render``, ``plots``, ``gallery``, ``report``   files, pictures, figures, HTML, tables
 """
+from .api import Checkpoint, build_model, explain, load_checkpoint, score
+from .errors import UserError
+from .explain import Explainer
+from .gamma import PRESETS, GammaSpec
+from .methods import Attribution, Method, MethodSettings, create_method, list_methods
+from .metrics import ALL_METRICS as METRICS
+
 __version__ = "0.1.0"
+__all__ = ["METRICS", "PRESETS", "Attribution", "Checkpoint", "Explainer", "GammaSpec", "Method", "MethodSettings",
+           "UserError", "build_model", "create_method", "explain", "list_methods", "load_checkpoint", "score"]

@@ -1,55 +1,63 @@
-"""The settings the explaining scripts share, checked before any work: each problem is one UserError line naming
-the setting."""
+"""The settings the explaining scripts share, checked before any work. A script's settings are its constants, read
+here by the cli's convention (the setting ``batch_size`` is the constant ``BATCH_SIZE``); each problem is one
+UserError line naming the setting, which the script words as its constant (:func:`vitlrp.cli.message`)."""
+from .batch import check_target_mode
 from .errors import UserError
-from .explain import IMPLS
-from .gamma import encoder_blocks, schedule_values
-from .methods import Options
+from .families import family_of
+from .gamma import schedule_values
+from .methods import MethodSettings
 from .runtime import DTYPES
 
 
+def setting(cfg, name, default=None):
+    """The value of the setting ``name`` in a script's constants ``cfg`` (``default`` when it has none)."""
+    return getattr(cfg, name.upper(), default)
+
+
+def method_settings(cfg):
+    """The :class:`~vitlrp.methods.MethodSettings` of a script's settings (defaults for those it does not have);
+    checks them."""
+    dtype = setting(cfg, "dtype", "fp32")
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}", setting="dtype")
+    default = MethodSettings()
+    return MethodSettings(DTYPES[dtype], **{name: setting(cfg, name, getattr(default, name)) for name in
+                                            ("impl", "seed", "ig_steps", "smoothgrad_samples", "rows_per_pass")})
+
+
 def check_run_options(cfg):
-    """``TARGET``, ``DTYPE``, ``IMPL``, ``BATCH_SIZE``, ``NUM_WORKERS`` (and the sampling methods' costs)."""
-    if cfg.TARGET not in ("pred", "label"):
-        raise UserError(f"TARGET must be pred or label, got {cfg.TARGET!r}")
-    if cfg.DTYPE not in DTYPES:
-        raise UserError(f"DTYPE must be one of {', '.join(DTYPES)}, got {cfg.DTYPE!r}")
-    if cfg.IMPL not in IMPLS:
-        raise UserError(f"IMPL must be one of {', '.join(IMPLS)}, got {cfg.IMPL!r}")
-    if cfg.BATCH_SIZE <= 0:
-        raise UserError(f"BATCH_SIZE must be positive, got {cfg.BATCH_SIZE}")
-    if cfg.NUM_WORKERS < 0:
-        raise UserError(f"NUM_WORKERS must be >= 0 (0 = decode in this process), got {cfg.NUM_WORKERS}")
-    for name in ("IG_STEPS", "SMOOTHGRAD_SAMPLES", "ROWS_PER_PASS"):
-        if getattr(cfg, name, 1) <= 0:
-            raise UserError(f"{name} must be positive, got {getattr(cfg, name)}")
-
-
-def method_options(cfg):
-    """The :class:`vitlrp.methods.Options` of a script's settings (defaults for those it does not have)."""
-    default = Options()
-    return Options(DTYPES[cfg.DTYPE], cfg.IMPL, cfg.SEED, getattr(cfg, "IG_STEPS", default.ig_steps),
-                   getattr(cfg, "SMOOTHGRAD_SAMPLES", default.smoothgrad_samples),
-                   getattr(cfg, "ROWS_PER_PASS", default.rows_per_pass))
+    """``target``, ``dtype``, ``impl``, ``batch_size``, ``num_workers`` and the sampling methods' costs."""
+    check_target_mode(setting(cfg, "target"))
+    method_settings(cfg)
+    for name, low, why in (("batch_size", 1, "be positive"), ("num_workers", 0, "be >= 0 (0 = decode in this "
+                                                                              "process)")):
+        value = setting(cfg, name)
+        if value < low:
+            raise UserError(f"{name} must {why}, got {value}", setting=name)
 
 
 def check_scoring_options(cfg):
-    """The scoring options of the evaluation and the sweep: ``PERTURB_STEPS``, ``PART_TOLERANCE_PX``."""
-    if cfg.PERTURB_STEPS < 2:
-        raise UserError(f"PERTURB_STEPS must be at least 2, got {cfg.PERTURB_STEPS}")
-    if cfg.PART_TOLERANCE_PX < 0:
-        raise UserError(f"PART_TOLERANCE_PX must be >= 0, got {cfg.PART_TOLERANCE_PX}")
+    """The scoring options of the evaluation and the sweep: ``perturb_steps``, ``part_tolerance_px``."""
+    if setting(cfg, "perturb_steps") < 2:
+        raise UserError(f"perturb_steps must be at least 2, got {setting(cfg, 'perturb_steps')}",
+                        setting="perturb_steps")
+    if setting(cfg, "part_tolerance_px") < 0:
+        raise UserError(f"part_tolerance_px must be >= 0, got {setting(cfg, 'part_tolerance_px')}",
+                        setting="part_tolerance_px")
 
 
 def check_perturb_steps_fit(steps, model):
     """More MoRF/LeRF steps than the model has patches would repeat curve points and only cost time."""
-    patches = (model.image_size // model.patch_size) ** 2
+    family = family_of(model)
+    patches = (family.image_size(model) // family.patch_size(model)) ** 2
     if steps > patches:
-        raise UserError(f"PERTURB_STEPS must be at most the number of patches ({patches}), got {steps}")
+        raise UserError(f"perturb_steps must be at most the number of patches ({patches}), got {steps}",
+                        setting="perturb_steps")
 
 
 def check_schedules_fit(named_schedules, model):
     """Every Linear-γ schedule ``(name, spec)`` that lists values must give one per encoder block of ``model``:
     checked once the model is known and before any output, not when the first batch is explained."""
-    blocks = max(len(encoder_blocks(model)), 1)
+    blocks = max(len(family_of(model).blocks(model)), 1)
     for name, spec in named_schedules:
         schedule_values(spec, blocks, name)

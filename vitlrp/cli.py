@@ -262,10 +262,17 @@ FIXES = {
 }
 
 
-def message(err):
-    """The line a script prints for ``err``: its message, then the way out (``FIXES[err.fix]`` or ``err.fix``)."""
+def message(err, constants=()):
+    """The line a script prints for ``err``: its message with the setting at fault (``err.setting``, the library's
+    name of it) named as the script's constant when it has one (``image_size`` → ``IMAGE_SIZE``), then the way out
+    (``FIXES[err.fix]`` or ``err.fix``)."""
+    text = str(err)
+    settings = getattr(err, "setting", None) or ()
+    for name in (settings,) if isinstance(settings, str) else settings:
+        if name.upper() in constants:
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", name.upper(), text)
     fix = getattr(err, "fix", None)
-    return f"{err}; {FIXES.get(fix, fix)}" if fix else str(err)
+    return f"{text}; {FIXES.get(fix, fix)}" if fix else text
 
 
 def config_dict(cfg):
@@ -298,7 +305,7 @@ def run(main, namespace, argv=None, help_notes=None):
         cfg = configure(namespace, argv, help_notes)
         status = main(cfg)
     except UserError as err:
-        print(f"error: {message(err)}", file=sys.stderr)
+        print(f"error: {message(err, _constants(namespace))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)

@@ -1,10 +1,11 @@
 """Which attribution method explains best: per-image rows → summaries with confidence intervals, the best method per
 metric, the paired comparison against a reference, and the console's tables. Rows come from
-:meth:`vitlrp.scoring.ScoringBatch.score`."""
+:meth:`vitlrp.scoring.Scorer.score`."""
 import math
 
 from . import metrics as M
 from . import stats as S
+from .sanity.verdicts import CLASS_THRESHOLD, class_check
 
 
 def row_fields(metrics=M.METRICS):
@@ -36,9 +37,7 @@ def boxless(rows):
 
 
 def class_check_line(summary):
-    """The class check of every class-specific method in one line (:func:`vitlrp.sanity.class_check`)."""
-    from .sanity import CLASS_THRESHOLD, class_check
-
+    """The class check of every class-specific method in one line (:func:`vitlrp.sanity.verdicts.class_check`)."""
     checked = {m: class_check(s) for m, s in summary.items() if "class_sensitivity" in s}
     if not checked:
         return ""

@@ -1,64 +1,57 @@
-"""AttnLRP for torchvision ViTs: LXT's patches plus zennit's Gamma rule, batched, attached only while explaining.
+"""The γ-LRP method: AttnLRP (LXT) plus zennit's Gamma rule, batched, attached only while explaining.
 
-Where γ acts: zennit's ``LayerMapComposite`` hooks modules, and a hook only fires when the module is *called*.
-torchvision's ``MultiheadAttention`` applies ``in_proj_weight`` and ``out_proj.weight`` through ``F.linear``,
-so LIN_GAMMA reaches ``conv_proj`` (CONV_GAMMA), the two MLP linears of each block and ``heads.head`` only;
-the attention projections get LRP-0 unless ``gamma_attention=True`` routes them through ``nn.Linear`` modules
-(:func:`vitlrp.lxtpatch.attention_as_linear`). Because AttnLRP's CP-LRP variant stops relevance at the query and
-key, γ there reaches the value and output projections. :meth:`Explainer.gamma_layers` reports the layers γ really
-acted on. The γ values and per-block schedules are :mod:`vitlrp.gamma`'s.
+Where γ acts: a rule acts on a module only when the module is *called*. Everything architecture-specific comes
+from the model's family (:func:`vitlrp.families.family_of`): for torchvision's ViT, γ reaches the patch embedding
+(the Conv2d γ), the two MLP linears of each block and the head only, because its attention applies the projections
+through ``F.linear``; with ``GammaSpec.attention`` the family routes them through ``nn.Linear`` modules. Because
+AttnLRP's CP-LRP variant stops relevance at the query and key, γ there reaches the value and output projections.
+:meth:`Explainer.gamma_layers` reports the layers γ really acted on. The γ values and per-block schedules are
+:class:`vitlrp.gamma.GammaSpec`'s; the rule itself is :mod:`vitlrp.gammarule`'s (``impl='fused'``) or zennit's.
 """
 import copy
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
-from .gamma import check_gamma, encoder_blocks, lin_gamma_value, module_gammas, schedule_text, schedule_values
-from .lxtpatch import attention_as_linear, lxt_patched
+from .families import family_of
+from .gamma import GammaSpec
+from .gammarule import AbsWeights, GammaHolder, absolute_output, gamma_rules, patch_conv_input_gradient
+from .methods.base import Attribution, Method, input_times_grad, target_index
 
-IMPLS = ("fused", "zennit")  # the Gamma rule's implementations: the same maps (fused: fewer matmuls, no hooks)
-DEFAULT_IMPL = "fused"
 
+class Explainer(Method):
+    """AttnLRP (LXT) with zennit's Gamma rule on a model of a registered family (torchvision's ViT).
 
-class Explainer:
-    """AttnLRP (LXT) with zennit's Gamma rule on a torchvision ``VisionTransformer``.
+    Use as a context manager; inside, ``explainer.attribute(images, target)`` returns an
+    :class:`~vitlrp.methods.base.Attribution` whose ``relevance`` is the ``[B, H, W]`` pixel relevance (channels
+    summed; float32, or float64 for a float64 ``dtype``) of ``target`` (one class per row, one class for all rows,
+    or ``None`` for the predicted class). LXT's patches and the rules are attached for the forward and the backward
+    of each batch and removed after it, so plain forwards in between run the original model.
 
-    Use as a context manager; inside, ``explainer(images, target)`` returns ``(logits, relevance)`` with
-    ``relevance`` the ``[B, H, W]`` pixel relevance (channels summed; float32, or float64 for a float64 ``dtype``)
-    of ``target`` (one class per row, or one class for all rows; ``None`` = the predicted class). LXT's patches and
-    the rules are attached for the forward and the backward of each batch and removed after it, so plain forwards
-    in between run the original model.
-
-    Parameters
-    ----------
-    model: torchvision VisionTransformer (eval mode).
-    conv_gamma, lin_gamma: γ of the Gamma rule for ``nn.Conv2d`` and ``nn.Linear`` modules; ``lin_gamma`` may be a
-        per-block schedule (:func:`vitlrp.gamma.parse_schedule`: a list, ``'0.5/0.3/0.1/0'``, ``'linear:0.5:0'``).
-    gamma_attention: route the attention projections through ``nn.Linear`` so that ``lin_gamma`` reaches them.
-    dtype: ``torch.float32``, or ``torch.bfloat16`` for a pure-bf16 copy of the model (autocast breaks zennit).
-    impl: ``'fused'`` (:mod:`vitlrp.fastgamma`, fewer matmuls) or ``'zennit'`` (the reference hooks); same maps.
+    ``gamma``: a :class:`~vitlrp.gamma.GammaSpec` or what :meth:`GammaSpec.parse` takes (``'balanced'``,
+    ``'gamma:1:linear:0.5:0+attn'``, ``(1.0, 0.5)``). ``settings``: a
+    :class:`~vitlrp.methods.base.MethodSettings`: ``dtype`` (``torch.bfloat16``: a pure-bf16 copy of the model;
+    autocast breaks zennit) and ``impl`` (``'fused'``, fewer matrix products, or ``'zennit'``'s reference hooks:
+    the same maps).
     """
 
-    def __init__(self, model, conv_gamma=1.0, lin_gamma=0.5, gamma_attention=False, dtype=torch.float32,
-                 impl=DEFAULT_IMPL):
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        self.model = model
-        self.conv_gamma = check_gamma("conv_gamma", conv_gamma)
-        self.lin_gamma = lin_gamma_value(lin_gamma)
-        self.gamma_attention = gamma_attention
-        self.dtype = dtype
-        self.impl = impl
+    patched = True
+
+    def __init__(self, model, gamma="balanced", settings=None):
+        super().__init__(model, settings)
+        self.gamma = GammaSpec.parse(gamma)
+        self.name = self.gamma.name
+        self.dtype, self.impl = self.settings.dtype, self.settings.impl
         self.lrp_model = None
         self._acted = {}
+        self._abs_weights = None
 
     def __enter__(self):
+        self.family = family_of(self.model)
         param = next(self.model.parameters())
         self.device = param.device
         self.lrp_model = self.model if param.dtype == self.dtype else copy.deepcopy(self.model).to(self.dtype)
         self.lrp_model.eval()
-        from .fastgamma import AbsWeights
-
         self._abs_weights = AbsWeights()  # fused rule: |W| once per context, not per call (dropped at exit)
         return self
 
@@ -68,27 +61,32 @@ class Explainer:
         return False
 
     @contextmanager
-    def patched(self):
-        """LXT's patches (and the attention swap) for the duration of one batch; the process is plain outside."""
-        with lxt_patched():
-            if self.gamma_attention:
-                with attention_as_linear(self.lrp_model):
-                    yield
-            else:
-                yield
+    def patched(self, attention):
+        """The family's LRP patches (and the attention swap) for one batch; the process is plain outside."""
+        with ExitStack() as stack:
+            stack.enter_context(self.family.lrp_patched(self.lrp_model))
+            if attention:
+                stack.enter_context(self.family.attention_as_linear(self.lrp_model))
+            yield
 
-    def rule_map(self, conv_gamma=None, lin_gamma=None):
-        """module name → (module, γ) for every module the Gamma rule is registered on."""
-        return module_gammas(self.lrp_model, self.conv_gamma if conv_gamma is None else conv_gamma,
-                             self.lin_gamma if lin_gamma is None else lin_gamma)
+    def rule_map(self, gamma):
+        """module name → (module, γ) for every module the Gamma rule goes on (call inside :meth:`patched`): the patch
+        embedding gets the Conv2d γ, every other module its block's Linear γ (the last block's outside them)."""
+        model, family = self.lrp_model, self.family
+        blocks = family.blocks(model)
+        lin = gamma.lin_values(max(len(blocks), 1))
+        block_of = {id(m): i for i, block in enumerate(blocks) for m in block.modules()}
+        embedding = family.patch_embedding(model)
+        return {name: (module, gamma.conv if module is embedding else lin[block_of.get(id(module), len(lin) - 1)])
+                for name, module in family.gamma_modules(model, gamma.attention).items()}
 
     @contextmanager
-    def rules_attached(self, holders=None):
-        """Attach the rules (and a probe noting which modules they act on) for one forward + backward.
+    def rules_attached(self, gamma, holders=None):
+        """Attach the rules of ``gamma`` (and a probe noting which modules they act on) for one forward + backward.
 
-        ``holders`` (fused only): module name → :class:`~vitlrp.fastgamma.GammaHolder`, read at backward time.
+        ``holders`` (fused only): module name → :class:`~vitlrp.gammarule.GammaHolder`, read at backward time.
         """
-        rules = self.rule_map()
+        rules = self.rule_map(gamma)
 
         def probe(name):
             def hook(module, args):
@@ -108,8 +106,6 @@ class Explainer:
                 with composite.context(self.lrp_model):
                     yield
             else:
-                from .fastgamma import gamma_rules
-
                 with gamma_rules({m: holders[n] if holders else g for n, (m, g) in rules.items()},
                                  self._abs_weights):  # the context's |W| cache
                     yield
@@ -126,67 +122,123 @@ class Explainer:
     def out_dtype(self):
         return torch.promote_types(self.dtype, torch.float32)  # bf16 → float32; float64 stays float64
 
-    def __call__(self, images, target=None):
+    def _attribute_one(self, images, target, gamma):
         x = self._input(images)
-        with self.patched(), torch.enable_grad(), self.rules_attached():
-            logits = self.lrp_model(x)
+        with self.patched(gamma.attention), torch.enable_grad(), self.rules_attached(gamma):
+            logits = self.family.logits(self.lrp_model(x))
             target = target_index(logits, target)
             (grad,) = torch.autograd.grad(logits.gather(1, target).sum(), x)
-        return logits.detach().to(self.out_dtype()), input_times_grad(x, grad, self.out_dtype())
+        return Attribution(logits.detach().to(self.out_dtype()), input_times_grad(x, grad, self.out_dtype()),
+                           target.reshape(-1))
 
-    def explain_many(self, images, target, settings, also=()):
-        """Maps for several γ settings of the same batch: ``(logits, relevance [K, B, H, W])``, followed by the
-        relevance for each further choice of classes in ``also`` (e.g. a random other class per image).
+    def attribute(self, x, target=None, ids=None):
+        return self._attribute_one(x, target, self.gamma)
 
-        ``settings`` is a list of ``(conv_gamma, lin_gamma)`` (``lin_gamma`` a number or schedule). The rule acts
-        only in the backward, so with ``impl='fused'`` one forward serves every setting and class (see
-        :func:`vitlrp.fastgamma.explain_settings`); ``zennit`` explains each separately. The maps equal separate
-        calls.
-        """
-        settings = [(check_gamma("conv_gamma", c), schedule_text(lin)) for c, lin in settings]
-        targets = [target, *also]
-        if self.impl == "fused":
-            from .fastgamma import explain_settings
+    def attribute_many(self, x, targets, ids=None):
+        """One forward for every choice of classes in ``targets`` (fused; zennit explains each separately)."""
+        return self.attribute_gammas(x, targets, [self.gamma])[0]
 
-            logits, maps = explain_settings(self, self._input(images), targets, settings)
-        else:
-            saved = self.conv_gamma, self.lin_gamma
-            try:
-                maps = [[] for _ in targets]
-                for self.conv_gamma, self.lin_gamma in settings:
-                    for t, chosen in enumerate(targets):
-                        logits, rel = self(images, chosen)
-                        maps[t].append(rel)
-            finally:
-                self.conv_gamma, self.lin_gamma = saved
-            maps = torch.stack([torch.stack(m) for m in maps])
-        return (logits, *maps)
+    @classmethod
+    def attribute_together(cls, methods, x, targets, ids=None):
+        """Every γ-LRP method of a batch from one forward per attention setting (:meth:`attribute_gammas`): the rule
+        acts only in the backward, so the forward, and the backward down to the patch embedding of every setting with
+        the same Linear γ, are shared by all the methods and classes. Methods on another model, dtype or
+        implementation run apart."""
+        groups = {}
+        for k, m in enumerate(methods):
+            groups.setdefault((id(m.model), m.dtype, m.impl), []).append(k)
+        out = [None] * len(methods)
+        for members in groups.values():
+            lead = methods[members[0]]
+            for k, results in zip(members, lead.attribute_gammas(x, targets, [methods[k].gamma for k in members])):
+                out[k] = results
+        return out
+
+    def attribute_gammas(self, x, targets, gammas):
+        """The maps of several γ settings of one batch for every choice of classes in ``targets`` (each a ``[B]``
+        tensor, one class, or None for the prediction): a list per setting of one
+        :class:`~vitlrp.methods.base.Attribution` per choice. With ``impl='fused'`` one forward serves every setting
+        with the same ``attention`` and every class; ``zennit`` explains each separately. The maps equal separate
+        calls of :meth:`attribute`."""
+        gammas = [GammaSpec.parse(g) for g in gammas]
+        out = [None] * len(gammas)
+        by_attention = {}
+        for k, g in enumerate(gammas):
+            by_attention.setdefault(g.attention, []).append(k)
+        for members in by_attention.values():
+            chosen = [gammas[k] for k in members]
+            if self.impl == "fused":
+                results = self._fused_gammas(self._input(x), targets, chosen)
+            else:
+                results = [[self._attribute_one(x, t, g) for t in targets] for g in chosen]
+            for k, r in zip(members, results):
+                out[k] = r
+        return out
+
+    def _fused_gammas(self, x, targets, gammas):
+        """The fused rule's :meth:`attribute_gammas` for settings that share their ``attention``, from one forward of
+        the input leaf ``x``: the graph is kept and the Linear γ are changed between backwards
+        (:class:`~vitlrp.gammarule.GammaHolder`); the backward down to the patch embedding's output is shared by all
+        settings with the same Linear γ, and each Conv2d γ only re-runs the patch embedding's rule
+        (:func:`~vitlrp.gammarule.patch_conv_input_gradient`)."""
+        out_dtype = self.out_dtype()
+        groups = {}  # Linear γ → [(index in gammas, conv γ)]
+        for k, g in enumerate(gammas):
+            groups.setdefault(g.lin, []).append((k, g.conv))
+        maps = [[None] * len(gammas) for _ in targets]
+        with self.patched(gammas[0].attention), torch.enable_grad():
+            holders = {name: GammaHolder() for name in self.rule_map(gammas[0])}
+            logits, z, conv = self._forward_keeping_patch_output(x, gammas[0], holders)
+            if conv is not None:  # the conv rule's |x||W|ᵀ + |b|, once for every conv γ and class below
+                conv_abs = absolute_output(x.detach(), conv.weight.detach(), conv.bias, self._abs_weights)
+            steps = [(t, lin, cells) for t in range(len(targets)) for lin, cells in groups.items()]
+            for n, (t, lin, cells) in enumerate(steps):
+                score = logits.gather(1, target_index(logits, targets[t])).sum()
+                last = n == len(steps) - 1
+                if conv is None:  # no single patch embedding on the input: one backward per setting
+                    for i, (k, conv_gamma) in enumerate(cells):
+                        self._set_gammas(holders, GammaSpec(conv_gamma, lin, gammas[0].attention))
+                        (grad,) = torch.autograd.grad(score, x, retain_graph=not (last and i == len(cells) - 1))
+                        maps[t][k] = input_times_grad(x, grad, out_dtype)
+                    continue
+                self._set_gammas(holders, GammaSpec(cells[0][1], lin, gammas[0].attention))
+                (grad_z,) = torch.autograd.grad(score, z, retain_graph=not last)
+                for k, conv_gamma in cells:
+                    grad = patch_conv_input_gradient(x.detach(), conv.weight.detach(), None, z.detach(), grad_z,
+                                                     conv_gamma, conv_abs, self._abs_weights)
+                    maps[t][k] = input_times_grad(x, grad, out_dtype)
+        logits = logits.detach().to(out_dtype)
+        chosen = [target_index(logits, t).reshape(-1) for t in targets]
+        return [[Attribution(logits, maps[t][k], chosen[t]) for t in range(len(targets))] for k in range(len(gammas))]
+
+    def _set_gammas(self, holders, gamma):
+        for name, (_, value) in self.rule_map(gamma).items():
+            holders[name].value = value
+
+    def _forward_keeping_patch_output(self, x, gamma, holders):
+        """The forward with the rules attached; ``(logits, patch-embedding output, its conv)`` — the last two None
+        unless the patch embedding is applied to the input itself (the backward can then stop at its output)."""
+        conv, seen = self.family.patch_embedding(self.lrp_model), {}
+
+        def keep_output(module, args, out):
+            if args[0] is x:
+                seen["z"] = out
+
+        hook = conv.register_forward_hook(keep_output)
+        try:
+            with self.rules_attached(gamma, holders):
+                logits = self.family.logits(self.lrp_model(x))
+        finally:
+            hook.remove()
+        return logits, seen.get("z"), conv if "z" in seen else None
 
     def gamma_layers(self):
         """Names → types of the modules the Gamma rule acted on so far (a dry run on a blank image if none yet)."""
         if not self._acted:
-            size = self.lrp_model.image_size
-            self(torch.zeros(1, 3, size, size, device=self.device))
+            size = self.family.image_size(self.lrp_model)
+            self.attribute(torch.zeros(1, 3, size, size, device=self.device))
         return dict(self._acted)
 
     def lin_gammas(self):
         """The Linear γ of each encoder block (the head gets the last one)."""
-        return schedule_values(self.lin_gamma, max(len(encoder_blocks(self.lrp_model)), 1))
-
-
-def input_times_grad(x, grad, dtype=torch.float32):
-    """``[B, H, W]`` relevance: input × gradient summed over colour channels, in ``dtype``."""
-    return (x.detach().to(dtype) * grad.to(dtype)).sum(1)
-
-
-def target_index(logits, target):
-    """``[B, 1]`` class indices for ``gather``: ``None`` = the argmax, a single class is used for every row."""
-    if target is None:
-        return logits.argmax(1, keepdim=True)
-    target = torch.as_tensor(target, device=logits.device).reshape(-1)
-    if target.numel() == 1:
-        target = target.expand(logits.shape[0])
-    if target.numel() != logits.shape[0]:
-        raise ValueError(f"target has {target.numel()} entries for a batch of {logits.shape[0]}")
-    return target.reshape(-1, 1)
-
+        return self.gamma.lin_values(max(len(self.family.blocks(self.lrp_model)), 1))

@@ -1,13 +1,18 @@
-"""γ values of the Gamma rule: the presets, the per-block schedule grammar, and which module gets which γ.
+"""γ of the Gamma rule as one type, :class:`GammaSpec`: the Conv2d γ, the Linear γ (a number or a per-block
+schedule) and whether γ reaches the attention projections; its presets, names, files, and how a setting is chosen.
 
 The Linear γ may vary with depth (:func:`parse_schedule`): one value per encoder block, given as a list
 (``0.5/0.3/0.1/0``) or a family from the first block to the last (``linear:0.5:0``, ``geometric:1:0.01``).
-Every Linear inside block *i* (MLP, and attention with ``gamma_attention``) gets value *i*; Linears outside the
-blocks (the head) get the last block's value. The patch embedding keeps the Conv2d γ.
-"""
-import math
+Every Linear inside block *i* (MLP, and attention with ``attention``) gets value *i*; Linears outside the blocks
+(the head) get the last block's value. The patch embedding keeps the Conv2d γ.
 
-from torch import nn
+A setting is named like a method (:attr:`GammaSpec.name`): a preset (``balanced``) or ``gamma:<conv>:<lin>``,
+either followed by ``+attn`` for γ on the attention projections too.
+"""
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .errors import UserError
 
@@ -18,10 +23,13 @@ PRESETS = {
     "aggressive": (10.0, 1.0),
     "very_aggressive": (100.0, 1.0),
 }
+ATTENTION_SUFFIX = "+attn"
+
+
 def check_gamma(name, value):
-    """γ must be a finite, non-negative number."""
+    """γ must be a finite, non-negative number (``name``: what the caller calls it, the error's setting)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise UserError(f"{name} must be a finite number >= 0, got {value!r}", setting=name.split(" ")[0])
     return float(value)
 
 
@@ -32,9 +40,10 @@ SCHEDULE_HELP = ("a number, one value per encoder block joined by '/' (e.g. 0.5/
 def parse_schedule(spec, name="lin_gamma"):
     """A Linear-γ schedule → ``(form, values)``: ``('const', (g,))``, ``('list', (g0, g1, ...))``,
     ``('linear', (first, last))`` or ``('geometric', (first, last))``; ``spec`` is a number, a list or text."""
+    setting = name.split(" ")[0]
     if isinstance(spec, (list, tuple)):
         if not spec:
-            raise UserError(f"{name} is an empty list: {SCHEDULE_HELP}")
+            raise UserError(f"{name} is an empty list: {SCHEDULE_HELP}", setting=setting)
         return "list", tuple(check_gamma(f"{name} value", v) for v in spec)
     if not isinstance(spec, str):
         return "const", (check_gamma(name, spec),)
@@ -47,11 +56,12 @@ def parse_schedule(spec, name="lin_gamma"):
                 raise ValueError
             values = tuple(check_gamma(f"{name} {form} value", v) for v in values)
             if form == "geometric" and min(values) <= 0:
-                raise UserError(f"{name} {text!r}: a geometric schedule needs values > 0 (use linear:... for 0)")
+                raise UserError(f"{name} {text!r}: a geometric schedule needs values > 0 (use linear:... for 0)",
+                                setting=setting)
             return form, values
         values = tuple(float(v) for v in text.split("/"))
     except ValueError:
-        raise UserError(f"{name} {text!r} is not a γ schedule: {SCHEDULE_HELP}") from None
+        raise UserError(f"{name} {text!r} is not a γ schedule: {SCHEDULE_HELP}", setting=setting) from None
     values = tuple(check_gamma(f"{name} value", v) for v in values)
     return ("const", values) if len(values) == 1 else ("list", values)
 
@@ -64,7 +74,7 @@ def schedule_values(spec, num_blocks, name="lin_gamma"):
     if form == "list":
         if len(v) != num_blocks:
             raise UserError(f"{name} lists {len(v)} values but the model has {num_blocks} encoder blocks: give one "
-                            "value per block, or use linear:<first>:<last>")
+                            "value per block, or use linear:<first>:<last>", setting=name.split(" ")[0])
         return list(v)
     steps = [i / (num_blocks - 1) if num_blocks > 1 else 0.0 for i in range(num_blocks)]
     if form == "linear":
@@ -88,20 +98,158 @@ def lin_gamma_value(spec, name="lin_gamma"):
     return v[0] if form == "const" else schedule_text(spec, name)
 
 
-def encoder_blocks(model):
-    """Names of the encoder blocks (modules with a ``self_attention``), in depth order."""
-    return [name for name, m in model.named_modules() if hasattr(m, "self_attention") and name]
+@dataclass(frozen=True)
+class GammaSpec:
+    """One setting of the Gamma rule: ``conv`` (the patch embedding's γ), ``lin`` (the Linear γ: a float, or a
+    schedule's canonical text) and ``attention`` (γ on the attention projections too). Values are checked and made
+    canonical on construction, so two specs of the same setting are equal."""
+
+    conv: float = 1.0
+    lin: object = 0.5
+    attention: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "conv", check_gamma("conv_gamma", self.conv))
+        object.__setattr__(self, "lin", lin_gamma_value(self.lin, "lin_gamma"))
+        object.__setattr__(self, "attention", bool(self.attention))
+
+    @property
+    def lin_text(self):
+        """The Linear γ's canonical text (``0.5``, ``linear:0.5:0``)."""
+        return schedule_text(self.lin)
+
+    @property
+    def is_schedule(self):
+        return not isinstance(self.lin, float)
+
+    @property
+    def name(self):
+        """The method name of this setting: ``gamma:<conv>:<lin>``, with ``+attn`` when γ reaches the attention."""
+        return f"gamma:{self.conv:g}:{self.lin_text}" + (ATTENTION_SUFFIX if self.attention else "")
+
+    def lin_values(self, num_blocks, name="lin_gamma"):
+        """The Linear γ of each of ``num_blocks`` encoder blocks."""
+        return schedule_values(self.lin, num_blocks, name)
+
+    def with_attention(self, attention=True):
+        return replace(self, attention=attention)
+
+    @classmethod
+    def preset(cls, name, attention=False, what="preset"):
+        """A preset of :data:`PRESETS` by name."""
+        if name not in PRESETS:
+            raise UserError(f"unknown {what} {name!r}: choose one of {', '.join(PRESETS)}", setting=what)
+        return cls(*PRESETS[name], attention)
+
+    @classmethod
+    def from_name(cls, name):
+        """The setting a method name stands for (a preset or ``gamma:<conv>:<lin>``, maybe ``+attn``), None for a
+        name of another method."""
+        base, attention = (name[:-len(ATTENTION_SUFFIX)], True) if name.endswith(ATTENTION_SUFFIX) else (name, False)
+        if base in PRESETS:
+            return cls(*PRESETS[base], attention)
+        if not base.startswith("gamma:"):
+            return None
+        parts = base.split(":")
+        try:
+            if len(parts) < 3:
+                raise ValueError
+            conv, lin = float(parts[1]), ":".join(parts[2:])
+        except ValueError:
+            raise UserError(f"method {name!r} must look like gamma:<conv>:<lin>, e.g. gamma:1:0.5") from None
+        return cls(check_gamma(f"method {name!r} conv gamma", conv), lin_gamma_value(lin, f"method {name!r} lin gamma"),
+                   attention)
+
+    @classmethod
+    def parse(cls, value):
+        """A :class:`GammaSpec` from itself, a method name (``'balanced'``, ``'gamma:1:linear:0.5:0+attn'``), a
+        ``(conv, lin)`` pair or a dict with ``conv_gamma`` and ``lin_gamma`` (and ``attention``)."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            spec = cls.from_name(value.strip())
+            if spec is None:
+                raise UserError(f"{value!r} is no γ setting: use a preset ({', '.join(PRESETS)}) or "
+                                "gamma:<conv>:<lin>, maybe followed by +attn")
+            return spec
+        if isinstance(value, dict):
+            return cls(value.get("conv_gamma"), value.get("lin_gamma"), value.get("attention", False))
+        if isinstance(value, (tuple, list)) and len(value) in (2, 3):
+            return cls(*value)
+        raise UserError(f"{value!r} is no γ setting: give a GammaSpec, a name, a (conv, lin) pair or a dict")
+
+    @classmethod
+    def from_file(cls, spec, what="gamma_file"):
+        """The setting of ``best_gamma.json`` (written by the γ sweep); ``path#metric`` takes that metric's best cell
+        instead of the recommended one. ``what``: the caller's name of the file (the errors' setting)."""
+        path, _, pick = str(spec).partition("#")
+        if Path(path).is_dir():
+            inside = " (it holds one: pass that file)" if (Path(path) / "best_gamma.json").is_file() else ""
+            raise UserError(f"{what} {path} is a folder, not a best_gamma.json file{inside}", setting=what)
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{what} {path} does not exist", fix="gamma_file", setting=what) from None
+        except (OSError, ValueError) as err:
+            raise UserError(f"{what} {path} is not a readable best_gamma.json ({err})", setting=what) from None
+        try:
+            entry = doc["recommended"] if pick in ("", "recommended") else doc["best"][pick]
+            conv, lin = entry["conv_gamma"], entry["lin_gamma"]
+        except (KeyError, TypeError):
+            choices = ", ".join(["recommended", *doc.get("best", {})]) if isinstance(doc, dict) else "recommended"
+            raise UserError(f"{what} {spec}: no setting {pick or 'recommended'!r} in it (choose {choices})",
+                            setting=what) from None
+        return cls(check_gamma(f"{what} conv_gamma", conv), lin_gamma_value(lin, f"{what} lin_gamma"))
+
+    @classmethod
+    def choose(cls, settings, given=()):
+        """The setting a run asks for, and which settings chose it (a :class:`GammaChoice`).
+
+        ``settings``: ``gamma_file``, ``preset``, ``conv_gamma``, ``lin_gamma``, ``lin_gamma_schedule`` and
+        ``gamma_attention`` (missing ones count as unset); ``given``: the names set explicitly (not left at their
+        default). ``gamma_file`` or ``preset`` set both γ; else ``conv_gamma`` with ``lin_gamma_schedule`` or
+        ``lin_gamma``. Two of them setting the same γ at once is refused (one line), never resolved silently.
+        """
+        get = settings.get
+        both = [f"{n} {get(n)}" for n in ("gamma_file", "preset") if get(n)]
+        conv = [f"conv_gamma {get('conv_gamma')}"] if "conv_gamma" in given else []
+        lin = ([f"lin_gamma {get('lin_gamma')}"] if "lin_gamma" in given else []) + (
+            [f"lin_gamma_schedule {get('lin_gamma_schedule')}"] if get("lin_gamma_schedule") else [])
+        for clash in (both + conv + lin if both else []), lin:
+            if len(clash) > 1:
+                raise UserError(f"{' and '.join(clash[:2])} both set the gammas: keep one of them (preset and "
+                                "gamma_file set both gammas; lin_gamma_schedule replaces lin_gamma)",
+                                setting=("gamma_file", "preset", "conv_gamma", "lin_gamma", "lin_gamma_schedule"))
+        attention = bool(get("gamma_attention"))
+        if get("gamma_file"):
+            return GammaChoice(cls.from_file(get("gamma_file")).with_attention(attention), ("gamma_file",),
+                               get("gamma_file"))
+        if get("preset"):
+            return GammaChoice(cls.preset(get("preset"), attention), ("preset",), get("preset"))
+        conv = check_gamma("conv_gamma", get("conv_gamma", 1.0))
+        if get("lin_gamma_schedule"):
+            lin = lin_gamma_value(get("lin_gamma_schedule"), "lin_gamma_schedule")
+            return GammaChoice(cls(conv, lin, attention), ("conv_gamma", "lin_gamma_schedule"))
+        return GammaChoice(cls(conv, check_gamma("lin_gamma", get("lin_gamma", 0.5)), attention),
+                           ("conv_gamma", "lin_gamma"))
 
 
-def module_gammas(model, conv_gamma, lin_spec):
-    """module name → (module, γ) for every Conv2d (``conv_gamma``) and Linear (its block's scheduled γ)."""
-    blocks = encoder_blocks(model)
-    lin = schedule_values(lin_spec, max(len(blocks), 1))
-    rules = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            rules[name] = (module, conv_gamma)
-        elif isinstance(module, nn.Linear):
-            depth = next((i for i, b in enumerate(blocks) if name.startswith(b + ".")), len(lin) - 1)
-            rules[name] = (module, lin[depth])
-    return rules
+@dataclass(frozen=True)
+class GammaChoice:
+    """What :meth:`GammaSpec.choose` chose: the ``spec``, the ``settings`` that chose it and, for a file or a preset,
+    its ``value``. ``word`` turns a setting's name into the caller's (a script's constant: ``str.upper``)."""
+
+    spec: GammaSpec
+    settings: tuple
+    value: str = ""
+
+    def source(self, word=str):
+        """Where the γ came from: ``PRESET balanced``, ``GAMMA_FILE best_gamma.json`` or ``CONV_GAMMA, LIN_GAMMA``
+        (with ``word=str.upper``)."""
+        if self.value:
+            return f"{word(self.settings[0])} {self.value}"
+        return ", ".join(word(s) for s in self.settings)
+
+    def lin_source(self, word=str):
+        """What set the Linear γ, for messages: the Linear γ of a preset or file, else its setting's name."""
+        return f"the Linear γ of {self.source(word)}" if self.value else word(self.settings[-1])

@@ -40,13 +40,14 @@ def write_grid(out, idx, image, maps, title):
     return name, picture
 
 
-def sample_record(idx, img_path, label, names, target, probs, logits, relevance, files, run_info):
+def sample_record(sample, names, target, logits, relevance, files, run_info):
     """One explained sample's entry of ``lrp_results.json``: the original schema's keys first, then ours.
 
-    ``probs``/``logits``: this sample's rows; ``run_info``: the keys every entry of the run shares (gammas, dtype...).
+    ``sample``: its ``sample_idx``, ``img_path`` and ``label``; ``logits``: this sample's row; ``run_info``: the keys
+    every entry of the run shares (gammas, dtype...).
     """
-    pred = int(logits.argmax())
-    return {"sample_idx": idx, "img_path": img_path, "label": label, "target_class": target,
+    label, probs, pred = sample["label"], logits.softmax(0), int(logits.argmax())
+    return {"sample_idx": sample["sample_idx"], "img_path": sample["img_path"], "label": label, "target_class": target,
             "gamma_params": run_info["gamma_params"], "files": files,
             "label_name": names[label], "target_name": names[target],
             "predicted_class": pred, "predicted_name": names[pred],
@@ -55,10 +56,10 @@ def sample_record(idx, img_path, label, names, target, probs, logits, relevance,
             **{k: v for k, v in run_info.items() if k != "gamma_params"}, "error": None}
 
 
-def failed_record(idx, img_path, label, names, error, target=None):
+def failed_record(sample, names, error, target=None):
     """The entry of a sample that has no map (unreadable image, or a non-finite map of ``target``)."""
-    return {"sample_idx": idx, "img_path": img_path, "label": label, "target_class": target,
-            "label_name": names[label], "error": error, "files": {}}
+    return {"sample_idx": sample["sample_idx"], "img_path": sample["img_path"], "label": sample["label"],
+            "target_class": target, "label_name": names[sample["label"]], "error": error, "files": {}}
 
 
 def coverage_line(explainer):
@@ -67,31 +68,29 @@ def coverage_line(explainer):
     conv = [n for n, t in layers.items() if t == "Conv2d"]
     attn = [n for n in layers if n.endswith((".q_proj", ".k_proj", ".v_proj", ".out_proj"))]
     other = [n for n, t in layers.items() if t != "Conv2d" and n not in attn]
-    lin = explainer.lin_gamma
-    if not isinstance(lin, float):
+    gamma = explainer.gamma
+    if gamma.is_schedule:
         values = explainer.lin_gammas()
-        lin = f"{lin} per block: {'/'.join(f'{v:.3g}' for v in values)}, head {values[-1]:.3g}"
+        lin = f"{gamma.lin} per block: {'/'.join(f'{v:.3g}' for v in values)}, head {values[-1]:.3g}"
     else:
-        lin = f"{lin:g}"
+        lin = f"{gamma.lin:g}"
     text = (f"Gamma rule acts on {len(layers)} layers: {', '.join(conv) or 'no Conv2d'} (Conv2d, "
-            f"gamma={explainer.conv_gamma:g}); {len(other)} Linear (MLP + head" + (f", gamma={lin})" if other else ")"))
-    if explainer.gamma_attention:
+            f"gamma={gamma.conv:g}); {len(other)} Linear (MLP + head" + (f", gamma={lin})" if other else ")"))
+    if gamma.attention:
         return text + f"; {len(attn)} attention projections (value + output; query/key carry no relevance in CP-LRP)"
     return text + ("; attention projections get LRP-0 (torchvision calls F.linear on them; the gamma_attention "
                    "option routes them through gamma)")
 
 
-def explain_batch(batch, explainer, grid, target_mode, device, ids):
-    """Maps of a batch's readable images: ``{'ok': rows, 'logits', 'relevance', 'target', 'grid': {caption: maps}}``.
+def explain_batch(b, explainer, grid, target_mode):
+    """Maps of a :class:`~vitlrp.batch.Batch`'s readable images: ``{'logits', 'relevance', 'target', 'grid':
+    {caption: maps}}`` (empty when none is readable).
 
-    ``grid``: caption → an entered :class:`vitlrp.methods.MethodRunner` for the comparison grid, explained for the
-    same target classes. ``ids``: the sample indices of the readable rows.
+    ``grid``: caption → an entered :class:`~vitlrp.methods.Method` for the comparison grid, explained for the same
+    target classes (with ``target_mode`` ``'pred'``: the explainer's prediction).
     """
-    ok = [i for i, err in enumerate(batch["error"]) if not err]
-    if not ok:
-        return {"ok": ok}
-    images, labels = batch["image"][ok], batch["label"][ok].to(device)
-    logits, relevance = explainer(images, None if target_mode == "pred" else labels)
-    target = logits.argmax(1) if target_mode == "pred" else labels
-    maps = {caption: run(images, target, ids)[1] for caption, run in grid.items()}
-    return {"ok": ok, "logits": logits, "relevance": relevance, "target": target, "grid": maps}
+    if not b.ok:
+        return {}
+    r = explainer.attribute(b.images, b.targets(target_mode))
+    maps = {caption: m.attribute(b.images, r.target, b.ids).relevance for caption, m in grid.items()}
+    return {"logits": r.logits, "relevance": r.relevance, "target": r.target, "grid": maps}

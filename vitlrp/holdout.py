@@ -61,8 +61,8 @@ def make_split(ann, fraction, seed):
     rows = ann.split_indices("train")
     split = _split(ann, held_out_positions(ann.labels[rows], fraction, seed), fraction, seed)
     if fraction and not len(split.val):
-        raise UserError(f"VAL_FRACTION {fraction} holds out no image of {ann.root}: no class has 2 training images; "
-                        "set VAL_FRACTION to 0 to pick the best epoch on the test split")
+        raise UserError(f"val_fraction {fraction} holds out no image of {ann.root}: no class has 2 training images; "
+                        "set val_fraction to 0 to pick the best epoch on the test split", setting="val_fraction")
     return split
 
 

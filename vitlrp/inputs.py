@@ -6,13 +6,13 @@ from torch.utils.data import Subset
 
 from .cub import CUBDataset, load_cub
 from .errors import UserError
-from .models import check_classes, load_checkpoint, model_from_checkpoint
+from .models import check_classes, read_checkpoint, model_from_checkpoint
 from .training import make_loader
 
 
 def load_model_and_split(checkpoint_path, dataset_root, split, device, annotations=False):
     """``(checkpoint, model on device, dataset)``; every mismatch is a one-line UserError before any work."""
-    ckpt = load_checkpoint(checkpoint_path)
+    ckpt = read_checkpoint(checkpoint_path)
     ann = load_cub(dataset_root)
     check_classes(ckpt, ann.class_names, dataset_root)
     model, preprocessing = model_from_checkpoint(ckpt)
@@ -20,16 +20,17 @@ def load_model_and_split(checkpoint_path, dataset_root, split, device, annotatio
     return ckpt, model.to(device), dataset
 
 
-def sample_indices(n_total, n, seed, what="NUM_SAMPLES", split="test"):
-    """``random.seed(seed)`` then ``n`` distinct indices (``n = 0``: all, in order); same images whatever else."""
+def sample_indices(n_total, n, seed, what="num_images", split="test"):
+    """``random.seed(seed)`` then ``n`` distinct indices (``n = 0``: all, in order); same images whatever else
+    (``what``: the caller's name of ``n``, the errors' setting)."""
     if n < 0:
-        raise UserError(f"{what} must be >= 0, got {n}")
+        raise UserError(f"{what} must be >= 0, got {n}", setting=what)
     if n_total == 0:
         raise UserError(f"the {split} split has no images; check the dataset's train_test_split.txt or choose "
                         "another split")
     if n > n_total:
         raise UserError(f"{what}={n} is larger than the {split} split ({n_total} images); use at most {n_total} "
-                        "or 0 for all")
+                        "or 0 for all", setting=what)
     if n == 0:
         return list(range(n_total))
     random.seed(seed)

@@ -12,7 +12,7 @@ the expected share of the top K, and patches of equal relevance are removed in a
 the caller). So a flat map (no evidence at all) scores what chance scores.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -251,10 +251,26 @@ def _perturbation_rows(orders, counts, image_seeds, fill):
     return torch.unique(rows, dim=0, return_inverse=True)
 
 
+@dataclass(frozen=True)
+class Removal:
+    """How :func:`perturbation_curves` removes patches and what it may reuse: ``start`` / ``end`` probabilities,
+    the ``fill`` of removed pixels, the ``tiebreak`` ranks, ``image_seeds`` (of ``fill``), ``rows_per_pass`` and
+    ``prob_kept`` (see there)."""
+
+    start: object = None
+    end: object = None
+    fill: object = None
+    tiebreak: object = None
+    image_seeds: object = None
+    rows_per_pass: int = 64
+    prob_kept: object = None
+
+
 @torch.inference_mode()
-def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=None, fill=None, tiebreak=None,
-                        image_seeds=None, rows_per_pass=64, prob_kept=None):
+def perturbation_curves(prob_fn, images, scores, patch, steps, removal=None, **options):
     """Target probabilities as patches are removed: ``{'morf': [B, steps+1], 'lerf': [B, steps+1]}``.
+
+    ``removal`` is a :class:`Removal`; ``options`` set its fields instead (``start=..., fill=...``).
 
     ``scores`` are per-patch scores ``[B, L]``, or ``[M, B, L]`` for M maps of each image (the curves are then
     ``[M, B, steps+1]``): every map of a batch is done together, and a perturbed image that several maps produce
@@ -267,6 +283,9 @@ def perturbation_curves(prob_fn, images, scores, patch, steps, start=None, end=N
     :func:`removal_order`. ``prob_kept(keep, rows)`` (mean-colour removal only) may stand in for ``prob_fn`` with the
     ``[R, L]`` bool patch mask instead of the perturbed images (a model that can skip their patch embedding).
     """
+    r = replace(removal or Removal(), **options)
+    start, end, fill, tiebreak, image_seeds, rows_per_pass, prob_kept = (
+        r.start, r.end, r.fill, r.tiebreak, r.image_seeds, r.rows_per_pass, r.prob_kept)
     one = scores.ndim == 2
     scores = scores[None] if one else scores
     m, b, n = scores.shape

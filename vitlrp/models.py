@@ -49,10 +49,10 @@ ARCHS = {
 MAX_IMAGE_SIZE = 2048
 
 
-def check_arch(arch, name="MODEL"):
+def check_arch(arch, name="model"):
     """Refuse an architecture name this project cannot build (``name``: what the user calls the value)."""
     if arch not in ARCHS:
-        raise UserError(f"unknown {name} {arch!r}: choose one of {', '.join(ARCHS)}")
+        raise UserError(f"unknown {name} {arch!r}: choose one of {', '.join(ARCHS)}", setting=name)
     return arch
 
 
@@ -68,12 +68,12 @@ def _weights(arch, name):
 
 
 def check_pretrained(arch, pretrained):
-    """Refuse a PRETRAINED value that is not ``none``, one of ``arch``'s own weights names or an existing file."""
+    """Refuse a ``pretrained`` value that is not ``none``, one of ``arch``'s own weights names or an existing file."""
     own = weights_names(arch)
     if pretrained.lower() == "none" or pretrained in own or Path(pretrained).is_file():
         return pretrained
     if Path(pretrained).is_dir():
-        raise UserError(f"weights file {pretrained} is a folder, not a file: pass the file itself")
+        raise UserError(f"weights file {pretrained} is a folder, not a file: pass the file itself", setting="pretrained")
     owners = ", ".join(a for a in ARCHS if pretrained in weights_names(a))
     choose = f"choose one of {arch}'s {', '.join(own)}, none or a weights file" if own else (
         "choose none or a weights file")
@@ -81,19 +81,21 @@ def check_pretrained(arch, pretrained):
         what = (f"{arch} has no weights {pretrained} (they belong to {owners})" if own
                 else f"{arch} has no ImageNet weights ({pretrained} belong to {owners})")
     else:
-        what = (f"PRETRAINED {pretrained!r} is neither a weights name of {arch} nor an existing file" if own
-                else f"PRETRAINED {pretrained!r} is no existing file, and {arch} has no ImageNet weights")
-    raise UserError(f"{what}: {choose}")
+        what = (f"pretrained {pretrained!r} is neither a weights name of {arch} nor an existing file" if own
+                else f"pretrained {pretrained!r} is no existing file, and {arch} has no ImageNet weights")
+    raise UserError(f"{what}: {choose}", setting="pretrained")
 
 
 def check_image_size(arch, image_size=0):
-    """The input size ``arch`` is built at (``0``: its own); refuse one above MAX_IMAGE_SIZE or off the patch grid."""
+    """The input size ``arch`` is built at (``0``: its own); refuse one above :data:`MAX_IMAGE_SIZE` or off the
+    patch grid."""
     spec = ARCHS[check_arch(arch)]
     size = int(image_size or spec.image_size)
     if not 0 < size <= MAX_IMAGE_SIZE:
-        raise UserError(f"IMAGE_SIZE must be between 1 and {MAX_IMAGE_SIZE} px, got {size}")
+        raise UserError(f"image_size must be between 1 and {MAX_IMAGE_SIZE} px, got {size}", setting="image_size")
     if size % spec.patch_size:
-        raise UserError(f"IMAGE_SIZE {size} must be a multiple of {arch}'s patch size {spec.patch_size}")
+        raise UserError(f"image_size {size} must be a multiple of {arch}'s patch size {spec.patch_size}",
+                        setting="image_size")
     return size
 
 
@@ -264,7 +266,7 @@ def save_checkpoint(path, model, arch, class_names, preprocessing, **extra):
     torch_save(path, ckpt, "checkpoint")
 
 
-def load_checkpoint(path):
+def read_checkpoint(path):
     """Load a checkpoint with ``weights_only=True``; clear one-line errors for every way it can be wrong.
 
     Refused: a missing file or a folder, a file that is not a checkpoint, one whose metadata or weight shapes do not

@@ -16,22 +16,23 @@ def resolve_device(name):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"DEVICE={name} but CUDA is not available to torch {torch.__version__} "
-                            "(check the driver and that torch is a CUDA build)", fix="cpu")
+            raise UserError(f"device={name} but CUDA is not available to torch {torch.__version__} "
+                            "(check the driver and that torch is a CUDA build)", fix="cpu", setting="device")
         try:
             device = torch.device(name)
         except RuntimeError:  # e.g. cuda:x
-            raise UserError(f"unknown DEVICE {name!r}: use auto, cuda, cuda:N or cpu") from None
+            raise UserError(f"unknown device {name!r}: use auto, cuda, cuda:N or cpu", setting="device") from None
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:  # else a CUDA error once the model moves there
-            raise UserError(f"DEVICE={name} but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}")
+            raise UserError(f"device={name} but this machine has {count} CUDA devices: cuda:0 to cuda:{count - 1}",
+                            setting="device")
         return device
     if name == "cpu":
         return torch.device("cpu")
-    raise UserError(f"unknown DEVICE {name!r}: use auto, cuda, cuda:N or cpu")
+    raise UserError(f"unknown device {name!r}: use auto, cuda, cuda:N or cpu", setting="device")
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the explaining scripts' DTYPE setting
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the explaining scripts' dtype setting
 
 
 # the key of each kind of per-image draw (image_seed's third number), so that no two kinds share a seed; the

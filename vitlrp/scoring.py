@@ -1,9 +1,9 @@
 """Scoring the maps of every method on one batch with every metric of :data:`vitlrp.metrics.METRICS`.
 
-:class:`ScoringBatch` holds what the methods share: the readable images of a batch, the class each map explains,
+:class:`Scorer` holds what the methods of one :class:`~vitlrp.batch.Batch` share: the class each map explains,
 the probabilities the perturbation curves start and end at (one forward each for all methods), and the seeded
-random ranks that break ties between patches of equal relevance. :meth:`ScoringBatch.score` then scores the maps of
-all methods together: their perturbation curves in one chunked pass over the distinct perturbed images.
+random ranks that break ties between patches of equal relevance. :meth:`Scorer.score` then scores the maps of all
+methods together: their perturbation curves in one chunked pass over the distinct perturbed images.
 
 One rule for maps without any evidence (every pixel the same, e.g. an all-zero Grad-CAM): the image leaves *all* of
 that method's metrics (NaN in its row, ``empty`` = 1, counted per method as ``n_empty``). A uniform map has no
@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import torch
 
 from . import metrics as M
+from .batch import Batch
 from .runtime import ROAD_NOISE_KEY, image_seed
-from .sanity import other_classes
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,9 @@ def model_in(model, dtype, device):
 
 
 def failed_rows(batch, names):
-    """One error row per method name for every sample of ``batch`` that could not be read."""
-    return [{"method": n, "sample_idx": int(batch["index"][i]), "label": int(batch["label"][i]), "error": err}
-            for i, err in enumerate(batch["error"]) if err for n in names]
+    """One error row per method name for every sample of a :class:`~vitlrp.batch.Batch` that could not be read."""
+    return [{"method": n, "sample_idx": i, "label": label, "error": err} for i, label, err in batch.failed()
+            for n in names]
 
 
 def nonfinite_error(relevance, logits):
@@ -84,8 +84,8 @@ def nonfinite_error(relevance, logits):
     if bad == 0 and bool(torch.isfinite(logits).all()):
         return ""
     what = f"{bad} of {relevance.numel()} relevance values" if bad else "the logits"
-    return (f"non-finite map: {what} are NaN or inf (broken weights or an overflow; try DTYPE=fp32 or a smaller "
-            "gamma, and check the checkpoint)")
+    return (f"non-finite map: {what} are NaN or inf (broken weights or an overflow; try fp32 instead of bf16 or a "
+            "smaller gamma, and check the checkpoint)")
 
 
 def empty_maps(relevance):
@@ -94,39 +94,21 @@ def empty_maps(relevance):
     return flat.max(1).values == flat.min(1).values
 
 
-@dataclass
-class ScoringBatch:
-    """The readable samples of a batch, their target classes and what the perturbation curves start and end at."""
+class Scorer:
+    """Scoring the maps of one :class:`~vitlrp.batch.Batch` (with its plain ``logits``) explained for ``target``
+    (``[B]`` classes): what the perturbation curves start and end at, the patch tokens they may start from, and
+    :meth:`score`."""
 
-    batch: dict
-    ok: list  # positions in the batch of the readable samples
-    settings: ScoreSettings = None
-    images: torch.Tensor = None
-    target: torch.Tensor = None
-    forward: object = None
-    start: torch.Tensor = None  # target probability with nothing removed
-    end: torch.Tensor = None  # ... with everything removed
-    ids: list = field(default_factory=list)  # sample indices of the readable samples
-    tokens: tuple = None  # (patch tokens, removed patch's token) when the forward offers them
-    other: torch.Tensor = None  # a random other class per image (class_sensitivity), as the sanity checks draw it
-
-    @classmethod
-    def of(cls, batch, forward, target_mode, device, settings):
-        """``forward``: a :class:`ModelForward`; ``target_mode``: ``'pred'`` (explain the model's prediction) or
-        ``'label'`` (the true class)."""
-        ok = [i for i, err in enumerate(batch["error"]) if not err]
-        if not ok:
-            return cls(batch, ok, settings)
-        images = batch["image"][ok].to(device)
-        logits = forward(images)
-        target = logits.argmax(1) if target_mode == "pred" else batch["label"][ok].to(device)
-        ids = [int(batch["index"][i]) for i in ok]
-        b = cls(batch, ok, settings, images, target, forward, ids=ids,
-                other=other_classes(logits, target, ids, settings.seed)[1])
-        rows = torch.arange(len(ok), device=device)
-        b.start, b.end = b._target_prob(logits, rows), b.prob(torch.zeros_like(images), rows)
-        b.tokens = forward.patch_tokens(images)
-        return b
+    def __init__(self, batch, target, forward, settings):
+        """``forward``: a :class:`ModelForward`; ``settings``: a :class:`ScoreSettings`."""
+        self.batch, self.target, self.forward, self.settings = batch, target, forward, settings
+        self.images, self.ids, self.ok = batch.images, batch.ids, batch.ok
+        rows = torch.arange(len(batch.ok), device=batch.images.device)
+        self.start = self._target_prob(batch.logits, rows)
+        self.end = self.prob(torch.zeros_like(batch.images), rows)
+        self.tokens = forward.patch_tokens(batch.images)
+        self.other = batch.other_classes(target, settings.seed)[1]  # a random other class per image, as the sanity
+        #                                                               checks draw it (class_sensitivity)
 
     def _target_prob(self, logits, rows):
         return logits.softmax(1).gather(1, self.target[rows].view(-1, 1)).squeeze(1)
@@ -163,8 +145,8 @@ class ScoringBatch:
             empty[n] = (empty_maps(rel[n]) & torch.tensor([not e for e in errors[n]], device=rel[n].device)).cpu()
         curves = self._curves([rel[n] for n in names], {m.needs for m in metrics.values()})
         device = self.images.device
-        view = SimpleNamespace(mask=M.box_mask(self.batch["box"][self.ok].to(device), self.images.shape[-1]),
-                               parts=self.batch["parts"][self.ok].to(device), tolerance=s.tolerance, patch=s.patch)
+        view = SimpleNamespace(mask=M.box_mask(self.batch.annotation("box"), self.images.shape[-1]),
+                               parts=self.batch.annotation("parts"), tolerance=s.tolerance, patch=s.patch)
         rows, kept = {}, {}
         for j, n in enumerate(names):
             view.rel, view.curves = rel[n], {k: c[j] for k, c in curves.items()}
@@ -183,15 +165,15 @@ class ScoringBatch:
             return out
         scores = torch.stack([M.patch_scores(r, s.patch) for r in rels])
         tiebreak = self.tiebreak(scores.shape[-1]).to(scores.device)
-        common = dict(start=self.start, end=self.end, tiebreak=tiebreak, rows_per_pass=s.rows_per_pass)
+        common = M.Removal(start=self.start, end=self.end, tiebreak=tiebreak, rows_per_pass=s.rows_per_pass)
         if "curves" in needs:
             kept = self.prob_kept if self.tokens is not None else None
-            out.update(M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, prob_kept=kept,
-                                             **common))
+            out.update(M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, common,
+                                             prob_kept=kept))
         if "road" in needs:
             seeds = [image_seed(s.seed, i, ROAD_NOISE_KEY) for i in self.ids]
-            road = M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, fill=M.road_fill(),
-                                         image_seeds=seeds, **common)
+            road = M.perturbation_curves(self.prob, self.images, scores, s.patch, s.steps, common,
+                                         fill=M.road_fill(), image_seeds=seeds)
             out.update(road_morf=road["morf"], road_lerf=road["lerf"])
         return out
 
@@ -201,7 +183,7 @@ class ScoringBatch:
         has_box = mask.flatten(1).any(1).cpu()  # False: NaN, outside the image, negative size or cropped away
         out = []
         for k, row in enumerate(self.ok):
-            entry = dict(sample_idx=self.ids[k], label=int(self.batch["label"][row]), target=int(self.target[k]),
+            entry = dict(sample_idx=self.ids[k], label=int(self.batch.raw["label"][row]), target=int(self.target[k]),
                          predicted=int(logits[k].argmax()))
             entry["correct"] = int(entry["predicted"] == entry["label"])
             if errors[k]:  # a NaN map would score as NaN and silently drop out of the means
@@ -214,27 +196,43 @@ class ScoringBatch:
         return out
 
 
-def score_batches(batches, forward, target_mode, device, settings, explain, names, metrics=M.METRICS, extra=None,
-                  progress=None):
+@dataclass(frozen=True)
+class ScoringRun:
+    """How every batch of a run is scored: the plain ``forward`` (:class:`ModelForward`), which class the maps
+    explain (``target_mode``: ``'pred'`` or ``'label'``), the device, the :class:`ScoreSettings` and the metrics."""
+
+    forward: object
+    target_mode: str
+    device: object
+    settings: ScoreSettings
+    metrics: dict = field(default_factory=lambda: dict(M.METRICS))
+
+    def scorer(self, b):
+        """The :class:`Scorer` of a :class:`~vitlrp.batch.Batch` with readable images."""
+        return Scorer(b, b.targets(self.target_mode), self.forward, self.settings)
+
+
+def score_batches(batches, run, explain, names, extra=None, progress=None):
     """Explain and score every batch: ``(rows, curves)`` over all of them.
 
-    ``explain(b)`` returns ``{name: (logits, relevance)}`` for a :class:`ScoringBatch` ``b`` (method names
-    ``names``); ``extra(b, maps, rows)`` may add columns to the rows of a batch; ``progress`` (a tqdm bar) is
-    advanced by the images of each batch. Unreadable images get one error row per name.
+    ``run``: a :class:`ScoringRun`; ``explain(s)`` returns ``{name: (logits, relevance)}`` for a :class:`Scorer`
+    ``s`` (method names ``names``); ``extra(s, maps, rows)`` may add columns to the rows of a batch; ``progress`` (a
+    tqdm bar) is advanced by the images of each batch. Unreadable images get one error row per name.
     """
     rows, curves = [], {n: {} for n in names}
     for batch in batches:
-        rows += failed_rows(batch, names)
-        b = ScoringBatch.of(batch, forward, target_mode, device, settings)
+        b = Batch.of(batch, run.device, run.forward)
+        rows += failed_rows(b, names)
         if b.ok:
-            maps = explain(b)
-            scored, kept = b.score(maps, metrics)
+            s = run.scorer(b)
+            maps = explain(s)
+            scored, kept = s.score(maps, run.metrics)
             if extra is not None:
-                extra(b, maps, scored)
+                extra(s, maps, scored)
             for n in names:
                 rows += [{"method": n, **r} for r in scored[n]]
                 for kind, c in kept[n].items():
                     curves[n].setdefault(kind, []).append(c)
         if progress is not None:
-            progress.update(len(batch["error"]))
+            progress.update(len(b))
     return rows, curves

@@ -1,18 +1,17 @@
 """Which γ, answered by search: the conv × linear grid (plus per-depth schedules), its surfaces, its Pareto front,
 the recommended cell, and ``best_gamma.json`` (written by ``scripts/sweep_gamma.py``, read by the other scripts).
 
-Scoring reuses :mod:`vitlrp.evaluation`; the maps come from :meth:`vitlrp.explain.Explainer.explain_many`.
+A cell is a :class:`~vitlrp.gamma.GammaSpec`, named like a method (``gamma:<conv>:<lin>``). Scoring reuses
+:mod:`vitlrp.evaluation`; the maps come from :meth:`vitlrp.explain.Explainer.attribute_gammas`.
 """
-import json
 import math
-from pathlib import Path
 
 from . import evaluation as E
 from . import metrics as M
 from .errors import UserError
 from .evaluation import best_methods
-from .gamma import check_gamma, lin_gamma_value, parse_schedule, schedule_text
-from .sanity import CLASS_THRESHOLD, class_check
+from .gamma import GammaSpec, check_gamma, parse_schedule, schedule_text
+from .sanity.verdicts import CLASS_THRESHOLD, class_check
 
 # the three aims a recommended γ trades off: metric → True when higher is better
 OBJECTIVES = {"lerf_minus_morf": True, "box_share": True, "negative_share": False}
@@ -21,33 +20,30 @@ RULE = ("among the cells that pass the class check (mean |ρ| to a random other 
         "the smallest sum of its three ranks; ties go to the higher LeRF − MoRF")
 
 
-def cell_name(conv_gamma, lin_gamma):
-    """The method name of a cell, as ``evaluate_lrp.py`` METHODS accepts it: ``gamma:<conv>:<lin>``."""
-    return f"gamma:{conv_gamma:g}:{schedule_text(lin_gamma)}"
-
-
 def grid(conv_gammas, lin_gammas, schedules=()):
-    """Cells as ``(conv γ, Linear γ text)``: every conv γ with every constant Linear γ, then with every schedule.
+    """Cells (:class:`~vitlrp.gamma.GammaSpec`): every conv γ with every constant Linear γ, then with every schedule.
 
     Returns ``(cells, rows)``: ``rows`` are the Linear γ texts in surface order (constants first)."""
-    convs = [check_gamma("CONV_GAMMAS value", c) for c in conv_gammas]
-    rows = [schedule_text(check_gamma("LIN_GAMMAS value", g)) for g in lin_gammas]
+    convs = [check_gamma("conv_gammas value", c) for c in conv_gammas]
+    rows = [schedule_text(check_gamma("lin_gammas value", g)) for g in lin_gammas]
     for s in schedules:
-        form, _ = parse_schedule(s, "SCHEDULES entry")
+        form, _ = parse_schedule(s, "schedules entry")
         if form == "const":
-            raise UserError(f"SCHEDULES entry {s!r} is a constant: put constants in LIN_GAMMAS")
-        rows.append(schedule_text(s, "SCHEDULES entry"))
+            raise UserError(f"schedules entry {s!r} is a constant: put constants in lin_gammas",
+                            setting=("schedules", "lin_gammas"))
+        rows.append(schedule_text(s, "schedules entry"))
     if not convs or not rows:
-        raise UserError("the sweep needs at least one CONV_GAMMAS value and one LIN_GAMMAS value or schedule")
-    for what, values in (("CONV_GAMMAS", convs), ("LIN_GAMMAS + SCHEDULES", rows)):
+        raise UserError("the sweep needs at least one conv_gammas value and one lin_gammas value or schedule",
+                        setting=("conv_gammas", "lin_gammas"))
+    for what, values in (("conv_gammas", convs), ("lin_gammas + schedules", rows)):
         if len(set(values)) < len(values):
-            raise UserError(f"{what} lists a value twice")
-    return [(c, lin) for lin in rows for c in convs], rows
+            raise UserError(f"{what} lists a value twice", setting=("conv_gammas", "lin_gammas", "schedules"))
+    return [GammaSpec(c, lin) for lin in rows for c in convs], rows
 
 
 def surface(summary, convs, rows, metric, key="mean"):
     """``[len(rows)][len(convs)]`` values of one metric (rows: Linear γ, columns: conv γ)."""
-    return [[summary[cell_name(c, lin)][metric][key] for c in convs] for lin in rows]
+    return [[summary[GammaSpec(c, lin).name][metric][key] for c in convs] for lin in rows]
 
 
 def _oriented(summary, name):
@@ -87,10 +83,10 @@ def cell_rows(summary, cells, front, sums, class_failed=()):
     """One CSV row per cell: its γ, whether it passes the class check and is on the Pareto front (of the cells that
     pass), its rank sum among them, every metric ± CI."""
     rows = []
-    for conv, lin in cells:
-        name = cell_name(conv, lin)
+    for cell in cells:
+        name = cell.name
         s = summary[name]
-        row = {"method": name, "conv_gamma": conv, "lin_gamma": lin, "schedule": parse_schedule(lin)[0] != "const",
+        row = {"method": name, "conv_gamma": cell.conv, "lin_gamma": cell.lin_text, "schedule": cell.is_schedule,
                "class_check": "fail" if name in class_failed else "pass" if s["n_images"] else "",
                "pareto": name in front, "rank_sum": sums.get(name, ""), "n_images": s["n_images"]}
         for metric in M.METRICS:
@@ -104,8 +100,8 @@ CELL_FIELDS = ["method", "conv_gamma", "lin_gamma", "schedule", "class_check", "
 
 
 def _setting(cells, name):
-    conv, lin = next((c, lin) for c, lin in cells if cell_name(c, lin) == name)
-    return {"conv_gamma": conv, "lin_gamma": lin_gamma_value(lin), "method": name}
+    cell = next(c for c in cells if c.name == name)
+    return {"conv_gamma": cell.conv, "lin_gamma": cell.lin, "method": name}
 
 
 def best_gamma_doc(summary, cells, presets, class_failed=(), every_cell=None):
@@ -117,10 +113,10 @@ def best_gamma_doc(summary, cells, presets, class_failed=(), every_cell=None):
     rec = recommend(summary)
     front, sums = pareto_front(summary), rank_sums(summary)
     rho, passed = class_check(summary[rec]) if "class_sensitivity" in summary[rec] else (math.nan, False)
-    by_name = {cell_name(c, lin): (c, lin) for c, lin in cells}
+    by_name = {c.name: c for c in cells}
     preset_rows = {}
-    for preset, (conv, lin) in presets.items():
-        name = cell_name(conv, lin)
+    for preset, spec in presets.items():
+        name = spec.name
         preset_rows[preset] = {"method": name, "in_grid": name in by_name,
                                "class_check": "fail" if name in class_failed else "pass" if name in summary else ""}
         if name in every_cell:
@@ -160,7 +156,7 @@ def conclude(rows, names, cells, n_sampled, presets):
     class_failed = [n for n, s in scored.items() if not class_check(s)[1]]
     candidates = {n: s for n, s in scored.items() if n not in class_failed} or scored  # none passes: say so below
     front, sums = pareto_front(candidates), rank_sums(candidates)
-    named = {p: cell_name(*g) for p, g in presets.items()}
+    named = {p: g.name for p, g in presets.items()}
     return {"summary": summary, "front": front, "sums": sums,
             "doc": best_gamma_doc(candidates, cells, presets, class_failed, summary), "presets": named,
             "failed": failed,
@@ -190,25 +186,3 @@ def failure_lines(found):
         lines.append(f"{len(partly)} cell(s) gave non-finite maps on some images, left out of their means "
                      f"(cells.csv's n_images says how many each scored): {names}")
     return lines
-
-
-def read_gamma_file(spec, name="GAMMA_FILE"):
-    """``(conv γ, Linear γ or schedule text)`` from ``best_gamma.json``; ``path#metric`` takes that metric's best
-    cell instead of the recommended one."""
-    path, _, pick = str(spec).partition("#")
-    if Path(path).is_dir():
-        inside = " (it holds one: pass that file)" if (Path(path) / "best_gamma.json").is_file() else ""
-        raise UserError(f"{name} {path} is a folder, not a best_gamma.json file{inside}")
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{name} {path} does not exist", fix="gamma_file") from None
-    except (OSError, ValueError) as err:
-        raise UserError(f"{name} {path} is not a readable best_gamma.json ({err})") from None
-    try:
-        entry = doc["recommended"] if pick in ("", "recommended") else doc["best"][pick]
-        conv, lin = entry["conv_gamma"], entry["lin_gamma"]
-    except (KeyError, TypeError):
-        choices = ", ".join(["recommended", *doc.get("best", {})]) if isinstance(doc, dict) else "recommended"
-        raise UserError(f"{name} {spec}: no setting {pick or 'recommended'!r} in it (choose {choices})") from None
-    return check_gamma(f"{name} conv_gamma", conv), lin_gamma_value(lin, f"{name} lin_gamma")

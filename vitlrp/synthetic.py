@@ -247,14 +247,15 @@ def make_synthetic_cub(root, num_classes=10, images_per_class=40, seed=0, size_r
 
 def _check_params(num_classes, images_per_class, shortcut_share):
     if not 2 <= num_classes <= 200:
-        raise UserError(f"NUM_CLASSES must be between 2 and 200, got {num_classes}")
+        raise UserError(f"num_classes must be between 2 and 200, got {num_classes}", setting="num_classes")
     if images_per_class < 2:
-        raise UserError(f"IMAGES_PER_CLASS must be at least 2 (one train, one test image), got {images_per_class}")
+        raise UserError(f"images_per_class must be at least 2 (one train, one test image), got {images_per_class}",
+                        setting="images_per_class")
     if not 0 <= shortcut_share <= 1:
-        raise UserError(f"SHORTCUT_SHARE must lie in [0, 1], got {shortcut_share}")
+        raise UserError(f"shortcut_share must lie in [0, 1], got {shortcut_share}", setting="shortcut_share")
     if shortcut_share > 0 and num_classes > MAX_SHORTCUT_CLASSES:
         raise UserError(f"a shortcut mini-CUB has at most {MAX_SHORTCUT_CLASSES} classes (distinct marks), "
-                        f"got NUM_CLASSES={num_classes}")
+                        f"got num_classes={num_classes}", setting="num_classes")
 
 
 def _check_root(root):

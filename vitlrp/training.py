@@ -145,15 +145,30 @@ def weights_finite(model):
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, dtype, grad_clip,
-                    desc="train", progress=True, check_every=10):
-    """One pass over ``loader``; returns ``{'train_loss', 'train_img_per_s', 'lr', 'seen', 'errors'}`` (this rank's).
+@dataclass(frozen=True)
+class Optimization:
+    """What a training step needs besides the model and the batch: optimizer, schedule, gradient scaler, loss, the
+    gradient-norm clip (0 = off) and the autocast dtype (None = off)."""
+
+    optimizer: object
+    scheduler: object
+    scaler: object
+    criterion: object
+    grad_clip: float = 0.0
+    dtype: object = None
+
+
+def train_one_epoch(model, loader, opt, device, desc="train", progress=True, check_every=10):
+    """One pass over ``loader`` with the :class:`Optimization` ``opt``; returns ``{'train_loss', 'train_img_per_s',
+    'lr', 'seen', 'errors'}`` (this rank's).
 
     Rows whose image failed to load (an ``error`` field) are left out of the loss; their messages are in
     ``errors``. The batch still runs forward and backward (so DDP ranks stay in step), a batch of only failed
     rows with a zero loss. Raises :class:`NonFiniteLoss` when the loss or, after the epoch, a weight becomes NaN or
     infinite (the loss is checked every ``check_every`` steps to avoid a device sync per step).
     """
+    optimizer, scheduler, scaler, criterion, grad_clip, dtype = (
+        opt.optimizer, opt.scheduler, opt.scaler, opt.criterion, opt.grad_clip, opt.dtype)
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     seen, errors, start = 0, [], time.perf_counter()
@@ -288,8 +303,9 @@ class Trainer:
         ``img_per_s``, ``seconds`` and per eval set the dict of :func:`evaluate`. Raises :class:`NonFiniteLoss`."""
         start = time.perf_counter()
         self.sampler.set_epoch(epoch)
-        stats = train_one_epoch(self.train_model, self.train_loader, self.optimizer, self.scheduler, self.scaler,
-                                self.criterion, self.device, self.dtype, self.recipe.grad_clip,
+        opt = Optimization(self.optimizer, self.scheduler, self.scaler, self.criterion, self.recipe.grad_clip,
+                           self.dtype)
+        stats = train_one_epoch(self.train_model, self.train_loader, opt, self.device,
                                 desc=f"epoch {epoch}/{self.recipe.epochs}", progress=progress)
         loss_sum, seen, skipped = self.dist.all_reduce_sum(
             [stats["train_loss"] * stats["seen"], stats["seen"], len(stats["errors"])], self.device)

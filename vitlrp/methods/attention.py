@@ -6,7 +6,7 @@
   ``R += mean_heads((∇A ⊙ A)⁺) @ R``; the class token's row without itself.
 
 torchvision calls attention with ``need_weights=False``, so :func:`attention_recorded` recomputes the probabilities
-in a forward hook. Patch-level maps are upsampled bilinearly (:func:`vitlrp.methods.upsample_patches`).
+in a forward hook. Patch-level maps are upsampled bilinearly (:func:`vitlrp.methods.base.upsample_patches`).
 """
 from contextlib import contextmanager
 
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..explain import target_index
-from . import register, upsample_patches
+from .base import Method, target_index, upsample_patches
+from .registry import register
 
 
 def _attention_probs(mha, x):
@@ -71,34 +71,39 @@ def _class_row(r):
     return r[:, 0, 1:]
 
 
-def rollout(model, images, target=None, *_):
+@register("rollout", "attention", "attention rollout (Abnar & Zuidema 2020), the same map for every class")
+class Rollout(Method):
     """Attention rollout: ``R = Π_blocks rownorm(mean_heads(A) + I)``, the class token's row (target ignored)."""
-    with torch.no_grad(), attention_recorded(model, with_grad=False) as probs:
-        logits = model(images)
-    r = None
-    for a in probs:
-        a = a.float().mean(1)
-        a = a + torch.eye(a.shape[-1], device=a.device)
-        a = a / a.sum(-1, keepdim=True)
-        r = a if r is None else a @ r
-    return logits, upsample_patches(_class_row(r), model)
+
+    signed = False
+    class_specific = False
+
+    def compute(self, x, target, ids):
+        with torch.no_grad(), attention_recorded(self.model, with_grad=False) as probs:
+            logits = self.model(x)
+        r = None
+        for a in probs:
+            a = a.float().mean(1)
+            a = a + torch.eye(a.shape[-1], device=a.device)
+            a = a / a.sum(-1, keepdim=True)
+            r = a if r is None else a @ r
+        return logits, upsample_patches(_class_row(r), self.model)
 
 
-def gae(model, images, target, *_):
+@register("gae", "attention", "Chefer et al. 2021's generic attention explainability (gradient-weighted attention)")
+class GAE(Method):
     """GAE: ``R = I``; per block ``R += mean_heads((∇A ⊙ A)⁺) @ R``; the class token's row."""
-    x = images.detach()
-    with torch.enable_grad(), attention_recorded(model, with_grad=True) as probs:
-        logits = model(x)
-        grads = torch.autograd.grad(logits.gather(1, target_index(logits, target)).sum(), probs)
-    n = probs[0].shape[-1]
-    r = torch.eye(n, device=x.device).expand(len(x), n, n)
-    for a, g in zip(probs, grads):
-        cam = (g.float() * a.detach().float()).clamp(min=0).mean(1)
-        r = r + cam @ r
-    return logits, upsample_patches(_class_row(r), model)
 
+    signed = False
 
-register("rollout", "attention", "attention rollout (Abnar & Zuidema 2020), the same map for every class",
-         function=rollout, signed=False, class_specific=False)
-register("gae", "attention", "Chefer et al. 2021's generic attention explainability (gradient-weighted attention)",
-         function=gae, signed=False)
+    def compute(self, x, target, ids):
+        x = x.detach()
+        with torch.enable_grad(), attention_recorded(self.model, with_grad=True) as probs:
+            logits = self.model(x)
+            grads = torch.autograd.grad(logits.gather(1, target_index(logits, target)).sum(), probs)
+        n = probs[0].shape[-1]
+        r = torch.eye(n, device=x.device).expand(len(x), n, n)
+        for a, g in zip(probs, grads):
+            cam = (g.float() * a.detach().float()).clamp(min=0).mean(1)
+            r = r + cam @ r
+        return logits, upsample_patches(_class_row(r), self.model)

@@ -1,4 +1,5 @@
-"""LXT's AttnLRP patches for torchvision's ViT, active only inside :func:`lxt_patched`, and the attention swap.
+"""torchvision's ``VisionTransformer``: LXT's AttnLRP patches (active only inside :meth:`TorchvisionViT.lrp_patched`),
+the attention swap, and what the explainer reads off the model.
 
 LXT (``lxt.efficient.monkey_patch``) rewrites the *classes* ``nn.GELU``, ``nn.LayerNorm`` and
 ``nn.MultiheadAttention`` for the whole process, and ``monkey_patch_zennit`` rewrites zennit's ``BasicHook``;
@@ -13,6 +14,9 @@ from contextlib import contextmanager
 
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+from .registry import register_family
 
 _MISSING = object()
 _patch_depth = 0
@@ -103,3 +107,52 @@ def attention_as_linear(model):
             blk.self_attention = mha
 
 
+@register_family
+class TorchvisionViT:
+    """torchvision's ``VisionTransformer`` (``vit_b_16`` ... and this project's ``vit_tiny``).
+
+    γ reaches the patch embedding ``conv_proj``, the two MLP linears of each block and ``heads.head``: the attention
+    applies its projections with ``F.linear``, so they are in :meth:`gamma_modules` only with ``attention`` (inside
+    :meth:`attention_as_linear`, where they are modules that are called).
+    """
+
+    name = "torchvision"
+
+    def matches(self, model):
+        return isinstance(model, VisionTransformer)
+
+    def lrp_patched(self, model):
+        return lxt_patched()
+
+    def lrp_active(self):
+        return lxt_active()
+
+    def attention_as_linear(self, model):
+        return attention_as_linear(model)
+
+    def blocks(self, model):
+        return list(model.encoder.layers)
+
+    def gamma_modules(self, model, attention):
+        projections = ("q_proj", "k_proj", "v_proj", "out_proj")
+        out = {}
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d) or (isinstance(module, nn.Linear) and (
+                    attention or name.rsplit(".", 1)[-1] not in projections)):
+                out[name] = module
+        return out
+
+    def patch_embedding(self, model):
+        return model.conv_proj
+
+    def image_size(self, model):
+        return int(model.image_size)
+
+    def patch_size(self, model):
+        return int(model.patch_size)
+
+    def num_classes(self, model):
+        return int(model.heads[-1].out_features)
+
+    def logits(self, output):
+        return output

@@ -18,7 +18,7 @@ stabiliser acts on ``σ·m``) ``S = s⁺ + s⁻ = g|z| / (m + ε)`` and ``D = s�
     input gradient = (c₁ |x| ⊙ SW + c₂ x ⊙ D|W|) / (|x| + ε_LXT).
 
 Products per layer: the forward ``z``, ``A`` (also in the forward, saved for the backward, so the several backwards
-of :meth:`~vitlrp.explain.Explainer.explain_many` share it), ``SW`` and ``D|W|``: 4 units instead of zennit's 11 (and
+of :meth:`~vitlrp.explain.Explainer.attribute_gammas` share it), ``SW`` and ``D|W|``: 4 units instead of zennit's 11 (and
 2 at γ = 0). ``|W|`` is cached per parameter by :class:`AbsWeights` for as long as an Explainer is open. Element-wise
 steps run in (at least) float32, products in the model's dtype. The forward is the layer's own (``F.linear`` /
 ``F.conv2d``), so logits are unchanged.
@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+IMPLS = ("fused", "zennit")  # the Gamma rule's implementations: the same maps (fused: fewer matmuls, no hooks)
+DEFAULT_IMPL = "fused"
 ZENNIT_EPS = 1e-6  # zennit's default stabilizer of the rule's denominators
 LXT_EPS = 1e-10    # LXT's stabilizer when dividing the input relevance by the input
 
@@ -214,149 +216,3 @@ def gamma_rules(module_gammas, abs_weights=None):
     finally:
         for module in patched:
             del module.forward
-
-
-def explain_settings(explainer, x, targets, settings):
-    """``(logits, relevance [T, K, B, H, W])`` of an entered fused :class:`~vitlrp.explain.Explainer` for each of
-    ``targets`` (T class choices: each a ``[B]`` tensor, one class, or None for the prediction) and ``settings``
-    (K ``(conv γ, Linear γ text)`` pairs), from one forward of the input leaf ``x``.
-
-    The graph is kept and the Linear γ are changed between backwards (:class:`GammaHolder`); the backward down to
-    the patch embedding's output is shared by all settings with the same Linear γ, and each Conv2d γ only re-runs
-    the patch embedding's rule (:func:`patch_conv_input_gradient`).
-    """
-    from .explain import input_times_grad, target_index
-
-    out_dtype = explainer.out_dtype()
-    groups = {}  # Linear γ → [(index in settings, conv γ)]
-    for k, (conv, lin) in enumerate(settings):
-        groups.setdefault(lin, []).append((k, conv))
-    maps = [[None] * len(settings) for _ in targets]
-    with explainer.patched(), torch.enable_grad():
-        rules = explainer.rule_map(*settings[0])
-        holders = {name: GammaHolder() for name in rules}
-        logits, z, conv = _forward_keeping_patch_output(explainer, x, rules, holders)
-        if conv is not None:  # the conv rule's |x||W|ᵀ + |b|, once for every conv γ and class below
-            conv_abs = absolute_output(x.detach(), conv.weight.detach(), conv.bias, explainer._abs_weights)
-        steps = [(t, lin, cells) for t in range(len(targets)) for lin, cells in groups.items()]
-        for n, (t, lin, cells) in enumerate(steps):
-            score = logits.gather(1, target_index(logits, targets[t])).sum()
-            last = n == len(steps) - 1
-            if conv is None:  # no single patch embedding on the input: one backward per setting
-                for i, (k, conv_gamma) in enumerate(cells):
-                    _set_gammas(explainer, holders, conv_gamma, lin)
-                    (grad,) = torch.autograd.grad(score, x, retain_graph=not (last and i == len(cells) - 1))
-                    maps[t][k] = input_times_grad(x, grad, out_dtype)
-                continue
-            _set_gammas(explainer, holders, cells[0][1], lin)
-            (grad_z,) = torch.autograd.grad(score, z, retain_graph=not last)
-            for k, conv_gamma in cells:
-                grad = patch_conv_input_gradient(x.detach(), conv.weight.detach(), None, z.detach(), grad_z,
-                                                 conv_gamma, conv_abs, explainer._abs_weights)
-                maps[t][k] = input_times_grad(x, grad, out_dtype)
-    return logits.detach().to(out_dtype), torch.stack([torch.stack(m) for m in maps])
-
-
-def _set_gammas(explainer, holders, conv_gamma, lin):
-    for name, (_, gamma) in explainer.rule_map(conv_gamma, lin).items():
-        holders[name].value = gamma
-
-
-def _forward_keeping_patch_output(explainer, x, rules, holders):
-    """The forward with the rules attached; ``(logits, patch-embedding output, its conv)`` — the last two None
-    unless exactly one Conv2d is applied to the input itself (the backward can then stop at its output)."""
-    convs = [m for m, _ in rules.values() if isinstance(m, nn.Conv2d)]
-    seen = {}
-
-    def keep_output(module, args, out):
-        if args[0] is x and len(convs) == 1:
-            seen["z"] = out
-
-    hooks = [m.register_forward_hook(keep_output) for m in convs]
-    try:
-        with explainer.rules_attached(holders):
-            logits = explainer.lrp_model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return logits, seen.get("z"), convs[0] if "z" in seen else None
-
-
-# --- what the rule costs ------------------------------------------------------------------------------------------
-# the backward of the attention's own products (QKᵀ, AV): fused attention kernels recompute QKᵀ and form dP, dV,
-# dQ and dK, i.e. 5 products for the forward's 2, whichever input gradients are needed
-ATTENTION_BACKWARD = (5, 2)
-
-
-def matrix_products(model, image_size=None):
-    """The matrix products of one image's forward through a torchvision ViT: ``[(name, macs, kind)]``.
-
-    ``kind`` is ``'layer'`` (a Linear or the patch conv, including the attention's value and output projections),
-    ``'query_key'`` (the query and key projections, named ``<attention>.q_proj`` / ``.k_proj`` as when the
-    attention is swapped for ``nn.Linear`` modules) or ``'attention'`` (QKᵀ and AV together). Shapes come from one
-    forward of a blank image, so the class token, the head's single row and the image size are counted as run.
-    """
-    products, hooks = [], []
-
-    def layer(name):
-        def hook(module, args):
-            x = args[0]
-            if isinstance(module, nn.Conv2d):
-                h, w = (s // k for s, k in zip(x.shape[-2:], module.kernel_size))
-                macs = h * w * module.weight[0].numel() * module.out_channels
-            else:
-                macs = x.numel() // x.shape[0] * module.out_features
-            products.append((name, macs, "layer"))
-        return hook
-
-    def attention(name):
-        def hook(module, args):
-            q = args[0]
-            e = module.embed_dim
-            tokens = q.numel() // q.shape[0 if module.batch_first else 1] // e
-            for part, kind in (("q_proj", "query_key"), ("k_proj", "query_key"), ("v_proj", "layer"),
-                               ("out_proj", "layer")):
-                products.append((f"{name}.{part}", tokens * e * e, kind))
-            products.append((f"{name}.attention", 2 * tokens * tokens * e, "attention"))
-        return hook
-
-    for name, module in model.named_modules():
-        if isinstance(module, nn.MultiheadAttention):
-            hooks.append(module.register_forward_pre_hook(attention(name)))
-        elif isinstance(module, (nn.Linear, nn.Conv2d)) and not name.endswith("self_attention.out_proj"):
-            hooks.append(module.register_forward_pre_hook(layer(name)))
-    param = next(model.parameters())
-    size = image_size or model.image_size
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-    return products
-
-
-def flop_ceiling(model, gamma_layers, image_size=None):
-    """The matrix-product FLOPs per image of Input×Gradient and of exact γ-LRP with the fused rule, and their ratio:
-    the share of Input×Gradient's throughput that exact γ-LRP can reach at best on this model.
-
-    Input×Gradient: the forward, then each layer's input gradient (1 product; weight gradients are not computed
-    when only the input's gradient is asked for). γ-LRP (AttnLRP with CP-LRP): the forward, then 1 product per
-    layer without γ and 3 per layer in ``gamma_layers`` (``|x||W|ᵀ``, ``SW``, ``D|W|``; give only layers with
-    γ > 0), none for the query and key projections (no relevance flows there). The attention's own products cost
-    the same in both (:data:`ATTENTION_BACKWARD`). FLOPs are 2 per multiply-accumulate.
-    """
-    gamma_layers = set(gamma_layers)
-    forward = ixg = lrp = attention = 0
-    for name, macs, role in matrix_products(model, image_size):
-        forward += macs
-        if role == "attention":
-            backward = macs * ATTENTION_BACKWARD[0] // ATTENTION_BACKWARD[1]
-            attention += macs + backward
-            ixg, lrp = ixg + backward, lrp + backward
-        else:
-            ixg += macs
-            lrp += 0 if role == "query_key" else 3 * macs if name in gamma_layers else macs
-    ixg, lrp = forward + ixg, forward + lrp
-    return {"input_x_gradient_flops": 2 * ixg, "fused_gamma_lrp_flops": 2 * lrp, "forward_flops": 2 * forward,
-            "attention_flops": 2 * attention, "gamma_layers": len(gamma_layers), "ratio": ixg / lrp}

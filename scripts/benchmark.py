@@ -1,7 +1,7 @@
 """Speed of explaining and training, in one process: images/s, ratios, peak GPU memory and map fidelity, as JSON.
 
 It also prints how fast the fused γ-LRP runs as a percentage of Input×Gradient, beside the ceiling this model allows
-(the ratio of the two methods' matrix-product FLOPs, :func:`vitlrp.fastgamma.flop_ceiling`).
+(the ratio of the two methods' matrix-product FLOPs, :func:`vitlrp.cost.flop_ceiling`).
 
 On a GPU it measures ViT-B/16 at full size; on the CPU it runs the same rows small (so CI exercises it).
 """
@@ -29,14 +29,15 @@ from pathlib import Path
 import torch
 
 from vitlrp import cli
+from vitlrp.cost import flop_ceiling
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.explain import Explainer
-from vitlrp.fastgamma import flop_ceiling
+from vitlrp.families.torchvision import lxt_patched
 from vitlrp.fileio import ensure_writable_dir, write_json
+from vitlrp.gamma import GammaSpec
 from vitlrp.inputs import loader
-from vitlrp.lxtpatch import lxt_patched
-from vitlrp.methods import MethodRunner, names, parse_method
+from vitlrp.methods import MethodSettings, create_method, names
 from vitlrp.methods.gradients import input_x_gradient
 from vitlrp.models import build_vit
 from vitlrp.preprocess import Preprocessing
@@ -58,7 +59,7 @@ SWEEP_CONV = [0.0, 0.1, 0.25, 0.5, 1.0, 10.0, 100.0]  # the gamma_sweep row: swe
 SWEEP_LIN = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
 SWEEP_PERTURB_STEPS = 10  # as evaluate_lrp.py / sweep_gamma.py
 CUB_TEST_IMAGES = 5794
-LRP_GAMMAS = (1.0, 0.5)  # conv γ, Linear γ of every LRP row (both > 0: the ceiling counts every γ layer)
+LRP_GAMMAS = GammaSpec(1.0, 0.5)  # conv γ, Linear γ of every LRP row (both > 0: the ceiling counts every γ layer)
 
 
 def sync(device):
@@ -102,7 +103,8 @@ def cosine_min(maps, ref):
 def sweep_row(model, x, target, device, cfg):
     """49 γ cells from one shared forward vs one fused LRP method on the same batch: the cost ratio of the maps,
     and of maps + evaluate_lrp's metrics (one scoring call for every cell: their perturbation curves together)."""
-    from vitlrp.scoring import ModelForward, ScoreSettings, ScoringBatch
+    from vitlrp.batch import Batch
+    from vitlrp.scoring import ModelForward, Scorer, ScoreSettings
 
     cells = [(c, lin) for lin in SWEEP_LIN for c in SWEEP_CONV]
     n, size = len(x), x.shape[-1]
@@ -110,15 +112,17 @@ def sweep_row(model, x, target, device, cfg):
              "box": torch.tensor([[size / 4, size / 4, 3 * size / 4, 3 * size / 4]] * n),
              "parts": torch.zeros(n, 15, 3)}
 
-    b = ScoringBatch.of(batch, ModelForward(model, torch.float32, device), "label", device,
-                        ScoreSettings(model.patch_size, SWEEP_PERTURB_STEPS))
-    with Explainer(model, *LRP_GAMMAS, impl="fused") as ex:
-        one = measure(lambda: ex(x, target), n, device, cfg.REPEATS)
-        many = measure(lambda: ex.explain_many(x, target, cells), n, device, cfg.REPEATS)
-        logits, maps = ex.explain_many(x, target, cells)
+    forward = ModelForward(model, torch.float32, device)
+    b = Batch.of(batch, device, forward)
+    s = Scorer(b, b.targets("label"), forward, ScoreSettings(model.patch_size, SWEEP_PERTURB_STEPS))
+    with Explainer(model, LRP_GAMMAS, MethodSettings(impl="fused")) as ex:
+        one = measure(lambda: ex.attribute(x, target), n, device, cfg.REPEATS)
+        many = measure(lambda: ex.attribute_gammas(x, [target], cells), n, device, cfg.REPEATS)
+        results = ex.attribute_gammas(x, [target], cells)
+    logits, maps = results[0][0].logits, [r[0].relevance for r in results]
     # the maps stand in for the other class's maps of class_sensitivity too: the cost of scoring is the same
-    metrics_one = measure(lambda: b.score({"one": (logits, maps[0], maps[0])}), n, device, cfg.REPEATS)
-    metrics_all = measure(lambda: b.score({f"{k}": (logits, m, m) for k, m in enumerate(maps)}), n, device,
+    metrics_one = measure(lambda: s.score({"one": (logits, maps[0], maps[0])}), n, device, cfg.REPEATS)
+    metrics_all = measure(lambda: s.score({f"{k}": (logits, m, m) for k, m in enumerate(maps)}), n, device,
                           cfg.REPEATS)
     return {**many, "cells": len(cells), "one_method_s": one["median_s"], "sweep_maps_s": many["median_s"],
             "one_method_metrics_s": metrics_one["median_s"], "sweep_metrics_s": metrics_all["median_s"],
@@ -169,10 +173,10 @@ def explain_from_jpeg(model, size, device, n, batch, cfg):
     indices = list(range(min(n, len(ds))))
     dl = loader(ds, indices, batch, min(cfg.NUM_WORKERS, os.cpu_count() or 1), device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    with Explainer(model, *LRP_GAMMAS, dtype=dtype, impl="fused") as ex:
+    with Explainer(model, LRP_GAMMAS, MethodSettings(dtype, "fused")) as ex:
         def run():
             for b in dl:
-                ex(b["image"].to(device, non_blocking=True), None)[1].cpu()
+                ex.attribute(b["image"].to(device, non_blocking=True)).relevance.cpu()
         r = measure(run, len(indices), device, max(1, cfg.REPEATS // 2))
     r["dtype"] = str(dtype).replace("torch.", "")
     return r
@@ -231,12 +235,12 @@ def check_settings(cfg):
 
 def lrp_row(model, x, target, impl, dtype, device, cfg, cache):
     """Batched γ-LRP with one implementation and dtype, and the cosine of its maps to fp32 zennit's."""
-    with Explainer(model, *LRP_GAMMAS, dtype=dtype, impl=impl) as ex:
-        maps = ex(x, target)[1]
-        r = measure(lambda: ex(x, target), len(x), device, cfg.REPEATS)
+    with Explainer(model, LRP_GAMMAS, MethodSettings(dtype, impl)) as ex:
+        maps = ex.attribute(x, target).relevance
+        r = measure(lambda: ex.attribute(x, target), len(x), device, cfg.REPEATS)
     if "reference" not in cache:
-        with Explainer(model, *LRP_GAMMAS, impl="zennit") as ex:
-            cache["reference"] = ex(x, target)[1]
+        with Explainer(model, LRP_GAMMAS, MethodSettings(impl="zennit")) as ex:
+            cache["reference"] = ex.attribute(x, target).relevance
     r["min_cosine_vs_fp32_zennit"] = cosine_min(maps, cache["reference"])
     return r
 
@@ -253,8 +257,8 @@ def run_row(name, model, x, target, device, cfg, cache):
     if name == "input_x_gradient":
         return measure(lambda: input_x_gradient(model, x, target), len(x), device, cfg.REPEATS)
     if name in PEERS:  # the registered methods, as evaluate_lrp.py runs them
-        with MethodRunner(parse_method(name), model) as runner:
-            return measure(lambda: runner(x, target), len(x), device, cfg.REPEATS)
+        with create_method(name, model) as method:
+            return measure(lambda: method.attribute(x, target), len(x), device, cfg.REPEATS)
     if name == "explain_jpeg":
         r = explain_from_jpeg(model, cfg.IMAGE_SIZE, device, cfg.JPEG_IMAGES, cfg.LRP_BATCH, cfg)
         r["cub_test_split_seconds"] = CUB_TEST_IMAGES / r["images_per_s"]
@@ -289,8 +293,8 @@ def interleaved_ratios(model, x, target, device, pairs):
     """Input×Gradient's time over fused fp32 γ-LRP's, per pair of back-to-back calls: on a shared machine a steadier
     figure than two rows measured minutes apart."""
     ratios = []
-    with Explainer(model, *LRP_GAMMAS, impl="fused") as ex:
-        calls = (lambda: input_x_gradient(model, x, target), lambda: ex(x, target))
+    with Explainer(model, LRP_GAMMAS, MethodSettings(impl="fused")) as ex:
+        calls = (lambda: input_x_gradient(model, x, target), lambda: ex.attribute(x, target))
         for call in calls:
             call()  # warm-up
         for _ in range(pairs):
@@ -361,7 +365,7 @@ def main(cfg):
     x = torch.randn(cfg.LRP_BATCH, 3, cfg.IMAGE_SIZE, cfg.IMAGE_SIZE, device=device)
     with torch.no_grad():
         target = model(x).argmax(1)
-    with Explainer(model, *LRP_GAMMAS, impl="fused") as ex:  # every γ of LRP_GAMMAS is > 0
+    with Explainer(model, LRP_GAMMAS, MethodSettings(impl="fused")) as ex:  # every γ of LRP_GAMMAS is > 0
         ceiling = flop_ceiling(model, ex.gamma_layers(), cfg.IMAGE_SIZE)
 
     results = run_rows(model, x, target, device, cfg)

@@ -43,17 +43,17 @@ from vitlrp.checks import (
     check_run_options,
     check_schedules_fit,
     check_scoring_options,
-    method_options,
+    method_settings,
 )
 from vitlrp.errors import UserError
 from vitlrp.fileio import write_csv, write_json
+from vitlrp.gamma import GammaSpec
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
 from vitlrp.methods import lrp
 from vitlrp.metrics import directions
-from vitlrp.runfolder import RunFolder
-from vitlrp.runtime import DTYPES, Distributed, resolve_device
-from vitlrp.scoring import ScoreSettings, model_in, score_batches
-from vitlrp.sweep import cell_name, read_gamma_file
+from vitlrp.runtime import DTYPES
+from vitlrp.scoring import ScoreSettings, ScoringRun, model_in, score_batches
+from vitlrp.step import Step, run_step
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
 OUTPUT_NAMES = ("per_image.csv", "summary.csv", "summary.json", "config.json", "curves_morf_lerf.png", "bar_*.png",
@@ -65,11 +65,10 @@ def check_config(cfg):
     """The methods to score, with every setting checked before any work."""
     if not cfg.METHODS and not cfg.GAMMA_FILE:
         raise UserError("METHODS is empty: name at least one method")
-    names = list(cfg.METHODS)
-    chosen = methods.parse_methods(names, "METHODS")
+    chosen = methods.parse_methods(list(cfg.METHODS), "METHODS")
     if cfg.GAMMA_FILE:
-        extra = methods.parse_method(cell_name(*read_gamma_file(cfg.GAMMA_FILE)))
-        same = [m.name for m in chosen if methods.identity(m) == methods.identity(extra)]
+        extra = methods.parse_method(GammaSpec.from_file(cfg.GAMMA_FILE).name)
+        same = [m.name for m in chosen if m.identity() == extra.identity()]
         print(f"GAMMA_FILE {cfg.GAMMA_FILE}: its γ is {extra.name}" + (f", already in METHODS as {same[0]}" if same
                                                                         else ", added to METHODS"))
         chosen += [] if same else [extra]
@@ -85,73 +84,78 @@ def check_config(cfg):
 
 def main(cfg):
     chosen = check_config(cfg)
-    dist = Distributed()
-    device = dist.init(resolve_device(cfg.DEVICE))
-    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device,
+    step = Step(cfg.DEVICE, cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, ("summary.json",))
+    return run_step(step, lambda state: prepare(cfg, state, chosen), lambda state: score(cfg, state, chosen),
+                    lambda state, parts: finish(cfg, state, chosen, parts))
+
+
+def prepare(cfg, state, chosen):
+    """The model, the split, the sampled images and the shortcut marks, checked before the folder is taken."""
+    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, state.device,
                                                 annotations=True)
-    indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
+    indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, split=cfg.SPLIT)
     check_perturb_steps_fit(cfg.PERTURB_STEPS, model)
     check_schedules_fit(lrp.schedules(chosen), model)
-    with ExitStack() as folder:  # rank 0 alone writes OUTPUT_DIR
-        run = folder.enter_context(RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, ("summary.json",))) \
-            if dist.is_main else None
-        marks = shortcut_marks(cfg, dataset, dist)
-        rows, curves = score(cfg, dist, device, chosen, model, dataset, indices, marks)
-        if dist.is_main:
-            names = [m.name for m in chosen]
-            found = E.conclude(rows, names, E.active_metrics(cfg.ROAD), cfg.REFERENCE, cfg.BOOTSTRAP_SAMPLES,
-                               cfg.SEED, unsigned={m.name for m in chosen if not m.spec.signed})
-            shortcut = SC.summarize(SC.annotate_rows(rows, marks), names, seed=cfg.SEED) if marks else None
-            write_outputs(cfg, run, dist, device, names, indices, rows, curves, found, shortcut)
-            print_report(cfg, run.path, rows, names, found, shortcut)
-    dist.close()
-    return 1 if dist.is_main and any(r["error"] for r in rows) else 0
+    return {"model": model, "dataset": dataset, "indices": indices, "marks": shortcut_marks(cfg, dataset, state)}
 
 
-def shortcut_marks(cfg, dataset, dist):
+def finish(cfg, state, chosen, parts):
+    """Merge the ranks' rows, conclude, write and report; the exit status."""
+    names = [m.name for m in chosen]
+    rows, curves = E.merge_ranks(parts, names)
+    marks = state.data["marks"]
+    found = E.conclude(rows, names, E.active_metrics(cfg.ROAD), cfg.REFERENCE, cfg.BOOTSTRAP_SAMPLES,
+                       cfg.SEED, unsigned={m.name for m in chosen if not m.cls.signed})
+    shortcut = SC.summarize(SC.annotate_rows(rows, marks), names, seed=cfg.SEED) if marks else None
+    write_outputs(cfg, state, names, rows, curves, found, shortcut)
+    print_report(cfg, state.run.path, rows, names, found, shortcut)
+    return 1 if any(r["error"] for r in rows) else 0
+
+
+def shortcut_marks(cfg, dataset, state):
     """The mark boxes of a shortcut mini-CUB (None for a plain CUB folder, or when the true class is explained)."""
     marks = SC.load_marks(dataset.ann)
     if marks is not None and cfg.TARGET != "pred":
-        if dist.is_main:
+        if state.is_main:
             print("The dataset has shortcut marks, but their scores ask what the prediction rested on: use "
                   "--target pred")
         return None
     return SC.split_marks(marks, dataset) if marks is not None else None
 
 
-def score(cfg, dist, device, chosen, model, dataset, indices, marks):
-    """Every method's rows and curves on this rank's shard, gathered on rank 0 (``([], {})`` on the others)."""
+def score(cfg, state, chosen):
+    """Every method's rows and curves on this rank's shard."""
+    model, dataset, indices, marks = (state.data[k] for k in ("model", "dataset", "indices", "marks"))
+    dist, device = state.dist, state.device
     if dist.is_main:
         print(f"Evaluating {len(chosen)} methods on {len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} "
               f"({device}{f' x{dist.world_size}' if dist.enabled else ''}, {cfg.DTYPE})")
     plain, forward = model_in(model, DTYPES[cfg.DTYPE], device)
     settings = ScoreSettings(model.patch_size, cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, cfg.ROAD, cfg.SEED,
                              cfg.ROWS_PER_PASS)
-    shard = dist.shard(indices)
-    options = method_options(cfg)
-    metrics = E.active_metrics(cfg.ROAD)
+    shard = state.shard(indices)
     names = [m.name for m in chosen]
-    with methods.MethodSet(chosen, plain, options) as explain_all, \
-            tqdm(total=len(shard), desc="score", unit="img", disable=not dist.is_main) as bar:
-        def explain(b):  # each method's maps for the explained class and for a random other class
-            return {name: (logits, *maps) for name, (logits, maps) in
-                    explain_all(b.images, [b.target, b.other], b.ids).items()}
+    run = ScoringRun(forward, cfg.TARGET, device, settings, E.active_metrics(cfg.ROAD))
+    with ExitStack() as stack, tqdm(total=len(shard), desc="score", unit="img", disable=not dist.is_main) as bar:
+        opened = [stack.enter_context(m.create(plain, method_settings(cfg))) for m in chosen]
 
-        def mark_scores(b, maps, rows):  # the share of each map on the shortcut mark (not of an empty map)
+        def explain(s):  # each method's maps for the explained class and for a random other class
+            return {name: (r[0].logits, r[0].relevance, r[1].relevance) for name, r in
+                    methods.attribute_all(opened, s.images, [s.target, s.other], s.ids).items()}
+
+        def mark_scores(s, maps, rows):  # the share of each map on the shortcut mark (not of an empty map)
             for name, (_, relevance, *_) in maps.items():
-                extra = SC.score_batch(relevance, marks["box"][b.ids])
+                extra = SC.score_batch(relevance, marks["box"][s.ids])
                 for k, r in enumerate(rows[name]):
                     r.update({key: float("nan") if r.get("empty") else float(v[k]) for key, v in extra.items()})
 
-        rows, curves = score_batches(loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device), forward,
-                                     cfg.TARGET, device, settings, explain, names, metrics,
-                                     mark_scores if marks else None, bar)
-    gathered = dist.all_gather_objects((rows, curves))
-    return E.merge_ranks(gathered, names) if dist.is_main else ([], {})
+        return score_batches(loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device), run, explain, names,
+                             mark_scores if marks else None, bar)
 
 
-def write_outputs(cfg, run, dist, device, names, indices, rows, curves, found, shortcut):
-    out, metrics = run.path, E.active_metrics(cfg.ROAD)
+def write_outputs(cfg, state, names, rows, curves, found, shortcut):
+    run, metrics = state.run, E.active_metrics(cfg.ROAD)
+    out = run.path
     summary, paired = found["summary"], found["paired"]
     write_csv(out / "per_image.csv", rows, E.row_fields(metrics) + (SC.ROW_FIELDS if shortcut else []))
     write_csv(out / "summary.csv", [{"method": m, "metric": k, **summary[m][k]} for m in names for k in metrics],
@@ -162,7 +166,7 @@ def write_outputs(cfg, run, dist, device, names, indices, rows, curves, found, s
     if shortcut:
         write_csv(out / "shortcut_summary.csv", [{"method": m, **shortcut[m]} for m in names], SC.CSV_FIELDS)
         plots.shortcut_scores(shortcut, rows, out / "shortcut.png")
-    write_json(out / "summary.json", summary_doc(cfg, rows, indices, found, shortcut))
+    write_json(out / "summary.json", summary_doc(cfg, rows, state.data["indices"], found, shortcut))
     plots.perturbation_curves(curves, cfg.PERTURB_STEPS, out / "curves_morf_lerf.png")
     if cfg.ROAD:
         plots.perturbation_curves({m: {"morf": c["road_morf"], "lerf": c["road_lerf"]} for m, c in curves.items()},
@@ -170,7 +174,8 @@ def write_outputs(cfg, run, dist, device, names, indices, rows, curves, found, s
     for metric in metrics:
         plots.metric_bars(summary, metric, out / f"bar_{metric}.png")
     plots.ranking_table(summary, out / "ranking.png", metrics)
-    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "world_size": dist.world_size})
+    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(state.device),
+                                     "world_size": state.dist.world_size})
     run.finish(["per_image.csv", "summary.csv", "summary.json", "config.json", "curves_morf_lerf.png", "ranking.png"]
                + [f"bar_{metric}.png" for metric in metrics] + (["paired.csv", "forest_paired.png"] if paired else [])
                + (["curves_road.png"] if cfg.ROAD else [])

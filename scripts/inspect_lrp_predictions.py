@@ -11,7 +11,7 @@ from pathlib import Path
 from vitlrp import cli
 from vitlrp.errors import UserError
 from vitlrp.fileio import write_csv, write_json
-from vitlrp.models import read_checkpoint, model_from_checkpoint
+from vitlrp.models import model_from_checkpoint, read_checkpoint
 from vitlrp.predict import predict_files
 from vitlrp.runfolder import FolderLock, check_complete
 from vitlrp.runtime import resolve_device

@@ -32,20 +32,22 @@ NUM_WORKERS = 4  # JPEG decoding processes
 OUTPUT_DIR = "results/sanity"  # sanity.csv, per_image_sanity.csv, summary.json, PNG figures
 # -------------------------------------------------------------------------------------------------
 import math
-from contextlib import ExitStack
 
 from tqdm import tqdm
 
 from vitlrp import cli, methods, plots, render
-from vitlrp import sanity as S
-from vitlrp.checks import check_run_options, check_schedules_fit, method_options
+from vitlrp.batch import Batch
+from vitlrp.checks import check_run_options, check_schedules_fit, method_settings
 from vitlrp.errors import UserError
 from vitlrp.fileio import write_csv, write_json
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
 from vitlrp.methods import lrp
-from vitlrp.runfolder import RunFolder
-from vitlrp.runtime import DTYPES, Distributed, resolve_device
+from vitlrp.runtime import DTYPES
+from vitlrp.sanity import randomization as R
+from vitlrp.sanity import runner as S
+from vitlrp.sanity import verdicts as V
 from vitlrp.scoring import model_in
+from vitlrp.step import Step, run_step
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
 OUTPUT_NAMES = ("sanity.csv", "per_image_sanity.csv", "summary.json", "config.json", "curves_randomization.png",
@@ -69,68 +71,71 @@ def check_config(cfg):
 
 def main(cfg):
     chosen = check_config(cfg)
-    dist = Distributed()
-    device = dist.init(resolve_device(cfg.DEVICE))
-    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device)
-    indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
+    step = Step(cfg.DEVICE, cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, ("summary.json",))
+    return run_step(step, lambda state: prepare(cfg, state, chosen), lambda state: check(cfg, state, chosen),
+                    lambda state, parts: finish(cfg, state, chosen, parts))
+
+
+def prepare(cfg, state, chosen):
+    """The model, the split and the sampled images, checked before the folder is taken."""
+    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, state.device)
+    indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, split=cfg.SPLIT)
     check_schedules_fit(lrp.schedules(chosen), model)
-    S.check_model(model)
-    steps = S.randomization_steps(model)
-    with ExitStack() as folder:  # rank 0 alone writes OUTPUT_DIR
-        run = folder.enter_context(RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, ("summary.json",))) \
-            if dist.is_main else None
-        rows, figures, failed = check(cfg, dist, device, chosen, model, dataset, indices)
-        if dist.is_main:
-            names = [m.name for m in chosen]
-            summary = S.summarize(rows, names, steps)
-            found = S.verdicts(summary, names, steps)
-            write_outputs(cfg, run, dist, device, dataset, names, steps, rows, summary, found, figures, failed,
-                          len(indices))
-            print_report(run.path, rows, summary, found, failed, cfg.NOISE_SAMPLES)
-    dist.close()
-    return 1 if dist.is_main and failed else 0
+    V.check_model(model)
+    return {"model": model, "dataset": dataset, "indices": indices, "steps": R.randomization_steps(model)}
 
 
-def check(cfg, dist, device, chosen, model, dataset, indices):
-    """Every check on this rank's shard, gathered on rank 0: ``(rows, figures, failed)`` (empty on the others);
-    ``failed``: ``(sample_idx, error)`` of the images that could not be read."""
+def finish(cfg, state, chosen, parts):
+    """Merge the ranks' rows in sample order, summarize, judge, write and report; the exit status."""
+    indices, steps = state.data["indices"], state.data["steps"]
+    order = {i: k for k, i in enumerate(indices)}  # the rows in sample order, whatever the shards
+    rows = sorted((r for g in parts for r in g[0]), key=lambda r: order[r["sample_idx"]])
+    figures = sorted((f for g in parts for f in g[1]), key=lambda f: order[f["sample_idx"]])
+    failed = sorted(e for g in parts for e in g[2])
+    names = [m.name for m in chosen]
+    summary = V.summarize(rows, names, steps)
+    found = V.verdicts(summary, names, steps)
+    write_outputs(cfg, state, names, rows, summary, found, figures, failed)
+    print_report(state.run.path, rows, summary, found, failed, cfg.NOISE_SAMPLES)
+    return 1 if failed else 0
+
+
+def check(cfg, state, chosen):
+    """Every check on this rank's shard: ``(rows, figures, failed)``; ``failed``: ``(sample_idx, error)`` of the
+    images that could not be read."""
+    model, dataset, indices = (state.data[k] for k in ("model", "dataset", "indices"))
+    dist, device = state.dist, state.device
     if dist.is_main:
         print(f"Sanity checks of {len(chosen)} methods on {len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} "
               f"({device}{f' x{dist.world_size}' if dist.enabled else ''}, {cfg.DTYPE}; "
-              f"{len(S.randomization_steps(model))} randomization steps, {cfg.NOISE_SAMPLES} noisy copies)")
+              f"{len(state.data['steps'])} randomization steps, {cfg.NOISE_SAMPLES} noisy copies)")
     plain, forward = model_in(model, DTYPES[cfg.DTYPE], device)
-    settings = S.Settings(model.patch_size, cfg.SEED, cfg.NOISE_SAMPLES, cfg.NOISE_STD)
-    options, keep = method_options(cfg), set(indices[:cfg.FIGURE_IMAGES])
-    shard = dist.shard(indices)
+    run = S.CheckRun(chosen, method_settings(cfg), plain, forward,
+                     S.Settings(model.patch_size, cfg.SEED, cfg.NOISE_SAMPLES, cfg.NOISE_STD))
+    keep, shard = set(indices[:cfg.FIGURE_IMAGES]), state.shard(indices)
     rows, figures, failed = [], [], []
     with tqdm(total=len(shard), desc="sanity", unit="img", disable=not dist.is_main) as bar:
         for batch in loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device):
-            ok = [k for k, err in enumerate(batch["error"]) if not err]
-            failed += [(int(batch["index"][k]), err) for k, err in enumerate(batch["error"]) if err]
-            if ok:
-                b = S.Batch.of(batch["image"][ok].to(device), batch["index"][ok].tolist(),
-                               batch["label"][ok].tolist(), forward, cfg.TARGET, cfg.SEED)
-                found, shown = S.check_batch(chosen, options, plain, forward, b, settings, keep)
+            b = Batch.of(batch, device, forward)
+            failed += [(i, err) for i, _, err in b.failed()]
+            if b.ok:
+                found, shown = S.check_batch(run, S.Compared.of(b, cfg.TARGET, cfg.SEED), keep)
                 rows += found
                 figures += shown
-            bar.update(len(batch["error"]))
-    gathered = dist.all_gather_objects((rows, figures, failed))
-    if not dist.is_main:
-        return [], [], []
-    order = {i: k for k, i in enumerate(indices)}  # the rows in sample order, whatever the shards
-    rows = sorted((r for g in gathered for r in g[0]), key=lambda r: order[r["sample_idx"]])
-    figures = sorted((f for g in gathered for f in g[1]), key=lambda f: order[f["sample_idx"]])
-    return rows, figures, sorted(e for g in gathered for e in g[2])
+            bar.update(len(b))
+    return rows, figures, failed
 
 
-def write_outputs(cfg, run, dist, device, dataset, names, steps, rows, summary, found, figures, failed, n_sampled):
+def write_outputs(cfg, state, names, rows, summary, found, figures, failed):
+    run, steps = state.run, state.data["steps"]
     out = run.path
     write_csv(out / "per_image_sanity.csv", rows, S.ROW_FIELDS)
-    write_csv(out / "sanity.csv", summary, S.SUMMARY_FIELDS)
-    write_json(out / "summary.json", summary_doc(cfg, rows, summary, found, failed, n_sampled))
-    plots.sanity_curves(summary, steps, {"abs_spearman": S.RANDOMIZATION_THRESHOLD}, out / "curves_randomization.png")
-    written = write_figures(out, dataset.preprocessing, names, steps, rows, figures)
-    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "world_size": dist.world_size})
+    write_csv(out / "sanity.csv", summary, V.SUMMARY_FIELDS)
+    write_json(out / "summary.json", summary_doc(cfg, rows, summary, found, failed, len(state.data["indices"])))
+    plots.sanity_curves(summary, steps, {"abs_spearman": V.RANDOMIZATION_THRESHOLD}, out / "curves_randomization.png")
+    written = write_figures(out, state.data["dataset"].preprocessing, names, steps, rows, figures)
+    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(state.device),
+                                     "world_size": state.dist.world_size})
     run.finish(["per_image_sanity.csv", "sanity.csv", "summary.json", "curves_randomization.png", "config.json"]
                + written)
 
@@ -174,7 +179,7 @@ def summary_doc(cfg, rows, summary, found, failed, n_sampled):
                      "absolute per-patch sums", "ssim": "SSIM of the max-normalised absolute maps (input resolution)",
                      "abs_spearman": "|rho| of the per-patch sums (the verdicts' statistic)",
                      "undefined": "rho of a constant map is undefined: NaN, counted in n_undefined, not in the mean"},
-        "thresholds": {"class": S.CLASS_THRESHOLD, "randomization": S.RANDOMIZATION_THRESHOLD},
+        "thresholds": {"class": V.CLASS_THRESHOLD, "randomization": V.RANDOMIZATION_THRESHOLD},
         "verdicts": found,
         "noise": {"copies_per_image": cfg.NOISE_SAMPLES, "std": cfg.NOISE_STD,
                   "copies_skipped": sum(r["skipped"] for r in per_image.values()),
@@ -185,10 +190,10 @@ def summary_doc(cfg, rows, summary, found, failed, n_sampled):
 
 def print_report(out, rows, summary, found, failed, noise_samples):
     print()
-    for line in S.verdict_lines(found):
+    for line in V.verdict_lines(found):
         print(line)
     print()
-    for line in S.table_lines(summary):
+    for line in V.table_lines(summary):
         print(line)
     noise = {r["sample_idx"]: r for r in rows if r["test"] == "noise"}
     if noise_samples:

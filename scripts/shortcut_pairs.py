@@ -25,12 +25,12 @@ import torch
 
 from vitlrp import cli, methods, render
 from vitlrp import shortcut as S
+from vitlrp.checks import method_settings
 from vitlrp.errors import UserError
-from vitlrp.explain import IMPLS
 from vitlrp.fileio import write_json
 from vitlrp.gallery import write_shortcut_gallery
 from vitlrp.inputs import load_model_and_split, loader
-from vitlrp.methods import MethodRunner, Options, parse_methods
+from vitlrp.methods import parse_methods
 from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
 
@@ -41,13 +41,12 @@ OUTPUT_NAMES = ("pair_*.png", "pairs.json", "index.html")
 def check_config(cfg):
     if not cfg.METHODS:
         raise UserError("METHODS is empty: name at least one method")
-    for name in ("NUM_PAIRS", "BATCH_SIZE", "IG_STEPS", "SMOOTHGRAD_SAMPLES", "ROWS_PER_PASS"):
+    for name in ("NUM_PAIRS", "BATCH_SIZE"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"{name} must be positive, got {getattr(cfg, name)}")
     if cfg.NUM_WORKERS < 0:
         raise UserError(f"NUM_WORKERS must be >= 0 (0 = decode in this process), got {cfg.NUM_WORKERS}")
-    if cfg.IMPL not in IMPLS:
-        raise UserError(f"IMPL must be one of {', '.join(IMPLS)}, got {cfg.IMPL!r}")
+    method_settings(cfg)
     return parse_methods(cfg.METHODS, "METHODS")
 
 
@@ -71,7 +70,7 @@ def main(cfg):
         print(intro.split(". Top")[0] + ".")
         pairs = S.pick_pairs(split, predicted, cfg.NUM_PAIRS, cfg.SEED)
         explained = explain_pairs(cfg, chosen, model, dataset, split, pairs, device)
-        cards = draw_pairs(run.path, ckpt["class_names"], dataset.preprocessing, split, pairs, *explained)
+        cards = draw_pairs(run.path, ckpt["class_names"], dataset.preprocessing, split, pairs, explained)
         write_json(run.path / "pairs.json", cards)
         write_shortcut_gallery(run.path, cards, intro, cli.config_dict(cfg))
         run.finish(["pairs.json", "index.html"] + [c["file"] for c in cards])
@@ -100,18 +99,18 @@ def explain_pairs(cfg, chosen, model, dataset, split, pairs, device):
     images = batch["image"].to(device)
     with torch.no_grad():
         target = model(images).argmax(1)
-    options = Options(impl=cfg.IMPL, seed=cfg.SEED, ig_steps=cfg.IG_STEPS, smoothgrad_samples=cfg.SMOOTHGRAD_SAMPLES,
-                      rows_per_pass=cfg.ROWS_PER_PASS)
     maps = {}
     with ExitStack() as stack:
         for m in chosen:
-            runner = stack.enter_context(MethodRunner(m, model, options))
-            maps[m.name] = runner(images, target, order)[1].float().cpu()
+            method = stack.enter_context(m.create(model, method_settings(cfg)))
+            maps[m.name] = method.attribute(images, target, order).relevance.float().cpu()
     return order, batch, target, maps
 
 
-def draw_pairs(out, names, prep, split, pairs, order, batch, target, maps):
-    """One picture per pair, two rows of panels (own mark, swapped mark); the cards of the page."""
+def draw_pairs(out, names, prep, split, pairs, explained):
+    """One picture per pair, two rows of panels (own mark, swapped mark); the cards of the page (``explained``:
+    what :func:`explain_pairs` returns)."""
+    order, batch, target, maps = explained
     rgb = prep.denormalize(batch["image"]).permute(0, 2, 3, 1).numpy()
     boxes = split["box"][order]
     share = {name: S.score_batch(rel, boxes)["mark_share"] for name, rel in maps.items()}

@@ -25,7 +25,6 @@ NUM_WORKERS = 4  # JPEG decoding processes
 OUTPUT_DIR = "results/sweep"  # cells.csv, per_image.csv, best_gamma.json, surface_<metric>.png, pareto.png
 # -------------------------------------------------------------------------------------------------
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 from tqdm import tqdm
@@ -36,12 +35,13 @@ from vitlrp import sweep as S
 from vitlrp.checks import check_perturb_steps_fit, check_run_options, check_schedules_fit, check_scoring_options
 from vitlrp.explain import Explainer
 from vitlrp.fileio import write_csv, write_json
-from vitlrp.gamma import PRESETS
+from vitlrp.gamma import PRESETS, GammaSpec
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
+from vitlrp.methods import MethodSettings
 from vitlrp.metrics import METRICS
-from vitlrp.runfolder import RunFolder
-from vitlrp.runtime import DTYPES, Distributed, resolve_device
-from vitlrp.scoring import ScoreSettings, model_in, score_batches
+from vitlrp.runtime import DTYPES
+from vitlrp.scoring import ScoreSettings, ScoringRun, model_in, score_batches
+from vitlrp.step import Step, run_step
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
 OUTPUT_NAMES = ("cells.csv", "per_image.csv", "config.json", "best_gamma.json", "pareto.png", "surface_*.png")
@@ -56,31 +56,38 @@ def check_config(cfg):
 
 def main(cfg):
     cells, rows_lin = check_config(cfg)
-    dist = Distributed()
-    device = dist.init(resolve_device(cfg.DEVICE))
-    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device,
+    # no best_gamma.json of an older run while this one works
+    step = Step(cfg.DEVICE, cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, ("best_gamma.json",))
+    return run_step(step, lambda state: prepare(cfg, state, rows_lin), lambda state: sweep(cfg, state, cells),
+                    lambda state, parts: finish(cfg, state, cells, rows_lin, parts))
+
+
+def prepare(cfg, state, rows_lin):
+    """The model, the split and the sampled images, checked before the folder is taken."""
+    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, state.device,
                                                 annotations=True)
-    indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, "NUM_IMAGES", cfg.SPLIT)
+    indices = sample_indices(len(dataset), cfg.NUM_IMAGES, cfg.SEED, split=cfg.SPLIT)
     check_perturb_steps_fit(cfg.PERTURB_STEPS, model)
     check_schedules_fit([(f"SCHEDULES entry {lin!r}", lin) for lin in rows_lin], model)
-    with ExitStack() as folder:  # rank 0 alone writes OUTPUT_DIR; no best_gamma.json of an older run meanwhile
-        run = folder.enter_context(RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", OUTPUT_NAMES, ("best_gamma.json",))) \
-            if dist.is_main else None
-        rows, seconds = sweep(cfg, dist, device, model, dataset, indices, cells)
-        status = 0
-        if dist.is_main:
-            names = [S.cell_name(c, lin) for c, lin in cells]
-            found = S.conclude(rows, names, cells, len(indices), PRESETS)
-            write_outputs(cfg, run, device, cells, rows_lin, rows, found, seconds)
-            print_report(cfg, run.path, cells, found, seconds)
-            status = 1 if found["failed"] else 0
-    dist.close()
-    return status
+    return {"model": model, "dataset": dataset, "indices": indices}
 
 
-def sweep(cfg, dist, device, model, dataset, indices, cells):
-    """Every cell's rows on this rank's shard, gathered on rank 0, and the seconds spent on maps and metrics."""
-    names = [S.cell_name(c, lin) for c, lin in cells]
+def finish(cfg, state, cells, rows_lin, parts):
+    """Merge the ranks' rows, conclude, write and report; the exit status."""
+    names = [c.name for c in cells]
+    rows, _ = E.merge_ranks([(r, {n: {} for n in names}) for r, _ in parts], names)
+    seconds = {k: sum(s[k] for _, s in parts) for k in parts[0][1]}
+    found = S.conclude(rows, names, cells, len(state.data["indices"]), {p: GammaSpec.preset(p) for p in PRESETS})
+    write_outputs(cfg, state, cells, rows_lin, rows, found, seconds)
+    print_report(cfg, state.run.path, cells, found, seconds)
+    return 1 if found["failed"] else 0
+
+
+def sweep(cfg, state, cells):
+    """Every cell's rows on this rank's shard, and the seconds spent on maps and metrics."""
+    model, dataset, indices = (state.data[k] for k in ("model", "dataset", "indices"))
+    dist, device = state.dist, state.device
+    names = [c.name for c in cells]
     if dist.is_main:
         print(f"Sweeping {len(cfg.CONV_GAMMAS)} conv γ × {len(cells) // len(cfg.CONV_GAMMAS)} Linear γ settings = "
               f"{len(cells)} cells on {len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} "
@@ -89,33 +96,31 @@ def sweep(cfg, dist, device, model, dataset, indices, cells):
     plain, forward = model_in(model, dtype, device)
     settings = ScoreSettings(model.patch_size, cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, seed=cfg.SEED,
                              rows_per_pass=cfg.ROWS_PER_PASS)
-    shard, seconds = dist.shard(indices), {"maps": 0.0, "metrics": 0.0}
-    with Explainer(plain, dtype=dtype, impl=cfg.IMPL) as explainer, \
+    shard, seconds = state.shard(indices), {"maps": 0.0, "metrics": 0.0}
+    with Explainer(plain, cells[0], MethodSettings(dtype, cfg.IMPL)) as explainer, \
             tqdm(total=len(shard), desc="sweep", unit="img", disable=not dist.is_main) as bar:
-        def explain(b):
+        def explain(s):
             t0 = time.perf_counter()
-            logits, maps, other = explainer.explain_many(b.images, b.target, cells, also=(b.other,))
+            maps = explainer.attribute_gammas(s.images, [s.target, s.other], cells)
             seconds["maps"] += time.perf_counter() - t0
-            return {name: (logits, m, o) for name, m, o in zip(names, maps, other)}
+            return {name: (m.logits, m.relevance, o.relevance) for name, (m, o) in zip(names, maps)}
 
         t_all = time.perf_counter()
-        rows, _ = score_batches(loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device), forward,
-                                cfg.TARGET, device, settings, explain, names, METRICS, progress=bar)
+        rows, _ = score_batches(loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device),
+                                ScoringRun(forward, cfg.TARGET, device, settings, METRICS), explain, names,
+                                progress=bar)
         seconds["metrics"] = time.perf_counter() - t_all - seconds["maps"]  # scoring and decoding
-    gathered = dist.all_gather_objects((rows, seconds))
-    if not dist.is_main:
-        return [], seconds
-    rows, _ = E.merge_ranks([(r, {n: {} for n in names}) for r, _ in gathered], names)
-    return rows, {k: sum(s[k] for _, s in gathered) for k in seconds}
+    return rows, seconds
 
 
-def write_outputs(cfg, run, device, cells, rows_lin, rows, found, seconds):
-    out, summary, doc = run.path, found["summary"], found["doc"]
+def write_outputs(cfg, state, cells, rows_lin, rows, found, seconds):
+    run, summary, doc = state.run, found["summary"], found["doc"]
+    out = run.path
     write_csv(out / "cells.csv", S.cell_rows(summary, cells, found["front"], found["sums"], found["class_failed"]),
               S.CELL_FIELDS)
     write_csv(out / "per_image.csv", rows, E.ROW_FIELDS)
-    convs = list(dict.fromkeys(c for c, _ in cells))
-    where = {S.cell_name(c, lin): (r, k) for r, lin in enumerate(rows_lin) for k, c in enumerate(convs)}
+    convs = list(dict.fromkeys(c.conv for c in cells))
+    where = {GammaSpec(c, lin).name: (r, k) for r, lin in enumerate(rows_lin) for k, c in enumerate(convs)}
     marks = {p: where[n] for p, n in found["presets"].items() if n in where}
     for metric in METRICS:
         best = doc["best"].get(metric, {}).get("method", doc["recommended"]["method"])
@@ -123,7 +128,7 @@ def write_outputs(cfg, run, device, cells, rows_lin, rows, found, seconds):
                             "ci95"), convs, rows_lin, metric, where[best], marks, out / f"surface_{metric}.png")
     points = {n: tuple(summary[n][m]["mean"] for m in S.OBJECTIVES) for n in summary}
     plots.pareto_front(points, found["front"], doc["recommended"]["method"], found["presets"], out / "pareto.png")
-    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "cells": len(cells),
+    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(state.device), "cells": len(cells),
                                      "seconds": seconds})
     write_json(out / "best_gamma.json", {
         **doc, "n_images": found["n_ok"], "n_failed": len(found["failed"]), "failed_cells": found["failed_cells"],

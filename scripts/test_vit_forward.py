@@ -36,49 +36,26 @@ from tqdm import tqdm
 
 from vitlrp import cli, methods, render
 from vitlrp import heatmaps as H
-from vitlrp.checks import check_run_options, check_schedules_fit, method_options
+from vitlrp.batch import Batch
+from vitlrp.checks import check_run_options, check_schedules_fit, method_settings
 from vitlrp.errors import UserError
 from vitlrp.explain import Explainer
 from vitlrp.fileio import write_json, write_text
 from vitlrp.gallery import write_heatmap_gallery
-from vitlrp.gamma import PRESETS, check_gamma, lin_gamma_value, schedule_text
+from vitlrp.gamma import PRESETS, GammaSpec, schedule_text
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
 from vitlrp.methods import lrp
-from vitlrp.runfolder import RunFolder
-from vitlrp.runtime import DTYPES, Distributed, resolve_device
 from vitlrp.scoring import nonfinite_error
-from vitlrp.sweep import read_gamma_file
+from vitlrp.step import Step, run_step
+
+GAMMA_SETTINGS = ("GAMMA_FILE", "PRESET", "CONV_GAMMA", "LIN_GAMMA", "LIN_GAMMA_SCHEDULE", "GAMMA_ATTENTION")
 
 
 def choose_gammas(cfg):
-    """``(conv γ, Linear γ, where they came from)``: GAMMA_FILE, PRESET, or CONV_GAMMA with LIN_GAMMA or
-    LIN_GAMMA_SCHEDULE. Two of them setting the same γ at once is refused (one line), never resolved silently."""
-    given = cli.given(cfg)
-    both = [f"{n} {getattr(cfg, n)}" for n in ("GAMMA_FILE", "PRESET") if getattr(cfg, n)]
-    conv = [f"--conv-gamma {cfg.CONV_GAMMA}"] if "CONV_GAMMA" in given else []
-    lin = ([f"--lin-gamma {cfg.LIN_GAMMA}"] if "LIN_GAMMA" in given else []) + (
-        [f"LIN_GAMMA_SCHEDULE {cfg.LIN_GAMMA_SCHEDULE}"] if cfg.LIN_GAMMA_SCHEDULE else [])
-    for clash in (both + conv + lin if both else []), lin:
-        if len(clash) > 1:
-            raise UserError(f"{' and '.join(clash[:2])} both set the gammas: keep one of them (PRESET and "
-                            "GAMMA_FILE set both gammas; LIN_GAMMA_SCHEDULE replaces LIN_GAMMA)")
-    if cfg.GAMMA_FILE:
-        return (*read_gamma_file(cfg.GAMMA_FILE), f"GAMMA_FILE {cfg.GAMMA_FILE}")
-    if cfg.PRESET:
-        if cfg.PRESET not in PRESETS:
-            raise UserError(f"unknown PRESET {cfg.PRESET!r}: choose one of {', '.join(PRESETS)} or leave it empty")
-        return (*PRESETS[cfg.PRESET], f"PRESET {cfg.PRESET}")
-    conv = check_gamma("CONV_GAMMA", cfg.CONV_GAMMA)
-    if cfg.LIN_GAMMA_SCHEDULE:
-        return conv, lin_gamma_value(cfg.LIN_GAMMA_SCHEDULE, "LIN_GAMMA_SCHEDULE"), "CONV_GAMMA, LIN_GAMMA_SCHEDULE"
-    return conv, check_gamma("LIN_GAMMA", cfg.LIN_GAMMA), "CONV_GAMMA, LIN_GAMMA"
-
-
-def lin_source(source):
-    """What set the Linear γ, for messages: LIN_GAMMA, LIN_GAMMA_SCHEDULE, or the preset's or file's Linear γ."""
-    if source.startswith(("PRESET", "GAMMA_FILE")):
-        return f"the Linear γ of {source}"
-    return source.split(", ")[-1]
+    """The :class:`~vitlrp.gamma.GammaChoice` of GAMMA_FILE, PRESET, or CONV_GAMMA with LIN_GAMMA or
+    LIN_GAMMA_SCHEDULE (:meth:`GammaSpec.choose`: two of them setting the same γ at once are refused)."""
+    given = {n.lower() for n in cli.given(cfg)}
+    return GammaSpec.choose({n.lower(): getattr(cfg, n) for n in GAMMA_SETTINGS}, given)
 
 
 def check_config(cfg):
@@ -94,60 +71,64 @@ def check_config(cfg):
 
 
 def main(cfg):
-    (conv_gamma, lin_gamma, source), grid = check_config(cfg)
-    dist = Distributed()
-    device = dist.init(resolve_device(cfg.DEVICE))
-    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, device)
-    indices = sample_indices(len(dataset), cfg.NUM_SAMPLES, cfg.SEED, split=cfg.SPLIT)
-    check_schedules_fit([(lin_source(source), lin_gamma), *lrp.schedules(grid)], model)
-    with ExitStack() as folder:  # rank 0 holds the folder; no results or page of an older run meanwhile
-        run = folder.enter_context(RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", H.OUTPUT_NAMES,
-                                             clear_first=("lrp_results.json", "index.html"))) if dist.is_main else None
-        dist.barrier()  # the other ranks write into the folder only once rank 0 has taken it
-        gammas = {"conv_gamma": conv_gamma, "lin_gamma": lin_gamma, "source": source}
-        results, coverage = explain_all(cfg, dist, ckpt, model, dataset, indices, device, gammas, grid)
-        gathered = [r for part in dist.all_gather_objects(results) for r in part]
-        if dist.is_main:
-            results = sorted(gathered, key=lambda r: indices.index(r["sample_idx"]))
-            write_outputs(cfg, run, results, coverage, gammas, dataset.preprocessing, device, grid)
-            print_summary(results, gammas, run.path)
-    dist.close()
-    return 1 if dist.is_main and any(r.get("error") for r in results) else 0
+    choice, grid = check_config(cfg)
+    step = Step(cfg.DEVICE, cfg.OUTPUT_DIR, "OUTPUT_DIR", H.OUTPUT_NAMES, ("lrp_results.json", "index.html"),
+                shared_folder=True)  # no results or page of an older run meanwhile
+    return run_step(step, lambda state: prepare(cfg, state, choice, grid),
+                    lambda state: explain_all(cfg, state, choice, grid),
+                    lambda state, parts: finish(cfg, state, choice, grid, parts))
 
 
-def explain_all(cfg, dist, ckpt, model, dataset, indices, device, gammas, grid):
+def prepare(cfg, state, choice, grid):
+    """The model, the split and the sampled images, checked before the folder is taken."""
+    ckpt, model, dataset = load_model_and_split(cfg.CHECKPOINT_PATH, cfg.DATASET_ROOT, cfg.SPLIT, state.device)
+    indices = sample_indices(len(dataset), cfg.NUM_SAMPLES, cfg.SEED, "num_samples", cfg.SPLIT)
+    check_schedules_fit([(choice.lin_source(str.upper), choice.spec.lin), *lrp.schedules(grid)], model)
+    return {"ckpt": ckpt, "model": model, "dataset": dataset, "indices": indices}
+
+
+def finish(cfg, state, choice, grid, parts):
+    """Write the JSON, the overview and the page of every rank's samples; the exit status."""
+    indices = state.data["indices"]
+    results = sorted((r for part in parts for r in part[0]), key=lambda r: indices.index(r["sample_idx"]))
+    write_outputs(cfg, state, results, parts[0][1], choice, grid)
+    print_summary(results, choice.spec, state.run.path)
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+def explain_all(cfg, state, choice, grid):
     """Explain this rank's shard, write each sample's pictures and tensor; ``(records, coverage line)``."""
-    out, shard = Path(cfg.OUTPUT_DIR), dist.shard(indices)
-    names, dtype = ckpt["class_names"], DTYPES[cfg.DTYPE]
+    ckpt, model, dataset, indices = (state.data[k] for k in ("ckpt", "model", "dataset", "indices"))
+    dist, device, gammas = state.dist, state.device, choice.spec
+    shard = state.shard(indices)
+    source = choice.source(str.upper)
     if dist.is_main:
         print(f"Using device: {device}" + (f" x{dist.world_size} processes" if dist.enabled else ""))
-        source = gammas["source"].replace("PRESET", "preset").replace("GAMMA_FILE", "from")
-        print(f"Using Gamma rule: Conv2d gamma={gammas['conv_gamma']}, Linear gamma={gammas['lin_gamma']}"
-              + (f" ({source})" if source.startswith(("preset", "from")) else ""))
+        shown = source.replace("PRESET", "preset").replace("GAMMA_FILE", "from")
+        print(f"Using Gamma rule: Conv2d gamma={gammas.conv}, Linear gamma={gammas.lin}"
+              + (f" ({shown})" if shown.startswith(("preset", "from")) else ""))
         print(f"Dataset size: {len(dataset)}")
         print(f"Will generate LRP for {len(indices)} samples")
     with ExitStack() as stack:
-        explainer = stack.enter_context(Explainer(model, gammas["conv_gamma"], gammas["lin_gamma"],
-                                                  cfg.GAMMA_ATTENTION, dtype, cfg.IMPL))
-        runners = {caption(m, cfg): stack.enter_context(methods.MethodRunner(m, model, method_options(cfg)))
-                   for m in grid}
+        explainer = stack.enter_context(Explainer(model, gammas, method_settings(cfg)))
+        runners = {caption(m, cfg): stack.enter_context(m.create(model, method_settings(cfg))) for m in grid}
         coverage = H.coverage_line(explainer)
         if dist.is_main:
             print("Model loaded successfully.")
             print(coverage)
-        run_info = {"gamma_params": {k: gammas[k] for k in ("conv_gamma", "lin_gamma")},
-                    "gamma_source": gammas["source"], "target_mode": cfg.TARGET,
-                    "preset": cfg.PRESET if gammas["source"].startswith("PRESET") else "", "dtype": cfg.DTYPE,
+        run_info = {"gamma_params": {"conv_gamma": gammas.conv, "lin_gamma": gammas.lin},
+                    "gamma_source": source, "target_mode": cfg.TARGET,
+                    "preset": cfg.PRESET if choice.settings == ("preset",) else "", "dtype": cfg.DTYPE,
                     "impl": cfg.IMPL, "gamma_attention": cfg.GAMMA_ATTENTION,
                     "gamma_layers": list(explainer.gamma_layers()), "preprocessing": dataset.preprocessing.to_dict(),
                     "checkpoint": str(Path(cfg.CHECKPOINT_PATH).resolve())}  # inspect may run from another folder
         results = []
         batches = loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device)
         for batch in tqdm(batches, desc="explain", unit="batch", leave=False, disable=len(shard) <= cfg.BATCH_SIZE):
-            ids = [int(batch["index"][i]) for i, e in enumerate(batch["error"]) if not e]
-            maps = H.explain_batch(batch, explainer, runners, cfg.TARGET, device, ids)
-            results += sample_records(cfg, out, batch, maps, dataset, names, gammas, run_info,
-                                      done=len(results), total=len(shard))
+            b = Batch.of(batch, device)
+            maps = H.explain_batch(b, explainer, runners, cfg.TARGET)
+            results += sample_records(cfg, b, maps, ckpt["class_names"], dataset, run_info,
+                                      done=(len(results), len(shard)))
     return results, coverage
 
 
@@ -159,25 +140,27 @@ def caption(method, cfg):
     return method.name
 
 
-def sample_records(cfg, out, batch, maps, dataset, names, gammas, run_info, done, total):
-    """Write the pictures and the tensor of each sample of a batch; its records, printed as the seed prints them."""
-    rgb = dataset.preprocessing.denormalize(batch["image"]).permute(0, 2, 3, 1).numpy()
-    position = {row: k for k, row in enumerate(maps["ok"])}
+def sample_records(cfg, b, maps, names, dataset, run_info, done):
+    """Write the pictures and the tensor of each sample of a :class:`~vitlrp.batch.Batch`; its records, printed as
+    the seed prints them (``done``: samples done before this batch, and of the shard)."""
+    out, raw, gammas = Path(cfg.OUTPUT_DIR), b.raw, run_info["gamma_params"]
+    rgb = dataset.preprocessing.denormalize(raw["image"]).permute(0, 2, 3, 1).numpy()
+    position = {row: k for k, row in enumerate(b.ok)}
     records = []
-    for row in range(len(batch["label"])):
-        idx, label = int(batch["index"][row]), int(batch["label"][row])
-        img_path = str(Path(dataset.image_path(idx)).resolve())
-        print(f"\n[{done + row + 1}/{total}] Processing sample_idx={idx} ...")
+    for row in range(len(b)):
+        idx, label = int(raw["index"][row]), int(raw["label"][row])
+        sample = {"sample_idx": idx, "img_path": str(Path(dataset.image_path(idx)).resolve()), "label": label}
+        print(f"\n[{done[0] + row + 1}/{done[1]}] Processing sample_idx={idx} ...")
         if row not in position:
-            records.append(H.failed_record(idx, img_path, label, names, batch["error"][row]))
-            print(f"  ✗ Skipped: {batch['error'][row]}")
+            records.append(H.failed_record(sample, names, raw["error"][row]))
+            print(f"  ✗ Skipped: {raw['error'][row]}")
             continue
         k = position[row]
         logits, target = maps["logits"][k], int(maps["target"][k])
         rel, pred = maps["relevance"][k].cpu(), int(logits.argmax())
         bad = nonfinite_error(rel, logits)
         if bad:  # e.g. NaN weights or an overflow: no picture of it, the run fails
-            records.append(H.failed_record(idx, img_path, label, names, bad, target))
+            records.append(H.failed_record(sample, names, bad, target))
             print(f"  ✗ Failed: {bad}")
             continue
         probs = logits.softmax(0)
@@ -187,7 +170,7 @@ def sample_records(cfg, out, batch, maps, dataset, names, gammas, run_info, done
         if maps["grid"]:
             files["gamma_grid"], _ = H.write_grid(out, idx, rgb[row], {c: m[k] for c, m in maps["grid"].items()},
                                                   f"#{idx}  {names[label]}  →  class {target}")
-        entry = H.sample_record(idx, img_path, label, names, target, probs, logits, rel, files, run_info)
+        entry = H.sample_record(sample, names, target, logits, rel, files, run_info)
         print(f"  ✓ Target class: {target} (label: {label})")
         print(f"  ✓ Saved: {files['overlay']}")
         print(f"  ✓ Saved: {files['comparison']}")
@@ -196,20 +179,20 @@ def sample_records(cfg, out, batch, maps, dataset, names, gammas, run_info, done
     return records
 
 
-def write_outputs(cfg, run, results, coverage, gammas, prep, device, grid):
-    out = run.path
+def write_outputs(cfg, state, results, coverage, choice, grid):
+    out, prep = state.run.path, state.data["dataset"].preprocessing
     grids = [out / r["files"]["gamma_grid"] for r in results if "gamma_grid" in r.get("files", {})]
     if grids:
         render.save_png(render.stack([render.load_png(p) for p in grids]), out / "lrp_gamma_grid_overview.png")
     write_text(out / "lrp_image_paths.txt", "".join(f"{r['img_path']}\n" for r in results if not r.get("error")))
     layers = next((r["gamma_layers"] for r in results if "gamma_layers" in r), [])
-    write_json(out / "config.json", {**cli.config_dict(cfg), "conv_gamma": gammas["conv_gamma"],
-                                     "lin_gamma": gammas["lin_gamma"], "gamma_source": gammas["source"],
+    write_json(out / "config.json", {**cli.config_dict(cfg), "conv_gamma": choice.spec.conv,
+                                     "lin_gamma": choice.spec.lin, "gamma_source": choice.source(str.upper),
                                      "gamma_coverage": coverage, "gamma_layers": layers,
-                                     "preprocessing": prep.to_dict(), "device": str(device)})
+                                     "preprocessing": prep.to_dict(), "device": str(state.device)})
     write_json(out / "lrp_results.json", results)
     write_heatmap_gallery(out, results, cli.config_dict(cfg), coverage, grid_overview=bool(grids))
-    run.finish({f for r in results for f in r["files"].values()} | {"lrp_image_paths.txt", "config.json",
+    state.run.finish({f for r in results for f in r["files"].values()} | {"lrp_image_paths.txt", "config.json",
                "lrp_results.json", "index.html"} | ({"lrp_gamma_grid_overview.png"} if grids else set()))
 
 
@@ -221,7 +204,7 @@ def print_summary(results, gammas, out):
     print("\n" + "=" * 60)
     print(f"Completed! Generated {len(results) - failed}/{len(results)} samples"
           + (f" ({', '.join(kinds)}, see lrp_results.json)" if failed else ""))
-    print(f"Gamma parameters: Conv2d={gammas['conv_gamma']}, Linear={gammas['lin_gamma']}")
+    print(f"Gamma parameters: Conv2d={gammas.conv}, Linear={gammas.lin}")
     print(f"Output directory: {out}")
 
 

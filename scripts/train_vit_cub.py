@@ -36,6 +36,7 @@ import json
 import math
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,8 +53,8 @@ from vitlrp.models import (
     check_image_size,
     check_pretrained,
     default_image_size,
-    read_checkpoint,
     load_pretrained,
+    read_checkpoint,
     save_checkpoint,
     weights_names,
     weights_preprocessing,
@@ -354,11 +355,22 @@ def warn_skipped(figures):
           + (f": {first[0]}" if first else ""))
 
 
-def save_epoch(cfg, trainer, ann, preprocessing, split, paths, row, rows, is_best, best_acc):
+@dataclass
+class Setup:
+    """What a run trains on and writes to: the dataset's annotations, its split, the preprocessing and the paths."""
+
+    ann: object
+    split: object
+    preprocessing: object
+    paths: dict
+
+
+def save_epoch(cfg, trainer, setup, row, rows, is_best, best_acc):
     """The epoch's checkpoints: the best one first (killed in between, the resumed run repeats this epoch and saves
     its best again; the other way round last.pt's best_acc would count a best epoch best.pt never got)."""
+    ann, preprocessing, paths = setup.ann, setup.preprocessing, setup.paths
     meta = dict(epoch=row["epoch"], best_acc=best_acc, config=recorded_config(cfg), summary_row=row,
-                val_split=split.record)
+                val_split=setup.split.record)
     if is_best:
         save_checkpoint(paths["best"], trainer.model, cfg.MODEL, ann.class_names, preprocessing, **meta)
     # the last checkpoint carries the training state --resume needs and the run's summary rows; the best one only
@@ -375,9 +387,10 @@ def epoch_line(cfg, row, figures, is_best):
             f"{row['epoch_seconds']}s" + ("  *best*" if is_best else ""))
 
 
-def train_epochs(cfg, dist, trainer, split, paths, run, rows, resume, ann, preprocessing):
+def train_epochs(cfg, dist, trainer, setup, run, rows, resume):
     """Train to the last epoch of this run, writing checkpoints, summary rows and curves after each epoch;
     returns the last epoch and the figures of the last epoch trained (None if none was)."""
+    split, paths = setup.split, setup.paths
     start = resume["epoch"] + 1 if resume is not None else 1
     last_epoch = cfg.EPOCHS if not cfg.STOP_AFTER else min(cfg.EPOCHS, start - 1 + cfg.STOP_AFTER)
     best_acc = resume["best_acc"] if resume is not None else -1.0
@@ -394,7 +407,7 @@ def train_epochs(cfg, dist, trainer, split, paths, run, rows, resume, ann, prepr
             if epoch == start and row["skipped_images"] != "0":
                 warn_skipped(figures)
             rows.append(row)
-            save_epoch(cfg, trainer, ann, preprocessing, split, paths, row, rows, is_best, best_acc)
+            save_epoch(cfg, trainer, setup, row, rows, is_best, best_acc)
             if resume is None and epoch == start:  # from now on --resume true continues this run
                 mark_resumable(run, paths["ckpt"])
             append_csv_row(paths["out"] / "summary.csv", row, SUMMARY_FIELDS)
@@ -448,7 +461,8 @@ def main(cfg):
         trainer = Trainer(model.to(device), train_set, scored, recipe(cfg), dist, device, resume)
         run = open_output_dir(cfg, held, paths, resume) if dist.is_main else None
         rows = start_outputs(cfg, dist, trainer, split, paths, resume, preprocessing, ann) if dist.is_main else []
-        last_epoch, figures = train_epochs(cfg, dist, trainer, split, paths, run, rows, resume, ann, preprocessing)
+        setup = Setup(ann, split, preprocessing, paths)
+        last_epoch, figures = train_epochs(cfg, dist, trainer, setup, run, rows, resume)
         if dist.is_main:
             report_end(cfg, run, paths, rows, last_epoch, figures)
     dist.close()

@@ -9,7 +9,7 @@ from .batch import Batch
 from .families import family_of
 from .methods import Attribution, create_method
 from .models import build_vit, model_from_checkpoint, read_checkpoint
-from .scoring import ModelForward, ScoreSettings, Scorer
+from .scoring import ModelForward, Scorer, ScoreSettings
 
 # what score() computes by default: the metrics that need nothing but the model, the images and the maps
 DEFAULT_METRICS = ("morf_auc", "lerf_auc", "lerf_minus_morf", "negative_share", "gini", "roughness")
@@ -58,7 +58,7 @@ def score(model, x, maps, target, metrics=DEFAULT_METRICS, settings=None):
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}: choose from {', '.join(M.ALL_METRICS)}")
     param = next(model.parameters())
     forward = ModelForward(model, param.dtype, param.device)
-    n, size = len(x), x.shape[-1]
+    n = len(x)
     raw = {"image": x, "label": torch.zeros(n, dtype=torch.long), "index": torch.arange(n), "error": [""] * n,
            "box": torch.full((n, 4), float("nan")), "parts": torch.zeros(n, 1, 3)}
     b = Batch.of(raw, param.device, forward)

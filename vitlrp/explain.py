@@ -61,7 +61,7 @@ class Explainer(Method):
         return False
 
     @contextmanager
-    def patched(self, attention):
+    def lrp_context(self, attention):
         """The family's LRP patches (and the attention swap) for one batch; the process is plain outside."""
         with ExitStack() as stack:
             stack.enter_context(self.family.lrp_patched(self.lrp_model))
@@ -70,8 +70,8 @@ class Explainer(Method):
             yield
 
     def rule_map(self, gamma):
-        """module name → (module, γ) for every module the Gamma rule goes on (call inside :meth:`patched`): the patch
-        embedding gets the Conv2d γ, every other module its block's Linear γ (the last block's outside them)."""
+        """module name → (module, γ) for every module the Gamma rule goes on (call inside :meth:`lrp_context`): the
+        patch embedding gets the Conv2d γ, every other module its block's Linear γ (the last block's outside them)."""
         model, family = self.lrp_model, self.family
         blocks = family.blocks(model)
         lin = gamma.lin_values(max(len(blocks), 1))
@@ -124,7 +124,7 @@ class Explainer(Method):
 
     def _attribute_one(self, images, target, gamma):
         x = self._input(images)
-        with self.patched(gamma.attention), torch.enable_grad(), self.rules_attached(gamma):
+        with self.lrp_context(gamma.attention), torch.enable_grad(), self.rules_attached(gamma):
             logits = self.family.logits(self.lrp_model(x))
             target = target_index(logits, target)
             (grad,) = torch.autograd.grad(logits.gather(1, target).sum(), x)
@@ -186,7 +186,7 @@ class Explainer(Method):
         for k, g in enumerate(gammas):
             groups.setdefault(g.lin, []).append((k, g.conv))
         maps = [[None] * len(gammas) for _ in targets]
-        with self.patched(gammas[0].attention), torch.enable_grad():
+        with self.lrp_context(gammas[0].attention), torch.enable_grad():
             holders = {name: GammaHolder() for name in self.rule_map(gammas[0])}
             logits, z, conv = self._forward_keeping_patch_output(x, gammas[0], holders)
             if conv is not None:  # the conv rule's |x||W|ᵀ + |b|, once for every conv γ and class below

@@ -6,7 +6,7 @@ from torch.utils.data import Subset
 
 from .cub import CUBDataset, load_cub
 from .errors import UserError
-from .models import check_classes, read_checkpoint, model_from_checkpoint
+from .models import check_classes, model_from_checkpoint, read_checkpoint
 from .training import make_loader
 
 

@@ -73,7 +73,8 @@ def check_pretrained(arch, pretrained):
     if pretrained.lower() == "none" or pretrained in own or Path(pretrained).is_file():
         return pretrained
     if Path(pretrained).is_dir():
-        raise UserError(f"weights file {pretrained} is a folder, not a file: pass the file itself", setting="pretrained")
+        raise UserError(f"weights file {pretrained} is a folder, not a file: pass the file itself",
+                        setting="pretrained")
     owners = ", ".join(a for a in ARCHS if pretrained in weights_names(a))
     choose = f"choose one of {arch}'s {', '.join(own)}, none or a weights file" if own else (
         "choose none or a weights file")

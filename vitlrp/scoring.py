@@ -144,7 +144,6 @@ class Scorer:
             rel[n] = torch.nan_to_num(relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
             empty[n] = (empty_maps(rel[n]) & torch.tensor([not e for e in errors[n]], device=rel[n].device)).cpu()
         curves = self._curves([rel[n] for n in names], {m.needs for m in metrics.values()})
-        device = self.images.device
         view = SimpleNamespace(mask=M.box_mask(self.batch.annotation("box"), self.images.shape[-1]),
                                parts=self.batch.annotation("parts"), tolerance=s.tolerance, patch=s.patch)
         rows, kept = {}, {}

@@ -4,14 +4,14 @@ Checks (one image, one method; the explained class is the prediction or the labe
 
 - ``class_runner_up`` / ``class_random`` (Sixt et al. 2020, "When Explanations Lie: Why Many Modified BP
   Attributions Fail"): the map of the explained class against the map of the runner-up class (the highest other
-  logit) and of a seeded random other class (:func:`~vitlrp.sanity.draws.other_classes`). Rules that lean on positive weights (z⁺, αβ,
+  logit) and of a seeded random other class (:func:`.draws.other_classes`). Rules that lean on positive weights (z⁺, αβ,
   large γ in the limit) converge to the same map for every class.
-- ``randomization`` (Adebayo et al. 2018): cascading top-down randomization of the parameters (:func:`~vitlrp.sanity.randomization.cascade`,
+- ``randomization`` (Adebayo et al. 2018): cascading top-down randomization of the parameters (:func:`.cascade`,
   steps ``head``, ``block_{L-1}`` … ``block_0``, ``embedding``), the original map against each step's map of the
   same class. Binder et al. 2023, "Shortcomings of Top-Down Randomization-Based Sanity Checks for Evaluations of
   Deep Neural Network Explanations", show that the randomized network keeps the scale of its activations and part
   of the input's structure, so this check cannot rank methods finely: read its numbers beside the class check.
-- ``noise`` (the "higher γ, less noise" claim): seeded noisy copies of the model input (:func:`~vitlrp.sanity.draws.noisy_copy`),
+- ``noise`` (the "higher γ, less noise" claim): seeded noisy copies of the model input (:func:`.noisy_copy`),
   their maps against the clean map; a copy whose prediction changes is skipped and counted.
   σ = 0.25 in normalised units (about 6% of a pixel's range) by default: at 0.05 every method but ``random`` keeps
   ρ ≥ 0.99 on the mini-CUB, nothing to tell apart; at 0.25 (200 images) 8 of 600 copies change the prediction and

@@ -3,6 +3,7 @@
 Models are tiny and seeded. torchvision zero-initialises the classifier head (a fresh model's logits are 0 and
 so is every relevance), so the helpers below give the head and every bias random values.
 """
+import contextlib
 import textwrap
 
 import pytest
@@ -13,12 +14,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from torchvision.models.vision_transformer import VisionTransformer
 
-from vitlrp import fastgamma
+from vitlrp import cost, gammarule
 from vitlrp.errors import UserError
 from vitlrp.explain import Explainer
-from vitlrp.gamma import PRESETS, check_gamma
+from vitlrp.families import FAMILIES, register_family
+from vitlrp.families.torchvision import lxt_patched
+from vitlrp.gamma import PRESETS, GammaSpec, check_gamma
 from vitlrp.heatmaps import coverage_line
-from vitlrp.lxtpatch import lxt_patched
+from vitlrp.methods import MethodSettings
 from vitlrp.models import build_vit
 
 TINY = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5)
@@ -34,6 +37,25 @@ def randomize(model, seed=0, bias_std=0.05, head_std=0.1):
                 p.copy_(torch.randn(p.shape, generator=gen) * bias_std)
         model.heads.head.weight.copy_(torch.randn(model.heads.head.weight.shape, generator=gen) * head_std)
     return model.eval()
+
+
+def explainer(model, conv=1.0, lin=0.5, attention=False, dtype=torch.float32, impl="fused"):
+    """The γ-LRP method with the gammas, attention, dtype and implementation given (the tests' short form)."""
+    return Explainer(model, GammaSpec(conv, lin, attention), MethodSettings(dtype, impl))
+
+
+def run(ex, x, target=None):
+    """``(logits, relevance)`` of an entered Explainer."""
+    r = ex.attribute(x, target)
+    return r.logits, r.relevance
+
+
+def many(ex, x, target, settings, also=()):
+    """``(logits, relevance [K, B, H, W], *[K, B, H, W] per further choice of classes)`` of several ``(conv, lin)``
+    settings from :meth:`Explainer.attribute_gammas`."""
+    results = ex.attribute_gammas(x, [target, *also], settings)
+    maps = [torch.stack([r[t].relevance for r in results]) for t in range(1 + len(also))]
+    return (results[0][0].logits, *maps)
 
 
 def tiny_vit(seed=0, dtype=torch.float32, **kwargs):
@@ -75,8 +97,8 @@ def test_forward_logits_unchanged_by_the_rules(impl, gamma_attention):
     with lxt_patched():
         with torch.no_grad():
             patched = model(x)
-        with Explainer(model, 1.0, 0.5, gamma_attention, impl=impl) as ex:
-            logits, relevance = ex(x)
+        with explainer(model, 1.0, 0.5, gamma_attention, impl=impl) as ex:
+            logits, relevance = run(ex, x)
     assert relevance.shape == (3, 32, 32) and relevance.abs().sum() > 0
     if gamma_attention:
         # LinearAttention computes the same attention through nn.Linear + scaled_dot_product_attention
@@ -88,20 +110,128 @@ def test_forward_logits_unchanged_by_the_rules(impl, gamma_attention):
 
 
 # --- presets, gamma = 0, batching, bf16, conservation -----------------------------------------------------
+class TwoLayer(nn.Module):
+    """A two-layer model: a patch-embedding conv (4 px patches of an 8 px image, kernel = stride) and a Linear over
+    the flattened tokens. With ``head_is_attention`` the toy family treats the Linear as an attention projection:
+    γ reaches it only with ``GammaSpec.attention``, as torchvision's attention projections."""
+
+    def __init__(self, seed=0, classes=3, dim=5, head_is_attention=False):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.conv, self.head = nn.Conv2d(3, dim, 4, stride=4), nn.Linear(dim * 4, classes)
+        self.head_is_attention = head_is_attention
+        with torch.no_grad():
+            for p in self.parameters():  # both signs everywhere, biases included
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.ndim == 1 else 1.0))
+        self.double().eval()
+
+    def forward(self, x):
+        return self.head(self.conv(x).flatten(1))
+
+
+class ToyFamily:
+    """The model-family seam for :class:`TwoLayer`: LXT's zennit patch (the Input×Gradient convention), no blocks."""
+
+    name = "toy_two_layer"
+
+    def matches(self, model):
+        return isinstance(model, TwoLayer)
+
+    def lrp_patched(self, model):
+        return lxt_patched()
+
+    def lrp_active(self):
+        return False
+
+    def attention_as_linear(self, model):
+        return contextlib.nullcontext()
+
+    def blocks(self, model):
+        return []
+
+    def gamma_modules(self, model, attention):
+        return {"conv": model.conv, **({"head": model.head} if attention or not model.head_is_attention else {})}
+
+    def patch_embedding(self, model):
+        return model.conv
+
+    def image_size(self, model):
+        return 8
+
+    def patch_size(self, model):
+        return 4
+
+    def num_classes(self, model):
+        return model.head.out_features
+
+    def logits(self, output):
+        return output
+
+
+@pytest.fixture
+def toy_family():
+    family = ToyFamily()
+    register_family(family)
+    yield family
+    FAMILIES.remove(family)
+
+
+def gamma_rule(x, weight, bias, relevance, gamma, eps=1e-6):
+    """zennit's generalized Gamma rule for ``z = x Wᵀ + b`` written out: the input relevance ``[N, in]`` of the
+    output relevance ``[N, out]``. Positive outputs share it in proportion to ``x(W + γW⁺)`` for ``x > 0`` and
+    ``x(W + γW⁻)`` for ``x < 0`` over ``z + γ(x⁺W⁺ᵀ + x⁻W⁻ᵀ + b⁺)``, negative outputs with ``W⁺`` and ``W⁻`` swapped
+    (and ``b⁻``); zennit's stabilizer adds ``ε·sign`` to each denominator."""
+    z = x @ weight.T + bias
+    xp, xn, wp, wn = x.clamp(min=0), x.clamp(max=0), weight.clamp(min=0), weight.clamp(max=0)
+
+    def share(mask, d):
+        return torch.where(mask, relevance / (d + ((d == 0).to(d) + d.sign()) * eps), torch.zeros_like(d))
+
+    s_pos = share(z > 0, z + gamma * (xp @ wp.T + xn @ wn.T + bias.clamp(min=0)))
+    s_neg = share(z < 0, z + gamma * (xp @ wn.T + xn @ wp.T + bias.clamp(max=0)))
+    return (x * ((s_pos + s_neg) @ weight) + gamma * (xp * (s_pos @ wp + s_neg @ wn) + xn * (s_pos @ wn + s_neg @ wp)))
+
+
+@torch.no_grad()
+def replica_map(model, x, target, conv_gamma, head_gamma):
+    """The pixel relevance of :class:`TwoLayer` by hand: ``R = z_target`` at the head, the Gamma rule at the head
+    (``head_gamma`` None: no rule there, i.e. input × gradient), then at each patch of the conv; channels summed."""
+    b, dim = len(x), model.conv.out_channels
+    patches = x.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).reshape(b, 4, 48)  # [B, 2·2, 3·4·4]
+    tokens = model.conv(x).flatten(1)  # [B, D·4], channel-major
+    logits = model.head(tokens)
+    top = torch.zeros_like(logits).scatter(1, target.view(-1, 1), logits.gather(1, target.view(-1, 1)))
+    if head_gamma is None:
+        at_tokens = tokens * (nn.functional.one_hot(target, logits.shape[1]).to(tokens) @ model.head.weight)
+    else:
+        at_tokens = gamma_rule(tokens, model.head.weight, model.head.bias, top, head_gamma)
+    at_tokens = at_tokens.view(b, dim, 4).transpose(1, 2)  # [B, 2·2 patches, D]
+    w, bias = model.conv.weight.reshape(dim, 48), model.conv.bias
+    at_pixels = torch.stack([gamma_rule(patches[:, k], w, bias, at_tokens[:, k], conv_gamma) for k in range(4)], 1)
+    pixels = at_pixels.view(b, 2, 2, 3, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, 8, 8)
+    return pixels.sum(1)
+
+
+def toy_images(n=4, seed=1):
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
-def test_presets_give_clearly_different_maps(impl):
-    model, x = tiny_vit(), images()
-    maps = {}
-    for preset in ("baseline", "balanced"):
-        with Explainer(model, *PRESETS[preset], impl=impl) as ex:
-            maps[preset] = ex(x, torch.tensor([0, 1, 2]))[1]
-    # compare the pictures, not the scale: each map divided by its own peak, as the heatmaps show them
-    a, b = (m / m.abs().amax((1, 2), keepdim=True) for m in (maps["baseline"], maps["balanced"]))
-    diff = ((a - b).norm() / b.norm()).item()
-    corr = pearson(maps["baseline"], maps["balanced"]).tolist()
-    print(f"{impl}: baseline vs balanced, relative L2 difference of peak-normalized maps = {diff:.3f}, "
-          f"Pearson {[round(c, 3) for c in corr]}")
-    assert diff > 0.3
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_equals_a_hand_written_replica_on_a_two_layer_model(toy_family, impl, preset):
+    """Each preset's map is the Gamma rule written out by hand with that preset's Conv2d γ and Linear γ (float64):
+    the maps of the presets differ exactly as their γ say, not merely 'clearly'."""
+    model, x, target = TwoLayer(seed=2), toy_images(), torch.tensor([0, 2, 1, 1])
+    with Explainer(model, preset, MethodSettings(torch.float64, impl)) as ex:
+        r = ex.attribute(x, target)
+        assert ex.gamma_layers() == {"conv": "Conv2d", "head": "Linear"}
+    conv, lin = PRESETS[preset]
+    expected = replica_map(model, x, target, conv, lin)
+    assert expected.abs().amax() > 0
+    torch.testing.assert_close(r.relevance, expected, rtol=0, atol=1e-9 * float(expected.abs().amax()))
+    if preset != "baseline":  # the replica tells the presets apart: another γ is another map
+        other = replica_map(model, x, target, 0.0, 0.0)
+        assert (r.relevance - other).abs().amax() > 1e-3 * float(other.abs().amax())
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -110,8 +240,8 @@ def test_gamma_zero_is_the_plain_patched_gradient(impl):
     target = torch.tensor([3, 1, 4])
     with lxt_patched():
         _, plain = plain_patched_relevance(model, x, target)
-    with Explainer(model, 0.0, 0.0, dtype=torch.float64, impl=impl) as ex:
-        _, relevance = ex(x, target)
+    with explainer(model, 0.0, 0.0, dtype=torch.float64, impl=impl) as ex:
+        _, relevance = run(ex, x, target)
     assert relevance.dtype == torch.float64
     # With γ = 0 the Gamma rule is LRP-0, i.e. the plain gradient, except for zennit's stabilizer: each layer
     # divides by z + 1e-6·sign(z) instead of z, a relative change of 1e-6/|z| that reaches ~1e-3 where a
@@ -119,17 +249,17 @@ def test_gamma_zero_is_the_plain_patched_gradient(impl):
     err = rel_err(relevance, plain)
     print(f"{impl}: gamma=0 vs plain patched Input×Gradient, max |diff| / max |R| = {err:.2e}")
     assert err < 2e-3
-    with Explainer(model, 0.25, 0.25, dtype=torch.float64, impl=impl) as ex:
-        assert rel_err(ex(x, target)[1], plain) > 0.05  # the tolerance above does not hide γ > 0
+    with explainer(model, 0.25, 0.25, dtype=torch.float64, impl=impl) as ex:
+        assert rel_err(run(ex, x, target)[1], plain) > 0.05  # the tolerance above does not hide γ > 0
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_batched_maps_equal_per_image_maps(impl):
     model, x = tiny_vit(), images(4)
     target = torch.tensor([0, 4, 2, 2])
-    with Explainer(model, 1.0, 0.5, impl=impl) as ex:
-        _, batched = ex(x, target)
-        single = torch.cat([ex(x[i:i + 1], target[i:i + 1])[1] for i in range(len(x))])
+    with explainer(model, 1.0, 0.5, impl=impl) as ex:
+        _, batched = run(ex, x, target)
+        single = torch.cat([run(ex, x[i:i + 1], target[i:i + 1])[1] for i in range(len(x))])
     err = rel_err(batched, single)
     print(f"{impl}: batched vs per-image, max |diff| / max |R| = {err:.1e}")
     torch.testing.assert_close(batched, single, rtol=0, atol=2e-6 * single.abs().max().item())
@@ -139,10 +269,10 @@ def test_batched_maps_equal_per_image_maps(impl):
 def test_bf16_maps_correlate_with_fp32(impl):
     model, x = tiny_vit(), images(4)
     target = torch.tensor([0, 1, 2, 3])
-    with Explainer(model, 1.0, 0.5, impl=impl) as ex:
-        logits32, fp32 = ex(x, target)
-    with Explainer(model, 1.0, 0.5, dtype=torch.bfloat16, impl=impl) as ex:
-        logits16, bf16 = ex(x, target)
+    with explainer(model, 1.0, 0.5, impl=impl) as ex:
+        logits32, fp32 = run(ex, x, target)
+    with explainer(model, 1.0, 0.5, dtype=torch.bfloat16, impl=impl) as ex:
+        logits16, bf16 = run(ex, x, target)
         assert next(ex.lrp_model.parameters()).dtype == torch.bfloat16
     assert next(model.parameters()).dtype == torch.float32  # the bf16 copy leaves the model alone
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
@@ -154,8 +284,8 @@ def test_bf16_maps_correlate_with_fp32(impl):
 
 def test_relevance_sum_is_finite_and_tracks_the_logit():
     model, x = tiny_vit(), images()
-    with Explainer(model, 1.0, 0.5, impl="fused") as ex:
-        logits, relevance = ex(x)
+    with explainer(model, 1.0, 0.5, impl="fused") as ex:
+        logits, relevance = run(ex, x)
     explained = logits.max(1).values
     ratio = relevance.sum((1, 2)) / explained
     print(f"random tiny ViT with biases: sum(R) / logit = {[round(r, 3) for r in ratio.tolist()]}")
@@ -177,8 +307,8 @@ def test_relevance_is_conserved_when_nothing_absorbs_it(impl, gamma_attention):
                 p.zero_()
     x = images(dtype=torch.float64)
     for gammas in ((0.0, 0.0), (1.0, 0.5), (10.0, 1.0)):
-        with Explainer(model, *gammas, gamma_attention, torch.float64, impl) as ex:
-            logits, relevance = ex(x)
+        with explainer(model, *gammas, gamma_attention, torch.float64, impl) as ex:
+            logits, relevance = run(ex, x)
         ratio = relevance.sum((1, 2)) / logits.max(1).values
         assert (ratio - 1).abs().max() < 2e-4, (gammas, ratio.tolist())
 
@@ -229,8 +359,8 @@ def test_maps_equal_lxt_reference_recipe(tmp_path):
     for (conv, lin), ref in zip(gammas, refs):
         assert ref["relevance"].abs().sum() > 0
         for impl in IMPLS:
-            with Explainer(model, conv, lin, impl=impl) as ex:
-                logits, relevance = ex(x, target)
+            with explainer(model, conv, lin, impl=impl) as ex:
+                logits, relevance = run(ex, x, target)
             err = rel_err(relevance, ref["relevance"])
             print(f"gamma {conv:g}/{lin:g} {impl}: vs LXT reference, max |diff| / max |R| = {err:.1e} "
                   f"(bit-identical: {torch.equal(relevance, ref['relevance'])})")
@@ -272,7 +402,7 @@ def test_fused_gamma_equals_zennit_on_a_single_layer(kind, gamma):
             z_ref = layer(xz)
             (g_ref,) = torch.autograd.grad(z_ref, xz, grad_out)
     xf = x.clone().requires_grad_(True)
-    with fastgamma.gamma_rules({layer: gamma}):
+    with gammarule.gamma_rules({layer: gamma}):
         z = layer(xf)
         (g,) = torch.autograd.grad(z, xf, grad_out)
     assert "forward" not in layer.__dict__  # the fused forward is removed again
@@ -288,11 +418,11 @@ def test_fused_equals_zennit_on_a_whole_vit_in_float64(gamma_attention):
     target = torch.tensor([1, 3, 0])
     maps = {}
     for impl in IMPLS:
-        with Explainer(model, 1.0, 0.5, gamma_attention, torch.float64, impl) as ex:
-            logits, maps[impl] = ex(x, target)
+        with explainer(model, 1.0, 0.5, gamma_attention, torch.float64, impl) as ex:
+            logits, maps[impl] = run(ex, x, target)
     assert maps["fused"].dtype == torch.float64
     err = rel_err(maps["fused"], maps["zennit"])
-    print(f"gamma_attention={gamma_attention}: fused vs zennit in float64, max |diff| / max |R| = {err:.1e}")
+    print(f"attention={gamma_attention}: fused vs zennit in float64, max |diff| / max |R| = {err:.1e}")
     assert err < 1e-12
 
 def test_fused_weight_cache_follows_changed_weights():
@@ -303,22 +433,22 @@ def test_fused_weight_cache_follows_changed_weights():
     fc = model.encoder.layers[1].mlp[0]
 
     def zennit_map():
-        with Explainer(model, 1.0, 0.5, True, torch.float64, "zennit") as ref:
-            return ref(x, target)[1]
+        with explainer(model, 1.0, 0.5, True, torch.float64, "zennit") as ref:
+            return run(ref, x, target)[1]
 
-    with Explainer(model, 1.0, 0.5, True, torch.float64, "fused") as ex:
-        first = ex(x, target)[1]
+    with explainer(model, 1.0, 0.5, True, torch.float64, "fused") as ex:
+        first = run(ex, x, target)[1]
         entries = len(ex._abs_weights)
         assert entries > 0 and rel_err(first, zennit_map()) < 1e-12
         with torch.no_grad():
             fc.weight.mul_(-2.0)  # in place: the cached |W| of this layer is stale now
-        inside = ex(x, target)[1]
+        inside = run(ex, x, target)[1]
         assert len(ex._abs_weights) == entries  # one entry per weight and bias, not one per call
     assert ex._abs_weights is None  # dropped with the context
     assert rel_err(inside, first) > 1e-2 and rel_err(inside, zennit_map()) < 1e-12
     fc.weight.data.copy_(fc.weight.data.flip(0))  # a write the version counter does not see ...
-    with Explainer(model, 1.0, 0.5, True, torch.float64, "fused") as ex:
-        between = ex(x, target)[1]  # ... yet a new context starts with an empty cache
+    with explainer(model, 1.0, 0.5, True, torch.float64, "fused") as ex:
+        between = run(ex, x, target)[1]  # ... yet a new context starts with an empty cache
     assert rel_err(between, inside) > 1e-2 and rel_err(between, zennit_map()) < 1e-12
 
 
@@ -346,13 +476,13 @@ def test_flop_ceiling_counts_the_products_autograd_runs(gamma_attention):
     from vitlrp.methods.gradients import input_x_gradient
 
     model, x = tiny_vit(seed=2), images(2, seed=3)
-    with Explainer(model, 1.0, 0.5, gamma_attention, impl="fused") as ex:
+    with explainer(model, 1.0, 0.5, gamma_attention, impl="fused") as ex:
         layers = ex.gamma_layers()
         with ProductCounter() as lrp:
-            ex(x, None)
+            run(ex, x, None)
     with ProductCounter() as ixg:
         input_x_gradient(model, x)
-    ceiling = fastgamma.flop_ceiling(model, layers)
+    ceiling = cost.flop_ceiling(model, layers)
     assert ceiling["gamma_layers"] == (10 if gamma_attention else 6)  # conv, 2 x (fc1, fc2 [, v, out]), head
     assert ixg.flops == 2 * (ceiling["input_x_gradient_flops"] - ceiling["attention_flops"])
     assert lrp.flops == 2 * (ceiling["fused_gamma_lrp_flops"] - ceiling["attention_flops"])
@@ -391,16 +521,16 @@ def test_lxt_patch_restored_after_explaining_and_after_errors(impl):
 
     seen = []
     spy = model.heads.head.register_forward_pre_hook(lambda m, a: seen.append(nn.LayerNorm.forward))
-    with Explainer(model, 1.0, 0.5, gamma_attention=True, impl=impl) as ex:
-        ex(x)
+    with explainer(model, 1.0, 0.5, attention=True, impl=impl) as ex:
+        run(ex, x)
         spy.remove()
         assert seen and seen[-1] is not original[("LayerNorm", "forward")]  # patched while explaining
         assert _patch_state() == original  # ... and only then
         with pytest.raises(KeyError, match="inside the block"):
             raise KeyError("inside the block")
     with pytest.raises(ZeroDivisionError):
-        with Explainer(model, 1.0, 0.5, gamma_attention=True, impl=impl) as ex:
-            ex(x)
+        with explainer(model, 1.0, 0.5, attention=True, impl=impl) as ex:
+            run(ex, x)
             1 / 0
     assert _patch_state() == original
 
@@ -408,9 +538,9 @@ def test_lxt_patch_restored_after_explaining_and_after_errors(impl):
         raise RuntimeError("boom in the forward")
 
     handle = model.encoder.layers[1].mlp.register_forward_pre_hook(explode)
-    with Explainer(model, 1.0, 0.5, gamma_attention=True, impl=impl) as ex:
+    with explainer(model, 1.0, 0.5, attention=True, impl=impl) as ex:
         with pytest.raises(RuntimeError, match="boom"):
-            ex(x)  # fails mid-forward: patches, attention swap, rules and hooks must all be undone
+            run(ex, x)  # fails mid-forward: patches, attention swap, rules and hooks must all be undone
     handle.remove()
     assert _patch_state() == original
     for name, module in model.named_modules():
@@ -431,16 +561,16 @@ def test_lxt_patch_restored_after_explaining_and_after_errors(impl):
 
 def test_explainer_call_leaves_inputs_alone_and_broadcasts_one_target():
     model, x = tiny_vit(), images()
-    with Explainer(model, impl="fused") as ex:
-        _, by_row = ex(x, torch.tensor([2, 2, 2]))
+    with explainer(model, impl="fused") as ex:
+        _, by_row = run(ex, x, torch.tensor([2, 2, 2]))
         assert not x.requires_grad  # the caller's tensor is not turned into a grad-requiring leaf
-        _, one = ex(x, 2)
+        _, one = run(ex, x, 2)
         assert torch.equal(one, by_row)
         assert (one.abs().sum((1, 2)) > 0).all()
         with pytest.raises(ValueError, match="2 entries"):
-            ex(x, torch.tensor([1, 2]))
+            run(ex, x, torch.tensor([1, 2]))
     with pytest.raises(RuntimeError, match="with"):
-        ex(x)
+        run(ex, x)
 
 
 # --- where γ acts -----------------------------------------------------------------------------------------
@@ -449,12 +579,12 @@ def test_gamma_layers_lists_where_gamma_acts():
     blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(TINY["num_layers"])]
     base = {"conv_proj": "Conv2d", "heads.head": "Linear"}
     base.update({f"{b}.mlp.{j}": "Linear" for b in blocks for j in (0, 3)})
-    with Explainer(model, 1.0, 0.5, gamma_attention=False) as ex:
+    with explainer(model, 1.0, 0.5, attention=False) as ex:
         assert ex.gamma_layers() == base
         assert "attention projections get LRP-0" in coverage_line(ex)
     # out_proj is torch's NonDynamicallyQuantizableLinear, an nn.Linear subclass
     attn = {f"{b}.self_attention.{p}": "Linear" for b in blocks for p in ("v_proj", "out_proj")}
-    with Explainer(model, 1.0, 0.5, gamma_attention=True, impl="fused") as ex:
+    with explainer(model, 1.0, 0.5, attention=True, impl="fused") as ex:
         # q/k are detached in CP-LRP: they carry no relevance, so the rule never acts on them
         layers = ex.gamma_layers()
         assert set(layers) == set(base) | set(attn)
@@ -464,23 +594,39 @@ def test_gamma_layers_lists_where_gamma_acts():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_gamma_attention_changes_the_map_not_the_logits(impl):
+def test_gamma_attention_puts_the_linear_gamma_on_the_projections_and_nothing_else(toy_family, impl):
+    """With ``attention`` the Linear γ reaches the family's attention projections, and only that changes: on a
+    two-layer model whose Linear the family calls an attention projection, the map without ``attention`` is the
+    replica with no rule there (input × gradient), with it the replica with the Linear γ; the logits stay."""
+    model, x, target = TwoLayer(seed=3, head_is_attention=True), toy_images(seed=4), torch.tensor([1, 0, 2, 2])
+    out = {}
+    for attention in (False, True):
+        with Explainer(model, GammaSpec(1.0, 0.5, attention), MethodSettings(torch.float64, impl)) as ex:
+            out[attention] = ex.attribute(x, target)
+            assert set(ex.gamma_layers()) == ({"conv", "head"} if attention else {"conv"})
+    for attention, head_gamma in ((False, None), (True, 0.5)):
+        expected = replica_map(model, x, target, 1.0, head_gamma)
+        torch.testing.assert_close(out[attention].relevance, expected, rtol=0,
+                                   atol=1e-9 * float(expected.abs().amax()))
+    assert torch.equal(out[True].logits, out[False].logits)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gamma_attention_leaves_the_logits_and_at_gamma_zero_the_map(impl):
+    """On torchvision's ViT the routed attention computes the same logits, and at γ = 0 the same map: the value and
+    output projections then get LRP-0, their gradient up to zennit's 1e-6 stabilizer (see
+    test_gamma_zero_is_the_plain_patched_gradient)."""
     model, x = tiny_vit(), images()
     target = torch.tensor([0, 1, 2])
     out = {}
     for ga in (False, True):
-        with Explainer(model, 1.0, 0.5, ga, impl=impl) as ex:
-            out[ga] = ex(x, target)
+        with explainer(model, 1.0, 0.5, ga, impl=impl) as ex:
+            out[ga] = run(ex, x, target)
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-5)
-    diff = ((out[True][1] - out[False][1]).norm() / out[False][1].norm()).item()
-    print(f"{impl}: gamma_attention changes the map by {diff:.3f} (relative L2)")
-    assert diff > 0.05
-    # at γ = 0 the routing alone changes nothing: the value/output projections then get LRP-0, which is their
-    # gradient up to zennit's 1e-6 stabilizer (see test_gamma_zero_is_the_plain_patched_gradient)
-    with Explainer(model, 0.0, 0.0, True, impl=impl) as ex:
-        routed = ex(x, target)[1]
-    with Explainer(model, 0.0, 0.0, False, impl=impl) as ex:
-        plain = ex(x, target)[1]
+    with explainer(model, 0.0, 0.0, True, impl=impl) as ex:
+        routed = run(ex, x, target)[1]
+    with explainer(model, 0.0, 0.0, False, impl=impl) as ex:
+        plain = run(ex, x, target)[1]
     torch.testing.assert_close(routed, plain, rtol=0, atol=2e-3 * plain.abs().max().item())
 
 
@@ -490,15 +636,15 @@ def test_check_gamma_rejects_bad_values(bad):
     with pytest.raises(UserError, match="CONV_GAMMA must be a finite number >= 0"):
         check_gamma("CONV_GAMMA", bad)
     with pytest.raises(UserError):
-        Explainer(nn.Linear(1, 1), conv_gamma=bad)
+        explainer(nn.Linear(1, 1), conv=bad)
 
 
 def test_check_gamma_accepts_and_the_presets_are_the_seeds():
     assert check_gamma("LIN_GAMMA", 0) == 0.0 and isinstance(check_gamma("LIN_GAMMA", 3), float)
     assert check_gamma("LIN_GAMMA", 0.25) == 0.25
     assert PRESETS["balanced"] == (1.0, 0.5) and PRESETS["aggressive"] == (10.0, 1.0)
-    with pytest.raises(ValueError, match="impl"):
-        Explainer(nn.Linear(1, 1), impl="fast")
+    with pytest.raises(UserError, match="impl must be one of fused, zennit, got 'fast'"):
+        explainer(nn.Linear(1, 1), impl="fast")
 
 
 # --- the real size ----------------------------------------------------------------------------------------
@@ -507,8 +653,8 @@ def test_vit_b16_real_size_on_cpu():
     torch.manual_seed(0)
     model = randomize(build_vit("vit_b_16", 200), seed=0, bias_std=0.02)
     x = images(1, seed=2, size=224)
-    with Explainer(model, 1.0, 0.5, impl="fused") as ex:
-        logits, relevance = ex(x)
+    with explainer(model, 1.0, 0.5, impl="fused") as ex:
+        logits, relevance = run(ex, x)
     assert logits.shape == (1, 200) and relevance.shape == (1, 224, 224)
     assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0
     print(f"ViT-B/16: sum(R) = {relevance.sum():.3g} for logit {logits.max():.3g}")
@@ -517,8 +663,8 @@ def test_vit_b16_real_size_on_cpu():
     model.encoder.layers = model.encoder.layers[:2]
     maps = {}
     for impl in IMPLS:
-        with Explainer(model, 1.0, 0.5, impl=impl) as ex:
-            maps[impl] = ex(x, logits.argmax(1))[1]
+        with explainer(model, 1.0, 0.5, impl=impl) as ex:
+            maps[impl] = run(ex, x, logits.argmax(1))[1]
     err = rel_err(maps["fused"], maps["zennit"])
     print(f"ViT-B/16 (2 blocks): fused vs zennit, max |diff| / max |R| = {err:.1e}")
     assert err < 1e-4
@@ -531,8 +677,8 @@ def test_conv_gamma_moves_relevance_within_patches_not_between_them():
     from vitlrp import metrics as M
 
     model, x = tiny_vit(), images(4)
-    with Explainer(model, impl="fused") as ex:
-        _, maps = ex.explain_many(x, None, [(0.0, 0.5), (1.0, 0.5), (100.0, 0.5)])
+    with explainer(model, impl="fused") as ex:
+        _, maps = many(ex, x, None, [(0.0, 0.5), (1.0, 0.5), (100.0, 0.5)])
     patches = [M.patch_scores(m, 8) for m in maps]
     for k in (1, 2):
         assert pearson(patches[0][:, :, None], patches[k][:, :, None]).min() > 0.99

@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 from conftest import error_lines, run_script_inprocess
-from test_explain import images, rel_err, tiny_vit
+from test_explain import explainer, images, rel_err, run, tiny_vit
+from test_explain import many as explain_many
 from torch import nn
 
-from vitlrp import fastgamma
+from vitlrp import gammarule
 from vitlrp import sweep as S
 from vitlrp.errors import UserError
-from vitlrp.explain import Explainer
-from vitlrp.gamma import parse_schedule, schedule_text, schedule_values
-from vitlrp.lxtpatch import lxt_patched
+from vitlrp.families.torchvision import lxt_patched
+from vitlrp.gamma import GammaSpec, parse_schedule, schedule_text, schedule_values
 from vitlrp.metrics import METRICS
 
 
@@ -45,8 +45,8 @@ def test_a_schedule_equals_per_module_gammas_set_by_hand(impl):
 
     model, x = tiny_vit(seed=3, dtype=torch.float64, num_layers=3), images(3, seed=4, dtype=torch.float64)
     target = torch.tensor([0, 2, 4])
-    with Explainer(model, 0.25, "linear:1:0", dtype=torch.float64, impl=impl) as ex:
-        _, maps = ex(x, target)
+    with explainer(model, 0.25, "linear:1:0", dtype=torch.float64, impl=impl) as ex:
+        _, maps = run(ex, x, target)
     by_hand = {"conv_proj": 0.25, "heads.head": 0.0}
     for i, g in enumerate((1.0, 0.5, 0.0)):
         block = f"encoder.layers.encoder_layer_{i}"  # out_proj is never called as a module (F.linear): no effect
@@ -58,15 +58,15 @@ def test_a_schedule_equals_per_module_gammas_set_by_hand(impl):
         if impl == "zennit":
             rules = NameMapComposite([((name,), Gamma(g)) for name, g in by_hand.items()]).context(model)
         else:
-            rules = fastgamma.gamma_rules({modules[name]: g for name, g in by_hand.items()})
+            rules = gammarule.gamma_rules({modules[name]: g for name, g in by_hand.items()})
         with rules:
             (grad,) = torch.autograd.grad(model(xr).gather(1, target[:, None]).sum(), xr)
     ref = (x * grad).sum(1)
     err = rel_err(maps, ref)
     print(f"{impl}: schedule vs per-module γ by hand, max |diff| / max |R| = {err:.1e}")
     assert err < 1e-13
-    with Explainer(model, 0.25, 0.5, dtype=torch.float64, impl=impl) as ex:  # and a schedule is not a constant
-        assert rel_err(ex(x, target)[1], ref) > 1e-3
+    with explainer(model, 0.25, 0.5, dtype=torch.float64, impl=impl) as ex:  # and a schedule is not a constant
+        assert rel_err(run(ex, x, target)[1], ref) > 1e-3
 
 
 # --- one forward, many γ ----------------------------------------------------------------------------------
@@ -79,13 +79,13 @@ def test_shared_forward_maps_equal_separate_runs(dtype, tol):
     target = torch.tensor([1, 3, 0])
     calls = []
     hook = model.register_forward_hook(lambda *a: calls.append(1))
-    with Explainer(model, dtype=dtype, impl="fused") as ex:
-        logits, many = ex.explain_many(x, target, SETTINGS)
+    with explainer(model, dtype=dtype, impl="fused") as ex:
+        logits, many = explain_many(ex, x, target, SETTINGS)
     hook.remove()
     assert len(calls) == 1 and many.shape == (len(SETTINGS), 3, 32, 32)  # one forward for 12 settings
     for k, (conv, lin) in enumerate(SETTINGS):
-        with Explainer(model, conv, lin, dtype=dtype, impl="fused") as ex:
-            ref_logits, ref = ex(x, target)
+        with explainer(model, conv, lin, dtype=dtype, impl="fused") as ex:
+            ref_logits, ref = run(ex, x, target)
         assert torch.equal(logits, ref_logits)
         assert rel_err(many[k], ref) < tol, (conv, lin, rel_err(many[k], ref))
     assert rel_err(many[0], many[-1]) > 1e-2  # the settings do differ
@@ -93,11 +93,11 @@ def test_shared_forward_maps_equal_separate_runs(dtype, tol):
 
 def test_zennit_explain_many_falls_back_to_separate_runs():
     model, x = tiny_vit(seed=5, num_layers=3), images(2, seed=6)
-    with Explainer(model, 1.0, 0.5, impl="zennit") as ex:
-        _, many = ex.explain_many(x, None, SETTINGS[:4])
-        assert (ex.conv_gamma, ex.lin_gamma) == (1.0, 0.5)  # restored
-    with Explainer(model, *SETTINGS[3], impl="zennit") as ex:
-        assert torch.equal(many[3], ex(x, None)[1])
+    with explainer(model, 1.0, 0.5, impl="zennit") as ex:
+        _, many = explain_many(ex, x, None, SETTINGS[:4])
+        assert ex.gamma == GammaSpec(1.0, 0.5)  # its own setting is untouched
+    with explainer(model, *SETTINGS[3], impl="zennit") as ex:
+        assert torch.equal(many[3], run(ex, x, None)[1])
 
 
 # --- surfaces, Pareto front, recommendation ---------------------------------------------------------------
@@ -116,7 +116,8 @@ def fake_summary(values):
 def test_grid_surface_pareto_and_recommendation():
     cells, rows = S.grid([0, 1], [0, 0.5], ["linear:0.5:0"])
     assert rows == ["0", "0.5", "linear:0.5:0"] and len(cells) == 6
-    assert cells[0] == (0.0, "0") and cells[-1] == (1.0, "linear:0.5:0")
+    assert cells[0] == GammaSpec(0.0, 0.0) and cells[-1] == GammaSpec(1.0, "linear:0.5:0")
+    assert cells[-1].name == "gamma:1:linear:0.5:0"
     values = {"gamma:0:0": (0.5, 0.8, 0.3), "gamma:1:0": (0.4, 0.9, 0.1), "gamma:0:0.5": (0.3, 0.7, 0.4),
               "gamma:1:0.5": (0.45, 0.85, 0.05), "gamma:0:linear:0.5:0": (0.5, 0.8, 0.3),
               "gamma:1:linear:0.5:0": (0.2, 0.6, 0.5)}
@@ -130,7 +131,7 @@ def test_grid_surface_pareto_and_recommendation():
     sums = S.rank_sums(summary)
     assert sums["gamma:1:0.5"] == 3 + 2 + 1 and sums["gamma:0:0"] == 1 + 3 + 3 and sums["gamma:1:0"] == 4 + 1 + 2
     assert S.recommend(summary) == "gamma:1:0.5"
-    doc = S.best_gamma_doc(summary, cells, {"baseline": (0.0, 0.0), "other": (10.0, 1.0)})
+    doc = S.best_gamma_doc(summary, cells, {"baseline": GammaSpec(0.0, 0.0), "other": GammaSpec(10.0, 1.0)})
     assert doc["recommended"]["conv_gamma"] == 1.0 and doc["recommended"]["lin_gamma"] == 0.5
     assert doc["best"]["box_share"]["method"] == "gamma:1:0"
     assert doc["best"]["negative_share"]["method"] == "gamma:1:0.5"
@@ -146,9 +147,9 @@ def sweep_rows(values):
 def test_the_recommendation_passes_the_class_check():
     good = {"lerf_minus_morf": 0.3, "box_share": 0.7, "negative_share": 0.2, "class_sensitivity": 0.8}
     shiny = {"lerf_minus_morf": 0.5, "box_share": 0.9, "negative_share": 0.0, "class_sensitivity": 0.2}  # |ρ| 0.8
-    cells = [(0.0, "0"), (1.0, "0")]
+    cells = [GammaSpec(0.0, "0"), GammaSpec(1.0, "0")]
     found = S.conclude(sweep_rows({"gamma:0:0": good, "gamma:1:0": shiny}), ["gamma:0:0", "gamma:1:0"], cells, 4,
-                       {"baseline": (0.0, 0.0)})
+                       {"baseline": GammaSpec.preset("baseline")})
     # the class-insensitive cell dominates every objective and still is not recommended
     assert found["class_failed"] == ["gamma:1:0"] and found["front"] == ["gamma:0:0"]
     rec = found["doc"]["recommended"]
@@ -167,39 +168,39 @@ def test_the_recommendation_passes_the_class_check():
 def test_a_cell_that_fails_on_every_image_is_reported_not_fatal():
     rows = sweep_rows({"gamma:0:0": {"class_sensitivity": 0.9}})
     rows += [{"method": "gamma:1:0", "sample_idx": i, "error": "non-finite map: ...", "empty": 0} for i in range(4)]
-    found = S.conclude(rows, ["gamma:0:0", "gamma:1:0"], [(0.0, "0"), (1.0, "0")], 4, {})
+    found = S.conclude(rows, ["gamma:0:0", "gamma:1:0"], [GammaSpec(0.0, "0"), GammaSpec(1.0, "0")], 4, {})
     assert found["failed_cells"] == ["gamma:1:0"] and found["failed"] == [] and found["n_ok"] == 4
     assert found["doc"]["recommended"]["method"] == "gamma:0:0"
     assert any("gave no finite map on any image" in line and "gamma:1:0" in line for line in S.failure_lines(found))
     with pytest.raises(UserError, match="no image could be scored in any cell"):
-        S.conclude(rows[4:], ["gamma:1:0"], [(1.0, "0")], 4, {})
+        S.conclude(rows[4:], ["gamma:1:0"], [GammaSpec(1.0, "0")], 4, {})
 
 
 def test_read_gamma_file(tmp_path):
     path = tmp_path / "best_gamma.json"
     path.write_text(json.dumps({"recommended": {"conv_gamma": 1.0, "lin_gamma": "linear:0.5:0"},
                                 "best": {"box_share": {"conv_gamma": 100.0, "lin_gamma": 0.0}}}))
-    assert S.read_gamma_file(path) == (1.0, "linear:0.5:0")
-    assert S.read_gamma_file(f"{path}#box_share") == (100.0, 0.0)
+    assert GammaSpec.from_file(path) == GammaSpec(1.0, "linear:0.5:0")
+    assert GammaSpec.from_file(f"{path}#box_share") == GammaSpec(100.0, 0.0)
     with pytest.raises(UserError, match="choose recommended, box_share"):
-        S.read_gamma_file(f"{path}#gini")
+        GammaSpec.from_file(f"{path}#gini")
     with pytest.raises(UserError, match="missing.json does not exist") as info:
-        S.read_gamma_file(tmp_path / "missing.json")
+        GammaSpec.from_file(tmp_path / "missing.json")
     assert info.value.fix == "gamma_file"
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UserError, match="not a readable best_gamma.json"):
-        S.read_gamma_file(tmp_path / "bad.json")
+        GammaSpec.from_file(tmp_path / "bad.json")
 
 
 def test_a_folder_as_gamma_file_is_named_a_folder(tmp_path):
     folder = tmp_path / "sweep"
     folder.mkdir()
     with pytest.raises(UserError) as info:
-        S.read_gamma_file(folder)
-    assert str(info.value) == f"GAMMA_FILE {folder} is a folder, not a best_gamma.json file"
+        GammaSpec.from_file(folder)
+    assert str(info.value) == f"gamma_file {folder} is a folder, not a best_gamma.json file"
     (folder / "best_gamma.json").write_text("{}")
     with pytest.raises(UserError, match=r"is a folder, not a best_gamma.json file \(it holds one: pass that file\)"):
-        S.read_gamma_file(f"{folder}#box_share")
+        GammaSpec.from_file(f"{folder}#box_share")
 
 
 # --- the script, end to end -------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ from torch import nn
 
 from vitlrp import methods
 from vitlrp.errors import UserError
-from vitlrp.methods import MethodRunner, Options, parse_method
+from vitlrp.methods import Method, MethodSettings, create_method, parse_method
 from vitlrp.methods.attention import attention_recorded
+from vitlrp.methods.registry import requirement
 
 PLAIN = [n for n in methods.names() if n != "gamma"]  # every method of the plain model
 TARGET = torch.tensor([0, 3, 1])
@@ -27,8 +28,9 @@ TARGET = torch.tensor([0, 3, 1])
 
 def explain(name, model, x, target, seed=0, ids=None):
     """``(logits, maps)`` of a method by name, as the scripts run it."""
-    with MethodRunner(parse_method(name), model, Options(seed=seed)) as runner:
-        return runner(x, target, ids)
+    with create_method(name, model, MethodSettings(seed=seed)) as method:
+        r = method.attribute(x, target, ids)
+        return r.logits, r.relevance
 
 
 # --- an explicit forward of one image ----------------------------------------------------------------------------
@@ -207,13 +209,13 @@ def test_lxt_patches_are_off_while_the_peers_run(model_x):
     handles = [m.register_forward_pre_hook(probe) for m in model.modules()
                if isinstance(m, (nn.GELU, nn.LayerNorm, nn.MultiheadAttention))]
     try:
-        with MethodRunner(parse_method("baseline"), model) as lrp:
-            lrp(x, TARGET)  # LXT patched the classes during this call
+        with create_method("baseline", model) as lrp:
+            lrp.attribute(x, TARGET)  # LXT patched the classes during this call
             assert seen and not all(seen)  # the probe does see patches when they are there
             for name in PLAIN:
                 seen.clear()
-                with MethodRunner(parse_method(name), model) as runner:
-                    runner(x, TARGET)
+                with create_method(name, model) as method:
+                    method.attribute(x, TARGET)
                 assert seen and all(seen), name
     finally:
         for h in handles:
@@ -221,7 +223,7 @@ def test_lxt_patches_are_off_while_the_peers_run(model_x):
 
 
 def test_inside_lxt_patched_is_refused(model_x):
-    from vitlrp.lxtpatch import lxt_patched
+    from vitlrp.families.torchvision import lxt_patched
 
     model, x = model_x
     with lxt_patched(), pytest.raises(RuntimeError, match="plain model"):
@@ -230,9 +232,17 @@ def test_inside_lxt_patched_is_refused(model_x):
 
 def test_missing_package_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "captum.attr", None)  # import captum.attr now raises ImportError
-    with pytest.raises(UserError, match=r"method smoothgrad needs the captum package.*pip install captum==0\.9\.0"):
+    with pytest.raises(UserError, match=r"method smoothgrad needs the captum package.*pip install captum"):
         parse_method("smoothgrad")
     parse_method("rollout")  # no package needed
+
+
+def test_a_missing_package_is_named_with_the_pin_of_vitlrps_metadata(monkeypatch):
+    """The pins live in pyproject.toml alone: the message reads them from the installed package's metadata."""
+    monkeypatch.setattr("importlib.metadata.requires", lambda dist: ["torch==2.14.1", "captum==0.9.0",
+                                                                     "grad-cam==1.5.7; extra == 'x'"])
+    assert requirement("captum") == "captum==0.9.0" and requirement("grad-cam") == "grad-cam==1.5.7"
+    assert requirement("nosuch") == "nosuch"
 
 
 def test_failing_package_is_one_line(model_x, monkeypatch):
@@ -248,7 +258,7 @@ def test_failing_package_is_one_line(model_x, monkeypatch):
 
 def test_parse_method_knows_every_registered_method():
     for name in PLAIN:
-        assert parse_method(name).spec.name == name and parse_method(name).family != "lrp"
+        assert parse_method(name).entry.name == name and parse_method(name).family != "lrp"
         with pytest.raises(UserError):
             parse_method(name + "+attn")
 
@@ -344,19 +354,23 @@ def test_heatmap_grid_takes_any_method(trained_tiny, tmp_path):
 # --- the registry -----------------------------------------------------------------------------------------------
 
 
-def centre_map(model, images, target, ids, method, options):
+class CentreMap(Method):
     """A toy method: all relevance on the central quarter of the image."""
-    with torch.no_grad():
-        logits = model(images)
-    size = images.shape[-1]
-    maps = torch.zeros(len(images), size, size)
-    maps[:, size // 4:3 * size // 4, size // 4:3 * size // 4] = 1.0
-    return logits, maps
+
+    signed = False
+    class_specific = False
+
+    def compute(self, images, target, ids):
+        with torch.no_grad():
+            logits = self.model(images)
+        size = images.shape[-1]
+        maps = torch.zeros(len(images), size, size)
+        maps[:, size // 4:3 * size // 4, size // 4:3 * size // 4] = 1.0
+        return logits, maps
 
 
 def test_a_method_registered_in_one_place_reaches_help_and_a_run(trained_tiny, tmp_path):
-    methods.register("toy_centre", "baselines", "a toy: the central quarter of the image", function=centre_map,
-                     signed=False, class_specific=False)
+    methods.register("toy_centre", "baselines", "a toy: the central quarter of the image")(CentreMap)
     try:
         code, stdout, _ = run_script_inprocess("evaluate_lrp", "--help")
         assert code == 0 and "toy_centre: a toy: the central quarter of the image" in stdout
@@ -367,7 +381,7 @@ def test_a_method_registered_in_one_place_reaches_help_and_a_run(trained_tiny, t
         assert len(rows) == 4 and all(r["error"] == "" for r in rows)
         assert all(float(r["negative_share"]) == 0 for r in rows)  # the toy's map has no negative relevance
         with pytest.raises(ValueError, match="registered twice"):
-            methods.register("toy_centre", "baselines", "again", function=centre_map)
+            methods.register("toy_centre", "baselines", "again")(CentreMap)
     finally:
         methods.unregister("toy_centre")
     with pytest.raises(UserError, match="unknown method 'toy_centre'"):
@@ -382,22 +396,25 @@ def test_the_same_method_under_two_names_is_refused():
     assert len(methods.parse_methods(["balanced", "balanced+attn", "gamma:1:0.25"], "METHODS")) == 3
 
 
-def test_a_method_set_equals_separate_runs(model_x):
-    """γ methods share one forward (and backwards) in a MethodSet; the maps equal each method run on its own."""
+def test_methods_together_equal_separate_runs(model_x):
+    """γ methods share one forward (and backwards) in attribute_all; the maps equal each method run on its own."""
     model, x = model_x
     chosen = methods.parse_methods(["baseline", "balanced", "aggressive", "very_aggressive", "balanced+attn",
                                     "random", "gae"], "METHODS")
     other = torch.tensor([1, 0, 4])
-    with methods.MethodSet(chosen, model, Options(seed=2)) as together:
-        out = together(x, [TARGET, other], ids=[5, 6, 7])
+    opened = [m.create(model, MethodSettings(seed=2)) for m in chosen]
+    for m in opened:
+        m.__enter__()
+    out = methods.attribute_all(opened, x, [TARGET, other], ids=[5, 6, 7])
     assert list(out) == [m.name for m in chosen]
     for m in chosen:
-        logits, maps = out[m.name]
-        assert len(maps) == 2
-        for target, joint in zip((TARGET, other), maps):
+        results = out[m.name]
+        assert len(results) == 2
+        for target, joint in zip((TARGET, other), results):
             alone_logits, alone = explain(m.name, model, x, target, seed=2, ids=[5, 6, 7])
-            torch.testing.assert_close(joint, alone, rtol=1e-4, atol=1e-6 * float(alone.abs().max()))
-            torch.testing.assert_close(logits, alone_logits, rtol=1e-5, atol=1e-6)
+            assert torch.equal(joint.target, target)
+            torch.testing.assert_close(joint.relevance, alone, rtol=1e-4, atol=1e-6 * float(alone.abs().max()))
+            torch.testing.assert_close(joint.logits, alone_logits, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("script", ["evaluate_lrp", "test_vit_forward", "shortcut_pairs", "sanity_checks"])
@@ -408,15 +425,15 @@ def test_the_sampling_methods_costs_are_settings_of_every_script_that_runs_them(
 
 def test_ig_steps_and_smoothgrad_samples_reach_the_methods(model_x):
     model, x = model_x
-    few, many = (explain_with(model, x, "integrated_gradients", Options(ig_steps=n)) for n in (2, 32))
+    few, many = (explain_with(model, x, "integrated_gradients", MethodSettings(ig_steps=n)) for n in (2, 32))
     assert not torch.allclose(few, many)
     with torch.no_grad():
         gap = (model(x) - model(torch.zeros_like(x))).gather(1, TARGET.view(-1, 1))[:, 0]
     assert (many.sum((1, 2)) - gap).abs().mean() < (few.sum((1, 2)) - gap).abs().mean()  # more steps, closer
-    one, two = (explain_with(model, x, "smoothgrad", Options(smoothgrad_samples=n)) for n in (1, 2))
+    one, two = (explain_with(model, x, "smoothgrad", MethodSettings(smoothgrad_samples=n)) for n in (1, 2))
     assert not torch.allclose(one, two)
 
 
-def explain_with(model, x, name, options):
-    with MethodRunner(parse_method(name), model, options) as runner:
-        return runner(x, TARGET, [0, 1, 2])[1]
+def explain_with(model, x, name, settings):
+    with create_method(name, model, settings) as method:
+        return method.attribute(x, TARGET, [0, 1, 2]).relevance

@@ -17,10 +17,11 @@ from torch import nn
 from vitlrp import evaluation as E
 from vitlrp.cub import load_cub
 from vitlrp.errors import UserError
+from vitlrp.gamma import GammaSpec
 from vitlrp.inputs import sample_indices
-from vitlrp.methods import MethodRunner, Options, parse_method
+from vitlrp.methods import MethodSettings, create_method, parse_method
 from vitlrp.metrics import METRICS
-from vitlrp.models import read_checkpoint, model_from_checkpoint
+from vitlrp.models import model_from_checkpoint, read_checkpoint
 
 SCRIPT = "evaluate_lrp"
 MAIN_METHODS = ["balanced", "baseline", "input_x_gradient", "random"]
@@ -259,10 +260,10 @@ def test_bad_methods_are_one_error_line(untrained_tiny, tmp_path, methods, named
 
 
 def test_parse_method():
-    assert parse_method("gamma:1:0.5").params == {"conv_gamma": 1.0, "lin_gamma": 0.5, "attention": False}
-    assert parse_method("balanced+attn").params == {"conv_gamma": 1.0, "lin_gamma": 0.5, "attention": True}
-    assert parse_method("gamma:0:2+attn").params["attention"] is True
-    assert parse_method("gamma:1:linear:0.5:0").params["lin_gamma"] == "linear:0.5:0"
+    assert parse_method("gamma:1:0.5").params == GammaSpec(1.0, 0.5, False)
+    assert parse_method("balanced+attn").params == GammaSpec(1.0, 0.5, True)
+    assert parse_method("gamma:0:2+attn").params.attention is True
+    assert parse_method("gamma:1:linear:0.5:0").params.lin == "linear:0.5:0"
     assert parse_method("input_x_gradient").family == "gradients"
     assert parse_method("random").family == "baselines"
     for bad in ("gamma:x:1", "gamma:1:2:3", "gamma::1", "random+attn", "Balanced", ""):
@@ -339,14 +340,14 @@ def test_input_x_gradient_runs_on_the_unpatched_model(trained_tiny):
     model(xg).gather(1, target.view(-1, 1)).sum().backward()
     plain = (xg.detach() * xg.grad).sum(1)
 
-    ixg = MethodRunner(parse_method("input_x_gradient"), model)
+    ixg = create_method("input_x_gradient", model)
     with ixg:
-        _, outside = ixg(x, target)
-    with MethodRunner(parse_method("baseline"), model) as lrp:
-        _, lrp_map = lrp(x, target)
+        outside = ixg.attribute(x, target).relevance
+    with create_method("baseline", model) as lrp:
+        lrp_map = lrp.attribute(x, target).relevance
         assert torch_own_forwards()  # LXT's patches are gone between batches
         with ixg:
-            _, inside = ixg(x, target)
+            inside = ixg.attribute(x, target).relevance
     assert torch_own_forwards()
     assert torch.equal(inside, outside)
     torch.testing.assert_close(outside, plain, rtol=1e-5, atol=1e-7)
@@ -359,8 +360,9 @@ def test_non_lrp_methods_take_fp32_batches_on_a_bf16_model(trained_tiny):
     model16 = copy.deepcopy(model).to(torch.bfloat16)
     x = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
     for name in ("input_x_gradient", "random"):
-        with MethodRunner(parse_method(name), model16, Options(dtype=torch.bfloat16)) as runner:
-            logits, rel = runner(x, torch.tensor([0, 2]))
+        with create_method(name, model16, MethodSettings(dtype=torch.bfloat16)) as method:
+            r = method.attribute(x, torch.tensor([0, 2]))
+        logits, rel = r.logits, r.relevance
         assert logits.dtype == rel.dtype == torch.float32 and rel.shape == (2, *x.shape[-2:]), name
         assert torch.isfinite(rel).all()
 

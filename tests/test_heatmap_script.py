@@ -14,8 +14,9 @@ from conftest import error_lines, run_script_inprocess
 
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.explain import Explainer
-from vitlrp.gamma import PRESETS
+from vitlrp.gamma import GammaSpec
 from vitlrp.inputs import load_model_and_split
+from vitlrp.methods import MethodSettings
 from vitlrp.models import read_checkpoint
 from vitlrp.preprocess import Preprocessing
 from vitlrp.runfolder import MANIFEST, MARKER
@@ -65,8 +66,8 @@ def model_and_data(trained_tiny):
 def fresh_maps(model_and_data, indices, targets, conv_gamma=1.0, lin_gamma=0.5, impl="fused"):
     model, dataset = model_and_data
     x = torch.stack([dataset[i]["image"] for i in indices])
-    with Explainer(model, conv_gamma, lin_gamma, impl=impl) as ex:
-        return ex(x, torch.tensor(targets))[1]
+    with Explainer(model, GammaSpec(conv_gamma, lin_gamma), MethodSettings(impl=impl)) as ex:
+        return ex.attribute(x, torch.tensor(targets)).relevance
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +207,9 @@ def test_balanced_relevance_lies_in_the_evidence_box(trained_tiny, model_and_dat
     indices = random.sample(range(len(ds)), 20)
     items = [ds[i] for i in indices]
     x = torch.stack([it["image"] for it in items])
-    with Explainer(model, *PRESETS["balanced"], impl="fused") as ex:
-        logits, relevance = ex(x)
+    with Explainer(model, "balanced") as ex:
+        r = ex.attribute(x)
+    logits, relevance = r.logits, r.relevance
     size = relevance.shape[-1]
     centre = torch.arange(size) + 0.5  # pixel i covers [i, i + 1)
     shares, areas = [], []
@@ -329,8 +331,8 @@ def test_bad_checkpoint_is_one_line(untrained_tiny, tmp_path, kind, message):
     (("--preset", "nosuch"), "unknown PRESET 'nosuch'"),
     (("--compare-presets", "balanced,nosuch"), "unknown preset(s) in COMPARE_PRESETS: nosuch"),
     (("--dtype", "fp16"), "DTYPE must be one of"),
-    (("--preset", "aggressive", "--conv-gamma", "3"), "PRESET aggressive and --conv-gamma 3.0 both set the gammas"),
-    (("--preset", "aggressive", "--lin-gamma", "0.5"), "PRESET aggressive and --lin-gamma 0.5 both set the gammas"),
+    (("--preset", "aggressive", "--conv-gamma", "3"), "PRESET aggressive and CONV_GAMMA 3.0 both set the gammas"),
+    (("--preset", "aggressive", "--lin-gamma", "0.5"), "PRESET aggressive and LIN_GAMMA 0.5 both set the gammas"),
     (("--preset", "balanced", "--lin-gamma-schedule", "linear:0.5:0"), "PRESET balanced and LIN_GAMMA_SCHEDULE"),
     (("--lin-gamma", "0.3", "--lin-gamma-schedule", "linear:0.5:0"), "LIN_GAMMA_SCHEDULE linear:0.5:0 both set"),
     (("--preset", "balanced", "--gamma-file", "best_gamma.json"), "GAMMA_FILE best_gamma.json and PRESET balanced"),

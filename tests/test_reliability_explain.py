@@ -1,6 +1,7 @@
 """The explaining scripts in bad cases: non-finite maps, two runs at once, killed runs, leftovers, disk full,
 odd values, empty splits, other checkpoints. Each test reproduces the case a user met."""
 import csv
+import dataclasses
 import errno
 import json
 import math
@@ -66,26 +67,25 @@ def expected_files(res, grid=False):
 @pytest.fixture
 def nan_for_second_image(monkeypatch):
     """Explainer maps whose second image is NaN: as a checkpoint with NaN weights or an overflow would give."""
-    real = vitlrp.explain.Explainer.__call__
-
-    def call(self, images, target=None):
-        logits, relevance = real(self, images, target)
-        relevance = relevance.clone()
+    def broken(r):
+        relevance = r.relevance.clone()
         if len(relevance) > 1:
             relevance[1, 0, 0] = math.nan
-        return logits, relevance
+        return dataclasses.replace(r, relevance=relevance)
 
-    real_many = vitlrp.explain.Explainer.explain_many
+    real = vitlrp.explain.Explainer.attribute
 
-    def many(self, images, target, settings, also=()):  # what the evaluation's γ methods share a forward through
-        logits, maps, *others = real_many(self, images, target, settings, also)
-        maps = maps.clone()
-        if maps.shape[1] > 1:
-            maps[:, 1, 0, 0] = math.nan
-        return (logits, maps, *others)
+    def attribute(self, images, target=None, ids=None):
+        return broken(real(self, images, target, ids))
 
-    monkeypatch.setattr(vitlrp.explain.Explainer, "__call__", call)
-    monkeypatch.setattr(vitlrp.explain.Explainer, "explain_many", many)
+    real_gammas = vitlrp.explain.Explainer.attribute_gammas
+
+    def gammas(self, images, targets, settings):  # what the evaluation's γ methods share a forward through
+        out = real_gammas(self, images, targets, settings)
+        return [[broken(r[0]), *r[1:]] for r in out]  # the explained class's map, not the other class's
+
+    monkeypatch.setattr(vitlrp.explain.Explainer, "attribute", attribute)
+    monkeypatch.setattr(vitlrp.explain.Explainer, "attribute_gammas", gammas)
 
 
 @pytest.fixture(scope="module")

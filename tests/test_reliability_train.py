@@ -24,7 +24,7 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.gallery import incomplete_runs
 from vitlrp.holdout import make_split
-from vitlrp.models import FORMAT, build_vit, read_checkpoint, model_from_checkpoint, pretrained_state_dict
+from vitlrp.models import FORMAT, build_vit, model_from_checkpoint, pretrained_state_dict, read_checkpoint
 from vitlrp.preprocess import Preprocessing
 from vitlrp.runfolder import HOLDER, LOCK, MARKER, FolderLock
 from vitlrp.training import Optimization, evaluate, train_one_epoch
@@ -156,7 +156,7 @@ BAD_FILES = {
     "class_names_not_text": (lambda p: write_checkpoint(p, class_names=[1, 2, 3]), "class names that are not text"),
     "size_off_the_patch_grid": (lambda p: write_checkpoint(p, image_size=40,
                                                            preprocessing=Preprocessing.for_size(40).to_dict()),
-                                "describes no buildable model (IMAGE_SIZE 40 must be a multiple of vit_tiny's patch"),
+                                "describes no buildable model (image_size 40 must be a multiple of vit_tiny's patch"),
     "image_size_a_bool": (lambda p: write_checkpoint(p, image_size=True), "lacks image_size"),
 }
 

@@ -16,21 +16,33 @@ from test_explain import TINY, images, tiny_vit
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-from vitlrp import sanity as S
-from vitlrp.methods import Options, parse_methods
+from vitlrp.batch import Batch
+from vitlrp.methods import MethodSettings, parse_methods
 from vitlrp.models import build_vit, save_checkpoint
 from vitlrp.preprocess import Preprocessing
+from vitlrp.sanity import draws, randomization
+from vitlrp.sanity import runner as S
+from vitlrp.sanity import similarity as SIM
+from vitlrp.sanity import verdicts as V
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def batch_of(model, x):
+    """A :class:`~vitlrp.sanity.runner.Compared` batch of ``x`` (sample indices 0.., labels 0) and the forward."""
     def forward(v):
         with torch.no_grad():
             return model(v).float()
 
-    return S.Batch.of(x, list(range(len(x))), [0] * len(x), forward, "pred", 0), forward
+    n = len(x)
+    raw = {"image": x, "label": torch.zeros(n, dtype=torch.long), "index": torch.arange(n), "error": [""] * n}
+    return S.Compared.of(Batch.of(raw, x.device, forward), "pred", 0), forward
+
+
+def opened(names, model, settings=None):
+    """Entered methods by name (the tests' models need no exit)."""
+    return [m.create(model, settings).__enter__() for m in parse_methods(names, "METHODS")]
 
 
 def mean_of(rows, test, measure="abs_spearman", step=""):
@@ -45,7 +57,7 @@ def test_similarity_measures_follow_their_definitions():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, 32, 32, generator=gen), torch.randn(4, 32, 32, generator=gen)
     b = b + a  # related maps: every measure clearly above zero
-    sim = S.similarity(a, b, 8)
+    sim = SIM.similarity(a, b, 8)
     sums_a, sums_b = (m.reshape(4, 4, 8, 4, 8).sum((2, 4)).flatten(1).numpy() for m in (a, b))
     for k in range(4):
         assert sim["spearman"][k] == pytest.approx(spearmanr(sums_a[k], sums_b[k]).statistic)
@@ -55,8 +67,8 @@ def test_similarity_measures_follow_their_definitions():
     assert np.array_equal(sim["abs_spearman"], abs(sim["spearman"]))
     assert (sim["spearman"] > 0.3).all() and (sim["ssim"] > 0.1).all()
 
-    same, negated = S.similarity(a, 3 * a, 8), S.similarity(a, -a, 8)
-    for m in S.MEASURES:
+    same, negated = SIM.similarity(a, 3 * a, 8), SIM.similarity(a, -a, 8)
+    for m in SIM.MEASURES:
         assert same[m] == pytest.approx(np.ones(4))
     assert negated["spearman"] == pytest.approx(-np.ones(4))  # the same structure, sign flipped
     assert negated["abs_spearman"] == pytest.approx(np.ones(4)) and negated["ssim"] == pytest.approx(np.ones(4))
@@ -67,14 +79,14 @@ def test_constant_or_broken_maps_are_undefined_counted_not_zero():
     a = torch.randn(3, 16, 16, generator=gen)
     b = torch.stack([torch.zeros(16, 16), torch.full((16, 16), 2.0), a[2].clone()])
     b[2, 0, 0] = math.nan
-    sim = S.similarity(a, b, 4)
+    sim = SIM.similarity(a, b, 4)
     assert np.isnan(sim["spearman"]).all() and np.isnan(sim["spearman_of_abs"]).all()
     assert np.isfinite(sim["ssim"][:2]).all() and np.isnan(sim["ssim"][2])  # SSIM has no ranking to lose
-    rows = [dict(method="m", test="class_random", step="", copies="", **{k: float(sim[k][i]) for k in S.MEASURES})
+    rows = [dict(method="m", test="class_random", step="", copies="", **{k: float(sim[k][i]) for k in SIM.MEASURES})
             for i in range(3)]
     rows.append(dict(method="m", test="class_random", step="", copies="",
-                     **{k: float(v[0]) for k, v in S.similarity(a[:1], a[:1], 4).items()}))
-    summary = {r["measure"]: r for r in S.summarize(rows, ["m"], ["head"])}
+                     **{k: float(v[0]) for k, v in SIM.similarity(a[:1], a[:1], 4).items()}))
+    summary = {r["measure"]: r for r in V.summarize(rows, ["m"], ["head"])}
     assert summary["spearman"]["n"] == 1 and summary["spearman"]["n_undefined"] == 3
     assert summary["spearman"]["mean"] == pytest.approx(1.0)
     assert summary["ssim"]["n"] == 3 and summary["ssim"]["n_undefined"] == 1
@@ -84,11 +96,11 @@ def test_random_maps_have_chance_level_class_similarity():
     """The random baseline draws a fresh map per query: its class similarity is the chance level of |ρ| for 64
     patches, √(2 / (π · 63)) ≈ 0.10, and its SSIM is near zero."""
     model, x = tiny_vit(patch_size=4), images(n=24)
-    b, _ = batch_of(model, x)
-    with S.Explainers(parse_methods(["random"], "METHODS"), model, Options()) as explain:
-        clean = explain(x, b.target, b.ids)
-        rows, maps = S.class_rows(explain, b, clean, S.Settings(patch=4))
-        again = explain(x, b.target, b.ids)["random"]
+    c, _ = batch_of(model, x)
+    methods = opened(["random"], model)
+    clean = S.query_maps(methods, x, c.target, c.batch.ids)
+    rows, maps = S.class_rows(methods, c, clean, S.Settings(patch=4))
+    again = S.query_maps(methods, x, c.target, c.batch.ids)["random"]
     assert torch.equal(again, clean["random"])  # the same query, the same (seeded) maps
     assert not torch.equal(maps["class_random"]["random"], clean["random"])
     chance = math.sqrt(2 / (math.pi * 63))
@@ -120,12 +132,12 @@ def test_class_check_on_a_linear_model_with_disjoint_classes():
     for m = 8. The check measures it through the whole path (classes, explainer, patch sums, ranks)."""
     model = TwoHalves()
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)) + 0.1
-    b, _ = batch_of(model, x)
-    assert b.target.tolist() == [1, 1, 1]  # the right half counts twice
-    assert b.runner_up.tolist() == b.random_other.tolist() == [0, 0, 0]
-    with S.Explainers(parse_methods(["input_x_gradient"], "METHODS"), model, Options()) as explain:
-        clean = explain(x, b.target, b.ids)
-        rows, maps = S.class_rows(explain, b, clean, S.Settings(patch=8))
+    c, _ = batch_of(model, x)
+    assert c.target.tolist() == [1, 1, 1]  # the right half counts twice
+    assert c.runner_up.tolist() == c.random_other.tolist() == [0, 0, 0]
+    methods = opened(["input_x_gradient"], model)
+    clean = S.query_maps(methods, x, c.target, c.batch.ids)
+    rows, maps = S.class_rows(methods, c, clean, S.Settings(patch=8))
     assert torch.equal(maps["class_runner_up"]["input_x_gradient"][..., 16:], torch.zeros(3, 32, 16))
     m = 8
     expected = -(m ** 3 / 2) / (sum((a - 0.5) ** 2 for a in range(1, m + 1)) + m ** 3 / 4)
@@ -142,32 +154,32 @@ def test_class_check_on_a_linear_model_with_disjoint_classes():
 def test_other_classes_runner_up_and_seeded_random_class_independent_of_batching():
     logits = torch.randn(40, 7, generator=torch.Generator().manual_seed(3))
     target, ids = logits.argmax(1), list(range(100, 140))
-    runner_up, other = S.other_classes(logits, target, ids, seed=5)
+    runner_up, other = draws.other_classes(logits, target, ids, seed=5)
     assert torch.equal(runner_up, logits.topk(2, 1).indices[:, 1])
     assert (other != target).all() and other.min() >= 0 and other.max() < 7
     assert len(set(other.tolist())) == 7  # every class drawn: 6 other classes per row, 40 rows
-    halves = [S.other_classes(logits[s], target[s], ids[s], seed=5)[1] for s in (slice(0, 13), slice(13, 40))]
+    halves = [draws.other_classes(logits[s], target[s], ids[s], seed=5)[1] for s in (slice(0, 13), slice(13, 40))]
     assert torch.equal(torch.cat(halves), other)
-    assert not torch.equal(S.other_classes(logits, target, ids, seed=6)[1], other)
+    assert not torch.equal(draws.other_classes(logits, target, ids, seed=6)[1], other)
     label = torch.zeros(40, dtype=torch.long)  # explaining another class than the prediction
-    assert (S.other_classes(logits, label, ids, 5)[0] != 0).all()
+    assert (draws.other_classes(logits, label, ids, 5)[0] != 0).all()
 
 
 def test_noisy_copies_are_seeded_per_image_and_copy():
     x, ids = images(n=4), [7, 3, 9, 1]
-    one = S.noisy_copy(x, ids, 0, 0, 0.05)
-    assert torch.equal(S.noisy_copy(x[2:], ids[2:], 0, 0, 0.05), one[2:])
-    assert not torch.equal(S.noisy_copy(x, ids, 0, 1, 0.05), one)
+    one = draws.noisy_copy(x, ids, 0, 0, 0.05)
+    assert torch.equal(draws.noisy_copy(x[2:], ids[2:], 0, 0, 0.05), one[2:])
+    assert not torch.equal(draws.noisy_copy(x, ids, 0, 1, 0.05), one)
     assert (one - x).std().item() == pytest.approx(0.05, rel=0.1)
 
 
 def test_noise_check_skips_and_counts_copies_whose_prediction_changes():
     model, x = tiny_vit(), images(n=6)
-    b, forward = batch_of(model, x)
-    with S.Explainers(parse_methods(["input_x_gradient"], "METHODS"), model, Options()) as explain:
-        clean = explain(x, b.target, b.ids)
-        small = S.noise_rows(explain, forward, b, clean, S.Settings(8, 0, 3, 0.01))
-        large = S.noise_rows(explain, forward, b, clean, S.Settings(8, 0, 3, 30.0))
+    c, forward = batch_of(model, x)
+    methods = opened(["input_x_gradient"], model)
+    clean = S.query_maps(methods, x, c.target, c.batch.ids)
+    small = S.noise_rows(methods, forward, c, clean, S.Settings(8, 0, 3, 0.01))
+    large = S.noise_rows(methods, forward, c, clean, S.Settings(8, 0, 3, 30.0))
     assert [r["copies"] for r in small] == [3] * 6 and all(r["skipped"] == 0 for r in small)
     assert min(r["spearman"] for r in small) > 0.95
     assert any(r["skipped"] > 0 for r in large)
@@ -183,10 +195,10 @@ def test_every_parameter_is_randomized_top_down_and_the_caller_model_is_untouche
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert not before["heads.head.weight"].any() and not before["class_token"].any()
     seen = {}
-    for step, randomized in S.cascade(model, seed=0):
+    for step, randomized in randomization.cascade(model, seed=0):
         now = dict(randomized.named_parameters())
         seen[step] = {n for n in now if not torch.equal(now[n], before[n])}
-    assert list(seen) == ["head", "block_1", "block_0", "embedding"] == S.randomization_steps(model)
+    assert list(seen) == ["head", "block_1", "block_0", "embedding"] == randomization.randomization_steps(model)
     assert seen["head"] == {"heads.head.weight", "heads.head.bias", "encoder.ln.weight", "encoder.ln.bias"}
     block1 = {n for n in before if n.startswith("encoder.layers.encoder_layer_1.")}
     assert seen["block_1"] == seen["head"] | block1
@@ -199,13 +211,13 @@ def test_every_parameter_is_randomized_top_down_and_the_caller_model_is_untouche
 
 def test_randomized_values_keep_each_tensor_scale_and_a_zero_head_is_not_zero():
     model = tiny_vit()
-    *_, (_, randomized) = S.cascade(model, seed=0)
+    *_, (_, randomized) = randomization.cascade(model, seed=0)
     old, new = dict(model.named_parameters()), dict(randomized.named_parameters())
     name = "encoder.layers.encoder_layer_0.self_attention.in_proj_weight"
     assert new[name].std().item() == pytest.approx(old[name].std().item(), rel=0.1)
     assert abs(torch.corrcoef(torch.stack([new[name].flatten(), old[name].flatten()]))[0, 1]) < 0.1
     fresh = VisionTransformer(**TINY)
-    for step, m in S.cascade(fresh, seed=0):
+    for step, m in randomization.cascade(fresh, seed=0):
         head = m.heads.head.weight
         assert head.std().item() == pytest.approx(1 / math.sqrt(TINY["hidden_dim"]), rel=0.2)
         assert m.encoder.ln.weight.std() > 0  # a LayerNorm is redrawn, not reset to weight 1 and bias 0
@@ -214,7 +226,8 @@ def test_randomized_values_keep_each_tensor_scale_and_a_zero_head_is_not_zero():
 
 def test_cascade_is_seeded():
     model = tiny_vit()
-    runs = [[{n: p.clone() for n, p in m.named_parameters()} for _, m in S.cascade(model, seed)] for seed in (0, 0, 1)]
+    runs = [[{n: p.clone() for n, p in m.named_parameters()} for _, m in randomization.cascade(model, seed)]
+            for seed in (0, 0, 1)]
     for a, b in zip(runs[0], runs[1]):
         assert all(torch.equal(a[n], b[n]) for n in a)
     assert not torch.equal(runs[0][-1]["class_token"], runs[2][-1]["class_token"])
@@ -222,12 +235,12 @@ def test_cascade_is_seeded():
 
 def test_randomizing_the_model_changes_input_x_gradient():
     model, x = tiny_vit(patch_size=4), images(n=8)
-    b, _ = batch_of(model, x)
-    with S.Explainers(parse_methods(["input_x_gradient"], "METHODS"), model, Options()) as explain:
-        clean = explain(x, b.target, b.ids)
-    rows, maps = S.randomization_rows(parse_methods(["input_x_gradient"], "METHODS"), Options(), model, b, clean,
-                                      S.Settings(patch=4))
-    assert list(maps) == S.randomization_steps(model)
+    c, forward = batch_of(model, x)
+    clean = S.query_maps(opened(["input_x_gradient"], model), x, c.target, c.batch.ids)
+    run = S.CheckRun(parse_methods(["input_x_gradient"], "METHODS"), MethodSettings(), model, forward,
+                     S.Settings(patch=4))
+    rows, maps = S.randomization_rows(run, c, clean)
+    assert list(maps) == randomization.randomization_steps(model)
     for step, m in maps.items():
         assert not torch.allclose(m["input_x_gradient"], clean["input_x_gradient"]), step
     assert mean_of(rows, "randomization", step="head") < 0.9
@@ -238,21 +251,22 @@ def test_randomizing_the_model_changes_input_x_gradient():
 def test_verdicts_follow_the_thresholds_and_report_the_numbers():
     rows, names = [], ["good", "same_map", "edge"]
     for name, cls, rnd, jitter in (("good", 0.1, 0.2, 0.05), ("same_map", 0.9, 0.95, 0.05),
-                                   ("edge", S.CLASS_THRESHOLD - 0.02, 0.2, 0.3)):
+                                   ("edge", V.CLASS_THRESHOLD - 0.02, 0.2, 0.3)):
         for i, sign in enumerate((-1, 1)):
             base = dict(method=name, sample_idx=i, copies="")
-            rows.append({**base, "test": "class_random", "step": "", **dict.fromkeys(S.MEASURES, cls + sign * jitter)})
+            rows.append({**base, "test": "class_random", "step": "",
+                         **dict.fromkeys(SIM.MEASURES, cls + sign * jitter)})
             rows.append({**base, "test": "randomization", "step": "embedding",
-                         **dict.fromkeys(S.MEASURES, rnd + sign * jitter)})
-    summary = S.summarize(rows, names, ["head", "embedding"])
-    found = S.verdicts(summary, names, ["head", "embedding"])
+                         **dict.fromkeys(SIM.MEASURES, rnd + sign * jitter)})
+    summary = V.summarize(rows, names, ["head", "embedding"])
+    found = V.verdicts(summary, names, ["head", "embedding"])
     assert found["good"]["class"]["passed"] and found["good"]["randomization"]["passed"]
     assert found["same_map"]["class"]["passed"] is False and found["same_map"]["randomization"]["passed"] is False
     assert found["same_map"]["class"]["abs_spearman"] == pytest.approx(0.9)
-    assert found["good"]["class"]["n"] == 2 and found["good"]["class"]["threshold"] == S.CLASS_THRESHOLD
+    assert found["good"]["class"]["n"] == 2 and found["good"]["class"]["threshold"] == V.CLASS_THRESHOLD
     assert found["edge"]["class"]["passed"] and found["edge"]["class"]["borderline"]  # the interval holds 0.6
     assert not found["good"]["class"]["borderline"] and not found["same_map"]["class"]["borderline"]
-    lines = S.verdict_lines(found)
+    lines = V.verdict_lines(found)
     assert lines[1].split()[:3] == ["good", "0.100", "±"] and lines[1].count(" pass ") == 2
     assert lines[2].count(" FAIL ") == 2
     assert " pass? " in lines[3] and lines[-1].startswith("?: borderline")
@@ -295,7 +309,7 @@ def test_script_writes_tables_figures_and_console_verdicts(tiny_checkpoint, mini
         summary = list(csv.DictReader(fh))
     assert list(summary[0])[:7] == ["method", "test", "step", "measure", "mean", "ci95", "n"]
     keys = [(r["method"], r["test"], r["step"], r["measure"]) for r in summary]
-    assert keys == [(n, t, s, m) for n in names for t, s in S.comparisons(steps) for m in S.MEASURES]
+    assert keys == [(n, t, s, m) for n in names for t, s in V.comparisons(steps) for m in SIM.MEASURES]
     with open(out / "per_image_sanity.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 5 * len(names) * (2 + len(steps) + 1)
@@ -310,7 +324,7 @@ def test_script_writes_tables_figures_and_console_verdicts(tiny_checkpoint, mini
     assert rollout == pytest.approx([1.0] * 10)  # the same map for every class, as rollout is meant to be
 
     doc = json.loads((out / "summary.json").read_text())
-    assert doc["n_images"] == 5 and doc["thresholds"]["class"] == S.CLASS_THRESHOLD
+    assert doc["n_images"] == 5 and doc["thresholds"]["class"] == V.CLASS_THRESHOLD
     assert doc["verdicts"]["rollout"]["class"]["passed"] is False
     assert doc["verdicts"]["random"]["class"]["passed"] is True
     assert json.loads((out / "config.json").read_text())["NOISE_SAMPLES"] == 2
@@ -344,9 +358,10 @@ def test_bad_input_is_one_line_before_any_output(tiny_checkpoint, mini_cub, tmp_
 def test_caller_model_is_untouched_by_a_whole_batch_of_checks():
     model, x = tiny_vit(), images(n=2)
     before = copy.deepcopy(model.state_dict())
-    b, forward = batch_of(model, x)
-    rows, figures = S.check_batch(parse_methods(["balanced", "input_x_gradient"], "METHODS"), Options(), model,
-                                  forward, b, S.Settings(8, 0, 1, 0.05), keep={1})
+    c, forward = batch_of(model, x)
+    run = S.CheckRun(parse_methods(["balanced", "input_x_gradient"], "METHODS"), MethodSettings(), model, forward,
+                     S.Settings(8, 0, 1, 0.05))
+    rows, figures = S.check_batch(run, c, keep={1})
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert [f["sample_idx"] for f in figures] == [1]
     assert set(figures[0]["maps"]["balanced"]) == {"original", "class_runner_up", "class_random", "head", "block_1",

@@ -7,7 +7,8 @@ from test_explain import images, tiny_vit
 
 from vitlrp import evaluation as E
 from vitlrp import metrics as M
-from vitlrp.scoring import ScoreSettings, ScoringBatch, model_in
+from vitlrp.batch import Batch
+from vitlrp.scoring import Scorer, ScoreSettings, model_in
 
 
 def fake_batch(n=4, size=32, ids=(10, 11, 12, 13), errors=None):
@@ -20,7 +21,8 @@ def fake_batch(n=4, size=32, ids=(10, 11, 12, 13), errors=None):
 def scored():
     model = tiny_vit()
     _, forward = model_in(model, torch.float32, torch.device("cpu"))
-    b = ScoringBatch.of(fake_batch(), forward, "pred", torch.device("cpu"), ScoreSettings(8, steps=4, seed=3))
+    batch = Batch.of(fake_batch(), torch.device("cpu"), forward)
+    b = Scorer(batch, batch.targets("pred"), forward, ScoreSettings(8, steps=4, seed=3))
     logits = forward(b.images)
     gen = torch.Generator().manual_seed(0)
     good = torch.randn(4, 32, 32, generator=gen)
@@ -64,7 +66,7 @@ def test_the_same_maps_score_the_same_whatever_else_is_scored(scored):
 
 def test_class_sensitivity_compares_with_the_sanity_checks_random_class(scored):
     """The evaluation's class_sensitivity and the sanity checks' class test use the same random class per image."""
-    from vitlrp.sanity import other_classes
+    from vitlrp.sanity.draws import other_classes
 
     b = scored[0]
     assert torch.equal(b.other, other_classes(b.forward(b.images), b.target, b.ids, seed=3)[1])
@@ -76,9 +78,28 @@ def test_curves_from_patch_tokens_equal_curves_from_perturbed_images(scored):
     b = scored[0]
     assert b.tokens is not None
     scores = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(4))
-    common = dict(start=b.start, end=b.end, tiebreak=b.tiebreak(16), rows_per_pass=7)
-    fast = M.perturbation_curves(b.prob, b.images, scores, 8, 4, prob_kept=b.prob_kept, **common)
-    slow = M.perturbation_curves(b.prob, b.images, scores, 8, 4, **common)
+    common = M.Removal(start=b.start, end=b.end, tiebreak=b.tiebreak(16), rows_per_pass=7)
+    fast = M.perturbation_curves(b.prob, b.images, scores, 8, 4, common, prob_kept=b.prob_kept)
+    slow = M.perturbation_curves(b.prob, b.images, scores, 8, 4, common)
     for kind in ("morf", "lerf"):
         torch.testing.assert_close(fast[kind], slow[kind], rtol=1e-5, atol=1e-6)
     assert not torch.equal(fast["morf"], fast["lerf"])  # the comparison means something
+
+
+def test_one_batch_type_chooses_the_class_and_lists_the_readable_rows():
+    """The Batch is the one place that picks the explained class (pred: the plain model's prediction, or each
+    method's own without a forward; label: the true class) and the one list of readable rows."""
+    from vitlrp.errors import UserError
+
+    model = tiny_vit()
+    _, forward = model_in(model, torch.float32, torch.device("cpu"))
+    raw = fake_batch(errors=["", "unreadable", "", ""])
+    b = Batch.of(raw, torch.device("cpu"), forward)
+    assert b.ok == [0, 2, 3] and b.ids == [10, 12, 13] and len(b) == 4
+    assert b.failed() == [(11, 1, "unreadable")]
+    assert torch.equal(b.targets("pred"), forward(raw["image"][[0, 2, 3]]).argmax(1))
+    assert torch.equal(b.targets("label"), raw["label"][[0, 2, 3]])
+    assert Batch.of(raw, torch.device("cpu")).targets("pred") is None
+    with pytest.raises(UserError, match="target must be pred or label, got 'best'") as info:
+        b.targets("best")
+    assert info.value.setting == "target"

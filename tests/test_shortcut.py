@@ -155,7 +155,7 @@ def test_split_marks_maps_boxes_into_the_model_input(shortcut_cub):
 
 
 def test_bad_shortcut_parameters(tmp_path):
-    with pytest.raises(UserError, match="SHORTCUT_SHARE"):
+    with pytest.raises(UserError, match="shortcut_share"):
         make_synthetic_cub(tmp_path / "x", 2, 4, progress=False, shortcut_share=1.5)
     with pytest.raises(UserError, match="at most 48 classes"):
         make_synthetic_cub(tmp_path / "x", 60, 2, progress=False, shortcut_share=0.5)

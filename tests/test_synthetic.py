@@ -109,9 +109,9 @@ def test_replaces_existing_folder_atomically(tmp_path):
 
 
 def test_bad_parameters(tmp_path):
-    with pytest.raises(UserError, match="NUM_CLASSES"):
+    with pytest.raises(UserError, match="num_classes"):
         make_synthetic_cub(tmp_path / "x", 1, 4, progress=False)
-    with pytest.raises(UserError, match="IMAGES_PER_CLASS"):
+    with pytest.raises(UserError, match="images_per_class"):
         make_synthetic_cub(tmp_path / "x", 2, 1, progress=False)
     assert not (tmp_path / "x").exists()
 

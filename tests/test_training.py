@@ -21,15 +21,16 @@ from conftest import REPO_ROOT, error_lines, run_script_inprocess
 from PIL import Image
 
 import vitlrp.models as models
+from vitlrp import cli
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.models import (
     ARCHS,
     build_vit,
     check_pretrained,
-    read_checkpoint,
     load_pretrained,
     model_from_checkpoint,
+    read_checkpoint,
     weights_preprocessing,
 )
 from vitlrp.preprocess import Preprocessing
@@ -404,7 +405,7 @@ def test_every_torchvision_vit_is_in_the_table_with_its_own_weights():
     assert weights_preprocessing("vit_l_16", "IMAGENET1K_V1", 224).resize_size == 242
     assert weights_preprocessing("vit_h_14", "IMAGENET1K_SWAG_E2E_V1", 518).interpolation == "bicubic"
     assert models.check_image_size("vit_h_14", 518) == 518
-    with pytest.raises(UserError, match="IMAGE_SIZE 240 must be a multiple of vit_b_32's patch size 32"):
+    with pytest.raises(UserError, match="image_size 240 must be a multiple of vit_b_32's patch size 32"):
         build_vit("vit_b_32", 10, 224 + 16)
 
 
@@ -425,7 +426,7 @@ def test_pretrained_names_are_checked_against_the_chosen_model(tmp_path):
                                                 "IMAGENET1K_V1, none or a weights file",
         ("vit_tiny", "IMAGENET1K_V1"): "vit_tiny has no ImageNet weights (IMAGENET1K_V1 belong to vit_b_16, "
                                        "vit_b_32, vit_l_16, vit_l_32): choose none or a weights file",
-        ("vit_l_32", "imagenet"): "PRETRAINED 'imagenet' is neither a weights name of vit_l_32 nor an existing file: "
+        ("vit_l_32", "imagenet"): "pretrained 'imagenet' is neither a weights name of vit_l_32 nor an existing file: "
                                   "choose one of vit_l_32's IMAGENET1K_V1, none or a weights file",
     }
     for (arch, name), message in cases.items():
@@ -705,7 +706,9 @@ def test_a_cuda_device_this_machine_lacks_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == torch.device("cuda", 1) and resolve_device("cuda") == torch.device("cuda")
-    with pytest.raises(UserError, match=r"^DEVICE=cuda:2 but this machine has 2 CUDA device\(s\): cuda:0 to cuda:1$"):
+    message = r"^device=cuda:2 but this machine has 2 CUDA devices: cuda:0 to cuda:1$"
+    with pytest.raises(UserError, match=message) as info:
         resolve_device("cuda:2")
-    with pytest.raises(UserError, match=r"^unknown DEVICE 'cuda:x': use auto, cuda, cuda:N or cpu$"):
+    assert cli.message(info.value, {"DEVICE"}) == "DEVICE=cuda:2 but this machine has 2 CUDA devices: cuda:0 to cuda:1"
+    with pytest.raises(UserError, match=r"^unknown device 'cuda:x': use auto, cuda, cuda:N or cpu$"):
         resolve_device("cuda:x")

@@ -1,4 +1,5 @@
-# `make test` and `make demo` build .venv from requirements.txt when it is missing or stale.
+# `make test` and `make demo` build .venv from requirements.txt (this package and its pinned dependencies, from
+# pyproject.toml) and requirements-test.txt (the test-only tools) when it is missing or stale.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,10 +9,10 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	touch $(STAMP)
 
 test: $(STAMP)

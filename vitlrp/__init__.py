@@ -17,7 +17,8 @@ The modules behind it, one concept each:
 - ``gammarule``   an exact, faster implementation of zennit's generalized Gamma rule
 - ``explain``     the γ-LRP method (:class:`Explainer`): one forward for many γ settings and classes
 - ``cost``        what γ-LRP costs: matrix products and the FLOP ceiling against Input×Gradient
-- ``methods``     the method protocol, the registry and every method by name, one file per family
+- ``protocol``    the method protocol: ``Method`` (``attribute``, ``attribute_many``), ``MethodSettings``
+- ``methods``     the registry and every method by name, one file per family
 - ``batch``       the one batch type: readable rows, the class each map explains
 - ``metrics``     the table of metrics; ``scoring`` every method's maps of a batch scored together
 - ``evaluation``  summaries, the best method per metric, paired comparisons; ``stats`` their statistics

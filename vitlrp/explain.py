@@ -16,21 +16,21 @@ import torch
 from .families import family_of
 from .gamma import GammaSpec
 from .gammarule import AbsWeights, GammaHolder, absolute_output, gamma_rules, patch_conv_input_gradient
-from .methods.base import Attribution, Method, input_times_grad, target_index
+from .protocol import Attribution, Method, input_times_grad, target_index
 
 
 class Explainer(Method):
     """AttnLRP (LXT) with zennit's Gamma rule on a model of a registered family (torchvision's ViT).
 
     Use as a context manager; inside, ``explainer.attribute(images, target)`` returns an
-    :class:`~vitlrp.methods.base.Attribution` whose ``relevance`` is the ``[B, H, W]`` pixel relevance (channels
+    :class:`~vitlrp.protocol.Attribution` whose ``relevance`` is the ``[B, H, W]`` pixel relevance (channels
     summed; float32, or float64 for a float64 ``dtype``) of ``target`` (one class per row, one class for all rows,
     or ``None`` for the predicted class). LXT's patches and the rules are attached for the forward and the backward
     of each batch and removed after it, so plain forwards in between run the original model.
 
     ``gamma``: a :class:`~vitlrp.gamma.GammaSpec` or what :meth:`GammaSpec.parse` takes (``'balanced'``,
     ``'gamma:1:linear:0.5:0+attn'``, ``(1.0, 0.5)``). ``settings``: a
-    :class:`~vitlrp.methods.base.MethodSettings`: ``dtype`` (``torch.bfloat16``: a pure-bf16 copy of the model;
+    :class:`~vitlrp.protocol.MethodSettings`: ``dtype`` (``torch.bfloat16``: a pure-bf16 copy of the model;
     autocast breaks zennit) and ``impl`` (``'fused'``, fewer matrix products, or ``'zennit'``'s reference hooks:
     the same maps).
     """
@@ -157,7 +157,7 @@ class Explainer(Method):
     def attribute_gammas(self, x, targets, gammas):
         """The maps of several γ settings of one batch for every choice of classes in ``targets`` (each a ``[B]``
         tensor, one class, or None for the prediction): a list per setting of one
-        :class:`~vitlrp.methods.base.Attribution` per choice. With ``impl='fused'`` one forward serves every setting
+        :class:`~vitlrp.protocol.Attribution` per choice. With ``impl='fused'`` one forward serves every setting
         with the same ``attention`` and every class; ``zennit`` explains each separately. The maps equal separate
         calls of :meth:`attribute`."""
         gammas = [GammaSpec.parse(g) for g in gammas]

@@ -9,14 +9,14 @@
 ``baselines``  ``random``
 =============  ==========================================================================
 
-The protocol is :mod:`vitlrp.methods.base`'s (:class:`Method`: ``attribute(x, target)``, ``attribute_many(x,
+The protocol is :mod:`vitlrp.protocol`'s (:class:`Method`: ``attribute(x, target)``, ``attribute_many(x,
 targets)``), the registry :mod:`vitlrp.methods.registry`'s (:func:`register`, :func:`create_method`). The family
 modules are imported here in the order ``--help`` lists them; each registers its methods.
 """
 # isort: off
 from . import lrp, gradients, cam, attention, baselines  # noqa: F401  (each registers its methods, in this order)
 # isort: on
-from .base import Attribution, Method, MethodSettings, attribute_all
+from ..protocol import Attribution, Method, MethodSettings, attribute_all
 from .registry import (
     REGISTRY,
     MethodChoice,

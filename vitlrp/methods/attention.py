@@ -6,7 +6,7 @@
   ``R += mean_heads((∇A ⊙ A)⁺) @ R``; the class token's row without itself.
 
 torchvision calls attention with ``need_weights=False``, so :func:`attention_recorded` recomputes the probabilities
-in a forward hook. Patch-level maps are upsampled bilinearly (:func:`vitlrp.methods.base.upsample_patches`).
+in a forward hook. Patch-level maps are upsampled bilinearly (:func:`vitlrp.protocol.upsample_patches`).
 """
 from contextlib import contextmanager
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Method, target_index, upsample_patches
+from ..protocol import Method, target_index, upsample_patches
 from .registry import register
 
 

@@ -2,8 +2,8 @@
 every metric."""
 import torch
 
+from ..protocol import Method, target_index
 from ..runtime import RANDOM_MAP_KEY, image_seed
-from .base import Method, target_index
 from .registry import register
 
 

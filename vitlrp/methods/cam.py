@@ -1,11 +1,11 @@
 """Grad-CAM for a ViT (pytorch-grad-cam's ``GradCAM``) on the last block's ``ln_1`` output: the tokens entering the
 last attention, class token dropped and the patch tokens laid out on their grid. The package computes the channel
 weights (token-averaged gradients) and the weighted sum; the ReLU'd map keeps its scale (no per-image min-max
-scaling) and is upsampled bilinearly (:func:`vitlrp.methods.base.upsample_patches`).
+scaling) and is upsampled bilinearly (:func:`vitlrp.protocol.upsample_patches`).
 """
 import torch
 
-from .base import Method, target_index, upsample_patches
+from ..protocol import Method, target_index, upsample_patches
 from .registry import register
 
 

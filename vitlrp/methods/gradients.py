@@ -10,8 +10,8 @@
 import torch
 
 from ..preprocess import IMAGENET_STD
+from ..protocol import Method, input_times_grad, plain_logits_and_targets, target_index
 from ..runtime import SMOOTHGRAD_KEY, image_seed
-from .base import Method, input_times_grad, plain_logits_and_targets, target_index
 from .registry import register
 
 CAPTUM = (("captum.attr", "captum"),)

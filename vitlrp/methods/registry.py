@@ -1,4 +1,4 @@
-"""The registry of attribution methods: each is a :class:`~vitlrp.methods.base.Method` subclass registered by name
+"""The registry of attribution methods: each is a :class:`~vitlrp.protocol.Method` subclass registered by name
 (or, for a family of names such as ``gamma:<c>:<l>``, with a parser) by the :func:`register` decorator.
 
 Adding a method is one class in a family's file plus its test; the scripts, ``--help``, the benchmark and the
@@ -29,7 +29,7 @@ REGISTRY = {}
 
 
 def register(name, family, summary, *, parse=None, pattern=""):
-    """Class decorator: register a :class:`~vitlrp.methods.base.Method` subclass under ``name`` (a family of names
+    """Class decorator: register a :class:`~vitlrp.protocol.Method` subclass under ``name`` (a family of names
     when ``parse(name)`` is given: it returns the parameters a name carries, or None for a name of another method).
     A name registered twice is an error."""
     def decorate(cls):

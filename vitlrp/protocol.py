@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
-from ..families import family_of, lrp_active
-from ..gammarule import DEFAULT_IMPL, IMPLS
+from .errors import UserError
+from .families import family_of, lrp_active
+from .gammarule import DEFAULT_IMPL, IMPLS
 
 
 @dataclass(frozen=True)

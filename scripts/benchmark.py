@@ -106,7 +106,7 @@ def sweep_row(model, x, target, device, cfg):
     from vitlrp.batch import Batch
     from vitlrp.scoring import ModelForward, Scorer, ScoreSettings
 
-    cells = [(c, lin) for lin in SWEEP_LIN for c in SWEEP_CONV]
+    cells = [GammaSpec(c, lin) for lin in SWEEP_LIN for c in SWEEP_CONV]
     n, size = len(x), x.shape[-1]
     batch = {"image": x, "label": target, "index": torch.arange(n), "error": [""] * n,
              "box": torch.tensor([[size / 4, size / 4, 3 * size / 4, 3 * size / 4]] * n),

@@ -136,7 +136,8 @@ def caption(method, cfg):
     """The grid's caption of a method (a preset shows its γ pair)."""
     preset = method.name.removesuffix("+attn")
     if preset in cfg.COMPARE_PRESETS and method.name not in cfg.COMPARE_METHODS:
-        return f"{preset} ({PRESETS[preset][0]:g}/{PRESETS[preset][1]:g})"
+        spec = GammaSpec.preset(preset)
+        return f"{preset} ({spec.conv:g}/{spec.lin:g})"
     return method.name
 
 

@@ -42,23 +42,31 @@ class Explainer(Method):
         self.gamma = GammaSpec.parse(gamma)
         self.name = self.gamma.name
         self.dtype, self.impl = self.settings.dtype, self.settings.impl
-        self.lrp_model = None
+        self._open, self._lrp_model = False, None
         self._acted = {}
         self._abs_weights = None
 
     def __enter__(self):
         self.family = family_of(self.model)
-        param = next(self.model.parameters())
-        self.device = param.device
-        self.lrp_model = self.model if param.dtype == self.dtype else copy.deepcopy(self.model).to(self.dtype)
-        self.lrp_model.eval()
+        self.device = next(self.model.parameters()).device
+        self._open = True
         self._abs_weights = AbsWeights()  # fused rule: |W| once per context, not per call (dropped at exit)
         return self
 
     def __exit__(self, *exc):
-        self.lrp_model = None
+        self._open, self._lrp_model = False, None
         self._abs_weights = None
         return False
+
+    @property
+    def lrp_model(self):
+        """The model the rules run on, in eval mode: the model itself, or a pure-``dtype`` copy made on first use
+        (methods that share one Explainer's forward never copy); None outside the ``with`` block."""
+        if self._open and self._lrp_model is None:
+            param = next(self.model.parameters())
+            self._lrp_model = self.model if param.dtype == self.dtype else copy.deepcopy(self.model).to(self.dtype)
+            self._lrp_model.eval()
+        return self._lrp_model
 
     @contextmanager
     def lrp_context(self, attention):

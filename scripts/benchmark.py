@@ -32,7 +32,7 @@ from vitlrp import cli
 from vitlrp.cost import flop_ceiling
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
-from vitlrp.explain import Explainer
+from vitlrp.explainer import Explainer
 from vitlrp.families.torchvision import lxt_patched
 from vitlrp.fileio import ensure_writable_dir, write_json
 from vitlrp.gamma import GammaSpec

@@ -33,7 +33,7 @@ from vitlrp import cli, plots
 from vitlrp import evaluation as E
 from vitlrp import sweep as S
 from vitlrp.checks import check_perturb_steps_fit, check_run_options, check_schedules_fit, check_scoring_options
-from vitlrp.explain import Explainer
+from vitlrp.explainer import Explainer
 from vitlrp.fileio import write_csv, write_json
 from vitlrp.gamma import PRESETS, GammaSpec
 from vitlrp.inputs import load_model_and_split, loader, sample_indices

@@ -39,7 +39,7 @@ from vitlrp import heatmaps as H
 from vitlrp.batch import Batch
 from vitlrp.checks import check_run_options, check_schedules_fit, method_settings
 from vitlrp.errors import UserError
-from vitlrp.explain import Explainer
+from vitlrp.explainer import Explainer
 from vitlrp.fileio import write_json, write_text
 from vitlrp.gallery import write_heatmap_gallery
 from vitlrp.gamma import PRESETS, GammaSpec, schedule_text

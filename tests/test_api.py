@@ -24,11 +24,21 @@ def python_blocks(path=API_DOC):
 def test_the_public_api_is_flat_and_listed():
     expected = {"Explainer", "explain", "score", "build_model", "load_checkpoint", "list_methods", "METRICS",
                 "GammaSpec", "MethodSettings", "Attribution", "Method", "UserError", "create_method"}
-    assert expected <= set(vitlrp.__all__)
-    assert all(hasattr(vitlrp, name) for name in vitlrp.__all__)
+    assert expected <= set(vitlrp.__all__) == set(vitlrp._EXPORTS)
+    assert all(hasattr(vitlrp, name) for name in vitlrp.__all__) and set(vitlrp.__all__) <= set(dir(vitlrp))
     assert "balanced" not in vitlrp.list_methods() and "gradcam" in vitlrp.list_methods()
     with vitlrp.create_method("balanced", vitlrp.build_model("vit_tiny", 10)) as method:
         assert isinstance(method, vitlrp.Explainer) and method.gamma == vitlrp.GammaSpec(1.0, 0.5)
+
+
+def test_importing_the_package_or_a_scripts_first_module_imports_no_torch():
+    """The public names are imported on first use: `from vitlrp import cli` (every script's first import) stays
+    light; a public name does not collide with a module (``vitlrp.explain`` stays the function)."""
+    code = "import sys, vitlrp; from vitlrp import cli; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]
+    modules = {p.stem for p in (REPO_ROOT / "vitlrp").iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+    assert not modules & set(vitlrp.__all__)
 
 
 def test_the_examples_of_docs_api_md_run(tmp_path, capsys):

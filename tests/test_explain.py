@@ -1,4 +1,4 @@
-"""vitlrp.explain / vitlrp.fastgamma: AttnLRP (LXT) + zennit's Gamma rule on torchvision ViTs, on the CPU.
+"""vitlrp.explainer / vitlrp.gammarule: AttnLRP (LXT) + zennit's Gamma rule on torchvision ViTs, on the CPU.
 
 Models are tiny and seeded. torchvision zero-initialises the classifier head (a fresh model's logits are 0 and
 so is every relevance), so the helpers below give the head and every bias random values.
@@ -16,7 +16,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from vitlrp import cost, gammarule
 from vitlrp.errors import UserError
-from vitlrp.explain import Explainer
+from vitlrp.explainer import Explainer
 from vitlrp.families import FAMILIES, register_family
 from vitlrp.families.torchvision import lxt_patched
 from vitlrp.gamma import PRESETS, GammaSpec, check_gamma

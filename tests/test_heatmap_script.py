@@ -13,7 +13,7 @@ import torch
 from conftest import error_lines, run_script_inprocess
 
 from vitlrp.cub import CUBDataset, load_cub
-from vitlrp.explain import Explainer
+from vitlrp.explainer import Explainer
 from vitlrp.gamma import GammaSpec
 from vitlrp.inputs import load_model_and_split
 from vitlrp.methods import MethodSettings

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, error_lines, run_script_inprocess
 
-import vitlrp.explain
+import vitlrp.explainer
 import vitlrp.fileio
 import vitlrp.render
 from vitlrp.cub import load_cub
@@ -73,19 +73,19 @@ def nan_for_second_image(monkeypatch):
             relevance[1, 0, 0] = math.nan
         return dataclasses.replace(r, relevance=relevance)
 
-    real = vitlrp.explain.Explainer.attribute
+    real = vitlrp.explainer.Explainer.attribute
 
     def attribute(self, images, target=None, ids=None):
         return broken(real(self, images, target, ids))
 
-    real_gammas = vitlrp.explain.Explainer.attribute_gammas
+    real_gammas = vitlrp.explainer.Explainer.attribute_gammas
 
     def gammas(self, images, targets, settings):  # what the evaluation's γ methods share a forward through
         out = real_gammas(self, images, targets, settings)
         return [[broken(r[0]), *r[1:]] for r in out]  # the explained class's map, not the other class's
 
-    monkeypatch.setattr(vitlrp.explain.Explainer, "attribute", attribute)
-    monkeypatch.setattr(vitlrp.explain.Explainer, "attribute_gammas", gammas)
+    monkeypatch.setattr(vitlrp.explainer.Explainer, "attribute", attribute)
+    monkeypatch.setattr(vitlrp.explainer.Explainer, "attribute_gammas", gammas)
 
 
 @pytest.fixture(scope="module")

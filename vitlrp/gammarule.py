@@ -18,7 +18,7 @@ stabiliser acts on ``σ·m``) ``S = s⁺ + s⁻ = g|z| / (m + ε)`` and ``D = s�
     input gradient = (c₁ |x| ⊙ SW + c₂ x ⊙ D|W|) / (|x| + ε_LXT).
 
 Products per layer: the forward ``z``, ``A`` (also in the forward, saved for the backward, so the several backwards
-of :meth:`vitlrp.explain.Explainer.attribute_gammas` share it), ``SW`` and ``D|W|``: 4 units instead of zennit's
+of :meth:`vitlrp.explainer.Explainer.attribute_gammas` share it), ``SW`` and ``D|W|``: 4 units instead of zennit's
 11 (and 2 at γ = 0). ``|W|`` is cached per parameter by :class:`AbsWeights` for as long as an Explainer is open.
 Element-wise steps run in (at least) float32, products in the model's dtype. The forward is the layer's own
 (``F.linear`` / ``F.conv2d``), so logits are unchanged.

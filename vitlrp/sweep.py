@@ -2,7 +2,7 @@
 the recommended cell, and ``best_gamma.json`` (written by ``scripts/sweep_gamma.py``, read by the other scripts).
 
 A cell is a :class:`~vitlrp.gamma.GammaSpec`, named like a method (``gamma:<conv>:<lin>``). Scoring reuses
-:mod:`vitlrp.evaluation`; the maps come from :meth:`vitlrp.explain.Explainer.attribute_gammas`.
+:mod:`vitlrp.evaluation`; the maps come from :meth:`vitlrp.explainer.Explainer.attribute_gammas`.
 """
 import math
 

@@ -1,7 +1,7 @@
 """Every attribution method by name, each a class registered once in the file of its family.
 
 =============  ==========================================================================
-``lrp``        AttnLRP + the Gamma rule (:class:`vitlrp.explain.Explainer`): the presets, ``gamma:<conv>:<lin>``,
+``lrp``        AttnLRP + the Gamma rule (:class:`vitlrp.explainer.Explainer`): the presets, ``gamma:<conv>:<lin>``,
                ``+attn``
 ``gradients``  ``input_x_gradient``, ``integrated_gradients`` (Captum), ``smoothgrad`` (Captum)
 ``cam``        ``gradcam`` (pytorch-grad-cam)

@@ -1,12 +1,12 @@
 """AttnLRP (LXT) with zennit's Gamma rule: the presets, ``gamma:<conv>:<lin>`` cells and ``+attn``, all one
-method class, :class:`vitlrp.explain.Explainer`.
+method class, :class:`vitlrp.explainer.Explainer`.
 
 A name is a preset (:data:`vitlrp.gamma.PRESETS`) or ``gamma:<conv>:<lin>`` with ``<lin>`` a number or a per-block
 schedule (:data:`vitlrp.gamma.SCHEDULE_HELP`), either optionally followed by ``+attn`` (γ on the attention
 projections too). Its parameters are a :class:`~vitlrp.gamma.GammaSpec`; ``balanced`` and ``gamma:1:0.5`` are the
 same method.
 """
-from ..explain import Explainer
+from ..explainer import Explainer
 from ..gamma import PRESETS, SCHEDULE_HELP, GammaSpec
 from .registry import register
 

@@ -87,7 +87,7 @@ def test_pointing_game_with_ties_is_at_most_quantus():
 def real_maps(trained_tiny):
     """AttnLRP (balanced) and Input×Gradient maps of the trained vit_tiny on 12 mini-CUB test images."""
     from vitlrp.inputs import load_model_and_split
-    from vitlrp.methods import MethodRunner, parse_method
+    from vitlrp.methods import create_method
 
     _, model, dataset = load_model_and_split(trained_tiny["checkpoint"], trained_tiny["dataset_root"], "test",
                                              torch.device("cpu"), annotations=True)
@@ -100,8 +100,8 @@ def real_maps(trained_tiny):
     for name in ("balanced", "input_x_gradient"):
         with torch.no_grad():
             target = model(images).argmax(1)
-        with MethodRunner(parse_method(name), model) as runner:
-            _, rel = runner(images, target)
+        with create_method(name, model) as method:
+            rel = method.attribute(images, target).relevance
         out[name] = rel.detach().float()
         out["target"] = target
     return out

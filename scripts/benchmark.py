@@ -40,6 +40,7 @@ from vitlrp.methods import MethodRunner, names, parse_method
 from vitlrp.methods.gradients import input_x_gradient
 from vitlrp.models import build_vit
 from vitlrp.preprocess import Preprocessing
+from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
 from vitlrp.synthetic import make_synthetic_cub
 from vitlrp.training import EpochSampler, WarmupCosine, make_loader, make_optimizer, train_one_epoch
@@ -340,7 +341,10 @@ def print_summary(results, ceiling, versus):
 
 def main(cfg):
     device = check_settings(cfg)
-    out = ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    folder = RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", ("benchmark.json",))
+    folder.refuse_other_script(folder.script)  # before minutes of measuring, not after
+    folder.refuse_foreign(folder.owned)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are true fp32; bf16 rows say so
@@ -364,8 +368,10 @@ def main(cfg):
               "model": cfg.MODEL, "image_size": cfg.IMAGE_SIZE, "lrp_batch": cfg.LRP_BATCH,
               "train_batch": cfg.TRAIN_BATCH, "config": cli.config_dict(cfg), "ceiling": ceiling,
               "fused_vs_input_x_gradient": versus, "rows": results}
-    write_json(Path(out) / "benchmark.json", report)
-    print(f"\nWrote {Path(out) / 'benchmark.json'}")
+    with folder as run:
+        write_json(run.path / "benchmark.json", report)
+        run.finish(["benchmark.json"])
+    print(f"\nWrote {run.path / 'benchmark.json'}")
     return 0
 
 

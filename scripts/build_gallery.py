@@ -8,7 +8,8 @@ from pathlib import Path
 from vitlrp import cli
 from vitlrp.errors import UserError
 from vitlrp.fileio import ensure_writable_dir
-from vitlrp.gallery import SECTIONS, incomplete_runs, run_folder_kind, shown, write_results_gallery
+from vitlrp.gallery import PAGE_SCRIPT, SECTIONS, incomplete_runs, run_folder_kind, shown, write_results_gallery
+from vitlrp.runfolder import FolderLock
 
 
 def check_results_dir(folder):
@@ -32,7 +33,10 @@ def main(cfg):
     folder = Path(cfg.RESULTS_DIR)
     check_results_dir(folder)
     ensure_writable_dir(folder, "RESULTS_DIR")  # index.html is written there
-    path = write_results_gallery(folder, cfg.TITLE)
+    with FolderLock(folder, "RESULTS_DIR") as lock:  # the page is this script's: no run writes its files here
+        lock.refuse_other_script(PAGE_SCRIPT)
+        lock.record(["index.html"], script=PAGE_SCRIPT)
+        path = write_results_gallery(folder, cfg.TITLE, warn=print)
     for sub in incomplete_runs(folder):
         print(f"warning: {folder / sub} holds a run that did not finish (see its RUN_INCOMPLETE.txt); "
               "the page flags it")

@@ -170,7 +170,8 @@ def write_outputs(cfg, run, dist, device, names, indices, rows, curves, found, s
     for metric in metrics:
         plots.metric_bars(summary, metric, out / f"bar_{metric}.png")
     plots.ranking_table(summary, out / "ranking.png", metrics)
-    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "world_size": dist.world_size})
+    write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "device": str(device),
+                                     "world_size": dist.world_size})
     run.finish(["per_image.csv", "summary.csv", "summary.json", "config.json", "curves_morf_lerf.png", "ranking.png"]
                + [f"bar_{metric}.png" for metric in metrics] + (["paired.csv", "forest_paired.png"] if paired else [])
                + (["curves_road.png"] if cfg.ROAD else [])

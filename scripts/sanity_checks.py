@@ -130,7 +130,8 @@ def write_outputs(cfg, run, dist, device, dataset, names, steps, rows, summary, 
     write_json(out / "summary.json", summary_doc(cfg, rows, summary, found, failed, n_sampled))
     plots.sanity_curves(summary, steps, {"abs_spearman": S.RANDOMIZATION_THRESHOLD}, out / "curves_randomization.png")
     written = write_figures(out, dataset.preprocessing, names, steps, rows, figures)
-    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "world_size": dist.world_size})
+    write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "device": str(device),
+                                     "world_size": dist.world_size})
     run.finish(["per_image_sanity.csv", "sanity.csv", "summary.json", "curves_randomization.png", "config.json"]
                + written)
 

@@ -123,7 +123,7 @@ def write_outputs(cfg, run, device, cells, rows_lin, rows, found, seconds):
                             "ci95"), convs, rows_lin, metric, where[best], marks, out / f"surface_{metric}.png")
     points = {n: tuple(summary[n][m]["mean"] for m in S.OBJECTIVES) for n in summary}
     plots.pareto_front(points, found["front"], doc["recommended"]["method"], found["presets"], out / "pareto.png")
-    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(device), "cells": len(cells),
+    write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "device": str(device), "cells": len(cells),
                                      "seconds": seconds})
     write_json(out / "best_gamma.json", {
         **doc, "n_images": found["n_ok"], "n_failed": len(found["failed"]), "failed_cells": found["failed_cells"],

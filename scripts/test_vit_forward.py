@@ -40,10 +40,10 @@ from vitlrp.checks import check_run_options, check_schedules_fit, method_options
 from vitlrp.errors import UserError
 from vitlrp.explain import Explainer
 from vitlrp.fileio import write_json, write_text
-from vitlrp.gallery import write_heatmap_gallery
 from vitlrp.gamma import PRESETS, check_gamma, lin_gamma_value, schedule_text
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
 from vitlrp.methods import lrp
+from vitlrp.pages import write_heatmap_gallery
 from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import DTYPES, Distributed, resolve_device
 from vitlrp.scoring import nonfinite_error
@@ -203,7 +203,7 @@ def write_outputs(cfg, run, results, coverage, gammas, prep, device, grid):
         render.save_png(render.stack([render.load_png(p) for p in grids]), out / "lrp_gamma_grid_overview.png")
     write_text(out / "lrp_image_paths.txt", "".join(f"{r['img_path']}\n" for r in results if not r.get("error")))
     layers = next((r["gamma_layers"] for r in results if "gamma_layers" in r), [])
-    write_json(out / "config.json", {**cli.config_dict(cfg), "conv_gamma": gammas["conv_gamma"],
+    write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "conv_gamma": gammas["conv_gamma"],
                                      "lin_gamma": gammas["lin_gamma"], "gamma_source": gammas["source"],
                                      "gamma_coverage": coverage, "gamma_layers": layers,
                                      "preprocessing": prep.to_dict(), "device": str(device)})

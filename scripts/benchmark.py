@@ -343,7 +343,7 @@ def main(cfg):
     device = check_settings(cfg)
     ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     folder = RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", ("benchmark.json",))
-    folder.refuse_other_script(folder.script)  # before minutes of measuring, not after
+    folder.refuse_other_script(folder.script, folder.owned)  # before minutes of measuring, not after
     folder.refuse_foreign(folder.owned)
     cuda = device.type == "cuda"
     if cuda:

@@ -11,6 +11,7 @@ from pathlib import Path
 from vitlrp import cli
 from vitlrp.errors import UserError
 from vitlrp.fileio import write_csv, write_json
+from vitlrp.heatmaps import OUTPUT_NAMES
 from vitlrp.models import load_checkpoint, model_from_checkpoint
 from vitlrp.predict import predict_files
 from vitlrp.runfolder import FolderLock, check_complete
@@ -64,10 +65,10 @@ def main(cfg):
                         "(or pass --output-dir with the folder of a finished run)")
     device = resolve_device(cfg.DEVICE)
     folder = FolderLock(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-    folder.refuse_other_script("test_vit_forward.py")  # its files go into a heatmap run's folder, no other
+    folder.refuse_other_script("test_vit_forward.py", OUTPUT_NAMES)  # it adds to a heatmap run's folder, no other
     with folder as lock:  # no heatmap run may rewrite the folder meanwhile
         check_complete(out, "OUTPUT_DIR", how)
-        lock.refuse_other_script("test_vit_forward.py")
+        lock.refuse_other_script("test_vit_forward.py", OUTPUT_NAMES)
         lock.refuse_foreign(WRITES)
         lock.record(WRITES)  # before writing: a run stopped halfway must not leave files the folder calls foreign
         samples = read_samples(results_path)

@@ -227,9 +227,8 @@ def test_the_shortcut_gallery_in_a_browser(browser, shortcut_results, width):
 def test_the_recommendation_and_its_table_are_on_the_first_screen(browser, results):
     browser.open((results / "index.html").resolve().as_uri(), 1400, 1000)
     bottom = browser.evaluate("""(() => {
-      const w = document.getElementById('which-gamma');
-      const rec = document.querySelector('.rec'), table = w.nextElementSibling.parentElement.querySelector(
-        '#which-gamma ~ div.scroll table');
+      const rec = document.querySelector('#which-gamma ~ .rec'), table = document.querySelector(
+        '#which-gamma ~ div.scroll table');  // the first table after the heading: each γ setting's evidence
       return {rec: rec.getBoundingClientRect().bottom, table: table.getBoundingClientRect().bottom,
               height: window.innerHeight};
     })()""")
@@ -383,6 +382,13 @@ def test_a_stale_run_is_marked_on_the_page_and_the_console(results, tmp_path):
     html = html_of(folder)
     assert f"<p class=bad>Stale: {reason}.</p>" in html.split("<h2 id=evaluation>")[1]
     assert "Stale evidence: lrp_eval/" in html.split("<h2 id=training>")[0]
+    config = json.loads((folder / "sweep" / "config.json").read_text())
+    config["identity"]["checkpoints"][ckpt] = "0" * 64
+    (folder / "sweep" / "config.json").write_text(json.dumps(config))
+    run_script_inprocess("build_gallery", "--results-dir", folder)
+    which = html_of(folder).split("<h2 id=training>")[0]
+    assert "The γ sweep is stale (see its section): its recommendation is not used." in which
+    assert "from the γ sweep" not in which
 
 
 def test_a_sweep_that_recommends_nothing_shows_n_a(results, tmp_path):

@@ -337,16 +337,18 @@ def test_a_run_folder_records_its_script_and_another_script_is_refused_in_one_li
     assert json.loads((out / MANIFEST).read_text())["script"] == "evaluate_lrp.py"
 
 
-@pytest.mark.parametrize("listed,script", [(["sanity.csv", "summary.json"], "sanity_checks.py"),
-                                           (["paired.csv", "summary.json"], "evaluate_lrp.py"),
-                                           (["lrp_results.json"], "test_vit_forward.py")])
-def test_a_list_written_before_lists_named_their_script_names_it_by_its_files(tmp_path, listed, script):
+def test_a_list_written_before_lists_named_their_script_is_told_by_its_files(tmp_path):
     out = tmp_path / "old"
-    out.mkdir()
-    (out / MANIFEST).write_text(json.dumps({"files": listed}), encoding="utf-8")
-    assert vitlrp.runfolder.maker(out) == script
-    with pytest.raises(UserError, match=f"holds the outputs of {script}, not of sweep_gamma.py"):
-        RunFolder(out, "OUTPUT_DIR", ["*.csv"], script="sweep_gamma.py").__enter__()
+    out.mkdir()  # an evaluation folder listed by an older version: no script named
+    (out / MANIFEST).write_text(json.dumps({"files": ["config.json", "paired.csv", "per_image.csv", "summary.json"]}))
+    assert vitlrp.runfolder.maker(out) == ""
+    with pytest.raises(UserError) as info:  # a sweep writes per_image.csv and config.json, never paired.csv
+        RunFolder(out, "OUTPUT_DIR", ["cells.csv", "per_image.csv", "config.json"], script="sweep_gamma.py").__enter__()
+    assert str(info.value) == (f"OUTPUT_DIR {out} holds the outputs of another script (paired.csv, summary.json), not "
+                               "of sweep_gamma.py: choose another OUTPUT_DIR (each script writes a folder of its own)")
+    owned = ["config.json", "paired.csv", "per_image.csv", "summary.json"]
+    a_run(out, {"summary.json": "{}"}, owned=owned, script="evaluate_lrp.py")  # its own files: taken, and named now
+    assert vitlrp.runfolder.maker(out) == "evaluate_lrp.py"
 
 
 @pytest.fixture(scope="module")

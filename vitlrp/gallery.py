@@ -22,10 +22,6 @@ _RUN_FILES = (("lrp_results.json", "a heatmap run"), ("pairs.json", "swapped-mar
 # the subfolders a results folder's page shows, each with the file that says its run's results are there
 SECTIONS = {"train": "summary.csv", "lrp_samples": "lrp_results.json", "lrp_eval": "summary.json",
             "sanity": "sanity.csv", "sweep": "best_gamma.json", "pairs": "index.html"}
-# the script that writes each subfolder, and what the page calls it
-_MAKERS = {"train": "train_vit_cub.py", "lrp_samples": "test_vit_forward.py", "lrp_eval": "evaluate_lrp.py",
-           "sanity": "sanity_checks.py", "sweep": "sweep_gamma.py", "pairs": "shortcut_pairs.py"}
-PAGE_SCRIPT = "build_gallery.py"  # the script that writes a results folder's page
 # the files of each run the page links to (where they exist), beside its own page
 _FILES = {"train": ("summary.csv", "config.json"),
           "lrp_samples": ("index.html", "lrp_results.json", "predictions.csv", "predictions.json", "config.json",
@@ -249,7 +245,10 @@ def _which_gamma(root, found, stale):
     """The answer first: the recommended γ and where it comes from, each γ setting's evidence, the links to it."""
     docs = {sub: _as_dict(_read_json(root / sub / name)) if sub in found else None
             for sub, name in (("lrp_eval", "summary.json"), ("sanity", "summary.json"), ("sweep", "best_gamma.json"))}
-    rec, rows = W.recommend(docs["lrp_eval"], docs["sanity"], docs["sweep"])
+    sweep = None if "sweep" in stale else docs["sweep"]  # a sweep of another model recommends nothing here
+    rec, rows = W.recommend(docs["lrp_eval"], docs["sanity"], sweep)
+    if sweep is None and docs["sweep"] is not None:
+        rec.why.insert(0, "The γ sweep is stale (see its section): its recommendation is not used.")
     if rec.name:
         conv, lin = W.gammas(rec.name) or ("?", "?")
         parts = [f"<p class=rec>Recommended: <b>{esc(rec.name)}</b> (Conv2d γ {esc(conv)}, Linear γ {esc(lin)}), "
@@ -300,13 +299,14 @@ def incomplete_runs(results_dir):
     return {sub: note for sub, note in notes.items() if note is not None}
 
 
-def run_folder_kind(folder):
-    """What ``folder`` holds when it is one run's output folder (e.g. ``'a heatmap run'``), else None."""
+def run_folder_kind(folder, page_script=""):
+    """What ``folder`` holds when it is one run's output folder (e.g. ``'a heatmap run'``), else None; a folder
+    that ``page_script`` (the script that writes results pages) made is a results folder."""
     folder = Path(folder)
     kind = next((kind for name, kind in _RUN_FILES if (folder / name).is_file()), None)
     made_by = maker(folder)
-    if kind is None and (made_by not in ("", PAGE_SCRIPT) or (folder / MARKER).exists()
-                         or ((folder / MANIFEST).exists() and made_by != PAGE_SCRIPT)):
+    if kind is None and (made_by not in ("", page_script) or (folder / MARKER).exists()
+                         or ((folder / MANIFEST).exists() and made_by != page_script)):
         kind = "one run's outputs" + (f" ({made_by})" if made_by else "")
     return kind
 
@@ -333,11 +333,11 @@ def stale_runs(root, subs):
     return identity.stale({sub: identity.read(root / sub) for sub in subs}, reference="train")
 
 
-def _misplaced(root, sub):
-    """Why ``root/sub`` is not the run the page expects there (another script made it), else ''."""
-    made_by = maker(root / sub)
-    return f"{sub}/ holds the outputs of {made_by}, not of {_MAKERS[sub]}" if made_by and made_by != _MAKERS[sub] \
-        else ""
+def _misplaced(root, sub, makers):
+    """Why ``root/sub`` is not the run the page expects there (another script than ``makers[sub]`` made it)."""
+    made_by, expected = maker(root / sub), makers.get(sub)
+    return f"{sub}/ holds the outputs of {made_by}, not of {expected}" if made_by and expected and \
+        made_by != expected else ""
 
 
 # the page's sections in order: subfolder, anchor, heading
@@ -365,11 +365,11 @@ def _has_shortcut(root):
     return "shortcut" in _as_dict(_read_json(root / "lrp_eval" / "summary.json"))
 
 
-def _misplaced_runs(root, found):
+def _misplaced_runs(root, found, makers):
     """``{sub: note}`` of the subfolders another script made (taken out of ``found``: never read as this one's)."""
     notes = {}
     for sub in sorted(found):
-        why = _misplaced(root, sub)
+        why = _misplaced(root, sub, makers)
         if why:
             notes[sub] = why + "; not shown: choose another folder for one of the two"
             found.discard(sub)
@@ -400,16 +400,17 @@ def _sections(root, found, notes, stale, warn):
     return toc, out
 
 
-def write_results_gallery(results_dir, title="", warn=None):
+def write_results_gallery(results_dir, title="", warn=None, makers=None):
     """``index.html`` over a results folder holding any of ``train/``, ``lrp_samples/``, ``lrp_eval/``, ``sanity/``,
     ``sweep/``, ``pairs/`` (``title`` empty: :func:`default_title`). A run folder the page cannot read, one another
-    script made, and a stale run are named on the page and passed to ``warn`` (one line each)."""
+    script than ``makers[subfolder]`` made, and a stale run are named on the page and passed to ``warn`` (one line
+    each)."""
     warn = warn or (lambda line: None)
     root = Path(results_dir)
     body = [f"<p class=bad>{esc(sub)}/ holds a run that did not finish ({esc(MARKER)}): {esc(note)}</p>"
             for sub, note in incomplete_runs(root).items()]
     found = _with_results(root)
-    notes = _misplaced_runs(root, found)
+    notes = _misplaced_runs(root, found, makers or {})
     for note in notes.values():
         warn(f"warning: {root}/{note}")
     stale = stale_runs(root, found)

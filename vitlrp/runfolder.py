@@ -6,7 +6,8 @@ removes the older runs' outputs it did not rewrite (only names it owns) and drop
 the script's output names belongs to the last finished run. ``.vitlrp-run-files.json`` lists the files this
 project's runs wrote and the script that made the folder: a run refuses a folder that holds files of its output names
 not listed there (unless a marker says an unfinished run wrote them), so it never overwrites or removes a file of the
-user's, and a folder another script made, so two scripts never mix (or overwrite) their outputs in one folder.
+user's, and a folder another script made (a list that names no script: one that lists files this script does not
+write), so two scripts never mix (or overwrite) their outputs in one folder.
 
 The lock is the ``filelock`` package's on ``.vitlrp-run.lock`` (``flock`` on Unix, ``LockFileEx`` on Windows): the
 operating system releases it when its process dies, so a killed run never blocks the folder. Who holds it (pid, host,
@@ -33,12 +34,6 @@ HOLDER = ".vitlrp-run-holder.json"
 MARKER = "RUN_INCOMPLETE.txt"
 MANIFEST = ".vitlrp-run-files.json"
 _BOOKKEEPING = {LOCK, HOLDER, MARKER, MANIFEST}
-# folders listed before the list named their script: a file only one script writes names it
-_SIGNATURES = (("lrp_results.json", "test_vit_forward.py"), ("sanity.csv", "sanity_checks.py"),
-               ("per_image_sanity.csv", "sanity_checks.py"), ("cells.csv", "sweep_gamma.py"),
-               ("best_gamma.json", "sweep_gamma.py"), ("pairs.json", "shortcut_pairs.py"),
-               ("paired.csv", "evaluate_lrp.py"), ("curves_morf_lerf.png", "evaluate_lrp.py"),
-               ("curves.png", "train_vit_cub.py"), ("benchmark.json", "benchmark.py"))
 # one line per folder an interrupted run of this process left incomplete, with how to finish it (the command line
 # prints them after "interrupted"; see unfinished())
 _unfinished = []
@@ -76,13 +71,10 @@ def this_script():
 
 
 def maker(folder):
-    """The script that made ``folder`` as its list records it (or, for an older list, as the files it lists say);
-    '' when nothing says."""
-    info = _read(Path(folder) / MANIFEST)
-    if isinstance(info.get("script"), str) and info["script"]:
-        return info["script"]
-    listed = _listed(folder)
-    return next((script for name, script in _SIGNATURES if name in listed), "")
+    """The script that made ``folder`` as its list records it; '' when it records none (no list, or one written
+    before lists named their script)."""
+    script = _read(Path(folder) / MANIFEST).get("script")
+    return script if isinstance(script, str) else ""
 
 
 def _write_list(folder, names, script):
@@ -186,13 +178,19 @@ class FolderLock:
             raise UserError(f"{self.what} {self.path} holds files this project did not write ({names}): choose a new "
                             "or empty folder (or move those files away)")
 
-    def refuse_other_script(self, script, own=()):
-        """Stop with one line if a script other than ``script`` (or one of ``own``, which share its folders) made
-        the folder."""
+    def refuse_other_script(self, script, owned=None):
+        """Stop with one line if a script other than ``script`` made the folder; when its list names no script
+        (written before lists did), if it lists files that match none of ``owned`` (this script's output names)."""
         made_by = maker(self.path)
-        if made_by and script and made_by != script and made_by not in own:
+        if made_by and script and made_by != script:
             raise UserError(f"{self.what} {self.path} holds the outputs of {made_by}, not of {script}: choose another "
                             f"{self.what} (each script writes a folder of its own)")
+        theirs = sorted(n for n in _listed(self.path) if owned is not None and not _matches(n, owned))
+        if not made_by and theirs:
+            names = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+            raise UserError(f"{self.what} {self.path} holds the outputs of another script ({names}), not of "
+                            f"{script or 'this one'}: choose another {self.what} (each script writes a folder of its "
+                            "own)")
 
     def record(self, names, script=""):
         """Add ``names``, written under this lock, to the folder's list of files this project wrote; the folder's
@@ -244,12 +242,12 @@ class RunFolder(FolderLock):
         self.how = None
 
     def __enter__(self):
-        self.refuse_other_script(self.script)
+        self.refuse_other_script(self.script, self.owned)
         if not self.overwrite and not (self.path / LOCK).exists():
             self.refuse_foreign(self.owned)  # before the lock file is made: a folder of the user's gets nothing of ours
         super().__enter__()
         try:
-            self.refuse_other_script(self.script)  # again under the lock: another script may have finished meanwhile
+            self.refuse_other_script(self.script, self.owned)  # again under the lock: another may have finished
             if not self.overwrite:
                 self.refuse_foreign(self.owned)
             self.mark()

@@ -146,7 +146,7 @@ def _from_sweep(sweep_doc, checked):
     randomization = (_lookup(checked, rec["method"]) or {}).get("randomization")
     why.append(f"Randomization check of this setting: {randomization.text()}." if randomization else
                "The sweep checks the class dependence only; the randomization check has not been run on this "
-               "setting (add it to sanity_checks.py --methods).")
+               "setting (add it to the sanity checks' methods).")
     return Recommendation(str(rec["method"]), "the γ sweep", why), ""
 
 
@@ -159,11 +159,10 @@ def _from_evaluation(rows, eval_doc, sanity_doc):
     """The most faithful γ setting of the evaluation among those that pass both sanity checks firmly."""
     if not eval_doc:
         return Recommendation(why=["Not enough evidence: no evaluation (lrp_eval/) to measure faithfulness; run "
-                                   "evaluate_lrp.py (make demo)."])
+                                   "the evaluation (make demo)."])
     if not sanity_doc:
         return Recommendation(why=["Not enough evidence: the sanity checks (sanity/) have not been run, so no γ "
-                                   "setting is known to depend on the class and the model; run sanity_checks.py "
-                                   "(make demo)."])
+                                   "setting is known to depend on the class and the model; run them (make demo)."])
     scored = [r for r in rows if r.faithfulness[0] is not None]
     passing = [r for r in scored if all(r.checks.get(c) and r.checks[c].firm_pass for c in CHECKS)]
     if not passing:

@@ -342,9 +342,10 @@ def print_summary(results, ceiling, versus):
 def main(cfg):
     device = check_settings(cfg)
     ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-    folder = RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", ("benchmark.json",))
-    folder.refuse_other_script(folder.script, folder.owned)  # before minutes of measuring, not after
-    folder.refuse_foreign(folder.owned)
+    # benchmark.json is replaced as it always was (overwrite); another script's folder is refused, before minutes of
+    # measuring, not after
+    folder = RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", ("benchmark.json",), overwrite=True)
+    folder.refuse_other_script(folder.script, folder.owned)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are true fp32; bf16 rows say so

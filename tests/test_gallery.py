@@ -257,29 +257,32 @@ READ = {"train/summary.csv": (), "train/config.json": (), "lrp_samples/lrp_resul
         "sweep/config.json": (), "lrp_eval/" + MANIFEST: ()}
 
 
-def leaves(doc, path=()):
-    """``(path, value)`` of every leaf of a JSON document; list positions are ``*``."""
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            yield from leaves(v, path + (k,))
-    elif isinstance(doc, list):
-        for v in doc:
-            yield from leaves(v, path + ("*",))
+def step(path, key, data_keys):
+    """The path of ``key`` under ``path``: ``*`` for a list position or a key of a ``data_keys`` map (a method
+    name), so one field of every method is one path."""
+    return path + ("*" if key is None or (len(path) == 1 and path[0] in data_keys) else key,)
+
+
+def leaves(doc, data_keys=(), path=()):
+    """``(path, value)`` of every leaf of a JSON document (paths as :func:`step` makes them)."""
+    if isinstance(doc, (dict, list)):
+        for k, v in doc.items() if isinstance(doc, dict) else ((None, v) for v in doc):
+            yield from leaves(v, data_keys, step(path, k, data_keys))
     else:
         yield path, doc
 
 
 def inject(doc, where, path=(), data_keys=()):
     """``doc`` with every leaf whose path matches ``where(path, value)`` replaced by the value ``where`` returns,
-    and the keys of the ``data_keys`` maps given the payload."""
+    and the keys of the ``data_keys`` maps given the payload when ``where`` asks for it (``where((), key)``)."""
     if isinstance(doc, dict):
         out = {}
         for k, v in doc.items():
-            key = k + PAYLOAD if len(path) == 1 and path[0] in data_keys else k
-            out[key] = inject(v, where, path + (k,), data_keys)
+            key = k + PAYLOAD if len(path) == 1 and path[0] in data_keys and where((), k) else k
+            out[key] = inject(v, where, step(path, k, data_keys), data_keys)
         return out
     if isinstance(doc, list):
-        return [inject(v, where, path + ("*",), data_keys) for v in doc]
+        return [inject(v, where, step(path, None, data_keys), data_keys) for v in doc]
     new = where(path, doc)
     return doc if new is None else new
 
@@ -326,9 +329,9 @@ def test_every_field_alone_even_a_number_may_hold_markup_and_the_page_still_buil
             with open(folder / name, newline="", encoding="utf-8") as fh:
                 paths = sorted({(k,) for k in next(csv.DictReader(fh))})
         else:
-            paths = sorted({p for p, _ in leaves(json.loads(originals[name]))}, key=str)
-        for target in paths:  # one field (every entry of a list at once) holds the payload, the rest is as written
-            poison(folder, name, lambda path, v, target=target: PAYLOAD if path == target else None)
+            paths = sorted({p for p, _ in leaves(json.loads(originals[name]), READ[name])}, key=str)
+        for target in paths:  # one field (of every list entry and every method at once) holds the payload
+            poison(folder, name, lambda path, v, target=target: PAYLOAD if path == target else None, READ[name])
             html = write_results_gallery(folder).read_text(encoding="utf-8")
             assert_escaped(html)
             (folder / name).write_bytes(originals[name])

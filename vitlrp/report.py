@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import identity
 from .runfolder import incomplete_note, maker
+from .whichgamma import read_verdict
 
 
 @dataclass
@@ -112,8 +113,9 @@ def sanity_section(folder, title="Sanity checks"):
 
 
 def _verdict(check):
-    word = "n/a" if check.get("passed") is None else "pass" if check["passed"] else "**fail**"
-    return word + ("?" if check.get("borderline") else "")
+    """A sanity verdict as the page shows it (read by :func:`vitlrp.whichgamma.read_verdict`, the one reader)."""
+    v = read_verdict(check)
+    return ("**fail**" if v.word == "fail" else v.word) + ("?" if v.borderline else "")
 
 
 def sweep_section(folder, title="Which γ: the sweep"):

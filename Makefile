@@ -26,8 +26,15 @@ DEMO_CKPT := $(DEMO)/checkpoints/vit_cub_best.pt
 # evaluate_lrp.py's default METHODS plus the peer explainers that cost about one backward pass; add
 # integrated_gradients,smoothgrad for the full list (30-40x Input×Gradient each: kept out so the demo stays short)
 DEMO_METHODS := baseline,conservative,balanced,aggressive,very_aggressive,input_x_gradient,random,gradcam,rollout,gae
+DEMO_TITLE := "Demo on the synthetic mini-CUB (not real birds)"
+# figures the docs quote (docs/sanity.md, docs/sweep.md; tests/test_docs.py holds them to these lines)
+DEMO_SANITY_IMAGES := 40
+DEMO_NOISE_SAMPLES := 2
+SWEEP_IMAGES := 48
+SWEEP_STEPS := 5
 
-# the sanity checks run on 40 images with 2 noisy copies each (about 20 s on 2 idle cores)
+# the sanity checks run on DEMO_SANITY_IMAGES images with DEMO_NOISE_SAMPLES noisy copies each (about 20 s on 2 idle
+# cores)
 demo: $(STAMP)
 	$(PY) scripts/make_synthetic_cub.py --dataset-root $(MINI)
 	$(PY) scripts/train_vit_cub.py --dataset-root $(MINI) --model vit_tiny --pretrained none --epochs 15 \
@@ -40,18 +47,21 @@ demo: $(STAMP)
 	$(PY) scripts/inspect_lrp_predictions.py --output-dir $(DEMO)/lrp_samples
 	$(PY) scripts/evaluate_lrp.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 0 \
 	    --methods $(DEMO_METHODS) --num-workers 2 --output-dir $(DEMO)/lrp_eval
-	$(PY) scripts/sanity_checks.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 40 \
-	    --methods $(DEMO_METHODS) --noise-samples 2 --figure-images 2 --num-workers 2 --output-dir $(DEMO)/sanity
-	$(PY) scripts/build_gallery.py --results-dir $(DEMO) --title "Demo on the synthetic mini-CUB (not real birds)"
+	$(PY) scripts/sanity_checks.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) \
+	    --num-images $(DEMO_SANITY_IMAGES) --methods $(DEMO_METHODS) --noise-samples $(DEMO_NOISE_SAMPLES) \
+	    --figure-images 2 --num-workers 2 --output-dir $(DEMO)/sanity
+	$(PY) scripts/build_gallery.py --results-dir $(DEMO) --title $(DEMO_TITLE)
 	@echo
 	@echo "Demo done. Look at $(DEMO)/index.html (all results), $(DEMO)/lrp_samples/index.html (heatmaps),"
 	@echo "$(DEMO)/lrp_eval/summary.csv (which gamma explains best), $(DEMO)/sanity/sanity.csv (do the maps depend on"
 	@echo "the class and the model?) and $(DEMO)/train/curves.png."
 
-# The γ sweep on the demo's checkpoint (run `make demo` first): a short CPU run, 48 images, 5 perturbation steps.
+# The γ sweep on the demo's checkpoint (run `make demo` first): a short CPU run, SWEEP_IMAGES images, SWEEP_STEPS
+# perturbation steps; then the demo's gallery again, which now takes its recommendation from the sweep.
 sweep: $(STAMP)
-	$(PY) scripts/sweep_gamma.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images 48 \
-	    --perturb-steps 5 --batch-size 48 --num-workers 2 --output-dir $(DEMO)/sweep
+	$(PY) scripts/sweep_gamma.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images $(SWEEP_IMAGES) \
+	    --perturb-steps $(SWEEP_STEPS) --batch-size 48 --num-workers 2 --output-dir $(DEMO)/sweep
+	$(PY) scripts/build_gallery.py --results-dir $(DEMO) --title $(DEMO_TITLE)
 
 # Does the explanation show the shortcut? A mini-CUB whose training images carry a class mark beside the bird,
 # a vit_tiny trained on it, every method scored on swapped-mark test pairs, and a gallery of the pairs.
@@ -82,9 +92,11 @@ bench-vit-b16: $(STAMP)
 	$(PY) scripts/benchmark.py --model vit_b_16 --run lrp_zennit_fp32,lrp_fused_fp32,input_x_gradient --lrp-batch 8 \
 	    --repeats 3 --output-dir results/benchmark_vit_b16
 
-# docs/results.md from the runs above (their files, their commands): what the README's results link to
+# docs/results.md from the runs above (their files, their commands): what the README's results link to. A missing
+# run stops it, naming the make target that makes it; `make report PARTIAL=true` writes the page without it.
 report: $(STAMP)
-	$(PY) scripts/report.py --benchmark-files results/benchmark/benchmark.json,results/benchmark_vit_b16/benchmark.json
+	$(PY) scripts/report.py --benchmark-files results/benchmark/benchmark.json,results/benchmark_vit_b16/benchmark.json \
+	    --partial $(or $(PARTIAL),false)
 
 clean-demo:
 	rm -rf results/demo results/shortcut dataset/synthetic

@@ -41,6 +41,7 @@ from vitlrp.methods import MethodSettings, create_method, names
 from vitlrp.methods.gradients import input_x_gradient
 from vitlrp.models import build_vit
 from vitlrp.preprocess import Preprocessing
+from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
 from vitlrp.synthetic import make_synthetic_cub
 from vitlrp.training import (
@@ -352,7 +353,11 @@ def print_summary(results, ceiling, versus):
 
 def main(cfg):
     device = check_settings(cfg)
-    out = ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    ensure_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    # benchmark.json is replaced as it always was (overwrite); another script's folder is refused, before minutes of
+    # measuring, not after
+    folder = RunFolder(cfg.OUTPUT_DIR, "OUTPUT_DIR", ("benchmark.json",), overwrite=True)
+    folder.refuse_other_script(folder.script, folder.owned)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows are true fp32; bf16 rows say so
@@ -376,8 +381,10 @@ def main(cfg):
               "model": cfg.MODEL, "image_size": cfg.IMAGE_SIZE, "lrp_batch": cfg.LRP_BATCH,
               "train_batch": cfg.TRAIN_BATCH, "config": cli.config_dict(cfg), "ceiling": ceiling,
               "fused_vs_input_x_gradient": versus, "rows": results}
-    write_json(Path(out) / "benchmark.json", report)
-    print(f"\nWrote {Path(out) / 'benchmark.json'}")
+    with folder as run:
+        write_json(run.path / "benchmark.json", report)
+        run.finish(["benchmark.json"])
+    print(f"\nWrote {run.path / 'benchmark.json'}")
     return 0
 
 

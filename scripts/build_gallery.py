@@ -9,6 +9,12 @@ from vitlrp import cli
 from vitlrp.errors import UserError
 from vitlrp.fileio import ensure_writable_dir
 from vitlrp.gallery import SECTIONS, incomplete_runs, run_folder_kind, shown, write_results_gallery
+from vitlrp.runfolder import FolderLock
+
+PAGE_SCRIPT = "build_gallery.py"  # this script: the folder's page is its file
+# the script that writes each subfolder the page shows (a subfolder another script made is named, not shown)
+MAKERS = {"train": "train_vit_cub.py", "lrp_samples": "test_vit_forward.py", "lrp_eval": "evaluate_lrp.py",
+          "sanity": "sanity_checks.py", "sweep": "sweep_gamma.py", "pairs": "shortcut_pairs.py"}
 
 
 def check_results_dir(folder):
@@ -16,7 +22,7 @@ def check_results_dir(folder):
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise UserError(f"RESULTS_DIR {folder} {what}; run the pipeline first or pass --results-dir")
-    kind = run_folder_kind(folder)
+    kind = run_folder_kind(folder, PAGE_SCRIPT)
     if kind:  # its index.html, if any, is that run's own page: never replaced by an overview
         page = folder / "index.html"
         own = f"its own page is {page}" if page.exists() else "it has no page of its own"
@@ -32,7 +38,10 @@ def main(cfg):
     folder = Path(cfg.RESULTS_DIR)
     check_results_dir(folder)
     ensure_writable_dir(folder, "RESULTS_DIR")  # index.html is written there
-    path = write_results_gallery(folder, cfg.TITLE)
+    with FolderLock(folder, "RESULTS_DIR") as lock:  # the page is this script's: no run writes its files here
+        lock.refuse_other_script(PAGE_SCRIPT)
+        lock.record(["index.html"], script=PAGE_SCRIPT)
+        path = write_results_gallery(folder, cfg.TITLE, warn=print, makers=MAKERS)
     for sub in incomplete_runs(folder):
         print(f"warning: {folder / sub} holds a run that did not finish (see its RUN_INCOMPLETE.txt); "
               "the page flags it")

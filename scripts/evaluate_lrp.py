@@ -174,7 +174,7 @@ def write_outputs(cfg, state, names, rows, curves, found, shortcut):
     for metric in metrics:
         plots.metric_bars(summary, metric, out / f"bar_{metric}.png")
     plots.ranking_table(summary, out / "ranking.png", metrics)
-    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(state.device),
+    write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "device": str(state.device),
                                      "world_size": state.dist.world_size})
     run.finish(["per_image.csv", "summary.csv", "summary.json", "config.json", "curves_morf_lerf.png", "ranking.png"]
                + [f"bar_{metric}.png" for metric in metrics] + (["paired.csv", "forest_paired.png"] if paired else [])

@@ -11,6 +11,7 @@ from pathlib import Path
 from vitlrp import cli
 from vitlrp.errors import UserError
 from vitlrp.fileio import write_csv, write_json
+from vitlrp.heatmaps import OUTPUT_NAMES
 from vitlrp.models import model_from_checkpoint, read_checkpoint
 from vitlrp.predict import predict_files
 from vitlrp.runfolder import FolderLock, check_complete
@@ -63,8 +64,11 @@ def main(cfg):
         raise UserError(f"{results_path} not found: run `python scripts/test_vit_forward.py` first "
                         "(or pass --output-dir with the folder of a finished run)")
     device = resolve_device(cfg.DEVICE)
-    with FolderLock(cfg.OUTPUT_DIR, "OUTPUT_DIR") as lock:  # no heatmap run may rewrite the folder meanwhile
+    folder = FolderLock(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    folder.refuse_other_script("test_vit_forward.py", OUTPUT_NAMES)  # it adds to a heatmap run's folder, no other
+    with folder as lock:  # no heatmap run may rewrite the folder meanwhile
         check_complete(out, "OUTPUT_DIR", how)
+        lock.refuse_other_script("test_vit_forward.py", OUTPUT_NAMES)
         lock.refuse_foreign(WRITES)
         lock.record(WRITES)  # before writing: a run stopped halfway must not leave files the folder calls foreign
         samples = read_samples(results_path)
@@ -75,6 +79,20 @@ def main(cfg):
         check_same_classes(names, samples, ckpt_path, results_path)
         model, prep = model_from_checkpoint(ckpt)
         return report(cfg, out, ckpt_path, model.to(device), prep, names, samples)
+
+
+def accuracy_line(ok):
+    """How many predictions are right and the mean confidence, of right and wrong ones where there are any."""
+    def mean(rows):
+        return sum(r["confidence"] for r in rows) / len(rows)
+
+    right = [r for r in ok if r["correct"]]
+    wrong = [r for r in ok if not r["correct"]]
+    if not ok:
+        return "0/0 correct (no readable sample)"
+    parts = [f"{what} {mean(rows):.1%}" for what, rows in (("correct", right), ("wrong", wrong)) if rows]
+    return (f"{len(right)}/{len(ok)} correct ({len(right) / len(ok):.1%}); mean confidence {mean(ok):.1%}"
+            + (f" ({', '.join(parts)})" if len(parts) == 2 else ""))
 
 
 def report(cfg, out, ckpt_path, model, prep, names, samples):
@@ -101,13 +119,8 @@ def report(cfg, out, ckpt_path, model, prep, names, samples):
         rows.append(row)
 
     ok = [r for r in rows if not r["error"]]
-    correct = [r for r in ok if r["correct"]]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     print("-" * 84)
-    print(f"{len(correct)}/{len(ok)} correct ({mean([r['correct'] for r in ok]):.1%}); mean confidence "
-          f"{mean([r['confidence'] for r in ok]):.1%} (correct {mean([r['confidence'] for r in correct]):.1%}, "
-          f"wrong {mean([r['confidence'] for r in ok if not r['correct']]):.1%})"
-          + (f"; {len(rows) - len(ok)} unreadable" if len(ok) < len(rows) else ""))
+    print(accuracy_line(ok) + (f"; {len(rows) - len(ok)} unreadable" if len(ok) < len(rows) else ""))
     changed = [r["sample_idx"] for r in ok if not r["same_as_explained"]]
     if changed:
         print(f"warning: predictions differ from the heatmap run for samples {changed} (another checkpoint?)")

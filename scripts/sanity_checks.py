@@ -1,11 +1,12 @@
-"""Do the maps depend on what they claim to explain? The sanity checks of vitlrp/sanity.py for every method:
+"""Do the maps depend on what they claim to explain? The sanity checks of vitlrp/sanity/ for every method:
 
 - class: the map of the explained class against the runner-up's and a seeded random other class's (Sixt et al.);
 - randomization: cascading top-down randomization of the model's parameters, head first (Adebayo et al.);
 - noise: maps of noisy copies of the input whose prediction does not change, against the clean map.
 
 Each comparison is measured by Spearman's ρ of the per-patch sums, ρ of their absolute values, SSIM and |ρ|; a
-verdict per method says whether its maps pass the class and randomization checks (thresholds in vitlrp/sanity.py).
+verdict per method says whether its maps pass the class and randomization checks (thresholds:
+vitlrp/sanity/verdicts.py).
 
 Several GPUs: torchrun --nproc_per_node=N scripts/sanity_checks.py (each rank checks a shard; rank 0 merges).
 """
@@ -134,7 +135,7 @@ def write_outputs(cfg, state, names, rows, summary, found, figures, failed):
     write_json(out / "summary.json", summary_doc(cfg, rows, summary, found, failed, len(state.data["indices"])))
     plots.sanity_curves(summary, steps, {"abs_spearman": V.RANDOMIZATION_THRESHOLD}, out / "curves_randomization.png")
     written = write_figures(out, state.data["dataset"].preprocessing, names, steps, rows, figures)
-    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(state.device),
+    write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "device": str(state.device),
                                      "world_size": state.dist.world_size})
     run.finish(["per_image_sanity.csv", "sanity.csv", "summary.json", "curves_randomization.png", "config.json"]
                + written)

@@ -17,7 +17,7 @@ SMOOTHGRAD_SAMPLES = 32  # smoothgrad in METHODS: noisy copies per image
 ROWS_PER_PASS = 64  # at most this many images per forward (IG, SmoothGrad)
 DEVICE = "auto"  # auto, cuda, cpu
 NUM_WORKERS = 2  # JPEG decoding processes
-OUTPUT_DIR = "results/shortcut/pairs"  # index.html, pair_<idx>.png, pairs.json
+OUTPUT_DIR = "results/shortcut/pairs"  # index.html, pair_<idx>.png, pairs.json, config.json
 # -------------------------------------------------------------------------------------------------
 from contextlib import ExitStack
 
@@ -28,14 +28,14 @@ from vitlrp import shortcut as S
 from vitlrp.checks import method_settings
 from vitlrp.errors import UserError
 from vitlrp.fileio import write_json
-from vitlrp.gallery import write_shortcut_gallery
 from vitlrp.inputs import load_model_and_split, loader
 from vitlrp.methods import parse_methods
+from vitlrp.pages import write_shortcut_gallery
 from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
-OUTPUT_NAMES = ("pair_*.png", "pairs.json", "index.html")
+OUTPUT_NAMES = ("pair_*.png", "pairs.json", "config.json", "index.html")
 
 
 def check_config(cfg):
@@ -72,8 +72,9 @@ def main(cfg):
         explained = explain_pairs(cfg, chosen, model, dataset, split, pairs, device)
         cards = draw_pairs(run.path, ckpt["class_names"], dataset.preprocessing, split, pairs, explained)
         write_json(run.path / "pairs.json", cards)
+        write_json(run.path / "config.json", cli.config_dict(cfg, identity=True))
         write_shortcut_gallery(run.path, cards, intro, cli.config_dict(cfg))
-        run.finish(["pairs.json", "index.html"] + [c["file"] for c in cards])
+        run.finish(["pairs.json", "config.json", "index.html"] + [c["file"] for c in cards])
     print(f"Wrote {len(cards)} pairs ({sum(c['followed'] for c in cards)} followed the mark) to "
           f"{run.path / 'index.html'}")
     return 0
@@ -121,14 +122,14 @@ def draw_pairs(out, names, prep, split, pairs, explained):
             idx, pred = order[k], int(target[k])
             image = render.outline(render.to_uint8(rgb[k]), boxes[k])
             own = "own" if split["mark_class"][idx] == batch["label"][k] else "swapped"
-            rows.append(render.panels(
-                [image] + [render.overlay(rgb[k], maps[name][k]) for name in maps],
-                [f"{own} mark → {names[pred][:14]}"] + [f"{name[:16]}: mark {share[name][k]:.2f}" for name in maps]))
+            rows.append(([image] + [render.overlay(rgb[k], maps[name][k]) for name in maps],
+                         [f"{own} mark → {names[pred][:14]}"] + [f"{name[:16]}: mark {share[name][k]:.2f}"
+                                                                  for name in maps]))
         label, mark = int(batch["label"][2 * n]), int(split["mark_class"][i])
         title = (f"#{i}: a {names[label]} with the mark of {names[mark]} → predicted {names[int(target[2 * n + 1])]}"
                  f" ({'followed the mark' if did_follow else 'kept the bird'})")
         file = f"pair_{i:06d}.png"
-        render.save_png(render.stack(rows), out / file)
+        render.save_png(render.interleave(rows), out / file)  # own above swapped, in blocks of a few methods
         cards.append({"sample_idx": i, "pair_sample_idx": int(split["pair"][i]), "label": label, "mark_class": mark,
                       "predicted": int(target[2 * n + 1]), "predicted_own_mark": int(target[2 * n]),
                       "followed": did_follow, "title": title, "file": file,

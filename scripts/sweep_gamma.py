@@ -128,8 +128,8 @@ def write_outputs(cfg, state, cells, rows_lin, rows, found, seconds):
                             "ci95"), convs, rows_lin, metric, where[best], marks, out / f"surface_{metric}.png")
     points = {n: tuple(summary[n][m]["mean"] for m in S.OBJECTIVES) for n in summary}
     plots.pareto_front(points, found["front"], doc["recommended"]["method"], found["presets"], out / "pareto.png")
-    write_json(out / "config.json", {**cli.config_dict(cfg), "device": str(state.device), "cells": len(cells),
-                                     "seconds": seconds})
+    write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "device": str(state.device),
+                                     "cells": len(cells), "seconds": seconds})
     write_json(out / "best_gamma.json", {
         **doc, "n_images": found["n_ok"], "n_failed": len(found["failed"]), "failed_cells": found["failed_cells"],
         "split": cfg.SPLIT, "checkpoint": str(Path(cfg.CHECKPOINT_PATH).resolve()),

@@ -41,10 +41,10 @@ from vitlrp.checks import check_run_options, check_schedules_fit, method_setting
 from vitlrp.errors import UserError
 from vitlrp.explainer import Explainer
 from vitlrp.fileio import write_json, write_text
-from vitlrp.gallery import write_heatmap_gallery
 from vitlrp.gamma import PRESETS, GammaSpec, schedule_text
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
 from vitlrp.methods import lrp
+from vitlrp.pages import write_heatmap_gallery
 from vitlrp.scoring import nonfinite_error
 from vitlrp.step import Step, run_step
 
@@ -187,7 +187,7 @@ def write_outputs(cfg, state, results, coverage, choice, grid):
         render.save_png(render.stack([render.load_png(p) for p in grids]), out / "lrp_gamma_grid_overview.png")
     write_text(out / "lrp_image_paths.txt", "".join(f"{r['img_path']}\n" for r in results if not r.get("error")))
     layers = next((r["gamma_layers"] for r in results if "gamma_layers" in r), [])
-    write_json(out / "config.json", {**cli.config_dict(cfg), "conv_gamma": choice.spec.conv,
+    write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "conv_gamma": choice.spec.conv,
                                      "lin_gamma": choice.spec.lin, "gamma_source": choice.source(str.upper),
                                      "gamma_coverage": coverage, "gamma_layers": layers,
                                      "preprocessing": prep.to_dict(), "device": str(state.device)})

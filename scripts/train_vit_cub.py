@@ -46,6 +46,8 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.fileio import append_csv_row, write_csv, write_json
 from vitlrp.holdout import best_row, make_split, split_from_record
+from vitlrp.identity import identify
+from vitlrp.identity import record as record_identity
 from vitlrp.models import (
     build_vit,
     check_arch,
@@ -306,7 +308,7 @@ def start_outputs(cfg, dist, trainer, split, paths, resume, preprocessing, ann):
     out, rows = paths["out"], []
     write_json(out / "config.json", {**recorded_config(cfg), "world_size": dist.world_size,
                                      "preprocessing": preprocessing.to_dict(), "device": str(trainer.device),
-                                     "val_images": len(split.val)})
+                                     "val_images": len(split.val), "identity": identify([], cfg.DATASET_ROOT)})
     if resume is not None:
         rows = resumed_rows(resume, out / "summary.csv", paths["last"])
         write_csv(out / "summary.csv", rows, SUMMARY_FIELDS)
@@ -421,6 +423,7 @@ def train_epochs(cfg, dist, trainer, setup, run, rows, resume):
 def report_end(cfg, run, paths, rows, last_epoch, figures):
     """Finish OUTPUT_DIR (or mark a run stopped by STOP_AFTER as paused) and print the best epoch's figures."""
     if last_epoch == cfg.EPOCHS:
+        record_identity(paths["out"] / "config.json", identify([paths["best"], paths["last"]], cfg.DATASET_ROOT))
         run.finish(["config.json", "summary.csv"] + (["curves.png"] if rows else []))
         done = "Finished"
     else:  # a pause, not a failure: the folder says which epochs it holds and how to go on

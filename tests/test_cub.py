@@ -486,3 +486,50 @@ def test_map_box_matches_a_white_rectangle(size, box, interpolation):
 def test_map_box_clips_to_crop():
     pre = Preprocessing(48, 56)
     np.testing.assert_allclose(pre.map_box((0, 0, 160, 100), 160, 100), [0, 0, 48, 48])
+
+
+# --- images.txt may name only files inside images/ -----------------------------------------------------------------
+def set_image_line(root, no, rel):
+    """images.txt with line ``no`` (1-based) naming ``rel`` instead."""
+    lines = (root / "images.txt").read_text().splitlines()
+    lines[no - 1] = f"{lines[no - 1].split()[0]} {rel}"
+    (root / "images.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("rel,why", [("../../x.jpg", "is outside images/ ('..' climbs out of it)"),
+                                     ("001.Black_footed_Albatross/../../x.jpg", "is outside images/ ('..' climbs"),
+                                     ("/etc/passwd", "is outside images/ (an absolute path)"),
+                                     ("/dev/zero", "is outside images/ (an absolute path)"),
+                                     ("C:\\Users\\x.jpg", "is outside images/ (an absolute path)"),
+                                     ("link.jpg", "is outside images/ (a link leads to /etc/hostname)"),
+                                     ("linked_dir/x.jpg", "is outside images/ (a link leads to "),
+                                     ("fifo.jpg", "is no regular file but a device, a pipe or a socket")])
+def test_an_entry_that_leaves_images_is_refused_with_file_and_line(cub_fixture, rel, why):
+    import os
+
+    root = cub_fixture()
+    (root / "images" / "link.jpg").symlink_to("/etc/hostname")
+    (root / "images" / "linked_dir").symlink_to(root.parent)
+    os.mkfifo(root / "images" / "fifo.jpg")
+    set_image_line(root, 3, rel)
+    message = one_line_error(lambda: load_cub(root), f"{root / 'images.txt'}:3: {rel!r} {why}")
+    assert message.endswith("images.txt may name only regular files inside images/: fix or remove that line")
+
+
+def test_a_link_that_stays_inside_images_is_fine(cub_fixture):
+    root = cub_fixture()
+    first = load_cub(root).paths[0]
+    (root / "images" / "same.jpg").symlink_to(root / "images" / first)  # e.g. a deduplicated copy
+    set_image_line(root, 1, "same.jpg")
+    assert load_cub(root).paths[0] == "same.jpg"
+
+
+def test_download_verify_does_not_call_such_a_folder_consistent(cub_fixture):
+    from conftest import error_lines, run_script_inprocess
+
+    root = cub_fixture()
+    set_image_line(root, 2, "../../../etc/passwd")
+    code, out, err = run_script_inprocess("download_cub", "--dataset-root", root, "--url", "", "--fallback-url", "",
+                                          "--verify", "true")
+    assert code == 2 and "consistent" not in out and "Verified" not in out
+    assert error_lines(err)[0].startswith(f"error: {root / 'images.txt'}:2: '../../../etc/passwd' is outside images/")

@@ -46,8 +46,9 @@ def by_method(rows, method):
 
 
 def linked_copy(src, dst):
-    """A copy of a CUB folder whose files are symlinks into ``src`` (unlink before changing one!)."""
-    shutil.copytree(src, dst, copy_function=os.symlink)
+    """A copy of a CUB folder whose files are hard links to ``src``'s (unlink before changing one!); not symbolic
+    links: an image that is a link leading out of images/ is refused."""
+    shutil.copytree(src, dst, copy_function=os.link)
     return dst
 
 
@@ -301,7 +302,7 @@ def test_unreadable_image_is_counted_and_reported(trained_tiny, main_run, tmp_pa
     ann = load_cub(root)
     idx = sample_indices(len(ann.split_indices("test")), 40, 0)[3]
     path = ann.image_path(ann.split_indices("test")[idx])
-    path.unlink()  # a symlink into the shared mini-CUB: replace it, never write through it
+    path.unlink()  # a link to the shared mini-CUB's file: replace it, never write through it
     path.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg " + bytes(64))
 
     out = tmp_path / "out"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import error_lines, run_script_inprocess
+from conftest import REPO_ROOT, error_lines, run_script_inprocess
 
 from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.explainer import Explainer
@@ -423,3 +423,15 @@ def test_interrupted_run_leaves_no_stale_results_and_a_rerun_completes(trained_t
     for idx in expected_indices(3):
         assert all((out / f.format(idx)).is_file() for f in PER_SAMPLE)
     assert not list(out.glob(".*.tmp"))
+
+
+def test_the_accuracy_line_names_only_the_groups_there_are():
+    import runpy
+
+    line = runpy.run_path(str(REPO_ROOT / "scripts" / "inspect_lrp_predictions.py"), run_name="inspect")[
+        "accuracy_line"]
+    right, wrong = {"correct": True, "confidence": 0.9}, {"correct": False, "confidence": 0.4}
+    assert line([right, right]) == "2/2 correct (100.0%); mean confidence 90.0%"  # no 'wrong nan%'
+    assert line([wrong]) == "0/1 correct (0.0%); mean confidence 40.0%"
+    assert line([right, wrong]) == "1/2 correct (50.0%); mean confidence 65.0% (correct 90.0%, wrong 40.0%)"
+    assert line([]) == "0/0 correct (no readable sample)"

@@ -53,3 +53,42 @@ def test_small_panels_are_enlarged_and_saved(tmp_path):
     panel = render.panels([rgb, rgb], ["a", "b"], title="t")
     assert panel.width >= 2 * 224 and panel.height > 224
     assert render.stack([panel, panel]).height > 2 * panel.height
+
+
+def bwr_bar_rows(picture):
+    """Rows of ``picture`` holding the legend's bar: saturated blue at one end, saturated red further right."""
+    a = np.asarray(picture.convert("RGB")).astype(int)
+    blue = (a[..., 2] > 230) & (a[..., 0] < 30) & (a[..., 1] < 30)
+    red = (a[..., 0] > 230) & (a[..., 1] < 30) & (a[..., 2] < 30)
+    return [y for y in range(a.shape[0]) if blue[y].any() and red[y].any()
+            and np.flatnonzero(blue[y]).min() < np.flatnonzero(red[y]).max()]
+
+
+def test_pictures_of_maps_wrap_to_fit_a_page_and_carry_the_colour_legend(tmp_path):
+    rng = np.random.default_rng(0)
+    tiles = [np.full((112, 112, 3), 255, np.uint8)] * 11  # white tiles: the only strong colours are the legend's
+    grid = render.panels(tiles, [f"method {k}" for k in range(11)], "title", legend_below=True)
+    assert grid.width <= 1160  # 5 per row: shown unscaled on a 1400 px page, its 13 px captions stay 13 px
+    assert grid.height > 3 * 224  # three rows of tiles
+    rows = bwr_bar_rows(grid)
+    assert rows and min(rows) > 3 * 224  # the legend below the maps
+    render.save_png(grid, tmp_path / "grid.png")
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.info[render.TEXT_PX] == str(render.CAPTION_PX)  # the smallest text, for the page tests
+    stacked = render.stack([render.load_png(tmp_path / "grid.png"), grid])
+    assert stacked.info[render.TEXT_PX] == str(render.CAPTION_PX)
+    heat = [render.heatmap(rng.normal(size=(112, 112))) for _ in range(3)]
+    for picture in (render.cascade_grid(rng.random((112, 112, 3)), "t", [("m", [rng.normal(size=(112, 112))] * 2,
+                                                                            ["a", "b"])]),
+                    render.class_pair_grid([rng.random((112, 112, 3))], [("m", [np.ones((112, 112))] * 2, ["a", "b"])]),
+                    render.interleave([(heat, ["a"] * 3), (heat, ["b"] * 3)])):
+        assert bwr_bar_rows(picture), "a picture of maps without the colour legend"
+
+
+def test_paired_rows_stay_together_when_they_wrap():
+    own = [np.full((112, 112, 3), 0, np.uint8)] * 7
+    swapped = [np.full((112, 112, 3), 128, np.uint8)] * 7
+    picture = np.asarray(render.interleave([(own, ["own"] * 7), (swapped, ["swapped"] * 7)], per_row=5))
+    column = picture[:, 10, 0]  # left edge of the first tile of every block: black (own), grey (swapped), ...
+    shades = [int(v) for k, v in enumerate(column) if v in (0, 128) and (k == 0 or column[k - 1] != v)]
+    assert shades == [0, 128, 0, 128]  # block 1: own above swapped; block 2: own above swapped

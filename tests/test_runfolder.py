@@ -308,3 +308,88 @@ def test_a_killed_run_never_blocks_the_folder_and_its_leftovers_go(tmp_path, cap
     assert f"note: a run that did not end cleanly (pid {proc.pid} on host {socket.gethostname()}" in err
     assert f"{script.name}) held {out}; taking over" in err and "removed 1 temporary file(s)" in err
     assert sorted(p.name for p in out.iterdir()) == sorted([LOCK, MANIFEST])  # no holder, marker or temporary file
+
+
+# --- one folder, one script ---------------------------------------------------------------------------------------
+def made_by(folder, script, files=("summary.json",)):
+    """A folder that ``script`` made (as its list records it), holding ``files``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        (folder / name).write_text("{}", encoding="utf-8")
+    (folder / MANIFEST).write_text(json.dumps({"script": script, "files": list(files)}), encoding="utf-8")
+    return folder
+
+
+def test_a_run_folder_records_its_script_and_another_script_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "eval"
+    a_run(out, {"summary.json": "{}"}, owned=["summary.json", "config.json"], script="evaluate_lrp.py")
+    assert json.loads((out / MANIFEST).read_text())["script"] == "evaluate_lrp.py"
+    before = snapshot(out)
+    for overwrite in (False, True):  # overwrite is about the user's files; another script's folder stays refused
+        with pytest.raises(UserError) as info:
+            a_run(out, {"summary.json": "{}"}, owned=["summary.json"], script="sanity_checks.py", overwrite=overwrite)
+        assert str(info.value) == (f"OUTPUT_DIR {out} holds the outputs of evaluate_lrp.py, not of sanity_checks.py: "
+                                   "choose another OUTPUT_DIR (each script writes a folder of its own)")
+        assert snapshot(out) == before
+    a_run(out, {"summary.json": "[1]"}, owned=["summary.json"], script="evaluate_lrp.py")  # its own script: fine
+    with FolderLock(out, "OUTPUT_DIR") as lock:  # a file recorded beside the run's keeps the folder's script
+        lock.record(["notes.json"], script="other.py")
+    assert json.loads((out / MANIFEST).read_text())["script"] == "evaluate_lrp.py"
+
+
+def test_a_list_written_before_lists_named_their_script_is_told_by_its_files(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()  # an evaluation folder listed by an older version: no script named
+    (out / MANIFEST).write_text(json.dumps({"files": ["config.json", "paired.csv", "per_image.csv", "summary.json"]}))
+    assert vitlrp.runfolder.maker(out) == ""
+    with pytest.raises(UserError) as info:  # a sweep writes per_image.csv and config.json, never paired.csv
+        RunFolder(out, "OUTPUT_DIR", ["cells.csv", "per_image.csv", "config.json"], script="sweep_gamma.py").__enter__()
+    assert str(info.value) == (f"OUTPUT_DIR {out} holds the outputs of another script (paired.csv, summary.json), not "
+                               "of sweep_gamma.py: choose another OUTPUT_DIR (each script writes a folder of its own)")
+    owned = ["config.json", "paired.csv", "per_image.csv", "summary.json"]
+    a_run(out, {"summary.json": "{}"}, owned=owned, script="evaluate_lrp.py")  # its own files: taken, and named now
+    assert vitlrp.runfolder.maker(out) == "evaluate_lrp.py"
+
+
+@pytest.fixture(scope="module")
+def shortcut_cub_10(tmp_path_factory):
+    """A shortcut mini-CUB with the mini-CUB's 10 classes, 2 images each (shortcut_pairs.py needs its marks)."""
+    from vitlrp.synthetic import make_synthetic_cub
+
+    return make_synthetic_cub(tmp_path_factory.mktemp("sc") / "CUB_200_2011", 10, 2, seed=3, progress=False,
+                              shortcut_share=0.8)
+
+
+SCRIPT_FLAGS = {  # each script's flags for a quick run on the untrained tiny model; {ckpt} {data} {sc}: filled in
+    "train_vit_cub": ["--dataset-root", "{data}", *TINY_TRAIN_FLAGS, "--epochs", "1", "--checkpoint-dir", "{tmp}/ck"],
+    "test_vit_forward": ["--checkpoint-path", "{ckpt}", "--dataset-root", "{data}", "--num-samples", "1",
+                         "--num-workers", "0", "--device", "cpu"],
+    "inspect_lrp_predictions": ["--device", "cpu"],
+    "evaluate_lrp": ["--checkpoint-path", "{ckpt}", "--dataset-root", "{data}", "--num-images", "1", "--methods",
+                     "random", "--reference", "", "--num-workers", "0", "--device", "cpu"],
+    "sanity_checks": ["--checkpoint-path", "{ckpt}", "--dataset-root", "{data}", "--num-images", "1", "--methods",
+                      "random", "--num-workers", "0", "--device", "cpu"],
+    "sweep_gamma": ["--checkpoint-path", "{ckpt}", "--dataset-root", "{data}", "--num-images", "1", "--num-workers",
+                    "0", "--device", "cpu"],
+    "shortcut_pairs": ["--checkpoint-path", "{ckpt}", "--dataset-root", "{sc}", "--methods", "random", "--num-pairs",
+                       "1", "--num-workers", "0", "--device", "cpu"],
+    "benchmark": ["--device", "cpu", "--run", "input_x_gradient"],
+}
+
+
+@pytest.mark.parametrize("name", list(SCRIPT_FLAGS))
+def test_every_script_refuses_a_folder_another_script_made(name, untrained_tiny, shortcut_cub_10, tmp_path):
+    from conftest import error_lines, run_script_inprocess
+
+    other = "sanity_checks.py" if name == "evaluate_lrp" else "evaluate_lrp.py"
+    out = made_by(tmp_path / "theirs", other, ("summary.json", "lrp_results.json"))
+    before = snapshot(out)
+    fill = {"{ckpt}": str(untrained_tiny["checkpoint"]), "{data}": str(untrained_tiny["dataset_root"]),
+            "{sc}": str(shortcut_cub_10), "{tmp}": str(tmp_path)}
+    flags = [fill.get(f, f.replace("{tmp}", str(tmp_path))) for f in SCRIPT_FLAGS[name]]
+    code, _, err = run_script_inprocess(name, *flags, "--output-dir", out)
+    mine = "test_vit_forward.py" if name == "inspect_lrp_predictions" else f"{name}.py"  # inspect adds to its folder
+    assert code == 2 and error_lines(err) == [
+        f"error: OUTPUT_DIR {out} holds the outputs of {other}, not of {mine}: choose another OUTPUT_DIR (each script "
+        "writes a folder of its own)"], err[-2000:]
+    assert snapshot(out) == before

@@ -370,7 +370,7 @@ def test_every_torchvision_vit_is_in_the_table_with_its_own_weights():
     import torchvision
     from torchvision.models import get_model_weights
 
-    from vitlrp.fastgamma import gamma_rules
+    from vitlrp.gammarule import gamma_rules
 
     assert set(ARCHS) == {*TORCHVISION_VITS, "vit_tiny"}
     for arch, spec in ARCHS.items():

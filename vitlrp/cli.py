@@ -275,11 +275,19 @@ def message(err, constants=()):
     return f"{text}; {FIXES.get(fix, fix)}" if fix else text
 
 
-def config_dict(cfg):
+def config_dict(cfg, identity=False):
     """The effective configuration as a JSON-ready dict, with the ``command`` line that set it (what a report
-    quotes so its numbers can be made again)."""
+    quotes so its numbers can be made again); ``identity``: with the content hashes of the checkpoint and the
+    dataset the run read (:mod:`vitlrp.identity`), which tell a stale run on a page of several."""
     out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items() if not k.startswith("_")}
-    return {**out, **({"command": cfg._command} if hasattr(cfg, "_command") else {})}
+    out.update({"command": cfg._command} if hasattr(cfg, "_command") else {})
+    if identity:
+        from .identity import identify
+
+        path = getattr(cfg, "CHECKPOINT_PATH", "")
+        out["identity"] = identify([path] if isinstance(path, str) and path else [],
+                                   getattr(cfg, "DATASET_ROOT", "") or "")
+    return out
 
 
 class Terminated(KeyboardInterrupt):

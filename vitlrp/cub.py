@@ -3,8 +3,10 @@
 ``root`` is the folder that holds ``images.txt`` (``CUB_200_2011/`` inside the official archive).
 Ids in the files are 1-based; labels here are 0-based class indices (class id - 1).
 """
+import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -195,6 +197,7 @@ def load_cub(root):
         raise UserError(f"CUB dataset not found: {not_found_reason(root)}", fix="dataset")
     class_dirs = read_numbered_names(root / "classes.txt", "class_id class_name", "class")
     images = _read_images(root / "images.txt")
+    _check_inside(root / "images.txt", images)
     ids = list(images)
     labels = _per_image(root / "image_class_labels.txt", 2, "image_id class_id", images,
                         lambda path, no, fields: _class_index(path, no, fields[0], len(class_dirs)))
@@ -226,6 +229,65 @@ def _read_images(path):
         line_of_path[rel] = no
         images[iid] = (no, rel)
     return images
+
+
+def _leaves(rel):
+    """How the images.txt entry ``rel`` leaves images/ on its face (an absolute path, ``..``), else ''."""
+    if rel.startswith(("/", "\\")) or rel[1:2] == ":":  # POSIX or Windows root, or a drive (C:)
+        return "is outside images/ (an absolute path)"
+    if ".." in rel.replace("\\", "/").split("/"):
+        return "is outside images/ ('..' climbs out of it)"
+    return ""
+
+
+def _odd_entries(base):
+    """``{relative path: 'link' | 'special'}`` of the symbolic links and of the entries that are neither file nor
+    folder (devices, pipes, sockets) under ``base`` (one walk; links are not followed)."""
+    odd, todo = {}, [""]
+    while todo:
+        rel = todo.pop()
+        try:
+            entries = list(os.scandir(os.path.join(base, rel)))
+        except OSError:  # missing or unreadable: the images in it are reported as unreadable when read
+            continue
+        for e in entries:
+            name = f"{rel}/{e.name}" if rel else e.name
+            if e.is_symlink():
+                odd[name] = "link"
+            elif e.is_dir(follow_symlinks=False):
+                todo.append(name)
+            elif not e.is_file(follow_symlinks=False):
+                odd[name] = "special"
+    return odd
+
+
+def _outside(base, real_base, rel, odd):
+    """Why the entry ``rel`` (inside images/ on its face) is no regular file inside images/ once links are
+    followed, else ''."""
+    parts = PurePosixPath(rel).parts
+    kinds = {odd.get("/".join(parts[:k])) for k in range(1, len(parts) + 1)} - {None}
+    if not kinds:
+        return ""
+    real = os.path.realpath(os.path.join(base, rel))
+    if os.path.commonpath([real, real_base]) != real_base:
+        return f"is outside images/ (a link leads to {real})"
+    try:
+        regular = stat.S_ISREG(os.stat(real).st_mode)
+    except OSError:  # a missing file is reported as unreadable when read
+        return ""
+    return "" if regular else f"is no regular file but a device, a pipe or a socket ({real})"
+
+
+def _check_inside(path, images):
+    """Refuse (``path``:line) an images.txt entry that resolves outside images/: an absolute path, ``..``, a link
+    that leads out, or a device file; archive members are refused alike (:mod:`vitlrp.download`)."""
+    base = path.parent / "images"
+    odd, real_base = _odd_entries(base), os.path.realpath(base)
+    for no, rel in images.values():
+        why = _leaves(rel) or (_outside(base, real_base, rel, odd) if odd else "")
+        if why:
+            raise UserError(f"{path}:{no}: {rel!r} {why}; images.txt may name only regular files inside images/: "
+                            "fix or remove that line")
 
 
 def _per_image(path, ncols, what, images, convert, required=True):

@@ -24,7 +24,7 @@ def write_sample(out, idx, image, relevance, title, target):
     render.save_png(heat, out / files["heatmap"])
     render.save_png(over, out / files["overlay"])
     render.save_png(render.panels([render.to_uint8(image), heat, over],
-                                  ["image", f"relevance of class {target}", "overlay"], title),
+                                  ["image", f"relevance of class {target}", "overlay"], title, legend_below=True),
                     out / files["comparison"])
     # clone: a row of a batch is a view, and torch.save would write the whole batch's storage
     torch_save(out / files["relevance_raw"], relevance.detach().float().cpu().clone())
@@ -35,7 +35,7 @@ def write_grid(out, idx, image, maps, title):
     """The image beside one map per labelled setting (``maps``: caption → relevance); returns (name, picture)."""
     name = f"lrp_gamma_grid_{idx:06d}.png"
     picture = render.panels([render.to_uint8(image)] + [render.heatmap(m) for m in maps.values()],
-                            ["image"] + list(maps), title)
+                            ["image"] + list(maps), title, legend_below=True)
     render.save_png(picture, out / name)
     return name, picture
 

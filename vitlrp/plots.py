@@ -1,6 +1,7 @@
 """Every picture drawn with matplotlib: training curves and the evaluation's plots (PNG, written atomically).
 
-The computing modules (training, evaluation, metrics) return numbers; this module turns them into figures.
+The computing modules (training, evaluation, metrics) return numbers; this module turns them into figures. Each
+PNG records the size of its smallest text in pixels (:data:`vitlrp.render.TEXT_PX`), which the page tests check.
 """
 import math
 
@@ -9,6 +10,7 @@ import torch
 from . import metrics as M
 from .fileio import save_figure
 from .holdout import best_row, picked_on
+from .render import TEXT_PX
 
 
 def _plt():
@@ -17,6 +19,18 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path, dpi=110):
+    """Save and close ``fig``, with the size in pixels of its smallest visible text recorded in the PNG."""
+    from matplotlib.text import Text
+
+    fig.draw_without_rendering()  # tick labels get their text
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    for table in (a for ax in fig.axes for a in ax.tables):
+        sizes += [c.get_text().get_fontsize() for c in table.get_celld().values() if c.get_text().get_text()]
+    save_figure(fig, path, dpi=dpi, metadata={TEXT_PX: f"{min(sizes) * dpi / 72:.3g}"} if sizes else {})
+    _plt().close(fig)
 
 
 def perturbation_curves(curves, steps, path, title=""):
@@ -36,8 +50,7 @@ def perturbation_curves(curves, steps, path, title=""):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def metric_bars(summary, metric, path):
@@ -53,18 +66,31 @@ def metric_bars(summary, metric, path):
     ax.set(title=f"{metric} ({better} is better)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
+
+
+def _cell(entry, not_applicable):
+    """A table figure's cell as the HTML table shows it: n/a† where the metric says nothing about the method, n/a
+    without a finite mean."""
+    if not_applicable:
+        return "n/a†"
+    mean = (entry or {}).get("mean")
+    return f"{mean:.3f}" if isinstance(mean, (int, float)) and math.isfinite(mean) else "n/a"
 
 
 def ranking_table(summary, path, metrics=M.METRICS):
-    """The methods ranked by LeRF − MoRF, with every metric, as a table figure."""
+    """The methods ranked by LeRF − MoRF (n/a last), with every metric, as a table figure (n/a† and n/a as in the
+    HTML table); at most 12 inches wide so its text stays readable on a 1400 px page."""
     plt = _plt()
-    order = sorted(summary, key=lambda m: -summary[m]["lerf_minus_morf"]["mean"]
-                   if math.isfinite(summary[m]["lerf_minus_morf"]["mean"]) else math.inf)
+
+    def headline(m):
+        mean = summary[m].get("lerf_minus_morf", {}).get("mean")
+        return -mean if isinstance(mean, (int, float)) and math.isfinite(mean) else math.inf
+
+    order = sorted(summary, key=headline)
     cols = list(metrics)
-    cells = [[f"{summary[m][c]['mean']:.3f}" for c in cols] for m in order]
-    fig, ax = plt.subplots(figsize=(1.25 * len(cols) + 2, 0.45 * len(order) + 1.2))
+    cells = [[_cell(summary[m].get(c), c in summary[m].get("not_applicable", ())) for c in cols] for m in order]
+    fig, ax = plt.subplots(figsize=(min(12.0, 0.85 * len(cols) + 2), 0.4 * len(order) + 1.3))
     ax.axis("off")
     t = ax.table(cellText=cells, rowLabels=order, colLabels=[c.replace("_", "\n") for c in cols], loc="center")
     t.auto_set_font_size(False)
@@ -73,10 +99,11 @@ def ranking_table(summary, path, metrics=M.METRICS):
     for (row, _), cell in t.get_celld().items():
         if row == 0:
             cell.set_height(cell.get_height() * 1.8)
-    ax.set_title("methods ranked by LeRF − MoRF (higher is more faithful)", fontsize=10)
+    na = any("n/a†" in row for row in cells)
+    ax.set_title("methods ranked by LeRF − MoRF (higher is more faithful)" + (
+        "\nn/a†: the metric says nothing about a method whose maps cannot be negative" if na else ""), fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def training_curves(rows, path):
@@ -103,8 +130,7 @@ def training_curves(rows, path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def gamma_surface(values, cis, convs, rows, metric, best, marks, path):
@@ -117,19 +143,19 @@ def gamma_surface(values, cis, convs, rows, metric, best, marks, path):
     plt = _plt()
     v = np.array(values, dtype=float)
     higher = M.METRICS[metric].higher
-    fig, ax = plt.subplots(figsize=(1.0 * len(convs) + 3.2, 0.5 * len(rows) + 1.8))
+    fig, ax = plt.subplots(figsize=(1.1 * len(convs) + 3.4, 0.62 * len(rows) + 1.8))
     im = ax.imshow(v, cmap="viridis" if higher else "viridis_r", aspect="auto")
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=f"{metric} ({'higher' if higher else 'lower'} is better)")
     for r in range(len(rows)):
         for c in range(len(convs)):
             text = "n/a" if not np.isfinite(v[r, c]) else f"{v[r, c]:.3f}\n±{cis[r][c]:.3f}" \
                 if np.isfinite(cis[r][c]) else f"{v[r, c]:.3f}"
-            ax.text(c, r, text, ha="center", va="center", fontsize=6.5, color="white",
+            ax.text(c, r, text, ha="center", va="center", fontsize=7.5, color="white",
                     path_effects=_outline())
     r, c = best
     ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
     for label, (r, c) in marks.items():
-        ax.text(c + 0.45, r - 0.42, label, ha="right", va="top", fontsize=6, color="orange",
+        ax.text(c + 0.45, r - 0.42, label, ha="right", va="top", fontsize=7.5, color="orange",
                 path_effects=_outline())
     n_const = sum(1 for lin in rows if ":" not in lin and "/" not in lin)
     if 0 < n_const < len(rows):
@@ -139,8 +165,7 @@ def gamma_surface(values, cis, convs, rows, metric, best, marks, path):
     ax.set(xlabel="Conv2d γ (patch embedding)", ylabel="Linear γ (constant, or per-block schedule)",
            title=f"{metric}: best cell boxed in red" + (", presets in orange" if marks else ""))
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def _outline():
@@ -163,20 +188,40 @@ def pareto_front(points, front, recommended, marks, path):
     fy = [points[n][1] for n in front]
     ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="tab:blue", lw=1.5, zorder=3,
                label="Pareto-optimal (all three aims)")
-    rx, ry, _ = points[recommended]
-    ax.scatter([rx], [ry], marker="*", s=320, color="red", edgecolors="black", zorder=4,
-               label=f"recommended: {recommended}")
-    for label, name in marks.items():
-        if name in points:
-            ax.annotate(label, points[name][:2], xytext=(4, 4), textcoords="offset points", fontsize=7,
-                        color="tab:green")
+    if recommended in points:  # a sweep may recommend nothing
+        rx, ry, _ = points[recommended]
+        ax.scatter([rx], [ry], marker="*", s=320, color="red", edgecolors="black", zorder=4,
+                   label=f"recommended: {recommended}")
     ax.set(xlabel="LeRF − MoRF (faithfulness, higher is better)", ylabel="box share (localization, higher is better)",
            title="the γ grid: faithfulness vs localization vs cleanliness")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    _preset_labels(ax, {label: points[name][:2] for label, name in marks.items() if name in points})  # laid out
+    _save(fig, path, dpi=110)
+
+
+def _preset_labels(ax, where, size=8):
+    """Label the presets' points without overprinting: presets on one point (within 6 pt) share one label, and a
+    label that would cover another moves up a line. ``where``: label → (x, y) in data units."""
+    to_pt = 72 / ax.figure.dpi
+    groups = []
+    for label, xy in where.items():
+        x, y = (v * to_pt for v in ax.transData.transform(xy))
+        near = next((g for g in groups if abs(g[1] - x) < 6 and abs(g[2] - y) < 6), None)
+        if near:
+            near[0].append(label)
+        else:
+            groups.append([[label], x, y, xy])
+    boxes = []  # (left, right, bottom, top) in points of the labels placed so far
+    for labels, x, y, xy in sorted(groups, key=lambda g: (g[2], g[1])):
+        text, dy = " / ".join(labels), 4
+        width = 0.6 * size * len(text)
+        while any(x + 4 < r and x + 4 + width > left and y + dy < t and y + dy + size * 1.2 > b
+                  for left, r, b, t in boxes):
+            dy += size * 1.3
+        boxes.append((x + 4, x + 4 + width, y + dy, y + dy + size * 1.2))
+        ax.annotate(text, xy, xytext=(4, dy), textcoords="offset points", fontsize=size, color="tab:green")
 
 
 def shortcut_scores(summary, rows, path):
@@ -213,8 +258,7 @@ def shortcut_scores(summary, rows, path):
     for ax in (ax1, ax2):
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def forest_plot(rows, path):
@@ -229,8 +273,8 @@ def forest_plot(rows, path):
     ref = rows[0]["reference"]
     cols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 0.32 * len(methods) * nrows + 1.1 * nrows + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 0.32 * len(methods) * nrows + 1.1 * nrows + 0.8),
+                             squeeze=False, layout="constrained")  # constrained: the title never covers a panel
     for ax, metric in zip(axes.flat, metrics):
         mine = {r["method"]: r for r in rows if r["metric"] == metric}
         for y, method in enumerate(methods):
@@ -251,9 +295,7 @@ def forest_plot(rows, path):
         ax.axis("off")
     fig.suptitle(f"method − {ref}, per-image paired difference (bootstrap 95% CI); red filled: Holm p < 0.05",
                  fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def sanity_curves(summary, steps, thresholds, path):
@@ -264,7 +306,7 @@ def sanity_curves(summary, steps, thresholds, path):
     methods = list(dict.fromkeys(r["method"] for r in summary))
     cols = 2
     fig, axes = plt.subplots(math.ceil(len(measures) / cols), cols, figsize=(12, 3.8 * math.ceil(len(measures) / 2)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     x = list(range(len(steps)))
     for ax, measure in zip(axes.flat, measures):
         for method in methods:
@@ -282,8 +324,6 @@ def sanity_curves(summary, steps, thresholds, path):
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(measures):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=8)
     fig.suptitle("cascading randomization, head first (left) to everything randomized (right)", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)

@@ -1,17 +1,24 @@
 """Pictures of relevance: heatmap, overlay, the 3-panel comparison, and γ comparison grids (PIL, no figures).
 
 Heatmaps use a diverging colormap centred on zero (red positive, blue negative), scaled per map by its
-largest absolute value, so the sign and the relative strength are what the picture shows.
+largest absolute value, so the sign and the relative strength are what the picture shows; every picture of maps
+carries a legend saying so (:func:`legend`). Rows hold at most :data:`PER_ROW` panels, so a picture stays narrower
+than a 1400 px page and its captions render at their size; the size of the smallest text is recorded in the PNG
+(:data:`TEXT_PX`) for the page tests.
 """
 import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 from .fileio import write_bytes
 
 MIN_PANEL = 224  # smaller inputs (the tiny ViT) are enlarged so the pictures stay readable
+PER_ROW = 5  # panels per row: 5 x 230 px fit a 1400 px page unscaled
+TITLE_PX, CAPTION_PX = 15, 13  # font sizes in pixels of the picture
+TEXT_PX = "vitlrp:text_px"  # PNG text chunk: the smallest font size (px) in the picture
 
 
 def _cmap(name="bwr"):
@@ -82,51 +89,112 @@ def _font(size=14):
         return ImageFont.load_default()
 
 
-def panels(images, captions, title=None, pad=6):
-    """Side-by-side panels with a caption under each and an optional title line."""
-    tiles = [_enlarge(a) for a in images]
-    font, small = _font(15), _font(13)
-    w = sum(t.width for t in tiles) + pad * (len(tiles) + 1)
-    if title:
-        w = max(w, int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 2 * pad)
-    h_title = 24 if title else 0
-    h = max(t.height for t in tiles) + h_title + 24 + 2 * pad
-    canvas = Image.new("RGB", (w, h), "white")
+def _text_px(image):
+    """The smallest font size recorded for ``image`` (None: no text, or unknown)."""
+    value = image.info.get(TEXT_PX)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _with_text(image, sizes):
+    sizes = [s for s in sizes if s is not None]
+    if sizes:
+        image.info[TEXT_PX] = f"{min(sizes):g}"
+    return image
+
+
+def _row(tiles, captions, pad):
+    """One row of tiles with a caption under each."""
+    small = _font(CAPTION_PX)
+    canvas = Image.new("RGB", (sum(t.width for t in tiles) + pad * (len(tiles) + 1),
+                               max(t.height for t in tiles) + CAPTION_PX + 11), "white")
     draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
     x = pad
     for tile, cap in zip(tiles, captions):
-        canvas.paste(tile, (x, pad + h_title))
-        draw.text((x + 2, pad + h_title + tile.height + 4), cap, fill=(40, 40, 40), font=small)
+        canvas.paste(tile, (x, 0))
+        draw.text((x + 2, tile.height + 4), cap, fill=(40, 40, 40), font=small)
         x += tile.width + pad
-    return canvas
+    return _with_text(canvas, [CAPTION_PX])
 
 
-def stack(rows, pad=4):
-    """Stack PIL images vertically (an overview of several panels)."""
+def _title(text, pad):
+    font = _font(TITLE_PX)
+    canvas = Image.new("RGB", (int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=font)) + 2 * pad,
+                               TITLE_PX + 9), "white")
+    ImageDraw.Draw(canvas).text((pad, 2), text, fill=(0, 0, 0), font=font)
+    return _with_text(canvas, [TITLE_PX])
+
+
+def panels(images, captions, title=None, pad=6, per_row=PER_ROW, legend_below=False):
+    """Panels with a caption under each, at most ``per_row`` side by side, an optional title line above and the
+    colour legend (:func:`legend`) below when ``legend_below``."""
+    tiles = [_enlarge(a) for a in images]
+    rows = [_row(tiles[k:k + per_row], captions[k:k + per_row], pad) for k in range(0, len(tiles), per_row)]
+    parts = ([_title(title, pad)] if title else []) + rows + ([legend()] if legend_below else [])
+    return stack(parts, pad=2, margin=pad)
+
+
+def legend(pad=6):
+    """A strip saying what the colours of a map mean: the blue–white–red bar from −max to +max, with words."""
+    font = _font(CAPTION_PX)
+    bar = Image.fromarray(np.repeat(_cmap()[None], CAPTION_PX, 0)).resize((160, CAPTION_PX))
+    words = ["negative", "0", "positive relevance (red: for the explained class, blue: against it)",
+             "each map is scaled by its own largest |relevance|"]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = int(measure.textlength(words[0], font=font)) + pad
+    width = left + bar.width + pad + int(max(measure.textlength(w, font=font) for w in words[2:])) + 2 * pad
+    canvas = Image.new("RGB", (width, 2 * CAPTION_PX + 12), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), words[0], fill=(40, 40, 40), font=font)
+    canvas.paste(bar, (pad + left, 4))
+    draw.rectangle([pad + left, 4, pad + left + bar.width - 1, 4 + CAPTION_PX - 1], outline=(150, 150, 150))
+    draw.text((pad + left + bar.width + pad, 2), words[2], fill=(40, 40, 40), font=font)
+    draw.text((pad, CAPTION_PX + 8), words[3], fill=(90, 90, 90), font=font)
+    return _with_text(canvas, [CAPTION_PX])
+
+
+def stack(rows, pad=4, margin=0):
+    """Stack PIL images vertically (an overview of several panels), ``margin`` px of white above and below."""
     w = max(r.width for r in rows)
-    canvas = Image.new("RGB", (w, sum(r.height for r in rows) + pad * (len(rows) - 1)), "white")
-    y = 0
+    canvas = Image.new("RGB", (w, sum(r.height for r in rows) + pad * (len(rows) - 1) + 2 * margin), "white")
+    y = margin
     for r in rows:
         canvas.paste(r, (0, y))
         y += r.height + pad
-    return canvas
+    return _with_text(canvas, [_text_px(r) for r in rows])
+
+
+def interleave(rows, per_row=PER_ROW, pad=6, gap=14):
+    """Rows of panels that belong together (the same maps of two images) kept together when they wrap: ``rows``
+    are ``(tiles, captions)`` of equal length; each block of ``per_row`` columns shows every row, then the next
+    block. The colour legend closes the picture."""
+    tiles = [[_enlarge(a) for a in r[0]] for r in rows]
+    parts = []
+    for k in range(0, len(tiles[0]), per_row):
+        block = stack([_row(t[k:k + per_row], c[k:k + per_row], pad) for t, (_, c) in zip(tiles, rows)], pad=2)
+        parts.append(block)
+    return stack(parts + [legend()], pad=gap)
 
 
 def save_png(image, path):
-    """Write a PIL image or uint8 array as PNG, atomically."""
+    """Write a PIL image or uint8 array as PNG, atomically (with the smallest text size it records)."""
     if not isinstance(image, Image.Image):
         image = _enlarge(np.asarray(image))
+    info = PngInfo()
+    if _text_px(image) is not None:
+        info.add_text(TEXT_PX, image.info[TEXT_PX])
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False)
+    image.save(buf, format="PNG", optimize=False, pnginfo=info)
     write_bytes(Path(path), buf.getvalue())
 
 
 def load_png(path):
-    """A PNG this module wrote, back as an RGB picture (for :func:`stack`)."""
+    """A PNG this module wrote, back as an RGB picture (for :func:`stack`), with its recorded text size."""
     with Image.open(path) as img:
-        return img.convert("RGB")
+        out = img.convert("RGB")
+        return _with_text(out, [_text_px(img)])
 
 
 def outline(image, box, color=(255, 0, 255), width=1):
@@ -139,9 +207,9 @@ def outline(image, box, color=(255, 0, 255), width=1):
 
 def map_rows(rows, header=None):
     """A table of pictures: ``header`` (a :func:`panels` picture, e.g. the input image) on top, then one row per
-    ``(title, tiles, captions)`` of ``rows`` (uint8 ``[H, W, 3]`` tiles)."""
+    ``(title, tiles, captions)`` of ``rows`` (uint8 ``[H, W, 3]`` tiles), then the colour legend."""
     pictures = [header] if header is not None else []
-    return stack(pictures + [panels(tiles, captions, title) for title, tiles, captions in rows])
+    return stack(pictures + [panels(tiles, captions, title) for title, tiles, captions in rows] + [legend()])
 
 
 def cascade_grid(image, title, rows):

@@ -1,14 +1,18 @@
 """Markdown tables of finished runs, read from their files (``scripts/report.py`` writes them into one page).
 
-Each :class:`Section` says where its numbers come from and the command that made them; a run that is missing or
-did not finish (its folder still marked incomplete) gives a section that says so instead of a table.
+Each :class:`Section` says where its numbers come from and the command that made them; a run that is missing, did
+not finish (its folder still marked incomplete), was made by another script or holds files the report cannot read
+gives a section that says so instead of a table (:func:`guarded`); a stale run is marked (:func:`mark_stale`).
 """
+import inspect
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runfolder import incomplete_note
+from . import identity
+from .runfolder import incomplete_note, maker
+from .whichgamma import read_verdict
 
 
 @dataclass
@@ -109,8 +113,9 @@ def sanity_section(folder, title="Sanity checks"):
 
 
 def _verdict(check):
-    word = "n/a" if check.get("passed") is None else "pass" if check["passed"] else "**fail**"
-    return word + ("?" if check.get("borderline") else "")
+    """A sanity verdict as the page shows it (read by :func:`vitlrp.whichgamma.read_verdict`, the one reader)."""
+    v = read_verdict(check)
+    return ("**fail**" if v.word == "fail" else v.word) + ("?" if v.borderline else "")
 
 
 def sweep_section(folder, title="Which γ: the sweep"):
@@ -160,6 +165,8 @@ def benchmark_section(path, title="Speed"):
     rows = [[name, _num(r["images_per_s"], 1), _num(r.get("x_input_x_gradient"), 2),
              _num(r.get("min_cosine_vs_fp32_zennit"), 4), _num(r.get("peak_mem_mib"), 0)]
             for name, r in doc["rows"].items() if "images_per_s" in r]
+    if not rows:
+        return Section(title, missing=f"{path} holds no measured rows")
     ratio = doc.get("fused_vs_input_x_gradient") or {}
     notes = [f"{doc.get('device')}, torch {doc.get('torch')}, {doc.get('model')} at {doc.get('image_size')} px, LRP "
              f"batch {doc.get('lrp_batch')}, measured {doc.get('date')}. Fused γ-LRP (fp32) reaches "
@@ -167,3 +174,30 @@ def benchmark_section(path, title="Speed"):
              f"{ratio.get('interleaved_pairs', '?')} interleaved pairs of calls); the ceiling this model allows, from "
              f"the FLOPs of its matrix products, is {_num(ratio.get('ceiling_percent'), 0)}%."]
     return Section(title, str(path), doc.get("config", {}).get("command", ""), header, rows, notes)
+
+
+def guarded(build, path, script, title=None):
+    """``build(path)`` (a section function), or a Section saying why not: ``path``'s folder was made by another
+    script than ``script``, or its files are not what the section reads."""
+    folder = Path(path) if Path(path).suffix == "" else Path(path).parent
+    title = title or inspect.signature(build).parameters["title"].default
+    made_by = maker(folder)
+    if made_by and made_by != script:
+        return Section(title, missing=f"{folder} holds the outputs of {made_by}, not of {script}")
+    try:
+        return build(path)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        return Section(title, missing=f"{folder} holds files this report does not understand ({type(err).__name__}: "
+                                      f"{err})")
+
+
+def mark_stale(sections, root):
+    """Add a note to each section (``folder name → Section`` of the runs under ``root``) whose run is stale
+    (:func:`vitlrp.identity.stale`); returns the console lines saying so."""
+    found = identity.stale({sub: identity.read(Path(root) / sub) for sub in ["train", *sections]}, reference="train")
+    lines = []
+    for sub, reasons in found.items():
+        if sub in sections and sections[sub].table:
+            sections[sub].notes.insert(0, f"**Stale:** {'; '.join(reasons)}.")
+        lines.append(f"warning: {Path(root) / sub} is stale: {'; '.join(reasons)}")
+    return lines

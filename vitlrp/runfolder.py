@@ -4,8 +4,10 @@ of the files this project's runs wrote there.
 While a run works, ``RUN_INCOMPLETE.txt`` says so (a killed or failed run leaves it); at its successful end the run
 removes the older runs' outputs it did not rewrite (only names it owns) and drops the marker, so every file matching
 the script's output names belongs to the last finished run. ``.vitlrp-run-files.json`` lists the files this
-project's runs wrote: a run refuses a folder that holds files of its output names not listed there (unless a marker
-says an unfinished run wrote them), so it never overwrites or removes a file of the user's.
+project's runs wrote and the script that made the folder: a run refuses a folder that holds files of its output names
+not listed there (unless a marker says an unfinished run wrote them), so it never overwrites or removes a file of the
+user's, and a folder another script made (a list that names no script: one that lists files this script does not
+write), so two scripts never mix (or overwrite) their outputs in one folder.
 
 The lock is the ``filelock`` package's on ``.vitlrp-run.lock`` (``flock`` on Unix, ``LockFileEx`` on Windows): the
 operating system releases it when its process dies, so a killed run never blocks the folder. Who holds it (pid, host,
@@ -63,9 +65,22 @@ def _listed(folder):
     return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
 
 
-def _write_list(folder, names):
+def this_script():
+    """The file name of the script this process runs (``'evaluate_lrp.py'``), '' when there is none."""
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+
+
+def maker(folder):
+    """The script that made ``folder`` as its list records it; '' when it records none (no list, or one written
+    before lists named their script)."""
+    script = _read(Path(folder) / MANIFEST).get("script")
+    return script if isinstance(script, str) else ""
+
+
+def _write_list(folder, names, script):
     write_json(Path(folder) / MANIFEST, {"about": "files the runs of this project wrote here (they may replace or "
-                                                  "remove these, and no other)", "files": sorted(names)})
+                                                  "remove these, and no other), and the script that made the folder",
+                                         "script": script, "files": sorted(names)})
 
 
 def foreign_files(folder, patterns):
@@ -163,9 +178,24 @@ class FolderLock:
             raise UserError(f"{self.what} {self.path} holds files this project did not write ({names}): choose a new "
                             "or empty folder (or move those files away)")
 
-    def record(self, names):
-        """Add ``names``, written under this lock, to the folder's list of files this project wrote."""
-        _write_list(self.path, _listed(self.path) | set(names))
+    def refuse_other_script(self, script, owned=None):
+        """Stop with one line if a script other than ``script`` made the folder; when its list names no script
+        (written before lists did), if it lists files that match none of ``owned`` (this script's output names)."""
+        made_by = maker(self.path)
+        if made_by and script and made_by != script:
+            raise UserError(f"{self.what} {self.path} holds the outputs of {made_by}, not of {script}: choose another "
+                            f"{self.what} (each script writes a folder of its own)")
+        theirs = sorted(n for n in _listed(self.path) if owned is not None and not _matches(n, owned))
+        if not made_by and theirs:
+            names = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+            raise UserError(f"{self.what} {self.path} holds the outputs of another script ({names}), not of "
+                            f"{script or 'this one'}: choose another {self.what} (each script writes a folder of its "
+                            "own)")
+
+    def record(self, names, script=""):
+        """Add ``names``, written under this lock, to the folder's list of files this project wrote; the folder's
+        script stays the one that made it (``script`` when none did)."""
+        _write_list(self.path, _listed(self.path) | set(names), maker(self.path) or script)
 
     def __exit__(self, exc_type, exc, tb):
         self._release(self.lock)
@@ -199,21 +229,25 @@ class RunFolder(FolderLock):
     """Lock ``path``, write the marker and remove ``clear_first``; :meth:`finish` cleans up and drops the marker.
 
     ``owned``: glob patterns of the names this script writes (only these are ever removed); a folder holding files
-    of these names that no run of this project wrote is refused, unless ``overwrite`` (the user said so). A full
+    of these names that no run of this project wrote is refused, unless ``overwrite`` (the user said so), and so is
+    a folder another script made (``script``: this one, default the running script's file name). A full
     disk inside the ``with`` block becomes one line naming the file and the free space; the marker stays. A run
     interrupted (Ctrl-C, SIGTERM) inside it leaves a line saying how to finish for :func:`unfinished`.
     """
 
-    def __init__(self, path, what, owned, clear_first=(), overwrite=False):
+    def __init__(self, path, what, owned, clear_first=(), overwrite=False, script=None):
         super().__init__(path, what)
         self.owned, self.clear_first, self.overwrite = tuple(owned), tuple(clear_first), overwrite
+        self.script = this_script() if script is None else script
         self.how = None
 
     def __enter__(self):
+        self.refuse_other_script(self.script, self.owned)
         if not self.overwrite and not (self.path / LOCK).exists():
             self.refuse_foreign(self.owned)  # before the lock file is made: a folder of the user's gets nothing of ours
         super().__enter__()
         try:
+            self.refuse_other_script(self.script, self.owned)  # again under the lock: another may have finished
             if not self.overwrite:
                 self.refuse_foreign(self.owned)
             self.mark()
@@ -240,8 +274,8 @@ class RunFolder(FolderLock):
         for path in sorted(self.path.iterdir()):
             if path.name not in keep | _BOOKKEEPING and _matches(path.name, self.owned) and path.is_file():
                 path.unlink()
-        listed = _listed(self.path) | keep  # other scripts' files listed here stay listed
-        _write_list(self.path, {n for n in listed if (self.path / n).is_file()})
+        listed = _listed(self.path) | keep  # files recorded beside this run's (inspect's predictions) stay listed
+        _write_list(self.path, {n for n in listed if (self.path / n).is_file()}, self.script)
         (self.path / MARKER).unlink()
 
     def __exit__(self, exc_type, exc, tb):

@@ -110,6 +110,8 @@ def heatmap_cards(results, prefix="", verdict=None, predictions=None):
                 f"{num(r.get('explained_logit'), '.3g')}")
         files = r.get("files") if isinstance(r.get("files"), dict) else {}
         parts = [head] + ([f"<p class=note>{verdict}</p>"] if verdict else [])
+        if r.get("empty_map") is True:
+            parts.append("<p class=bad>empty map: every pixel the same, no evidence (the picture is blank)</p>")
         if files.get("comparison"):
             parts.append(img(files["comparison"], f"image, heatmap and overlay of sample {r.get('sample_idx')}",
                              prefix))

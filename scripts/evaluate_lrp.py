@@ -76,10 +76,24 @@ def check_config(cfg):
     check_scoring_options(cfg)
     if cfg.BOOTSTRAP_SAMPLES < 100:
         raise UserError(f"BOOTSTRAP_SAMPLES must be at least 100, got {cfg.BOOTSTRAP_SAMPLES}")
-    if cfg.REFERENCE and cfg.REFERENCE not in [m.name for m in chosen]:
-        raise UserError(f"REFERENCE {cfg.REFERENCE!r} is not among METHODS ({', '.join(m.name for m in chosen)}): "
-                        "set it to one of them, or leave it empty for no paired comparison")
+    choose_reference(cfg, chosen)
     return chosen
+
+
+def choose_reference(cfg, chosen):
+    """REFERENCE must be among the methods when the user named it; left at its default while METHODS lacks it, the
+    first γ method of METHODS takes its place (or none), and the console says so."""
+    names = [m.name for m in chosen]
+    if not cfg.REFERENCE or cfg.REFERENCE in names:
+        return
+    if "REFERENCE" in cli.given(cfg):
+        raise UserError(f"REFERENCE {cfg.REFERENCE!r} is not among METHODS ({', '.join(names)}): set it to one of "
+                        "them, or leave it empty for no paired comparison")
+    first = next((m.name for m in chosen if m.family == "lrp"), "")
+    print(f"REFERENCE {cfg.REFERENCE} (the default) is not among METHODS: "
+          + (f"the methods are compared with {first}, their first γ method" if first
+             else "no γ method there, so no paired comparison") + " (--reference chooses another)")
+    cfg.REFERENCE = first
 
 
 def main(cfg):

@@ -194,6 +194,26 @@ def test_reference_not_among_methods_is_one_line_before_any_work(untrained_tiny,
     assert not (tmp_path / "out").exists()
 
 
+def test_default_reference_missing_from_methods_takes_the_first_gamma_method(untrained_tiny, tmp_path):
+    """REFERENCE left at its default (balanced) while METHODS lacks it: the first γ method of METHODS, or none."""
+    flags_ = flags(untrained_tiny, tmp_path / "gamma", num_images=2, methods="random,gamma:100:0,baseline",
+                   perturb_steps=2, bootstrap_samples=100)
+    code, stdout, stderr = run_script_inprocess(SCRIPT, *flags_)
+    assert code == 0, stderr[-2000:]
+    assert ("REFERENCE balanced (the default) is not among METHODS: the methods are compared with gamma:100:0, "
+            "their first γ method (--reference chooses another)") in stdout.splitlines()
+    summary = json.loads((tmp_path / "gamma" / "summary.json").read_text())
+    assert summary["paired"]["reference"] == "gamma:100:0" and summary["config"]["REFERENCE"] == "gamma:100:0"
+    assert {r["reference"] for r in read_rows(tmp_path / "gamma" / "paired.csv")} == {"gamma:100:0"}
+
+    code, stdout, stderr = run_script_inprocess(SCRIPT, *flags(untrained_tiny, tmp_path / "none", num_images=1,
+                                                               methods="random", perturb_steps=2))
+    assert code == 0, stderr[-2000:]
+    assert ("REFERENCE balanced (the default) is not among METHODS: no γ method there, so no paired comparison "
+            "(--reference chooses another)") in stdout.splitlines()
+    assert json.loads((tmp_path / "none" / "summary.json").read_text())["paired"]["reference"] is None
+
+
 def test_empty_reference_means_no_paired_comparison(trained_tiny, tmp_path):
     code, stdout, stderr = run(trained_tiny, tmp_path, num_images=4, methods="baseline,random", perturb_steps=2,
                                batch_size=4, reference="")

@@ -29,6 +29,7 @@ IG_STEPS = 32  # integrated_gradients in COMPARE_METHODS: points on the path fro
 SMOOTHGRAD_SAMPLES = 32  # smoothgrad in COMPARE_METHODS: noisy copies per image
 ROWS_PER_PASS = 64  # at most this many images per forward (IG, SmoothGrad)
 # ----------------------------------------------------------------------------------------------
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def choose_gammas(cfg):
 
 def check_config(cfg):
     gammas = choose_gammas(cfg)
+    if gammas.spec.attention_note():
+        print(gammas.spec.attention_note("GAMMA_ATTENTION"), file=sys.stderr)
     check_run_options(cfg)
     unknown = [p for p in cfg.COMPARE_PRESETS if p not in PRESETS]
     if unknown:

@@ -17,7 +17,7 @@ def empty_line(empty, done):
     there are none."""
     if not empty:
         return ""
-    ids = [r.get("sample_idx", r.get("image")) for r in empty]
+    ids = [r["name"] if "name" in r else r.get("sample_idx") for r in empty]  # an own image by its file name
     return (f"warning: {len(empty)} of {done} map(s) are empty (every pixel the same: no evidence, e.g. a model "
             f"whose logits do not depend on the image); their pictures are blank: {ids}")
 

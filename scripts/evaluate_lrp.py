@@ -221,20 +221,19 @@ def summary_doc(cfg, rows, indices, found, shortcut):
 
 
 def print_report(cfg, out, rows, names, found, shortcut):
+    """The console's closing report: a table that fits 120 columns and a few lines (the details are in the files)."""
     summary, metrics = found["summary"], E.active_metrics(cfg.ROAD)
     print()
-    for line in E.table_lines(summary, metrics) + ([""] + SC.table_lines(shortcut) if shortcut else []):
+    for line in E.table_lines(summary, metrics, found["best"]) + ([""] + SC.table_lines(shortcut) if shortcut else []):
         print(line)
     print()
-    for line in E.paired_lines(found["paired"]):
+    for line in E.best_lines(found["best"], found["runner_up"]):
         print(line)
-    print(f"paired against REFERENCE {cfg.REFERENCE}: {out / 'paired.csv'}, {out / 'forest_paired.png'}"
-          if found["paired"] else "no paired comparison: REFERENCE is empty")
-    print()
-    for metric, (method, value) in found["best"].items():
-        print(E.best_line(metric, method, value, found["runner_up"].get(metric)))
-    for line in [E.class_check_line(summary)] + E.warning_lines(rows, names, summary):
+    for line in E.paired_pointer(found["paired"], [out / "paired.csv", "forest_paired.png"]):
         print(line)
+    for text in [E.class_check_line(summary)] + E.warning_lines(rows, names, summary):
+        for line in E.wrap(text) if text else []:
+            print(line)
     print(f"Output directory: {out}")
 
 

@@ -122,22 +122,37 @@ def test_output_files(main_run, trained_tiny):
     assert sorted(p.name for p in out.glob("*.png")) == sorted(pngs)
 
 
-def test_console_ends_with_table_best_lines_and_output_dir(main_run):
+def test_console_is_a_table_and_a_few_lines_within_120_columns(main_run):
+    """The table of means (headline first, * the best of a column), the headline's best with its test against the
+    runner-up, the other metrics' best grouped by that test, one pointer to the paired statistics, the class check,
+    the output folder: every line at most 120 columns, no line per paired comparison."""
     lines = main_run["stdout"].rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 120 and len(lines) <= 40
     assert lines[-1].startswith("Output directory:") and str(main_run["out"]) in lines[-1]
-    assert lines[-2].startswith("class check (mean |ρ| to a random other class below 0.6): passes ")
-    best = lines[-2 - len(METRICS):-2]
-    assert [line.split()[1] for line in best] == list(METRICS)
-    assert all(line.startswith("best ") and line.split()[2] != "random" for line in best)
-    for line, (metric, b) in zip(best, main_run["summary"]["best"].items()):  # the paired test vs the runner-up
-        p = b["p_wilcoxon_vs_runner_up"]
-        assert f"vs runner-up {b['runner_up']}:" in line and f"p={p:.2g}" in line
-        assert line.endswith("not significantly better" if p >= 0.05 else " significantly better"
-                             if b["rank_test_agrees"] else "leans to the runner-up: no verdict")
-    assert "(lower is better)" in best[list(METRICS).index("morf_auc")]
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
-    assert all(m in lines[header] for m in METRICS)
-    assert [line.split()[0] for line in lines[header + 2:header + 2 + len(MAIN_METHODS)]] == MAIN_METHODS
+    assert lines[header - 1].split()[:2] == ["LeRF", "−"] and lines[header].split()[1:3] == ["MoRF", "↑"]
+    rows = lines[header + 2:header + 2 + len(MAIN_METHODS)]
+    assert [line.split()[0] for line in rows] == MAIN_METHODS
+    summary, best = main_run["summary"]["methods"], main_run["summary"]["best"]
+    for line in rows:  # the headline's mean first, * on the best of the column
+        method, headline = line.split()[:2]
+        assert headline.rstrip("*") == f"{summary[method]['lerf_minus_morf']['mean']:.3f}"
+        assert headline.endswith("*") == (best["lerf_minus_morf"]["method"] == method)
+    text = " ".join(line.strip() for line in lines)
+    b = best["lerf_minus_morf"]
+    assert (f"Most faithful (LeRF − MoRF, higher is better): {b['method']} {b['mean']:.3f}; vs runner-up "
+            f"{b['runner_up']} {b['diff_to_runner_up']:+.3f}, Wilcoxon p={b['p_wilcoxon_vs_runner_up']:.2g}: ") in text
+    for metric, b in best.items():
+        if metric != "lerf_minus_morf":
+            assert f"{metric} ({b['method']})" in text
+    paired = read_rows(main_run["out"] / "paired.csv")
+    significant = [r for r in paired if r["significant"] == "True"]
+    better = sum((float(r["mean_diff"]) > 0) == METRICS[r["metric"]].higher for r in significant)
+    worse, neither = len(significant) - better, len(paired) - len(significant)
+    assert (f"{better} differences significantly better than balanced, {worse} worse, {neither} neither, of "
+            f"{len(paired)}; every row: {main_run['out'] / 'paired.csv'}, forest_paired.png") in text
+    assert not any(line.startswith(("box_share ", "lerf_minus_morf ")) for line in lines)  # no paired rows
+    assert any(line.startswith("class check (mean |ρ| to a random other class below 0.6): passes ") for line in lines)
 
 
 def test_balanced_beats_random_on_the_mini_cub(main_run):
@@ -238,7 +253,9 @@ def test_road_adds_its_metrics_curves_and_paired_rows(trained_tiny, tmp_path):
     assert [r["metric"] for r in s["paired"]["rows"]][-3:] == road
     assert (tmp_path / "curves_road.png").read_bytes()[:8] == PNG_SIGNATURE
     assert all((tmp_path / f"bar_{k}.png").exists() for k in road)
-    assert any(line.startswith("best road_lerf_minus_morf") for line in stdout.splitlines())
+    lines = stdout.splitlines()
+    assert "road_lerf_minus_morf (" in " ".join(lines) and max(len(line) for line in lines) <= 120
+    assert sum(line.startswith("method") for line in lines) == 2  # 14 columns: two blocks that fit 120 columns
 
 
 # --- methods ---------------------------------------------------------------------------------------------------

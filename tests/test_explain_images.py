@@ -59,8 +59,8 @@ def test_own_images_get_their_top_k_and_the_heatmap_scripts_maps(untrained_tiny,
     assert len(lines) == 4  # one line per image
     for k, (line, r, path) in enumerate(zip(lines, records, own_images)):
         if path.name == "notes.jpg":
-            assert line == f"[4/4] {path}: ✗ not an image: cannot identify image file '{path}'"
-            assert r["error"].startswith("not an image") and r["files"] == {}
+            assert line == f"[4/4] {path}: ✗ not a readable image: cannot identify image file '{path}'"
+            assert r["error"].startswith("not a readable image") and r["files"] == {}
             assert not list(out.glob(f"lrp_*_{k:06d}.*"))
             continue
         assert r["error"] is None and "label" not in r and len(r["topk"]) == 3
@@ -71,7 +71,7 @@ def test_own_images_get_their_top_k_and_the_heatmap_scripts_maps(untrained_tiny,
         assert all((out / f.format(k)).stat().st_size > 0 for f in PER_IMAGE)
     assert "Explained 3/4 image(s); 1 failed (see explanations.json): notes.jpg" in stdout.splitlines()
     html = (out / "index.html").read_text(encoding="utf-8")
-    assert "true:" not in html and "not an image" in html and html.count("lrp_comparison_") == 3
+    assert "true:" not in html and "not a readable image" in html and html.count("lrp_comparison_") == 3
     assert json.loads((out / ".vitlrp-run-files.json").read_text())["script"] == "explain_images.py"
 
     # the heatmap script on a CUB folder of the same files: the same pixels, the same maps and the same top class

@@ -91,7 +91,7 @@ class ImageFiles(Dataset):
             item["image"] = self.transform(open_rgb(self.paths[index]))
         except OSError as err:
             # open_rgb names the file; the caller's line names it already
-            item["error"] = "not an image: " + str(err).removeprefix(f"cannot read image {self.paths[index]}: ")
+            item["error"] = "not a readable image: " + str(err).removeprefix(f"cannot read image {self.paths[index]}: ")
             size = self.preprocessing.crop_size
             item["image"] = torch.zeros(3, size, size)
         return item

@@ -76,10 +76,24 @@ def check_config(cfg):
     check_scoring_options(cfg)
     if cfg.BOOTSTRAP_SAMPLES < 100:
         raise UserError(f"BOOTSTRAP_SAMPLES must be at least 100, got {cfg.BOOTSTRAP_SAMPLES}")
-    if cfg.REFERENCE and cfg.REFERENCE not in [m.name for m in chosen]:
-        raise UserError(f"REFERENCE {cfg.REFERENCE!r} is not among METHODS ({', '.join(m.name for m in chosen)}): "
-                        "set it to one of them, or leave it empty for no paired comparison")
+    choose_reference(cfg, chosen)
     return chosen
+
+
+def choose_reference(cfg, chosen):
+    """REFERENCE must be among the methods when the user named it; left at its default while METHODS lacks it, the
+    first γ method of METHODS takes its place (or none), and the console says so."""
+    names = [m.name for m in chosen]
+    if not cfg.REFERENCE or cfg.REFERENCE in names:
+        return
+    if "REFERENCE" in cli.given(cfg):
+        raise UserError(f"REFERENCE {cfg.REFERENCE!r} is not among METHODS ({', '.join(names)}): set it to one of "
+                        "them, or leave it empty for no paired comparison")
+    first = next((m.name for m in chosen if m.family == "lrp"), "")
+    print(f"REFERENCE {cfg.REFERENCE} (the default) is not among METHODS: "
+          + (f"the methods are compared with {first}, their first γ method" if first
+             else "no γ method there, so no paired comparison") + " (--reference chooses another)")
+    cfg.REFERENCE = first
 
 
 def main(cfg):
@@ -207,20 +221,19 @@ def summary_doc(cfg, rows, indices, found, shortcut):
 
 
 def print_report(cfg, out, rows, names, found, shortcut):
+    """The console's closing report: a table that fits 120 columns and a few lines (the details are in the files)."""
     summary, metrics = found["summary"], E.active_metrics(cfg.ROAD)
     print()
-    for line in E.table_lines(summary, metrics) + ([""] + SC.table_lines(shortcut) if shortcut else []):
+    for line in E.table_lines(summary, metrics, found["best"]) + ([""] + SC.table_lines(shortcut) if shortcut else []):
         print(line)
     print()
-    for line in E.paired_lines(found["paired"]):
+    for line in E.best_lines(found["best"], found["runner_up"]):
         print(line)
-    print(f"paired against REFERENCE {cfg.REFERENCE}: {out / 'paired.csv'}, {out / 'forest_paired.png'}"
-          if found["paired"] else "no paired comparison: REFERENCE is empty")
-    print()
-    for metric, (method, value) in found["best"].items():
-        print(E.best_line(metric, method, value, found["runner_up"].get(metric)))
-    for line in [E.class_check_line(summary)] + E.warning_lines(rows, names, summary):
+    for line in E.paired_pointer(found["paired"], [out / "paired.csv", "forest_paired.png"]):
         print(line)
+    for text in [E.class_check_line(summary)] + E.warning_lines(rows, names, summary):
+        for line in E.wrap(text) if text else []:
+            print(line)
     print(f"Output directory: {out}")
 
 

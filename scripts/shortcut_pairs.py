@@ -33,6 +33,7 @@ from vitlrp.methods import parse_methods
 from vitlrp.pages import write_shortcut_gallery
 from vitlrp.runfolder import RunFolder
 from vitlrp.runtime import resolve_device
+from vitlrp.scoring import empty_maps
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
 OUTPUT_NAMES = ("pair_*.png", "pairs.json", "config.json", "index.html")
@@ -70,6 +71,7 @@ def main(cfg):
         print(intro.split(". Top")[0] + ".")
         pairs = S.pick_pairs(split, predicted, cfg.NUM_PAIRS, cfg.SEED)
         explained = explain_pairs(cfg, chosen, model, dataset, split, pairs, device)
+        warn_empty(explained[3])
         cards = draw_pairs(run.path, ckpt["class_names"], dataset.preprocessing, split, pairs, explained)
         write_json(run.path / "pairs.json", cards)
         write_json(run.path / "config.json", cli.config_dict(cfg, identity=True))
@@ -106,6 +108,15 @@ def explain_pairs(cfg, chosen, model, dataset, split, pairs, device):
             method = stack.enter_context(m.create(model, method_settings(cfg)))
             maps[m.name] = method.attribute(images, target, order).relevance.float().cpu()
     return order, batch, target, maps
+
+
+def warn_empty(maps):
+    """A warning per method with empty maps (every pixel the same): their panels are blank, not a finding."""
+    for name, relevance in maps.items():
+        empty = int(empty_maps(relevance).sum())
+        if empty:
+            print(f"warning: {name}: {empty} of {len(relevance)} map(s) are empty (every pixel the same: no "
+                  "evidence); their panels are blank")
 
 
 def draw_pairs(out, names, prep, split, pairs, explained):

@@ -29,6 +29,7 @@ IG_STEPS = 32  # integrated_gradients in COMPARE_METHODS: points on the path fro
 SMOOTHGRAD_SAMPLES = 32  # smoothgrad in COMPARE_METHODS: noisy copies per image
 ROWS_PER_PASS = 64  # at most this many images per forward (IG, SmoothGrad)
 # ----------------------------------------------------------------------------------------------
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from vitlrp.gamma import PRESETS, GammaSpec, schedule_text
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
 from vitlrp.methods import lrp
 from vitlrp.pages import write_heatmap_gallery
-from vitlrp.scoring import nonfinite_error
+from vitlrp.scoring import empty_maps, nonfinite_error
 from vitlrp.step import Step, run_step
 
 GAMMA_SETTINGS = ("GAMMA_FILE", "PRESET", "CONV_GAMMA", "LIN_GAMMA", "LIN_GAMMA_SCHEDULE", "GAMMA_ATTENTION")
@@ -60,6 +61,8 @@ def choose_gammas(cfg):
 
 def check_config(cfg):
     gammas = choose_gammas(cfg)
+    if gammas.spec.attention_note():
+        print(gammas.spec.attention_note("GAMMA_ATTENTION"), file=sys.stderr)
     check_run_options(cfg)
     unknown = [p for p in cfg.COMPARE_PRESETS if p not in PRESETS]
     if unknown:
@@ -142,19 +145,20 @@ def caption(method, cfg):
 
 
 def sample_records(cfg, b, maps, names, dataset, run_info, done):
-    """Write the pictures and the tensor of each sample of a :class:`~vitlrp.batch.Batch`; its records, printed as
-    the seed prints them (``done``: samples done before this batch, and of the shard)."""
+    """Write the pictures and the tensor of each sample of a :class:`~vitlrp.batch.Batch`; its records, one console
+    line each that carries the seed's lines (``done``: samples done before this batch, and of the shard)."""
     out, raw, gammas = Path(cfg.OUTPUT_DIR), b.raw, run_info["gamma_params"]
     rgb = dataset.preprocessing.denormalize(raw["image"]).permute(0, 2, 3, 1).numpy()
     position = {row: k for k, row in enumerate(b.ok)}
+    empty = empty_maps(maps["relevance"]).tolist() if maps else []
     records = []
     for row in range(len(b)):
         idx, label = int(raw["index"][row]), int(raw["label"][row])
         sample = {"sample_idx": idx, "img_path": str(Path(dataset.image_path(idx)).resolve()), "label": label}
-        print(f"\n[{done[0] + row + 1}/{done[1]}] Processing sample_idx={idx} ...")
+        head = f"[{done[0] + row + 1}/{done[1]}] Processing sample_idx={idx} ..."
         if row not in position:
             records.append(H.failed_record(sample, names, raw["error"][row]))
-            print(f"  ✗ Skipped: {raw['error'][row]}")
+            print(f"{head} ✗ Skipped: {raw['error'][row]}")
             continue
         k = position[row]
         logits, target = maps["logits"][k], int(maps["target"][k])
@@ -162,7 +166,7 @@ def sample_records(cfg, b, maps, names, dataset, run_info, done):
         bad = nonfinite_error(rel, logits)
         if bad:  # e.g. NaN weights or an overflow: no picture of it, the run fails
             records.append(H.failed_record(sample, names, bad, target))
-            print(f"  ✗ Failed: {bad}")
+            print(f"{head} ✗ Failed: {bad}")
             continue
         probs = logits.softmax(0)
         title = (f"#{idx}  true: {names[label]}  |  pred: {names[pred]} ({probs[pred]:.1%})  |  "
@@ -171,12 +175,10 @@ def sample_records(cfg, b, maps, names, dataset, run_info, done):
         if maps["grid"]:
             files["gamma_grid"], _ = H.write_grid(out, idx, rgb[row], {c: m[k] for c, m in maps["grid"].items()},
                                                   f"#{idx}  {names[label]}  →  class {target}")
-        entry = H.sample_record(sample, names, target, logits, rel, files, run_info)
-        print(f"  ✓ Target class: {target} (label: {label})")
-        print(f"  ✓ Saved: {files['overlay']}")
-        print(f"  ✓ Saved: {files['comparison']}")
-        print(f"  ✓ Relevance sum {entry['relevance_sum']:.4g} for logit {entry['explained_logit']:.4g}")
-        records.append(entry)
+        records.append({**H.sample_record(sample, names, target, logits, rel, files, run_info),
+                        "empty_map": empty[k]})
+        print(f"{head} {'⚠' if empty[k] else '✓'} Target class: {target} (label: {label}) "
+              f"✓ Saved: {files['overlay']}, {files['comparison']}" + (f" {H.EMPTY_NOTE}" if empty[k] else ""))
     return records
 
 
@@ -205,6 +207,9 @@ def print_summary(results, gammas, out):
     print("\n" + "=" * 60)
     print(f"Completed! Generated {len(results) - failed}/{len(results)} samples"
           + (f" ({', '.join(kinds)}, see lrp_results.json)" if failed else ""))
+    empty = H.empty_line([r for r in results if r.get("empty_map")], len(results) - failed)
+    if empty:
+        print(empty)
     print(f"Gamma parameters: Conv2d={gammas.conv}, Linear={gammas.lin}")
     print(f"Output directory: {out}")
 

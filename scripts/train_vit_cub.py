@@ -46,7 +46,7 @@ from vitlrp.cub import CUBDataset, load_cub
 from vitlrp.errors import UserError
 from vitlrp.fileio import append_csv_row, write_csv, write_json
 from vitlrp.holdout import best_row, make_split, split_from_record
-from vitlrp.identity import identify
+from vitlrp.identity import dataset_sha256, identify, short
 from vitlrp.identity import record as record_identity
 from vitlrp.models import (
     build_vit,
@@ -249,6 +249,13 @@ def load_resume(cfg, ann, last_path):
         raise UserError(f"{last_path} holds no training state ({', '.join(missing or ['epoch'])}): --resume true "
                         "needs the vit_cub_last.pt this script writes")
     _check_same_recipe(cfg, resume, last_path)
+    was, now = resume.get("dataset_sha256"), dataset_sha256(cfg.DATASET_ROOT)
+    if isinstance(was, str) and was != now:  # same class names, other images, labels or split (older checkpoints:
+        # no record, no check)
+        raise UserError(f"--resume true on {cfg.DATASET_ROOT}, but {last_path} was trained on another dataset (its "
+                        f"annotation files differ: sha256 {short(was)} then, {short(now)} now; it was trained on "
+                        f"{resume.get('config', {}).get('DATASET_ROOT', '?')}): resume on the dataset it was trained "
+                        "on (--dataset-root), or start afresh in another --checkpoint-dir")
     return resume
 
 
@@ -372,7 +379,7 @@ def save_epoch(cfg, trainer, setup, row, rows, is_best, best_acc):
     its best again; the other way round last.pt's best_acc would count a best epoch best.pt never got)."""
     ann, preprocessing, paths = setup.ann, setup.preprocessing, setup.paths
     meta = dict(epoch=row["epoch"], best_acc=best_acc, config=recorded_config(cfg), summary_row=row,
-                val_split=setup.split.record)
+                val_split=setup.split.record, dataset_sha256=dataset_sha256(cfg.DATASET_ROOT))
     if is_best:
         save_checkpoint(paths["best"], trainer.model, cfg.MODEL, ann.class_names, preprocessing, **meta)
     # the last checkpoint carries the training state --resume needs and the run's summary rows; the best one only

@@ -1,5 +1,4 @@
 """scripts/evaluate_lrp.py end to end on the trained vit_tiny + synthetic mini-CUB, and the method plumbing."""
-import copy
 import csv
 import json
 import math
@@ -19,7 +18,7 @@ from vitlrp.cub import load_cub
 from vitlrp.errors import UserError
 from vitlrp.gamma import GammaSpec
 from vitlrp.inputs import sample_indices
-from vitlrp.methods import MethodSettings, create_method, parse_method
+from vitlrp.methods import create_method, parse_method
 from vitlrp.metrics import METRICS
 from vitlrp.models import model_from_checkpoint, read_checkpoint
 
@@ -123,22 +122,37 @@ def test_output_files(main_run, trained_tiny):
     assert sorted(p.name for p in out.glob("*.png")) == sorted(pngs)
 
 
-def test_console_ends_with_table_best_lines_and_output_dir(main_run):
+def test_console_is_a_table_and_a_few_lines_within_120_columns(main_run):
+    """The table of means (headline first, * the best of a column), the headline's best with its test against the
+    runner-up, the other metrics' best grouped by that test, one pointer to the paired statistics, the class check,
+    the output folder: every line at most 120 columns, no line per paired comparison."""
     lines = main_run["stdout"].rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 120 and len(lines) <= 40
     assert lines[-1].startswith("Output directory:") and str(main_run["out"]) in lines[-1]
-    assert lines[-2].startswith("class check (mean |ρ| to a random other class below 0.6): passes ")
-    best = lines[-2 - len(METRICS):-2]
-    assert [line.split()[1] for line in best] == list(METRICS)
-    assert all(line.startswith("best ") and line.split()[2] != "random" for line in best)
-    for line, (metric, b) in zip(best, main_run["summary"]["best"].items()):  # the paired test vs the runner-up
-        p = b["p_wilcoxon_vs_runner_up"]
-        assert f"vs runner-up {b['runner_up']}:" in line and f"p={p:.2g}" in line
-        assert line.endswith("not significantly better" if p >= 0.05 else " significantly better"
-                             if b["rank_test_agrees"] else "leans to the runner-up: no verdict")
-    assert "(lower is better)" in best[list(METRICS).index("morf_auc")]
     header = next(i for i, line in enumerate(lines) if line.startswith("method"))
-    assert all(m in lines[header] for m in METRICS)
-    assert [line.split()[0] for line in lines[header + 2:header + 2 + len(MAIN_METHODS)]] == MAIN_METHODS
+    assert lines[header - 1].split()[:2] == ["LeRF", "−"] and lines[header].split()[1:3] == ["MoRF", "↑"]
+    rows = lines[header + 2:header + 2 + len(MAIN_METHODS)]
+    assert [line.split()[0] for line in rows] == MAIN_METHODS
+    summary, best = main_run["summary"]["methods"], main_run["summary"]["best"]
+    for line in rows:  # the headline's mean first, * on the best of the column
+        method, headline = line.split()[:2]
+        assert headline.rstrip("*") == f"{summary[method]['lerf_minus_morf']['mean']:.3f}"
+        assert headline.endswith("*") == (best["lerf_minus_morf"]["method"] == method)
+    text = " ".join(line.strip() for line in lines)
+    b = best["lerf_minus_morf"]
+    assert (f"Most faithful (LeRF − MoRF, higher is better): {b['method']} {b['mean']:.3f}; vs runner-up "
+            f"{b['runner_up']} {b['diff_to_runner_up']:+.3f}, Wilcoxon p={b['p_wilcoxon_vs_runner_up']:.2g}: ") in text
+    for metric, b in best.items():
+        if metric != "lerf_minus_morf":
+            assert f"{metric} ({b['method']})" in text
+    paired = read_rows(main_run["out"] / "paired.csv")
+    significant = [r for r in paired if r["significant"] == "True"]
+    better = sum((float(r["mean_diff"]) > 0) == METRICS[r["metric"]].higher for r in significant)
+    worse, neither = len(significant) - better, len(paired) - len(significant)
+    assert (f"{better} differences significantly better than balanced, {worse} worse, {neither} neither, of "
+            f"{len(paired)}; every row: {main_run['out'] / 'paired.csv'}, forest_paired.png") in text
+    assert not any(line.startswith(("box_share ", "lerf_minus_morf ")) for line in lines)  # no paired rows
+    assert any(line.startswith("class check (mean |ρ| to a random other class below 0.6): passes ") for line in lines)
 
 
 def test_balanced_beats_random_on_the_mini_cub(main_run):
@@ -195,6 +209,26 @@ def test_reference_not_among_methods_is_one_line_before_any_work(untrained_tiny,
     assert not (tmp_path / "out").exists()
 
 
+def test_default_reference_missing_from_methods_takes_the_first_gamma_method(untrained_tiny, tmp_path):
+    """REFERENCE left at its default (balanced) while METHODS lacks it: the first γ method of METHODS, or none."""
+    flags_ = flags(untrained_tiny, tmp_path / "gamma", num_images=2, methods="random,gamma:100:0,baseline",
+                   perturb_steps=2, bootstrap_samples=100)
+    code, stdout, stderr = run_script_inprocess(SCRIPT, *flags_)
+    assert code == 0, stderr[-2000:]
+    assert ("REFERENCE balanced (the default) is not among METHODS: the methods are compared with gamma:100:0, "
+            "their first γ method (--reference chooses another)") in stdout.splitlines()
+    summary = json.loads((tmp_path / "gamma" / "summary.json").read_text())
+    assert summary["paired"]["reference"] == "gamma:100:0" and summary["config"]["REFERENCE"] == "gamma:100:0"
+    assert {r["reference"] for r in read_rows(tmp_path / "gamma" / "paired.csv")} == {"gamma:100:0"}
+
+    code, stdout, stderr = run_script_inprocess(SCRIPT, *flags(untrained_tiny, tmp_path / "none", num_images=1,
+                                                               methods="random", perturb_steps=2))
+    assert code == 0, stderr[-2000:]
+    assert ("REFERENCE balanced (the default) is not among METHODS: no γ method there, so no paired comparison "
+            "(--reference chooses another)") in stdout.splitlines()
+    assert json.loads((tmp_path / "none" / "summary.json").read_text())["paired"]["reference"] is None
+
+
 def test_empty_reference_means_no_paired_comparison(trained_tiny, tmp_path):
     code, stdout, stderr = run(trained_tiny, tmp_path, num_images=4, methods="baseline,random", perturb_steps=2,
                                batch_size=4, reference="")
@@ -219,7 +253,9 @@ def test_road_adds_its_metrics_curves_and_paired_rows(trained_tiny, tmp_path):
     assert [r["metric"] for r in s["paired"]["rows"]][-3:] == road
     assert (tmp_path / "curves_road.png").read_bytes()[:8] == PNG_SIGNATURE
     assert all((tmp_path / f"bar_{k}.png").exists() for k in road)
-    assert any(line.startswith("best road_lerf_minus_morf") for line in stdout.splitlines())
+    lines = stdout.splitlines()
+    assert "road_lerf_minus_morf (" in " ".join(lines) and max(len(line) for line in lines) <= 120
+    assert sum(line.startswith("method") for line in lines) == 2  # 14 columns: two blocks that fit 120 columns
 
 
 # --- methods ---------------------------------------------------------------------------------------------------
@@ -354,18 +390,6 @@ def test_input_x_gradient_runs_on_the_unpatched_model(trained_tiny):
     torch.testing.assert_close(outside, plain, rtol=1e-5, atol=1e-7)
     # and the LRP map really is a different computation (else the comparison above proves nothing)
     assert not torch.allclose(lrp_map, outside, rtol=1e-2, atol=1e-4)
-
-
-def test_non_lrp_methods_take_fp32_batches_on_a_bf16_model(trained_tiny):
-    model, _ = model_from_checkpoint(read_checkpoint(trained_tiny["checkpoint"]))
-    model16 = copy.deepcopy(model).to(torch.bfloat16)
-    x = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(1))
-    for name in ("input_x_gradient", "random"):
-        with create_method(name, model16, MethodSettings(dtype=torch.bfloat16)) as method:
-            r = method.attribute(x, torch.tensor([0, 2]))
-        logits, rel = r.logits, r.relevance
-        assert logits.dtype == rel.dtype == torch.float32 and rel.shape == (2, *x.shape[-2:]), name
-        assert torch.isfinite(rel).all()
 
 
 @pytest.mark.slow

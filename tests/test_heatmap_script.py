@@ -113,9 +113,15 @@ def test_console_shows_the_seed_lines(default_run):
                  f"Completed! Generated {N}/{N} samples", "Gamma parameters: Conv2d=1.0, Linear=0.5"):
         assert line in lines, line
     assert any(line.startswith("Output directory: ") for line in lines)
-    for prefix, count in (("[1/6] Processing sample_idx=", 1), ("  ✓ Target class: ", N),
-                          ("  ✓ Saved: lrp_overlay_", N), ("  ✓ Saved: lrp_comparison_", N)):
-        assert sum(line.startswith(prefix) for line in lines) == count, prefix
+    # one line per sample carrying the seed's lines: [i/N] Processing sample_idx=..., ✓ Target class, ✓ Saved
+    samples = [line for line in lines if line.startswith("[")]
+    assert len(samples) == N and samples[0].startswith("[1/6] Processing sample_idx=")
+    for line, r in zip(samples, default_run["results"]):
+        idx = r["sample_idx"]
+        assert line == (f"[{samples.index(line) + 1}/{N}] Processing sample_idx={idx} ... ✓ Target class: "
+                        f"{r['target_class']} (label: {r['label']}) ✓ Saved: lrp_overlay_{idx:06d}.png, "
+                        f"lrp_comparison_{idx:06d}.png")
+    assert len(lines) <= N + 15  # no block of lines per sample
     assert "Gamma rule acts on 10 layers" in default_run["stdout"]
     assert not error_lines(default_run["stderr"])
 
@@ -386,6 +392,31 @@ def test_unreadable_image_is_skipped_and_reported(trained_tiny, tmp_path):
     assert not any(out.glob(f"*{broken:06d}*"))
     assert len((out / "lrp_image_paths.txt").read_text(encoding="utf-8").splitlines()) == 3
     assert "skipped" in (out / "index.html").read_text(encoding="utf-8")
+
+
+def test_empty_maps_are_warned_not_ticked(mini_cub, tmp_path):
+    """A model whose head is zero (torchvision's init) explains nothing: every map is all zero. Each sample's line
+    says so instead of a bare ✓, a closing warning counts them, the records and the page mark them."""
+    from vitlrp.models import build_vit, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_vit("vit_tiny", 10)
+    assert not model.heads.head.weight.any()
+    save_checkpoint(tmp_path / "zero_head.pt", model, "vit_tiny", load_cub(mini_cub).class_names,
+                    Preprocessing.for_size(model.image_size))
+    out = tmp_path / "out"
+    code, stdout, stderr = run_script_inprocess(
+        SCRIPT, "--checkpoint-path", tmp_path / "zero_head.pt", "--dataset-root", mini_cub, "--num-samples", 2,
+        "--num-workers", 0, "--device", "cpu", "--output-dir", out)
+    assert code == 0, stderr[-2000:]
+    samples = [line for line in stdout.splitlines() if line.startswith("[")]
+    assert len(samples) == 2 and all("⚠ Target class: " in s and s.endswith(
+        "⚠ empty map (every pixel the same: no evidence)") and "✓ Target" not in s for s in samples), samples
+    ids = [r["sample_idx"] for r in results(out)]
+    assert (f"warning: 2 of 2 map(s) are empty (every pixel the same: no evidence, e.g. a model whose logits do not "
+            f"depend on the image); their pictures are blank: {ids}") in stdout.splitlines()
+    assert all(r["empty_map"] is True and r["relevance_sum"] == 0 for r in results(out))
+    assert (out / "index.html").read_text(encoding="utf-8").count("empty map: every pixel the same") == 2
 
 
 def test_interrupted_run_leaves_no_stale_results_and_a_rerun_completes(trained_tiny, tmp_path, monkeypatch):

@@ -396,6 +396,19 @@ def test_the_same_method_under_two_names_is_refused():
     assert len(methods.parse_methods(["balanced", "balanced+attn", "gamma:1:0.25"], "METHODS")) == 3
 
 
+def test_attn_with_linear_gamma_zero_says_it_changes_nothing(capsys):
+    """+attn puts the Linear γ on the attention projections: at a Linear γ of 0 (a number, or a schedule of zeros)
+    that is LRP-0, their gradient, as without it; the scripts' method lists say so, once per such name."""
+    moot = ["baseline+attn", "gamma:1:0+attn", "gamma:1:0/0+attn", "gamma:1:linear:0:0+attn"]
+    methods.parse_methods(moot + ["balanced+attn", "gamma:1:linear:0.5:0+attn", "baseline"], "METHODS")
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [f"note: +attn changes nothing in {name}: it puts the Linear γ on the attention projections, but "
+                     "that γ is 0, so they get LRP-0, their plain gradient, as without it (same maps)" for name in moot]
+    code, _, err = run_script_inprocess("test_vit_forward", "--gamma-attention", "true", "--lin-gamma", "0",
+                                        "--checkpoint-path", "missing.pt")
+    assert code == 2 and err.startswith("note: GAMMA_ATTENTION changes nothing in gamma:1:0+attn: ")
+
+
 def test_methods_together_equal_separate_runs(model_x):
     """γ methods share one forward (and backwards) in attribute_all; the maps equal each method run on its own."""
     model, x = model_x

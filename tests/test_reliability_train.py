@@ -220,6 +220,22 @@ def test_resume_from_a_best_checkpoint_without_training_state_is_refused(mini_cu
     assert "holds no training state (epoch)" in one_error(code, stderr)
 
 
+def test_resume_on_another_dataset_with_the_same_classes_is_refused(mini_cub, one_epoch, tmp_path):
+    """The class names match, the split does not: --resume true would continue silently on other images."""
+    copy_run(one_epoch, tmp_path)
+    other = Path(shutil.copytree(mini_cub, tmp_path / "other" / "CUB_200_2011"))
+    split = (other / "train_test_split.txt").read_text(encoding="utf-8").splitlines()
+    first_test = next(i for i, line in enumerate(split) if line.endswith(" 0"))
+    split[first_test] = split[first_test][:-1] + "1"  # one test image moves to the training split
+    (other / "train_test_split.txt").write_text("\n".join(split) + "\n", encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()}
+    code, _, stderr = train(other, tmp_path, *TINY32, "--epochs", "3", "--resume", "true")
+    message = one_error(code, stderr)
+    assert message.startswith(f"error: --resume true on {other}, but {tmp_path / 'ck' / 'vit_cub_last.pt'} was "
+                              "trained on another dataset (its annotation files differ") and str(mini_cub) in message
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()} == before
+
+
 # --- 2. a fresh run into a folder that holds checkpoints --------------------------------------------------
 def test_a_fresh_run_does_not_overwrite_checkpoints_without_being_told(mini_cub, one_epoch, tmp_path):
     before = copy_run(one_epoch, tmp_path)

@@ -362,6 +362,26 @@ def test_shortcut_pairs_writes_a_gallery_of_swapped_pairs(trained_tiny, eval_run
     assert all(p["file"] in page for p in pairs)
 
 
+def test_shortcut_pairs_warns_of_empty_maps(eval_run, tmp_path):
+    """A model whose head is zero (torchvision's init) explains nothing: the blank panels are said to be empty maps,
+    per method that has them (the random maps are not empty)."""
+    from vitlrp.cub import load_cub
+    from vitlrp.models import build_vit, save_checkpoint
+    from vitlrp.preprocess import Preprocessing
+
+    root = eval_run["out"].parent / "CUB"
+    model = build_vit("vit_tiny", 10)
+    save_checkpoint(tmp_path / "zero.pt", model, "vit_tiny", load_cub(root).class_names,
+                    Preprocessing.for_size(model.image_size))
+    code, stdout, err = run_script_inprocess(
+        "shortcut_pairs", "--checkpoint-path", tmp_path / "zero.pt", "--dataset-root", root, "--methods",
+        "balanced,random", "--num-pairs", 1, "--num-workers", 0, "--device", "cpu", "--output-dir", tmp_path / "out")
+    assert code == 0, err[-3000:]
+    warnings = [line for line in stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: balanced: 2 of 2 map(s) are empty (every pixel the same: no evidence); their panels "
+                        "are blank"]
+
+
 def test_shortcut_pairs_refuses_a_dataset_without_marks(trained_tiny, tmp_path):
     code, _, err = run_script_inprocess(
         "shortcut_pairs", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",

@@ -26,8 +26,10 @@ def method_settings(cfg):
 
 
 def check_run_options(cfg):
-    """``target``, ``dtype``, ``impl``, ``batch_size``, ``num_workers`` and the sampling methods' costs."""
-    check_target_mode(setting(cfg, "target"))
+    """``target`` (where the script has one), ``dtype``, ``impl``, ``batch_size``, ``num_workers`` and the sampling
+    methods' costs."""
+    if setting(cfg, "target") is not None:
+        check_target_mode(setting(cfg, "target"))
     method_settings(cfg)
     for name, low, why in (("batch_size", 1, "be positive"), ("num_workers", 0, "be >= 0 (0 = decode in this "
                                                                               "process)")):

@@ -2,10 +2,20 @@
 metric, the paired comparison against a reference, and the console's tables. Rows come from
 :meth:`vitlrp.scoring.Scorer.score`."""
 import math
+import textwrap
 
 from . import metrics as M
 from . import stats as S
 from .sanity.verdicts import CLASS_THRESHOLD, class_check
+from .whichgamma import HEADLINE
+
+CONSOLE_WIDTH = 120  # the console's lines fit this many columns
+# the console table's column heads: two lines of at most 8 characters, the second ending in the metric's direction
+HEADS = {"lerf_minus_morf": ("LeRF −", "MoRF"), "morf_auc": ("MoRF", "AUC"), "lerf_auc": ("LeRF", "AUC"),
+         "box_share": ("box", "share"), "pointing_game": ("pointing", "game"), "part_pointing": ("part", "point"),
+         "rank_accuracy": ("rank", "acc."), "negative_share": ("negative", "share"), "gini": ("", "gini"),
+         "roughness": ("rough-", "ness"), "class_sensitivity": ("class", "sens."), "road_morf_auc": ("ROAD", "MoRF"),
+         "road_lerf_auc": ("ROAD", "LeRF"), "road_lerf_minus_morf": ("ROAD", "L − M")}
 
 
 def row_fields(metrics=M.METRICS):
@@ -107,20 +117,49 @@ def best_methods(summary, exclude=("random",), metrics=M.METRICS):
     return best
 
 
-def table_lines(summary, metrics=M.METRICS):
-    """The console table: one row per method, mean ± CI per metric."""
-    names = list(metrics)
-    width = {n: max(17, len(n) + 1) for n in names}
-    head = f"{'method':<22}" + "".join(f"{n:>{width[n]}}" for n in names)
-    lines = [head, "-" * len(head)]
-    for method, s in summary.items():
-        cells = "".join(("n/a†" if n in s.get("not_applicable", ()) else f"{s[n]['mean']:.3f} ±{s[n]['ci95']:<5.3f}"
-                         if math.isfinite(s[n]["mean"]) else "n/a").rjust(width[n]) for n in names)
-        lines.append(f"{method:<22}{cells}")
+def _heads(metric):
+    """The two header lines of a metric's column (8 characters at most each)."""
+    first, second = HEADS.get(metric, (metric[:8], metric[8:14]))
+    return first, f"{second} {'↑' if M.ALL_METRICS.get(metric, M.METRICS.get(metric)).higher else '↓'}".strip()
+
+
+def _column_blocks(names, first_width, width):
+    """``names`` in runs whose columns (9 characters each) fit ``width`` beside the method column."""
+    per_block = max(1, (width - first_width) // 9)
+    return [names[i:i + per_block] for i in range(0, len(names), per_block)]
+
+
+def table_lines(summary, metrics=M.METRICS, best=None, width=CONSOLE_WIDTH):
+    """The console table: one row per method, the mean of each metric (the headline LeRF − MoRF first, ``*`` on the
+    best of a column: ``best`` as :func:`best_methods` gives it), in blocks of columns that fit ``width``; then a
+    legend. The 95% CIs are in summary.csv."""
+    names = sorted(metrics, key=lambda m: m != HEADLINE)
+    first = max([len("method")] + [len(m) for m in summary]) + 1
+    lines = []
+    for block in _column_blocks(names, first, width):
+        heads = [_heads(n) for n in block]
+        lines += [(" " * first + "".join(f"{h[0]:>8} " for h in heads)).rstrip(),
+                  (f"{'method':<{first}}" + "".join(f"{h[1]:>8} " for h in heads)).rstrip()]
+        lines.append("-" * len(lines[-1].rstrip()))
+        for method, s in summary.items():
+            cells = ""
+            for n in block:
+                value = ("n/a†" if n in s.get("not_applicable", ()) else f"{s[n]['mean']:.3f}"
+                         if math.isfinite(s[n]["mean"]) else "n/a")
+                cells += f"{value:>8}" + ("*" if (best or {}).get(n, (None,))[0] == method else " ")
+            lines.append(f"{method:<{first}}{cells}".rstrip())
+    legend = ("Means over the scored images (95% CIs: summary.csv); ↑/↓: higher/lower is better; LeRF − MoRF is the "
+              "headline faithfulness score" + ("; * the best of a column (random is a reference, not a candidate)"
+                                               if best else ""))
     unsigned = [m for m, s in summary.items() if s.get("not_applicable")]
     if unsigned:
-        lines.append(f"† says nothing about {', '.join(unsigned)}: their maps cannot be negative")
-    return lines
+        legend += f". † says nothing about {', '.join(unsigned)}: their maps cannot be negative"
+    return lines + wrap(legend, width)
+
+
+def wrap(text, width=CONSOLE_WIDTH):
+    """``text`` as lines of at most ``width`` columns, continued with an indent."""
+    return textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False) or [""]
 
 
 def per_image_scores(rows, methods, metrics=M.METRICS):
@@ -167,14 +206,42 @@ def best_line(metric, method, value, runner=None, alpha=S.ALPHA):
     line = f"best {metric:<20} {method:<22} {value:.3f}  ({better(metric)} is better)"
     if runner is None:
         return line
-    name, diff, p, agree = runner
+    name, diff, p, _ = runner
+    return f"{line}; vs runner-up {name}: {diff:+.3f}, Wilcoxon p={p:.2g}, {verdict(runner, alpha)}"
+
+
+def verdict(runner, alpha=S.ALPHA):
+    """What the paired test of a best method against its runner-up (``(name, diff, p, agrees)``) says."""
+    _, _, p, agree = runner
     if not math.isfinite(p):
-        verdict = "untested"
-    elif p >= alpha:
-        verdict = "not significantly better"
-    else:  # a small p from many small losses and a few large wins says "different", not "better"
-        verdict = "significantly better" if agree else "but the signed-rank test leans to the runner-up: no verdict"
-    return f"{line}; vs runner-up {name}: {diff:+.3f}, Wilcoxon p={p:.2g}, {verdict}"
+        return "untested"
+    if p >= alpha:
+        return "not significantly better"
+    # a small p from many small losses and a few large wins says "different", not "better"
+    return "significantly better" if agree else "but the signed-rank test leans to the runner-up: no verdict"
+
+
+def best_lines(best, runner_up, alpha=S.ALPHA, width=CONSOLE_WIDTH):
+    """The console's few lines on the best methods: the headline's best with its test against the runner-up, then
+    the other metrics' best (``*`` in the table) grouped by what that test says (every figure: summary.json)."""
+    lines = []
+    if HEADLINE in best:
+        method, value = best[HEADLINE]
+        runner = runner_up.get(HEADLINE)
+        test = (f"; vs runner-up {runner[0]} {runner[1]:+.3f}, Wilcoxon p={runner[2]:.2g}: {verdict(runner, alpha)}"
+                if runner else "")
+        lines += wrap(f"Most faithful (LeRF − MoRF, higher is better): {method} {value:.3f}{test}", width)
+    groups = {}
+    for metric, (method, _) in best.items():
+        if metric != HEADLINE:
+            said = verdict(runner_up[metric], alpha) if metric in runner_up else "untested (no runner-up)"
+            groups.setdefault(said.removeprefix("but the signed-rank test leans to the runner-up: "), []).append(
+                f"{metric} ({method})")
+    if groups:
+        lines += wrap("The best of every other metric against its runner-up (paired Wilcoxon; summary.json has the "
+                      "figures): " + "; ".join(f"{said}: {', '.join(items)}" for said, items in groups.items()),
+                      width)
+    return lines
 
 
 def better(metric):
@@ -182,18 +249,15 @@ def better(metric):
     return "higher" if M.ALL_METRICS[metric].higher else "lower"
 
 
-def paired_lines(rows, alpha=S.ALPHA):
-    """The console's paired table: one line per metric and method (difference to the reference, CI, Holm p)."""
+def paired_pointer(rows, files, width=CONSOLE_WIDTH):
+    """The console's pointer to the paired comparison in its files: how many differences are significant."""
     if not rows:
-        return []
+        return ["no paired comparison: REFERENCE is empty"]
     ref = rows[0]["reference"]
-    lines = [f"paired against {ref} (method − {ref}, mean of per-image differences, bootstrap 95% CI, "
-             f"Wilcoxon p Holm-corrected over methods; * p < {alpha} with the signed-rank test leaning the mean's "
-             "way, ? p small but leaning the other way; W/T/L by the metric's direction)",
-             f"{'metric':<20} {'method':<22} {'diff':>8} {'95% CI':>20} {'p (Holm)':>9}   W/T/L"]
-    for r in rows:
-        ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-        star = "*" if r["significant"] else "?" if r["p_holm"] < alpha else " "
-        lines.append(f"{r['metric']:<20} {r['method']:<22} {r['mean_diff']:>+8.3f} {ci:>20} {r['p_holm']:>9.2g}{star}  "
-                     f"{r['wins']}/{r['ties']}/{r['losses']}")
-    return lines
+    better_ = sum(1 for r in rows if r["significant"] and r["mean_diff"] * (1 if M.ALL_METRICS[r["metric"]].higher
+                                                                           else -1) > 0)
+    worse = sum(1 for r in rows if r["significant"]) - better_
+    return wrap(f"paired against {ref} (per image, every method and metric; Holm-corrected Wilcoxon and bootstrap "
+                f"CIs): {better_} differences significantly better than {ref}, {worse} worse, "
+                f"{len(rows) - better_ - worse} neither, of {len(rows)}; every row: {', '.join(map(str, files))}",
+                width)

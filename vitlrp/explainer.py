@@ -15,7 +15,7 @@ import torch
 
 from .families import family_of
 from .gamma import GammaSpec
-from .gammarule import AbsWeights, GammaHolder, absolute_output, gamma_rules, patch_conv_input_gradient
+from .gammarule import AbsWeights, GammaHolder, absolute_output, gamma_rules, patch_conv_input_gradient, zennit_gamma
 from .protocol import Attribution, Method, input_times_grad, target_index
 
 
@@ -106,9 +106,8 @@ class Explainer(Method):
         try:
             if self.impl == "zennit":
                 from zennit.core import Composite
-                from zennit.rules import Gamma
 
-                by_gamma = {g: Gamma(g) for _, g in rules.values()}
+                by_gamma = {g: zennit_gamma(g, self.dtype) for _, g in rules.values()}
                 composite = Composite(module_map=lambda ctx, name, module: by_gamma[rules[name][1]]
                                       if name in rules else None)
                 with composite.context(self.lrp_model):

@@ -134,6 +134,20 @@ class GammaSpec:
     def with_attention(self, attention=True):
         return replace(self, attention=attention)
 
+    @property
+    def attention_changes_nothing(self):
+        """``attention`` with every Linear γ 0: the projections then get LRP-0, which is their plain gradient, as
+        without ``attention`` (the maps are the same)."""
+        return self.attention and not any(parse_schedule(self.lin)[1])
+
+    def attention_note(self, asked="+attn", name=None):
+        """The one line saying that ``asked`` (how the user asked for ``attention``) changes nothing in this setting
+        (``name``: the user's name of it); '' when it does change the maps."""
+        if not self.attention_changes_nothing:
+            return ""
+        return (f"note: {asked} changes nothing in {name or self.name}: it puts the Linear γ on the attention "
+                "projections, but that γ is 0, so they get LRP-0, their plain gradient, as without it (same maps)")
+
     @classmethod
     def preset(cls, name, attention=False, what="preset"):
         """A preset of :data:`PRESETS` by name."""

@@ -216,3 +216,44 @@ def gamma_rules(module_gammas, abs_weights=None):
     finally:
         for module in patched:
             del module.forward
+
+
+
+def zennit_gamma(gamma, dtype):
+    """zennit's ``Gamma(gamma)`` rule (``impl='zennit'``) for a model in ``dtype``; below float32 it re-runs its layer
+    in float32.
+
+    Why: zennit divides by sums of separately rounded products (for ``z > 0``: ``x⁺(W + γW⁺)ᵀ + b + x⁻(W + γW⁻)ᵀ``,
+    i.e. ``z + γ(P + b⁺)``); in bf16 (8 significant bits) their rounding error exceeds ``|z|`` wherever the γ term does
+    not dominate it — at γ = 0 everywhere, at γ = 0.001 still often — so denominators get the wrong sign or come near
+    zero and the maps turn to noise (cosine to the fp32 map below 0.3). The fused rule divides by ``c₁|z| + c₂A`` with
+    the forward's own ``z``: no such cancellation. In float32 the five re-runs and their quotients are exact to
+    ~1e-7; the relevance passed on is cast back to ``dtype``.
+    """
+    from zennit.core import ParamMod
+    from zennit.rules import Gamma
+
+    class Float32Params(ParamMod):
+        """zennit's parameter modifier ``inner``, its modified parameters (zeroed ones too) as float32 copies."""
+
+        def __init__(self, inner):
+            super().__init__(inner.modifier, inner.param_keys, inner.zero_params, inner.require_params)
+
+        @contextmanager
+        def __call__(self, module):
+            with super().__call__(module) as modified:
+                own = dict(modified.named_parameters(recurse=False))
+                try:
+                    for key, param in own.items():
+                        setattr(modified, key, nn.Parameter(param.detach().float()))
+                    yield modified
+                finally:
+                    for key, param in own.items():
+                        setattr(modified, key, param)
+
+    rule = Gamma(gamma)
+    if torch.promote_types(dtype, torch.float32) != dtype:
+        rule.input_modifiers = [lambda x, f=f: f(x.float()) for f in rule.input_modifiers]
+        rule.param_modifiers = [Float32Params(ParamMod.ensure(p)) for p in rule.param_modifiers]
+        rule.reducer = lambda inputs, grads, f=rule.reducer: f(inputs, grads).to(dtype)
+    return rule

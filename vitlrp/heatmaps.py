@@ -9,6 +9,19 @@ OUTPUT_NAMES = ("lrp_*.png", "lrp_*.pt", "lrp_*.json", "lrp_*.txt", "index.html"
                 "predictions.csv")
 
 
+EMPTY_NOTE = "⚠ empty map (every pixel the same: no evidence)"  # at the end of a sample's console line
+
+
+def empty_line(empty, done):
+    """The closing warning about the ``empty`` records (maps without any evidence) among ``done`` pictures; '' if
+    there are none."""
+    if not empty:
+        return ""
+    ids = [r["name"] if "name" in r else r.get("sample_idx") for r in empty]  # an own image by its file name
+    return (f"warning: {len(empty)} of {done} map(s) are empty (every pixel the same: no evidence, e.g. a model "
+            f"whose logits do not depend on the image); their pictures are blank: {ids}")
+
+
 def sample_files(idx):
     """``{'heatmap': 'lrp_heatmap_001234.png', ..., 'relevance_raw': 'lrp_relevance_raw_001234.pt'}``."""
     return {kind: f"lrp_{kind}_{idx:06d}.{ext}" for kind, ext in KINDS}

@@ -99,23 +99,28 @@ def heatmap_cards(results, prefix="", verdict=None, predictions=None):
         if not isinstance(r, dict):
             continue
         if r.get("error"):
-            cards.append(f"<div class=card><b>#{esc(r.get('sample_idx'))}</b> <span class=bad>skipped: "
-                         f"{esc(r['error'])}</span></div>")
+            title = f"#{esc(r.get('sample_idx'))}" if "sample_idx" in r else esc(r.get("name"))
+            cards.append(f"<div class=card><b>{title}</b> <span class=bad>skipped: {esc(r['error'])}</span></div>")
             continue
-        right = r.get("predicted_class") == r.get("label")
-        head = (f"<b>#{esc(r.get('sample_idx'))}</b> true: {esc(r.get('label_name'))} &middot; predicted: "
-                f"<span class={'ok' if right else 'bad'}>{esc(r.get('predicted_name'))}</span> "
-                f"({num(r.get('confidence'), '.1%')}) &middot; explained class {esc(r.get('target_class'))} "
-                f"({esc(r.get('target_name'))}) &middot; Σ relevance {num(r.get('relevance_sum'), '.3g')} for logit "
-                f"{num(r.get('explained_logit'), '.3g')}")
+        if "label" in r:  # a dataset's sample: its true class, and whether the prediction is right
+            right = r.get("predicted_class") == r.get("label")
+            head = (f"<b>#{esc(r.get('sample_idx'))}</b> true: {esc(r.get('label_name'))} &middot; predicted: "
+                    f"<span class={'ok' if right else 'bad'}>{esc(r.get('predicted_name'))}</span> ")
+        else:  # an image of the user's own: no true class to show
+            head = f"<b>{esc(r.get('name'))}</b> predicted: {esc(r.get('predicted_name'))} "
+        head += (f"({num(r.get('confidence'), '.1%')}) &middot; explained class {esc(r.get('target_class'))} "
+                 f"({esc(r.get('target_name'))}) &middot; Σ relevance {num(r.get('relevance_sum'), '.3g')} for logit "
+                 f"{num(r.get('explained_logit'), '.3g')}")
         files = r.get("files") if isinstance(r.get("files"), dict) else {}
         parts = [head] + ([f"<p class=note>{verdict}</p>"] if verdict else [])
+        if r.get("empty_map") is True:
+            parts.append("<p class=bad>empty map: every pixel the same, no evidence (the picture is blank)</p>")
         if files.get("comparison"):
             parts.append(img(files["comparison"], f"image, heatmap and overlay of sample {r.get('sample_idx')}",
                              prefix))
         if files.get("gamma_grid"):
             parts.append(img(files["gamma_grid"], f"gamma presets for sample {r.get('sample_idx')}", prefix))
-        p = (predictions or {}).get(r.get("sample_idx"))
+        p = (predictions or {}).get(r.get("sample_idx")) if "sample_idx" in r else r
         if isinstance(p, dict):
             parts.append(_topk_line(p.get("topk")))
         cards.append("<div class=card>" + "\n".join(x for x in parts if x) + "</div>")
@@ -137,6 +142,18 @@ def write_heatmap_gallery(out_dir, results, config, coverage, grid_overview=Fals
                     f"{link('lrp_gamma_grid_overview.png', 'lrp_gamma_grid_overview.png')}</p>")
     body += ["<h2 id=configuration>Configuration</h2>", config_block(config)]
     write_text(Path(out_dir) / "index.html", page("LRP heatmaps", "\n".join(body)))
+
+
+def write_explained_gallery(out_dir, records, config, note):
+    """``index.html`` of images explained without labels (scripts/explain_images.py): a card per image with its
+    top-k predictions and its map; ``note``: what the maps explain, with which method."""
+    ok = sum(1 for r in records if not r.get("error"))
+    body = [f"<p>{ok} of {len(records)} images explained. {esc(note)}</p>", LEGEND,
+            f"<p class=files>Every record: {link('explanations.json', 'explanations.json')}</p>",
+            "<h2 id=images>Images</h2>", heatmap_cards(records), "<h2 id=configuration>Configuration</h2>",
+            config_block(config)]
+    write_text(Path(out_dir) / "index.html", page("Explained images", "\n".join(body),
+                                                  [("images", "Images"), ("configuration", "Configuration")]))
 
 
 def write_shortcut_gallery(out_dir, pairs, intro, config):

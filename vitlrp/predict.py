@@ -4,6 +4,13 @@ import torch
 from .preprocess import open_rgb
 
 
+def top_classes(logits, names, k=5):
+    """The ``k`` most probable classes of one row of logits: ``[{'class', 'name', 'prob'}]``, most probable first."""
+    probs = logits.detach().float().softmax(-1)
+    top = probs.topk(min(k, probs.numel()))
+    return [{"class": int(c), "name": names[int(c)], "prob": float(p)} for p, c in zip(top.values, top.indices)]
+
+
 @torch.no_grad()
 def predict_files(model, preprocessing, paths, k=5, batch_size=32):
     """For each path: ``{'topk': [class...], 'probs': [p...], 'error': ''}`` (``error`` set when unreadable)."""

@@ -71,11 +71,14 @@ class SmoothGrad(Method):
         logits, tgt = plain_logits_and_targets(self.model, x, target)
         s = self.settings
         devices = [x.device] if x.device.type == "cuda" else []
+        # Captum's noise is float32 whatever the input: a bf16 model gets the noisy copies cast to its dtype (the
+        # same noise as in fp32)
+        saliency = Saliency(lambda noisy: self.model(noisy.to(x.dtype)))
         maps = []
         for k, i in enumerate(ids):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(image_seed(s.seed, i, SMOOTHGRAD_KEY))
-                attr = NoiseTunnel(Saliency(self.model)).attribute(
+                attr = NoiseTunnel(saliency).attribute(
                     x[k:k + 1].detach(), nt_type="smoothgrad", nt_samples=s.smoothgrad_samples,
                     stdevs=SMOOTHGRAD_STDEV, nt_samples_batch_size=max(1, s.rows_per_pass), target=tgt[k:k + 1])
             maps.append(attr.sum(1)[0])

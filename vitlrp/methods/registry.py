@@ -7,6 +7,7 @@ tests iterate the registry.
 import importlib
 import importlib.metadata
 import re
+import sys
 import textwrap
 from dataclasses import dataclass
 
@@ -151,6 +152,10 @@ def parse_methods(names, what="methods"):
                     else f"the same method twice ({seen[key]!r} and {m.name!r})")
             raise UserError(f"{what} lists {same}: name each method once", setting=what)
         seen[key] = m.name
+    for m in chosen:  # a γ name whose +attn is moot says so (the user asked for it)
+        note = m.params.attention_note(name=m.name) if hasattr(m.params, "attention_note") else ""
+        if note:
+            print(note, file=sys.stderr)
     return chosen
 
 

@@ -46,15 +46,18 @@ def instance_rules(model, layer_norms, activations, query_key_inputs):
     def detach_first(module, args):
         return (stop_gradient(args[0]), *args[1:])
 
+    def unique(modules):  # a module shared by two blocks gets its rule once (twice would wrap it in itself)
+        return list({id(m): m for m in modules}.values())
+
     saved, handles = [], []
     _depth[model] = 1
     try:
-        for m in layer_norms:
+        for m in unique(layer_norms):
             _set(m, "forward", types.MethodType(layer_norm_forward, m), saved)
-        for m in activations:
+        for m in unique(activations):
             _set(m, "original_forward", m.forward, saved)
             _set(m, "forward", types.MethodType(non_linear_forward, m), saved)
-        for m in query_key_inputs:  # prepended: runs before any hook of a Gamma rule on the same module
+        for m in unique(query_key_inputs):  # prepended: runs before any hook of a Gamma rule on the same module
             handles.append(m.register_forward_pre_hook(detach_first, prepend=True))
         yield
     finally:

@@ -51,7 +51,7 @@ def _problems(model):
             yield f"block {i}'s attention is a {type(attn).__name__} (supported: timm's Attention)"
         elif attn.gate is not None:
             yield f"block {i}'s attention is gated"
-        if type(mlp) is not Mlp:
+        if type(mlp) is not Mlp or not isinstance(mlp.fc1, nn.Linear):
             yield f"block {i}'s MLP is a {type(mlp).__name__} (supported: timm's Mlp; gated MLPs are not)"
     for mod_name, m in model.named_modules():
         if "Norm" in type(m).__name__ and not isinstance(m, nn.LayerNorm):

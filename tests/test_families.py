@@ -523,6 +523,6 @@ def test_vit_b16_copies_give_the_torchvision_logits_and_maps(vit_b16):
 
 @pytest.mark.optin
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("VITLRP_SLOW"), reason="slow (4 min on 2 busy cores): set VITLRP_SLOW=1")
+@pytest.mark.skipif(not os.environ.get("VITLRP_SLOW"), reason="slow (5 min on 2 busy cores): set VITLRP_SLOW=1")
 def test_vit_b16_every_setting_with_zennit(vit_b16):
     _b16_maps_agree(vit_b16, EVERY_SETTING, "zennit")

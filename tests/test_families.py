@@ -1,26 +1,25 @@
-"""vitlrp.families: AttnLRP + the Gamma rule for timm's ViTs and Hugging Face's ViT/DeiT, equal to the torchvision
-path where an equivalent torchvision model exists, on the CPU with tiny seeded models (the full ViT-B/16 is slow).
-
-The family registry is not on this branch yet: ``family_of`` below is a test-local stand-in.
+"""vitlrp.families: AttnLRP + the Gamma rule for timm's ViTs and Hugging Face's ViT/DeiT, through the public entry
+point (``vitlrp.explain(model, x, target=..., method=...)`` finds the family by the model's type), equal to the
+torchvision path where an equivalent torchvision model exists, on the CPU with tiny seeded models (the full
+ViT-B/16 is slow).
 """
+import contextlib
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 from test_explain import images, randomize, rel_err, tiny_vit
 from torch import nn
 
+import vitlrp
 from vitlrp.errors import UserError
-from vitlrp.explain import Explainer
-from vitlrp.families import convert, generic
-from vitlrp.families import hf as hf_family
-from vitlrp.families import timm as timm_family
+from vitlrp.families import FAMILIES, convert, family_of
 from vitlrp.families.attnlrp import instance_rules, patched_now
-from vitlrp.gamma import PRESETS
-from vitlrp.lxtpatch import attention_as_linear, lxt_patched
+from vitlrp.families.timm import TimmViT as TimmFamily
+from vitlrp.gamma import PRESETS, GammaSpec
+from vitlrp.methods import MethodSettings
 
 timm = pytest.importorskip("timm")
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
@@ -34,7 +33,6 @@ from transformers import (  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAMILIES = [timm_family, hf_family]  # stand-in for the registry's lookup order
 IMPLS = ("fused", "zennit")
 SMALL = dict(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=5)
 TIMM_SMALL = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2, num_classes=5,
@@ -44,28 +42,32 @@ HF_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, inte
                 attention_probs_dropout_prob=0.0, initializer_range=0.15)
 
 
-def family_of(model):
-    return next(f for f in FAMILIES if f.matches(model))
-
-
-# torchvision through the same generic path (the Explainer's recipe as a family), to check family_relevance itself
-TORCHVISION = SimpleNamespace(
-    name="torchvision", lrp_patched=lambda model: lxt_patched(), attention_as_linear=attention_as_linear,
-    blocks=lambda model: list(model.encoder.layers), patch_embedding=lambda model: model.conv_proj,
-    logits=lambda output: output,
-    gamma_modules=lambda model, attention: {
-        n: m for n, m in model.named_modules()
-        if n in ("conv_proj", "heads.head") or n.endswith((".mlp.0", ".mlp.3"))
-        or attention and n.endswith(tuple(f"self_attention.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")))})
-
-
 def cosine(a, b):
     """The smallest per-image cosine similarity of two [B, H, W] maps."""
     return nn.functional.cosine_similarity(a.double().flatten(1), b.double().flatten(1)).min().item()
 
 
+def method_name(gammas, attention=False):
+    """The method name of a ``(conv, lin)`` setting (a preset's name when it is one)."""
+    preset = next((p for p, g in PRESETS.items() if GammaSpec(*g) == GammaSpec(*gammas)), None)
+    return (preset + "+attn" * attention) if preset else GammaSpec(*gammas, attention).name
+
+
 def explain(model, x, target, gammas, attention=False, impl="fused"):
-    return generic.family_relevance(family_of(model), model, x, target, *gammas, attention, impl)
+    """``(logits, relevance)`` through the public entry point, in the model's dtype."""
+    settings = MethodSettings(next(model.parameters()).dtype, impl)
+    result = vitlrp.explain(model, x, target=target, method=method_name(gammas, attention), settings=settings)
+    return result.logits, result.relevance
+
+
+@contextlib.contextmanager
+def looked_up_first(family):
+    """``family`` first in the registry's lookup order inside the block (a recipe with a rule left out)."""
+    FAMILIES.insert(0, family)
+    try:
+        yield
+    finally:
+        FAMILIES.remove(family)
 
 
 def randomize_family_model(model, seed=0):
@@ -124,8 +126,8 @@ def test_copied_weights_give_the_same_logits(size):
             diff = (family_of(model).logits(model(x)) - expected).abs().max().item()
             print(f"{family_of(model).name} {size}: max |logit diff| = {diff:.1e}")
             assert diff <= 1e-5
-    assert [family_of(m).name for m in copies] == ["timm", "hf"]
-    assert not any(f.matches(tv) for f in FAMILIES)
+    assert [family_of(m).name for m in (tv, *copies)] == ["torchvision", "timm", "hf"]
+    assert [f.name for f in FAMILIES if f.matches(tv)] == ["torchvision"]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -135,8 +137,7 @@ def test_every_preset_map_equals_the_torchvision_map(copies, impl, attention):
     x, target = images(3, seed=6), torch.tensor([1, 4, 0])
     maps = {}
     for preset, gammas in PRESETS.items():
-        with Explainer(tv, *gammas, gamma_attention=attention, impl=impl) as ex:
-            expected = maps[preset] = ex(x, target)[1]
+        expected = maps[preset] = explain(tv, x, target, gammas, attention, impl)[1]
         for model in (timm_model, hf_vit):
             logits, relevance = explain(model, x, target, gammas, attention, impl)
             cos, err = cosine(relevance, expected), rel_err(relevance, expected)
@@ -151,30 +152,17 @@ def test_per_block_schedules_reach_the_same_blocks(copies):
     tv, timm_model, hf_vit = copies
     x, target = images(2, seed=7), torch.tensor([2, 3])
     for schedule in ("2/0", "0/2"):
-        with Explainer(tv, 1.0, schedule, gamma_attention=True) as ex:
-            expected = ex(x, target)[1]
+        expected = explain(tv, x, target, (1.0, schedule), True)[1]
         for model in (timm_model, hf_vit):
             assert cosine(explain(model, x, target, (1.0, schedule), True)[1], expected) >= 0.9999
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_family_relevance_on_torchvision_is_the_explainer(impl):
-    """The generic function with torchvision's recipe as a family gives the Explainer's map: it adds nothing."""
-    model, x, target = tiny_vit(seed=8), images(2, seed=9), torch.tensor([0, 3])
-    for attention in (False, True):
-        with Explainer(model, 10.0, "1/0.5", gamma_attention=attention, impl=impl) as ex:
-            expected = ex(x, target)[1]
-        got = generic.family_relevance(TORCHVISION, model, x, target, 10.0, "1/0.5", attention, impl)[1]
-        assert torch.equal(got, expected)
-
-
 # --- conservation -----------------------------------------------------------------------------------------
-def _sum_ratios(model, attention, impl, family=None):
+def _sum_ratios(model, attention, impl):
     x = images(3, seed=10, dtype=torch.float64)
     ratios = []
     for gammas in ((0.0, 0.0), (1.0, 0.5), (10.0, 1.0)):
-        logits, relevance = generic.family_relevance(family or family_of(model), model, x, None, *gammas,
-                                                     attention, impl)
+        logits, relevance = explain(model, x, None, gammas, attention, impl)
         ratios.append(relevance.sum((1, 2)) / logits.max(1).values)
     return torch.stack(ratios)
 
@@ -205,11 +193,22 @@ def test_conservation_detects_a_missing_rule():
     acts = [blk.mlp.act for blk in model.blocks]
     qk = [m for blk in model.blocks for m in (blk.attn.q_norm, blk.attn.k_norm)]
     for rules in ((norms, acts, []), ([], acts, qk), (norms, [], qk)):
-        broken = SimpleNamespace(**{k: getattr(timm_family, k) for k in ("attention_as_linear", "blocks",
-                                    "gamma_modules", "patch_embedding", "logits")},
-                                 lrp_patched=lambda m, r=rules: instance_rules(m, *r))
-        ratios = _sum_ratios(model, False, "fused", broken)
+        with looked_up_first(MissingRule(rules)):
+            ratios = _sum_ratios(model, False, "fused")
         assert (ratios - 1).abs().max() > 1e-2, ratios.tolist()
+    assert (_sum_ratios(model, False, "fused") - 1).abs().max() < 2e-4  # the registry's timm recipe again
+
+
+class MissingRule(TimmFamily):
+    """timm's recipe with one kind of rule left out (the other two lists of :func:`instance_rules` given)."""
+
+    name = "timm_missing_rule"
+
+    def __init__(self, rules):
+        self.rules = rules
+
+    def lrp_patched(self, model):
+        return instance_rules(model, *self.rules)
 
 
 # --- timm's features ---------------------------------------------------------------------------------------
@@ -254,7 +253,7 @@ def test_timm_variants_explain_with_unchanged_logits_and_gamma_acting(kind):
     x, target = images(2, seed=14), torch.tensor([1, 2])
     with torch.no_grad():
         plain = model(x)
-        with timm_family.lrp_patched(model):
+        with family_of(model).lrp_patched(model):
             patched = model(x)
     torch.testing.assert_close(patched, plain, rtol=0, atol=1e-6)
     maps = {}
@@ -333,7 +332,7 @@ def test_hf_variants_explain_with_unchanged_logits_and_gamma_acting(kind):
     x, target = images(2, seed=22), torch.tensor([1, 3])
     with torch.no_grad():
         plain = model(x).logits
-        with hf_family.lrp_patched(model):
+        with family_of(model).lrp_patched(model):
             torch.testing.assert_close(model(x).logits, plain, rtol=0, atol=1e-6)
     maps = {impl: explain(model.double(), x.double(), target, (1.0, 0.5), True, impl)[1] for impl in IMPLS}
     ratios = torch.cat([_sum_ratios(zero_absorbers(model), attention, "fused") for attention in (False, True)])
@@ -356,6 +355,7 @@ def test_hf_eager_and_sdpa_attention_give_the_same_map(copies):
 # --- where γ acts -----------------------------------------------------------------------------------------
 def test_gamma_modules_are_torchvision_s_layers():
     model = timm_vit(reg_tokens=2)
+    timm_family, hf_family = family_of(model), family_of(hf_model())
     mlp = {f"blocks.{i}.mlp.fc{j}" for i in range(2) for j in (1, 2)}
     attn = {f"blocks.{i}.attn.{p}" for i in range(2) for p in ("qkv", "proj")}
     assert set(timm_family.gamma_modules(model, False)) == {"patch_embed.proj", "head"} | mlp
@@ -461,20 +461,32 @@ def test_unsupported_parts_are_one_clear_error_and_leave_nothing_patched():
             explain(model, x, None, (1.0, 0.5))
         assert "\n" not in str(err.value) and "not cover" in str(err.value)
         _assert_plain_instances(model)
-    with pytest.raises(ValueError, match="eval"):
-        explain(timm_vit().train(), x, None, (1.0, 0.5))
 
 
-def test_the_family_modules_import_neither_timm_nor_transformers():
+def test_the_torchvision_path_needs_neither_timm_nor_transformers(tmp_path):
+    """timm made unimportable: a torchvision model is built, found, trained on, saved, loaded and explained by a
+    plain method and by γ-LRP; transformers is first imported by LXT itself (its package imports it), when the
+    LRP patches are first applied, and timm never."""
     code = ("import sys\n"
-            "from torchvision.models.vision_transformer import VisionTransformer\n"
-            "from vitlrp.families import convert, generic, hf, timm\n"
-            "model = VisionTransformer(32, 8, 2, 2, 32, 64, num_classes=5)\n"
-            "assert not timm.matches(model) and not hf.matches(model)\n"
-            "print(sorted(m for m in ('timm', 'transformers') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            "sys.modules['timm'] = None  # any import of timm fails from here on\n"
+            "import torch, vitlrp\n"
+            "from vitlrp.families import family_of, forward_logits\n"
+            "from vitlrp.models import save_checkpoint\n"
+            "from vitlrp.preprocess import Preprocessing\n"
+            "model = vitlrp.build_model('vit_tiny', 5, 32)\n"
+            "x = torch.randn(2, 3, 32, 32)\n"
+            "forward_logits(model.train(), x).sum().backward()\n"
+            f"save_checkpoint({str(tmp_path / 'c.pt')!r}, model, 'vit_tiny', list('abcde'),"
+            " Preprocessing.for_size(32))\n"
+            f"model = vitlrp.load_checkpoint({str(tmp_path / 'c.pt')!r}).model\n"
+            "assert family_of(model).name == 'torchvision'\n"
+            "vitlrp.explain(model, x, method='input_x_gradient')\n"
+            "before = 'transformers' in sys.modules\n"
+            "vitlrp.explain(model, x, method='balanced+attn')\n"
+            "print(before, 'transformers' in sys.modules, sys.modules['timm'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "False True None"
 
 
 # --- the real size ----------------------------------------------------------------------------------------
@@ -492,8 +504,7 @@ def _b16_maps_agree(vit_b16, settings, impl):
     tv, *copies = vit_b16
     x, target = images(1, seed=2, size=224), torch.tensor([7])
     for preset, attention in settings:
-        with Explainer(tv, *PRESETS[preset], gamma_attention=attention, impl=impl) as ex:
-            reference = ex(x, target)[1]
+        reference = explain(tv, x, target, PRESETS[preset], attention, impl)[1]
         for model in copies:
             relevance = explain(model, x, target, PRESETS[preset], attention, impl)[1]
             cos, err = cosine(relevance, reference), rel_err(relevance, reference)

@@ -15,6 +15,10 @@ linear in V: LXT's torchvision recipe applies no uniform (÷2) rule there, and n
 adds, LayerScale, the class/register tokens, pooling and the position embedding are linear and get the plain
 gradient (LRP-0 in the Input×Gradient form). The instance attributes and hooks are removed on exit (also on an
 error); entering again for the same model while patched only counts depth.
+
+:class:`ClassPatch` is the other kind, for LXT's own class patches (torchvision's classes, and
+:data:`ZENNIT`: zennit's ``BasicHook`` in LXT's Input×Gradient convention, which every family's ``impl='zennit'``
+needs): active only inside :meth:`ClassPatch.applied`, restored on exit.
 """
 import types
 import weakref
@@ -22,6 +26,58 @@ from contextlib import contextmanager
 
 _MISSING = object()
 _depth = weakref.WeakKeyDictionary()  # model → how many lrp_patched blocks are open for it
+
+
+class ClassPatch:
+    """A patch of class attributes for the whole process that LXT applies without an undo: ``targets()`` lists the
+    ``(class, attribute)`` pairs it rewrites, ``apply()`` applies it. Active only inside :meth:`applied` (nestable:
+    an inner block only counts depth); the saved attributes are restored on exit, also after an error."""
+
+    def __init__(self, targets, apply):
+        self.targets, self.apply, self.depth = targets, apply, 0
+
+    @property
+    def active(self):
+        return self.depth > 0
+
+    @contextmanager
+    def applied(self):
+        if self.depth:
+            self.depth += 1
+            try:
+                yield
+            finally:
+                self.depth -= 1
+            return
+        saved = [(cls, name, cls.__dict__.get(name, _MISSING)) for cls, name in self.targets()]
+        self.depth = 1
+        try:
+            self.apply()
+            yield
+        finally:
+            for cls, name, value in saved:
+                if value is _MISSING:
+                    if name in cls.__dict__:
+                        delattr(cls, name)
+                else:
+                    setattr(cls, name, value)
+            self.depth = 0
+
+
+def _zennit_targets():
+    from zennit.core import BasicHook
+
+    return [(BasicHook, "forward"), (BasicHook, "backward")]
+
+
+def _patch_zennit():
+    from lxt.efficient import monkey_patch_zennit  # slow import (transformers): only when explaining
+
+    monkey_patch_zennit()
+
+
+# zennit's hooks in LXT's Input×Gradient convention (the Explainer's impl='zennit', whatever the family)
+ZENNIT = ClassPatch(_zennit_targets, _patch_zennit)
 
 
 def _set(module, attr, value, saved):
@@ -74,3 +130,8 @@ def instance_rules(model, layer_norms, activations, query_key_inputs):
 def patched_now(model):
     """Whether :func:`instance_rules` is active for ``model``."""
     return model in _depth
+
+
+def patched_models():
+    """The models :func:`instance_rules` is active for now."""
+    return list(_depth)

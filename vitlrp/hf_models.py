@@ -91,10 +91,6 @@ def rebuild(rec):
     return _from_config(CONFIG_MAPPING[rec["config"]["model_type"]].from_dict(rec["config"]))
 
 
-def default_image_size(name):
-    return int(config_of(name).image_size)
-
-
 def preprocessing(name, image_size):
     """The mean, std and resampling of ``name``'s ``preprocessor_config.json`` when its folder has one, else
     ImageNet's; resize and centre crop as for torchvision (256/224)."""

@@ -131,6 +131,9 @@ def _own_sizes(arch):
     if family == "torchvision":
         spec = ARCHS[check_arch(arch)]
         return spec.image_size, spec.patch_size
+    if family == "hf":  # the configuration says it
+        config = hf_models.config_of(inner)
+        return int(config.image_size), int(config.patch_size)
     with torch.device("meta"):  # the architecture only: no memory, no weights
         model = SOURCES[family].build(inner, 2)
     return family_of(model).image_size(model), family_of(model).patch_size(model)

@@ -60,12 +60,6 @@ def rebuild(rec):
     return _timm().create_model(rec["name"], pretrained=False, **kwargs)
 
 
-def default_image_size(name):
-    """The input size of timm's configuration of ``name``."""
-    with torch.device("meta"):
-        return int(build(name, 2).patch_embed.img_size[0])
-
-
 def preprocessing(name, image_size):
     """The preprocessing of timm's configuration of ``name`` (mean, std, interpolation, crop share) at
     ``image_size``."""

@@ -157,6 +157,49 @@ def test_per_block_schedules_reach_the_same_blocks(copies):
             assert cosine(explain(model, x, target, (1.0, schedule), True)[1], expected) >= 0.9999
 
 
+@pytest.mark.parametrize("method", ["input_x_gradient", "gradcam", "rollout", "gae"])
+def test_the_other_methods_give_the_torchvision_map(copies, method):
+    """Input×Gradient, Grad-CAM (the family's last-block LayerNorm and prefix tokens), rollout and GAE (the family's
+    recomputed attention) on the copies: the torchvision maps."""
+    tv, *others = copies
+    x, target = images(3, seed=24), torch.tensor([2, 0, 4])
+    expected = vitlrp.explain(tv, x, target=target, method=method).relevance
+    assert expected.abs().sum() > 0
+    for model in others:
+        relevance = vitlrp.explain(model, x, target=target, method=method).relevance
+        assert cosine(relevance, expected) >= 0.9999, (family_of(model).name, method)
+
+
+def test_scores_of_the_copies_equal_torchvision_s_without_the_patch_token_shortcut(copies):
+    """The perturbation curves skip the patch embedding for torchvision's ViT only (``ModelForward.patch_tokens``);
+    the timm and Hugging Face copies perturb the images themselves and score the same maps the same."""
+    from vitlrp.scoring import ModelForward
+
+    tv, *others = copies
+    x = images(3, seed=25)
+    maps = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(26))
+    expected = vitlrp.score(tv, x, maps, None)
+    assert ModelForward(tv, torch.float32, torch.device("cpu")).patch_tokens(x) is not None
+    for model in others:
+        assert ModelForward(model, torch.float32, torch.device("cpu")).patch_tokens(x) is None
+        for metric, values in vitlrp.score(model, x, maps, None).items():
+            torch.testing.assert_close(values, expected[metric], rtol=0, atol=1e-5, msg=metric)
+
+
+def test_the_randomization_steps_are_the_same_parts(copies):
+    """The sanity checks' cascade (``family.step_parameters``): the same steps, each holding the same number of
+    weights in all three (HF splits the packed in_proj into query, key and value)."""
+    from vitlrp.sanity.randomization import randomization_steps, step_parameters
+
+    sizes = [{step: sum(p.numel() for _, p in named) for step, named in step_parameters(m).items()} for m in copies]
+    assert sizes[0] == sizes[1] == sizes[2] and list(sizes[0]) == randomization_steps(copies[0])
+    assert list(sizes[0]) == ["head", "block_1", "block_0", "embedding"]
+    for model in (timm_vit(reg_tokens=2, init_values=0.1, pre_norm=True), _distilled(), hf_model(),
+                  HF_VARIANTS["deit-distilled"]()):
+        named = [p for ps in step_parameters(model).values() for _, p in ps]
+        assert len(named) == len(list(model.parameters())) == len({id(p) for p in named}), type(model).__name__
+
+
 # --- conservation -----------------------------------------------------------------------------------------
 def _sum_ratios(model, attention, impl):
     x = images(3, seed=10, dtype=torch.float64)

@@ -107,6 +107,17 @@ def test_a_checkpoint_records_the_family_and_rebuilds_offline(family, files, tmp
             models.read_checkpoint(tmp_path / "bad.pt")
 
 
+def test_the_recipe_keeps_weight_decay_off_every_family_s_tokens_and_position_embeddings(files):
+    from vitlrp.training import make_optimizer
+
+    expected = {TIMM: {"cls_token", "pos_embed"},
+                f"hf:{files['hf']}": {"vit.embeddings.cls_token", "vit.embeddings.position_embeddings"}}
+    for name, tokens in expected.items():
+        model = models.build_model(name, 3)
+        no_decay = {id(p) for p in make_optimizer(model, 1e-3, 0.05).param_groups[1]["params"]}
+        assert {n for n, p in model.named_parameters() if id(p) in no_decay and p.ndim > 1} == tokens
+
+
 # --- pretrained weights --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["timm_pth", "timm_safetensors"])
 def test_timm_weights_from_a_file_load_everything_but_the_head(kind, files):

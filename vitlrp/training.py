@@ -39,13 +39,19 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# the tokens and position embeddings of torchvision's, timm's and Hugging Face's ViTs (class, register and
+# distillation tokens): no weight decay on them, as on biases and norms
+NO_DECAY = ("class_token", "pos_embedding", "cls_token", "reg_token", "dist_token", "pos_embed", "position_embeddings",
+            "distillation_token")
+
+
 def make_optimizer(model, lr, weight_decay):
-    """AdamW; no weight decay on biases, norms, the class token and position embeddings."""
+    """AdamW; no weight decay on biases, norms, the tokens and position embeddings (:data:`NO_DECAY`)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(("class_token", "pos_embedding")) else decay).append(p)
+        (no_decay if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
 

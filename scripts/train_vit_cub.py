@@ -12,7 +12,7 @@ Several GPUs: torchrun --nproc_per_node=N scripts/train_vit_cub.py (DDP; BATCH_S
 # --- configuration (each constant is also a flag: --epochs 30, --lr 5e-5, ...) ---
 DATASET_ROOT = "dataset/raw/CUB_200_2011"  # folder holding images.txt
 MODEL = "vit_b_16"  # vit_b_16, vit_b_32, vit_l_16, vit_l_32, vit_h_14, vit_tiny (CPU), timm:<name>, hf:<Hub id|folder>
-PRETRAINED = "IMAGENET1K_V1"  # IMAGENET1K_V1, *_SWAG_E2E_V1, *_SWAG_LINEAR_V1 (above); default (timm/hf), none, a path
+PRETRAINED = "IMAGENET1K_V1"  # IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1, default, none, a file
 IMAGE_SIZE = 0  # model input size; 0 = the weights' own (224; 384 for vit_b_16 SWAG_E2E, 518 for vit_h_14 SWAG_E2E)
 EPOCHS = 20  # full passes over the train split
 BATCH_SIZE = 64  # global batch, split over processes under torchrun

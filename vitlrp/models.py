@@ -153,6 +153,9 @@ def check_image_size(arch, image_size=0):
 
 def build_vit(arch, num_classes, image_size=0):
     """A randomly initialised torchvision ``VisionTransformer`` (zero-initialised head, as torchvision does)."""
+    if split_model(arch)[0] != "torchvision":
+        raise UserError(f"{arch} is no torchvision model: this builds the model table only ({', '.join(ARCHS)})",
+                        setting="model")
     spec, size = ARCHS[check_arch(arch)], check_image_size(arch, image_size)
     if spec.builder is not None:
         return spec.builder(weights=None, num_classes=num_classes, image_size=size)

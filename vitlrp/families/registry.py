@@ -55,8 +55,10 @@ def unwrap(model):
 
 
 def forward_logits(model, x):
-    """The ``[B, classes]`` logits of ``model(x)`` (a wrapped model's too), whatever its family returns."""
-    return family_of(unwrap(model)).logits(model(x))
+    """The ``[B, classes]`` logits of ``model(x)``: the output itself when it is a tensor (torchvision, timm, any
+    plain classifier), else what the model's family reads from it (Hugging Face's output object)."""
+    out = model(x)
+    return out if torch.is_tensor(out) else family_of(unwrap(model)).logits(out)
 
 
 def partition_steps(model, blocks, embedding, head):

@@ -189,8 +189,25 @@ def _train(run_script_inprocess, small_cub, out, family, files):
     return out / "ckpt" / "vit_cub_best.pt", stdout
 
 
+@pytest.fixture
+def unrendered_figures(monkeypatch):
+    """The scripts' matplotlib figures are built from their tables but not rendered (a 1-pixel PNG stands in):
+    rendering is the same for every family (the torchvision tests render them) and takes most of the time here."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from vitlrp import plots
+
+    def save(fig, path, dpi=110):
+        Image.new("RGB", (1, 1)).save(path)
+        plt.close(fig)
+
+    monkeypatch.setattr(plots, "_save", save)
+
+
 @pytest.mark.parametrize("family", ["timm", "hf"])
-def test_the_mini_cub_end_to_end(family, run_script_inprocess, small_cub, files, tmp_path, offline):
+def test_the_mini_cub_end_to_end(family, run_script_inprocess, small_cub, files, tmp_path, offline,
+                                 unrendered_figures):
     """Train, explain, evaluate, sanity checks and sweep with a small random model of the family: every script
     rebuilds it from the checkpoint."""
     ckpt, stdout = _train(run_script_inprocess, small_cub, tmp_path, family, files)

@@ -46,6 +46,7 @@ from vitlrp.checks import (
     method_settings,
 )
 from vitlrp.errors import UserError
+from vitlrp.families import family_of
 from vitlrp.fileio import write_csv, write_json
 from vitlrp.gamma import GammaSpec
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
@@ -145,8 +146,8 @@ def score(cfg, state, chosen):
         print(f"Evaluating {len(chosen)} methods on {len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} "
               f"({device}{f' x{dist.world_size}' if dist.enabled else ''}, {cfg.DTYPE})")
     plain, forward = model_in(model, DTYPES[cfg.DTYPE], device)
-    settings = ScoreSettings(model.patch_size, cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, cfg.ROAD, cfg.SEED,
-                             cfg.ROWS_PER_PASS)
+    patch = family_of(model).patch_size(model)
+    settings = ScoreSettings(patch, cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, cfg.ROAD, cfg.SEED, cfg.ROWS_PER_PASS)
     shard = state.shard(indices)
     names = [m.name for m in chosen]
     run = ScoringRun(forward, cfg.TARGET, device, settings, E.active_metrics(cfg.ROAD))

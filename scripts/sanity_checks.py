@@ -40,6 +40,7 @@ from vitlrp import cli, methods, plots, render
 from vitlrp.batch import Batch
 from vitlrp.checks import check_run_options, check_schedules_fit, method_settings
 from vitlrp.errors import UserError
+from vitlrp.families import family_of
 from vitlrp.fileio import write_csv, write_json
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
 from vitlrp.methods import lrp
@@ -112,7 +113,7 @@ def check(cfg, state, chosen):
               f"{len(state.data['steps'])} randomization steps, {cfg.NOISE_SAMPLES} noisy copies)")
     plain, forward = model_in(model, DTYPES[cfg.DTYPE], device)
     run = S.CheckRun(chosen, method_settings(cfg), plain, forward,
-                     S.Settings(model.patch_size, cfg.SEED, cfg.NOISE_SAMPLES, cfg.NOISE_STD))
+                     S.Settings(family_of(model).patch_size(model), cfg.SEED, cfg.NOISE_SAMPLES, cfg.NOISE_STD))
     keep, shard = set(indices[:cfg.FIGURE_IMAGES]), state.shard(indices)
     rows, figures, failed = [], [], []
     with tqdm(total=len(shard), desc="sanity", unit="img", disable=not dist.is_main) as bar:

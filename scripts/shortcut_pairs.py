@@ -27,6 +27,7 @@ from vitlrp import cli, methods, render
 from vitlrp import shortcut as S
 from vitlrp.checks import method_settings
 from vitlrp.errors import UserError
+from vitlrp.families import forward_logits
 from vitlrp.fileio import write_json
 from vitlrp.inputs import load_model_and_split, loader
 from vitlrp.methods import parse_methods
@@ -88,7 +89,8 @@ def followed_marks(cfg, model, dataset, split, device):
     predicted = {}
     with torch.no_grad():
         for batch in loader(dataset, swapped, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device):
-            for i, err, p in zip(batch["index"], batch["error"], model(batch["image"].to(device)).argmax(1)):
+            predictions = forward_logits(model, batch["image"].to(device)).argmax(1)
+            for i, err, p in zip(batch["index"], batch["error"], predictions):
                 if not err:
                     predicted[int(i)] = int(p)
     return predicted
@@ -101,7 +103,7 @@ def explain_pairs(cfg, chosen, model, dataset, split, pairs, device):
     batch = next(iter(loader(dataset, order, len(order), 0, device)))
     images = batch["image"].to(device)
     with torch.no_grad():
-        target = model(images).argmax(1)
+        target = forward_logits(model, images).argmax(1)
     maps = {}
     with ExitStack() as stack:
         for m in chosen:

@@ -34,6 +34,7 @@ from vitlrp import evaluation as E
 from vitlrp import sweep as S
 from vitlrp.checks import check_perturb_steps_fit, check_run_options, check_schedules_fit, check_scoring_options
 from vitlrp.explainer import Explainer
+from vitlrp.families import family_of
 from vitlrp.fileio import write_csv, write_json
 from vitlrp.gamma import PRESETS, GammaSpec
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
@@ -94,7 +95,8 @@ def sweep(cfg, state, cells):
               f"({device}{f' x{dist.world_size}' if dist.enabled else ''}, {cfg.DTYPE}, {cfg.IMPL})")
     dtype = DTYPES[cfg.DTYPE]
     plain, forward = model_in(model, dtype, device)
-    settings = ScoreSettings(model.patch_size, cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, seed=cfg.SEED,
+    patch = family_of(model).patch_size(model)
+    settings = ScoreSettings(patch, cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, seed=cfg.SEED,
                              rows_per_pass=cfg.ROWS_PER_PASS)
     shard, seconds = state.shard(indices), {"maps": 0.0, "metrics": 0.0}
     with Explainer(plain, cells[0], MethodSettings(dtype, cfg.IMPL)) as explainer, \

@@ -1,15 +1,18 @@
-"""Fine-tune a torchvision ViT on CUB-200-2011; writes checkpoints/vit_cub_best.pt and vit_cub_last.pt.
+"""Fine-tune a ViT (torchvision's, timm's or Hugging Face's) on CUB-200-2011; writes checkpoints/vit_cub_best.pt and
+vit_cub_last.pt.
 
 The best epoch is picked on a validation split held out from the training images (VAL_FRACTION), not on the test
 split that the explaining scripts use. Weights per model (PRETRAINED): vit_b_16 and vit_l_16: IMAGENET1K_V1,
 IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1; vit_b_32 and vit_l_32: IMAGENET1K_V1; vit_h_14:
-IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1; vit_tiny: none. Preprocessing comes from the weights.
+IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1; vit_tiny: none; timm:<name> and hf:<Hub id or folder>: default
+(their library's own weights, what an unset PRETRAINED means for them), none or a file (hf: also a folder).
+Preprocessing comes from the weights (timm, Hugging Face: from the model's configuration).
 Several GPUs: torchrun --nproc_per_node=N scripts/train_vit_cub.py (DDP; BATCH_SIZE is the global batch).
 """
 # --- configuration (each constant is also a flag: --epochs 30, --lr 5e-5, ...) ---
 DATASET_ROOT = "dataset/raw/CUB_200_2011"  # folder holding images.txt
-MODEL = "vit_b_16"  # vit_b_16, vit_b_32, vit_l_16, vit_l_32, vit_h_14 (torchvision's), vit_tiny (small: CPU, demo)
-PRETRAINED = "IMAGENET1K_V1"  # IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1 (above), none, a file
+MODEL = "vit_b_16"  # vit_b_16, vit_b_32, vit_l_16, vit_l_32, vit_h_14, vit_tiny (CPU), timm:<name>, hf:<Hub id|folder>
+PRETRAINED = "IMAGENET1K_V1"  # IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1, IMAGENET1K_SWAG_LINEAR_V1, default, none, a file
 IMAGE_SIZE = 0  # model input size; 0 = the weights' own (224; 384 for vit_b_16 SWAG_E2E, 518 for vit_h_14 SWAG_E2E)
 EPOCHS = 20  # full passes over the train split
 BATCH_SIZE = 64  # global batch, split over processes under torchrun
@@ -49,7 +52,8 @@ from vitlrp.holdout import best_row, make_split, split_from_record
 from vitlrp.identity import dataset_sha256, identify, short
 from vitlrp.identity import record as record_identity
 from vitlrp.models import (
-    build_vit,
+    DEFAULT_WEIGHTS,
+    build_model,
     check_arch,
     check_classes,
     check_image_size,
@@ -58,6 +62,7 @@ from vitlrp.models import (
     load_pretrained,
     read_checkpoint,
     save_checkpoint,
+    split_model,
     weights_names,
     weights_preprocessing,
 )
@@ -111,6 +116,8 @@ def check_config(cfg, dist):
     """Every setting, before any folder or file is touched (the dataset's own limits: check_against_data)."""
     check_numbers(cfg)
     check_arch(cfg.MODEL)
+    if split_model(cfg.MODEL)[0] != "torchvision" and "PRETRAINED" not in cli.given(cfg):
+        cfg.PRETRAINED = DEFAULT_WEIGHTS  # torchvision's weights name means nothing to a timm or HF model
     if cfg.IMAGE_SIZE:
         check_image_size(cfg.MODEL, cfg.IMAGE_SIZE)
     if not cfg.RESUME:  # a resumed run does not read them (and must name the same, see RECIPE)
@@ -157,6 +164,9 @@ def recorded_config(cfg):
     config = cli.config_dict(cfg)
     for name in ("DATASET_ROOT", "CHECKPOINT_DIR", "OUTPUT_DIR"):
         config[name] = str(Path(config[name]).resolve())
+    family, inner = split_model(cfg.MODEL)
+    if family == "hf" and Path(inner).is_dir():  # a folder, not a Hub id
+        config["MODEL"] = f"hf:{Path(inner).resolve()}"
     if config["PRETRAINED"] not in weights_names(cfg.MODEL) and config["PRETRAINED"].lower() != "none":
         config["PRETRAINED"] = str(Path(config["PRETRAINED"]).resolve())
     return config
@@ -264,9 +274,10 @@ def initial_model(cfg, num_classes):
     checkpoint's replace them), a small random head."""
     image_size = cfg.IMAGE_SIZE or default_image_size(cfg.MODEL, cfg.PRETRAINED)
     seed_everything(cfg.SEED)
-    model = build_vit(cfg.MODEL, num_classes, image_size)
-    if cfg.PRETRAINED.lower() == "none":
-        # torchvision zero-initialises the head; from scratch a small random head trains faster
+    model = build_model(cfg.MODEL, num_classes, image_size)
+    if cfg.PRETRAINED.lower() == "none" and split_model(cfg.MODEL)[0] == "torchvision":
+        # torchvision zero-initialises the head; from scratch a small random head trains faster (timm and Hugging
+        # Face draw theirs already)
         torch.nn.init.trunc_normal_(model.heads.head.weight, std=0.02)
     elif not cfg.RESUME:
         load_pretrained(model, cfg.MODEL, cfg.PRETRAINED)

@@ -12,7 +12,8 @@ Method names are strings (:func:`list_methods`): the presets, ``gamma:<conv>:<li
 
 The modules behind it, one concept each:
 
-- ``families``    model families (torchvision's ViT): LXT's patches, the attention swap, blocks, γ modules, sizes
+- ``families``    model families (torchvision's, timm's, Hugging Face's ViTs): AttnLRP's rules, the attention
+  swap, blocks, γ modules, sizes, logits, randomization steps, what Grad-CAM/rollout/GAE need
 - ``gamma``       γ settings (:class:`GammaSpec`): presets, per-block schedules, names, best_gamma.json
 - ``gammarule``   an exact, faster implementation of zennit's generalized Gamma rule
 - ``explainer``   the γ-LRP method (:class:`Explainer`): one forward for many γ settings and classes
@@ -24,7 +25,8 @@ The modules behind it, one concept each:
 - ``evaluation``  summaries, the best method per metric, paired comparisons; ``stats`` their statistics
 - ``sanity``      the sanity checks: similarity, class draws, randomization, the batch runner, verdicts
 - ``sweep``       the γ search; ``shortcut`` the Clever-Hans test
-- ``models``      the model table and checkpoints; ``training``, ``holdout`` the fine-tuning loop and its split
+- ``models``      models by name and checkpoints (``timm_models``, ``hf_models``: ``timm:``/``hf:`` names;
+  ``weights``: weights files read safely); ``training``, ``holdout`` the fine-tuning loop and its split
 - ``preprocess``, ``cub``, ``synthetic``, ``download``   model input, the CUB layout, the mini-CUB, fetching CUB
 - ``cli``, ``errors``, ``fileio``, ``runfolder``, ``runtime``, ``step``, ``checks``, ``inputs``   the scripts'
   plumbing: flags and one-line errors, atomic writes, output folders, devices and seeds, sharded steps, settings

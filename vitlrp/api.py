@@ -8,7 +8,8 @@ from . import metrics as M
 from .batch import Batch
 from .families import family_of
 from .methods import Attribution, create_method
-from .models import build_vit, model_from_checkpoint, read_checkpoint
+from .models import build_model as build_any
+from .models import model_from_checkpoint, read_checkpoint
 from .scoring import ModelForward, Scorer, ScoreSettings
 
 # what score() computes by default: the metrics that need nothing but the model, the images and the maps
@@ -16,9 +17,10 @@ DEFAULT_METRICS = ("morf_auc", "lerf_auc", "lerf_minus_morf", "negative_share", 
 
 
 def build_model(name, num_classes, image_size=0):
-    """A randomly initialised model of the model table (``vit_tiny``, ``vit_b_16``, ...; torchvision's init: its
-    head is zero, so every map of an untrained model is zero), in eval mode."""
-    return build_vit(name, num_classes, image_size).eval()
+    """A randomly initialised model, in eval mode: of the model table (``vit_tiny``, ``vit_b_16``, ...; torchvision's
+    init: its head is zero, so every map of an untrained model is zero), ``timm:<name>`` (timm's init) or
+    ``hf:<Hub id or folder>`` (a ViT or DeiT classifier of that configuration)."""
+    return build_any(name, num_classes, image_size).eval()
 
 
 class Checkpoint(NamedTuple):

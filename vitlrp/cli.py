@@ -253,6 +253,8 @@ FIXES = {
     "diverged": "use an earlier checkpoint or train again with a lower --lr",
     "classes": "use the dataset it was trained on (--dataset-root) or another --checkpoint-path",
     "pretrained_file": "or pass --pretrained PATH",
+    "pretrained_download": "then pass --pretrained PATH",
+    "hf_folder": "then pass --model hf:FOLDER",
     "cpu": "or use --device cpu",
     "gamma_file": "run `python scripts/sweep_gamma.py` first, or leave --gamma-file empty",
     "archive_retry": "run again, or pass --archive PATH",

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from .families import family_of
+
 # the backward of the attention's own products (QKᵀ, AV): fused attention kernels recompute QKᵀ and form dP, dV,
 # dQ and dK, i.e. 5 products for the forward's 2, whichever input gradients are needed
 ATTENTION_BACKWARD = (5, 2)
@@ -16,6 +18,8 @@ def matrix_products(model, image_size=None):
     attention is swapped for ``nn.Linear`` modules) or ``'attention'`` (QKᵀ and AV together). Shapes come from one
     forward of a blank image, so the class token, the head's single row and the image size are counted as run.
     """
+    if family_of(model).name != "torchvision":  # the count below knows nn.MultiheadAttention's products only
+        raise ValueError(f"the cost model counts torchvision's ViT only, not a {family_of(model).name} model")
     products, hooks = [], []
 
     def layer(name):
@@ -46,7 +50,7 @@ def matrix_products(model, image_size=None):
         elif isinstance(module, (nn.Linear, nn.Conv2d)) and not name.endswith("self_attention.out_proj"):
             hooks.append(module.register_forward_pre_hook(layer(name)))
     param = next(model.parameters())
-    size = image_size or model.image_size
+    size = image_size or family_of(model).image_size(model)
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype))

@@ -1,10 +1,12 @@
 """The γ-LRP method: AttnLRP (LXT) plus zennit's Gamma rule, batched, attached only while explaining.
 
 Where γ acts: a rule acts on a module only when the module is *called*. Everything architecture-specific comes
-from the model's family (:func:`vitlrp.families.family_of`): for torchvision's ViT, γ reaches the patch embedding
-(the Conv2d γ), the two MLP linears of each block and the head only, because its attention applies the projections
-through ``F.linear``; with ``GammaSpec.attention`` the family routes them through ``nn.Linear`` modules. Because
-AttnLRP's CP-LRP variant stops relevance at the query and key, γ there reaches the value and output projections.
+from the model's family (:func:`vitlrp.families.family_of`: torchvision's ViT, timm's ``VisionTransformer``,
+Hugging Face's ViT/DeiT): by default γ reaches the patch embedding (the Conv2d γ), the two MLP linears of each
+block and the head only, as on torchvision's ViT, whose attention applies the projections through ``F.linear``;
+with ``GammaSpec.attention`` the attention projections too (torchvision's family routes them through
+``nn.Linear`` modules; timm and Hugging Face call theirs as modules already). Because AttnLRP's CP-LRP variant
+stops relevance at the query and key, γ there reaches the value and output projections.
 :meth:`Explainer.gamma_layers` reports the layers γ really acted on. The γ values and per-block schedules are
 :class:`vitlrp.gamma.GammaSpec`'s; the rule itself is :mod:`vitlrp.gammarule`'s (``impl='fused'``) or zennit's.
 """
@@ -14,13 +16,14 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from .families import family_of
+from .families.attnlrp import ZENNIT
 from .gamma import GammaSpec
 from .gammarule import AbsWeights, GammaHolder, absolute_output, gamma_rules, patch_conv_input_gradient, zennit_gamma
 from .protocol import Attribution, Method, input_times_grad, target_index
 
 
 class Explainer(Method):
-    """AttnLRP (LXT) with zennit's Gamma rule on a model of a registered family (torchvision's ViT).
+    """AttnLRP (LXT) with zennit's Gamma rule on a model of a registered family (torchvision, timm, Hugging Face).
 
     Use as a context manager; inside, ``explainer.attribute(images, target)`` returns an
     :class:`~vitlrp.protocol.Attribution` whose ``relevance`` is the ``[B, H, W]`` pixel relevance (channels
@@ -110,7 +113,7 @@ class Explainer(Method):
                 by_gamma = {g: zennit_gamma(g, self.dtype) for _, g in rules.values()}
                 composite = Composite(module_map=lambda ctx, name, module: by_gamma[rules[name][1]]
                                       if name in rules else None)
-                with composite.context(self.lrp_model):
+                with ZENNIT.applied(), composite.context(self.lrp_model):  # zennit's hooks in LXT's convention
                     yield
             else:
                 with gamma_rules({m: holders[n] if holders else g for n, (m, g) in rules.items()},

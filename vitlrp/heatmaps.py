@@ -79,7 +79,8 @@ def coverage_line(explainer):
     """One line saying where γ acts (for the console, the JSON and the page), from what the rule really acted on."""
     layers = explainer.gamma_layers()
     conv = [n for n, t in layers.items() if t == "Conv2d"]
-    attn = [n for n in layers if n.endswith((".q_proj", ".k_proj", ".v_proj", ".out_proj"))]
+    outside = explainer.family.gamma_modules(explainer.lrp_model, False)  # the family's γ layers without attention
+    attn = [n for n in layers if n not in outside]
     other = [n for n, t in layers.items() if t != "Conv2d" and n not in attn]
     gamma = explainer.gamma
     if gamma.is_schedule:
@@ -91,6 +92,9 @@ def coverage_line(explainer):
             f"gamma={gamma.conv:g}); {len(other)} Linear (MLP + head" + (f", gamma={lin})" if other else ")"))
     if gamma.attention:
         return text + f"; {len(attn)} attention projections (value + output; query/key carry no relevance in CP-LRP)"
+    if explainer.family.name != "torchvision":  # timm and Hugging Face call them as modules: left out as on torchvision
+        return text + ("; attention projections get LRP-0 (left out by default, as on torchvision's ViT; the "
+                       "gamma_attention option puts gamma on them)")
     return text + ("; attention projections get LRP-0 (torchvision calls F.linear on them; the gamma_attention "
                    "option routes them through gamma)")
 

@@ -1,13 +1,17 @@
-"""torchvision ViTs for CUB: the table of models, building, ImageNet weights (offline-aware), and checkpoints.
+"""The models this package trains and explains, and their checkpoints: torchvision's ViTs (the table of models,
+building, ImageNet weights, offline-aware) and, by name prefix, timm's (``timm:<name>``, :mod:`vitlrp.timm_models`)
+and Hugging Face's (``hf:<Hub id or folder>``, :mod:`vitlrp.hf_models`).
 
 A checkpoint is a dict of plain types and tensors only, so it loads with ``torch.load(weights_only=True)``:
-``arch``, ``image_size``, ``num_classes``, ``class_names``, ``preprocessing``, ``model`` (state dict),
-optionally ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_acc``, ``config``, ``val_split``,
+``arch`` (the model's name as given: ``vit_b_16``, ``timm:deit_small_patch16_224``, ``hf:google/vit-base-...``),
+``family`` (``torchvision``, ``timm``, ``hf``; absent in older checkpoints: torchvision), ``build`` (timm and Hugging
+Face: what rebuilds the architecture offline, the timm name and ``create_model`` arguments or the configuration dict),
+``image_size``, ``num_classes``, ``class_names``, ``preprocessing``, ``model`` (state dict), optionally
+``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best_acc``, ``config``, ``val_split``,
 ``summary_row`` (that epoch's ``summary.csv`` row) and ``summary_rows`` (the last checkpoint: every row of the run up
 to it).
 """
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -16,9 +20,12 @@ import torch
 import torchvision.models as tvm
 from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
+from . import hf_models, timm_models
 from .errors import UserError
+from .families import family_of, unwrap
 from .fileio import torch_save
 from .preprocess import Preprocessing
+from .weights import first_line, fit_problem, load_file, non_finite_tensors, shape_of, state_dict_file
 
 FORMAT = "vitlrp-checkpoint/1"
 
@@ -49,15 +56,37 @@ ARCHS = {
 MAX_IMAGE_SIZE = 2048
 
 
+SOURCES = {"timm": timm_models, "hf": hf_models}  # the families built by name prefix (timm:, hf:)
+DEFAULT_WEIGHTS = "default"  # timm and Hugging Face models: the named model's own weights, from its library's loader
+
+
+def split_model(name):
+    """``(family, name within it)``: ``'timm:x'`` → ``('timm', 'x')``, ``'hf:y'`` → ``('hf', 'y')``, anything else →
+    ``('torchvision', name)``."""
+    for family, source in SOURCES.items():
+        if name.startswith(source.PREFIX):
+            return family, name[len(source.PREFIX):]
+    return "torchvision", name
+
+
 def check_arch(arch, name="model"):
-    """Refuse an architecture name this project cannot build (``name``: what the user calls the value)."""
+    """Refuse a model name this project cannot build (``name``: what the user calls the value): a torchvision name
+    of the table, ``timm:<name>`` or ``hf:<Hub id or folder>``."""
+    family, inner = split_model(arch)
+    if family != "torchvision":
+        SOURCES[family].check_name(inner)
+        return arch
     if arch not in ARCHS:
-        raise UserError(f"unknown {name} {arch!r}: choose one of {', '.join(ARCHS)}", setting=name)
+        raise UserError(f"unknown {name} {arch!r}: choose one of {', '.join(ARCHS)}, timm:<timm model name> or "
+                        "hf:<Hugging Face Hub id or folder>", setting=name)
     return arch
 
 
 def weights_names(arch):
-    """The names of ``arch``'s own torchvision weights (IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1, ...), maybe none."""
+    """The names of ``arch``'s own weights: torchvision's (IMAGENET1K_V1, IMAGENET1K_SWAG_E2E_V1, ..., maybe none),
+    ``default`` for a timm or Hugging Face model (its library's own)."""
+    if split_model(arch)[0] != "torchvision":
+        return [DEFAULT_WEIGHTS]
     weights = ARCHS[check_arch(arch)].weights
     return [w.name for w in weights] if weights is not None else []
 
@@ -68,8 +97,17 @@ def _weights(arch, name):
 
 
 def check_pretrained(arch, pretrained):
-    """Refuse a ``pretrained`` value that is not ``none``, one of ``arch``'s own weights names or an existing file."""
+    """Refuse a ``pretrained`` value that is not ``none``, one of ``arch``'s own weights names or an existing file
+    (for a Hugging Face model also a folder written by ``save_pretrained``)."""
     own = weights_names(arch)
+    family = split_model(arch)[0]
+    if family != "torchvision":
+        if pretrained.lower() == "none" or pretrained in own or Path(pretrained).is_file() or (
+                family == "hf" and Path(pretrained).is_dir()):
+            return pretrained
+        where = "a weights file or a save_pretrained folder" if family == "hf" else "a weights file"
+        raise UserError(f"pretrained {pretrained!r} is no weights name of {arch} and no existing file: choose "
+                        f"{DEFAULT_WEIGHTS} (its own weights), none or {where}", setting="pretrained")
     if pretrained.lower() == "none" or pretrained in own or Path(pretrained).is_file():
         return pretrained
     if Path(pretrained).is_dir():
@@ -87,37 +125,68 @@ def check_pretrained(arch, pretrained):
     raise UserError(f"{what}: {choose}", setting="pretrained")
 
 
+def _own_sizes(arch):
+    """``(image size, patch size)`` of ``arch`` as built without an image size."""
+    family, inner = split_model(arch)
+    if family == "torchvision":
+        spec = ARCHS[check_arch(arch)]
+        return spec.image_size, spec.patch_size
+    if family == "hf":  # the configuration says it
+        config = hf_models.config_of(inner)
+        return int(config.image_size), int(config.patch_size)
+    with torch.device("meta"):  # the architecture only: no memory, no weights
+        model = SOURCES[family].build(inner, 2)
+    return family_of(model).image_size(model), family_of(model).patch_size(model)
+
+
 def check_image_size(arch, image_size=0):
     """The input size ``arch`` is built at (``0``: its own); refuse one above :data:`MAX_IMAGE_SIZE` or off the
     patch grid."""
-    spec = ARCHS[check_arch(arch)]
-    size = int(image_size or spec.image_size)
+    own, patch = _own_sizes(arch)
+    size = int(image_size or own)
     if not 0 < size <= MAX_IMAGE_SIZE:
         raise UserError(f"image_size must be between 1 and {MAX_IMAGE_SIZE} px, got {size}", setting="image_size")
-    if size % spec.patch_size:
-        raise UserError(f"image_size {size} must be a multiple of {arch}'s patch size {spec.patch_size}",
-                        setting="image_size")
+    if size % patch:
+        raise UserError(f"image_size {size} must be a multiple of {arch}'s patch size {patch}", setting="image_size")
     return size
 
 
 def build_vit(arch, num_classes, image_size=0):
     """A randomly initialised torchvision ``VisionTransformer`` (zero-initialised head, as torchvision does)."""
+    if split_model(arch)[0] != "torchvision":
+        raise UserError(f"{arch} is no torchvision model: this builds the model table only ({', '.join(ARCHS)})",
+                        setting="model")
     spec, size = ARCHS[check_arch(arch)], check_image_size(arch, image_size)
     if spec.builder is not None:
         return spec.builder(weights=None, num_classes=num_classes, image_size=size)
     return VisionTransformer(image_size=size, patch_size=spec.patch_size, num_classes=num_classes, **spec.spec)
 
 
+def build_model(arch, num_classes, image_size=0):
+    """A randomly initialised model of any family by name: :func:`build_vit` for torchvision's, timm's or Hugging
+    Face's own initialisation for ``timm:``/``hf:`` names."""
+    family, inner = split_model(arch)
+    if family == "torchvision":
+        return build_vit(arch, num_classes, image_size)
+    return SOURCES[family].build(inner, num_classes, check_image_size(arch, image_size))
+
+
 def default_image_size(arch, pretrained):
     """The input size of ``arch``'s weights ``pretrained`` (their ``min_size``: 384 for vit_b_16's SWAG_E2E), else
     ``arch``'s own."""
+    if split_model(arch)[0] != "torchvision":
+        return _own_sizes(arch)[0]
     weights = _weights(arch, pretrained)
     return weights.meta["min_size"][0] if weights is not None else ARCHS[check_arch(arch)].image_size
 
 
 def weights_preprocessing(arch, pretrained, image_size):
     """The preprocessing ``arch``'s weights ``pretrained`` were trained with (their transforms: resize, crop,
-    interpolation, mean and std), scaled to ``image_size``; ImageNet's standard one for ``none`` or a file."""
+    interpolation, mean and std), scaled to ``image_size``; ImageNet's standard one for ``none`` or a file. A timm
+    or Hugging Face model: its library's configuration (whatever ``pretrained``)."""
+    family, inner = split_model(arch)
+    if family != "torchvision":
+        return SOURCES[family].preprocessing(inner, image_size)
     weights = _weights(arch, pretrained)
     if weights is None:
         return Preprocessing.for_size(image_size)
@@ -143,20 +212,15 @@ def pretrained_state_dict(arch, pretrained):
         except Exception as err:  # no network, proxy, hash mismatch: all end the same way for the user
             raise UserError(f"cannot download {arch} {pretrained} weights from {weights.url} ({err}); put that file "
                             f"at {path} (or set TORCH_HOME)", fix="pretrained_file") from None
-    state = _load(path, "weights file")
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # one of our checkpoints
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise UserError(f"weights file {path} holds no state dict (a dict of tensors)")
-    bad = non_finite_tensors(state)
-    if bad:
-        raise UserError(f"weights file {path} holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]})")
-    return state
+    return state_dict_file(path)
 
 
 def load_pretrained(model, arch, pretrained):
     """Load ``arch``'s ImageNet (or a file's) weights into ``model`` except the classifier head; position embeddings
-    are interpolated to the model's input size."""
+    are interpolated to the model's input size (timm and Hugging Face models: their module's loader)."""
+    family, inner = split_model(arch)
+    if family != "torchvision":
+        return SOURCES[family].load_pretrained(model, inner, pretrained)
     state = {k: v for k, v in pretrained_state_dict(arch, pretrained).items() if not k.startswith("heads.")}
     pos = state.get("encoder.pos_embedding")
     own_pos = model.encoder.pos_embedding
@@ -165,8 +229,8 @@ def load_pretrained(model, arch, pretrained):
             state = interpolate_embeddings(model.image_size, model.patch_size, state)
         except ValueError as err:  # a token count that is no square grid plus the class token
             raise UserError(f"weights {pretrained} do not fit this model: encoder.pos_embedding has shape "
-                            f"{_shape(pos)} ({_first_line(err)})") from None
-    problem = _fit_problem(state, model.state_dict(), strict=False)
+                            f"{shape_of(pos)} ({first_line(err)})") from None
+    problem = fit_problem(state, model.state_dict(), strict=False)
     if problem:  # another architecture (e.g. a vit_b_16 file for vit_tiny): load_state_dict would raise a traceback
         raise UserError(f"weights {pretrained} do not fit this model: {problem}")
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -177,91 +241,15 @@ def load_pretrained(model, arch, pretrained):
     return model
 
 
-_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"\x89HDF", "an HDF5 (Keras) file"),
-          (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"))
-
-
-def _not_torch(path):
-    """Why ``path`` is plainly not a file ``torch.save`` wrote (e.g. 'is empty (0 bytes)'), or None if it may be one."""
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
-    if not head:
-        return "is empty (0 bytes)"
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch's zip format; the legacy pickle format
-        return None
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return f"is {kind}"
-    if len(head) > 8 and head[8:9] == b"{" and b'"dtype"' in head:
-        return "is a safetensors file (load it with safetensors and re-save it with torch.save)"
-    if b"\x00" not in head:
-        try:
-            head[:-4].decode("utf-8") if len(head) == 4096 else head.decode("utf-8")
-            return "is a text file"
-        except UnicodeDecodeError:
-            pass
-    return f"is not a PyTorch file (it begins with the bytes {head[:8].hex(' ')})"
-
-
-def _first_line(err):
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
-def _load(path, what):
-    """``torch.load(weights_only=True)``; every way a file can be wrong is one UserError saying what the file is."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{what} {path} is a folder, not a file: pass the file itself")
-    try:
-        problem = _not_torch(path)
-    except OSError as err:
-        raise UserError(f"{what} {path} cannot be read ({err.strerror or err})") from None
-    if problem:
-        raise UserError(f"{what} {path} {problem}; expected a file written by torch.save") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{what} {path} holds pickled Python objects and was refused (only tensors and plain "
-                        "types are loaded); re-save it as a state dict") from None
-    except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError) as err:
-        raise UserError(f"{what} {path} cannot be read ({_first_line(err)}); it may be truncated") from None
-
-
-def _shape(value):
-    return tuple(getattr(value, "shape", ()))
-
-
-def _fit_problem(state, own, strict=True):
-    """Why ``state`` does not load into a model whose state dict is ``own`` (one phrase), or None."""
-    wrong = [k for k, v in state.items() if k in own and _shape(v) != _shape(own[k])]
-    if wrong:
-        k = wrong[0]
-        return (f"{k} has shape {_shape(state[k])}, the model expects {_shape(own[k])} "
-                f"({len(wrong)} tensors differ)")
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if strict and (missing or unexpected):
-        return f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-    return None
-
-
-def non_finite_tensors(state):
-    """Names of the floating-point tensors in ``state`` holding NaN or infinite values."""
-    return [k for k, v in state.items()
-            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
-def unwrap(model):
-    """The plain module behind DDP and torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 def save_checkpoint(path, model, arch, class_names, preprocessing, **extra):
     """Write a checkpoint atomically (streamed to a temp file, then ``os.replace``)."""
     model = unwrap(model)
-    ckpt = {"format": FORMAT, "arch": arch, "image_size": int(model.image_size),
+    family, inner = split_model(arch)
+    if family_of(model).name != family:
+        raise ValueError(f"a {family_of(model).name} model saved under the {family} name {arch!r}")
+    build = {} if family == "torchvision" else {"build": SOURCES[family].record(model, inner)}
+    ckpt = {"format": FORMAT, "arch": arch, "family": family, **build,
+            "image_size": int(family_of(model).image_size(model)),
             "num_classes": len(class_names), "class_names": list(class_names),
             "preprocessing": preprocessing.to_dict(), "model": model.state_dict(), **extra}
     torch_save(path, ckpt, "checkpoint")
@@ -280,7 +268,7 @@ def read_checkpoint(path):
                         + (f", e.g. {path / inside[0]}" if inside else ""))
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found", fix="checkpoint")
-    ckpt = _load(path, "checkpoint")
+    ckpt = load_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         if isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
             raise UserError(f"{path} is a bare state dict, not a checkpoint of this package", fix="state_dict")
@@ -298,8 +286,14 @@ def _metadata_problem(ckpt):
     absent = [k for k, kind in need.items() if not isinstance(ckpt.get(k), kind) or isinstance(ckpt.get(k), bool)]
     if absent:
         return f"lacks {', '.join(absent)} (or holds the wrong type there); it was not written by this package"
-    if ckpt["arch"] not in ARCHS:
-        return f"names an unknown arch {ckpt['arch']!r} (known: {', '.join(ARCHS)})"
+    family = split_model(ckpt["arch"])[0]
+    if family == "torchvision" and ckpt["arch"] not in ARCHS:
+        return f"names an unknown arch {ckpt['arch']!r} (known: {', '.join(ARCHS)}, timm:..., hf:...)"
+    if ckpt.get("family", "torchvision") != family:
+        return f"says family {ckpt.get('family')!r} for the model {ckpt['arch']!r}; it was not written by this package"
+    if family != "torchvision" and not (isinstance(ckpt.get("build"), dict) and isinstance(
+            ckpt["build"].get("name"), str)):
+        return f"lacks what rebuilds its {family} model (build); it was not written by this package"
     if ckpt["num_classes"] < 1:
         return f"says num_classes {ckpt['num_classes']}: a classifier needs at least one class"
     if len(ckpt["class_names"]) != ckpt["num_classes"]:
@@ -309,7 +303,7 @@ def _metadata_problem(ckpt):
     try:
         prep = Preprocessing.from_dict(ckpt["preprocessing"])
     except (KeyError, TypeError, ValueError) as err:
-        return f"holds unusable preprocessing settings ({type(err).__name__}: {_first_line(err)})"
+        return f"holds unusable preprocessing settings ({type(err).__name__}: {first_line(err)})"
     if prep.crop_size != ckpt["image_size"]:  # the model would refuse every input (torchvision asserts the size)
         return (f"crops its inputs to {prep.crop_size} px (preprocessing.crop_size) but its model takes "
                 f"{ckpt['image_size']} px (image_size); it was not written by this package")
@@ -323,10 +317,16 @@ def _checkpoint_problem(ckpt):
         return problem, None
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation
-            own = build_vit(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"]).state_dict()
-    except (UserError, ValueError, RuntimeError, AssertionError) as err:
-        return f"describes no buildable model ({_first_line(err)})", None
-    problem = _fit_problem(ckpt["model"], own)
+            model = _rebuild(ckpt)
+    except ImportError as err:
+        return f"holds a {ckpt['family']} model, and its package cannot be imported ({first_line(err)})", None
+    except (UserError, ValueError, RuntimeError, AssertionError, KeyError, TypeError) as err:
+        return f"describes no buildable model ({first_line(err)})", None
+    size = family_of(model).image_size(model)
+    if size != ckpt["image_size"]:
+        return (f"says image_size {ckpt['image_size']} but its model takes {size} px; it was not written by this "
+                "package"), None
+    problem = fit_problem(ckpt["model"], model.state_dict())
     if problem:
         return f"holds weights that do not fit its own {ckpt['arch']} at {ckpt['image_size']} px: {problem}", None
     bad = non_finite_tensors(ckpt["model"])
@@ -336,12 +336,21 @@ def _checkpoint_problem(ckpt):
     return None
 
 
+def _rebuild(ckpt):
+    """The checkpoint's architecture, randomly initialised (no download: timm's name and arguments, Hugging Face's
+    configuration dict)."""
+    family = split_model(ckpt["arch"])[0]
+    if family == "torchvision":
+        return build_vit(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"])
+    return SOURCES[family].rebuild(ckpt["build"])
+
+
 def model_from_checkpoint(ckpt):
     """Rebuild ``(model, preprocessing)`` from a loaded checkpoint, in eval mode on the CPU."""
     problem = _checkpoint_problem(ckpt)
     if problem:
         raise UserError(f"the checkpoint {problem[0]}", fix=problem[1])
-    model = build_vit(ckpt["arch"], ckpt["num_classes"], ckpt["image_size"])
+    model = _rebuild(ckpt)
     model.load_state_dict(ckpt["model"])
     return model.eval(), Preprocessing.from_dict(ckpt["preprocessing"])
 

@@ -1,6 +1,7 @@
 """Plain predictions for image files (what the model says, unpatched, in float32)."""
 import torch
 
+from .families import forward_logits
 from .preprocess import open_rgb
 
 
@@ -27,7 +28,7 @@ def predict_files(model, preprocessing, paths, k=5, batch_size=32):
             except OSError as err:
                 out[i] = {"topk": [], "probs": [], "error": str(err)}
         if images:
-            probs = model(torch.stack(images).to(device)).float().softmax(1)
+            probs = forward_logits(model, torch.stack(images).to(device)).float().softmax(1)
             top = probs.topk(min(k, probs.shape[1]), dim=1)
             for j, i in enumerate(rows):
                 out[i] = {"topk": top.indices[j].tolist(), "probs": top.values[j].tolist(), "error": ""}

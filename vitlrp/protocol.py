@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .families import family_of, lrp_active
+from .families import family_of, forward_logits, lrp_active
 from .gammarule import DEFAULT_IMPL, IMPLS
 
 
@@ -155,5 +155,5 @@ def upsample_patches(patch_maps, model):
 def plain_logits_and_targets(model, images, target):
     """Logits of the plain model (no graph) and the ``[B]`` classes to explain (``None``: the predicted ones)."""
     with torch.no_grad():
-        logits = model(images)
+        logits = forward_logits(model, images)
     return logits, target_index(logits, target).reshape(-1)

@@ -18,6 +18,7 @@ import torch
 
 from . import metrics as M
 from .batch import Batch
+from .families import forward_logits
 from .runtime import ROAD_NOISE_KEY, image_seed
 
 
@@ -48,7 +49,7 @@ class ModelForward:
 
     @torch.no_grad()
     def __call__(self, images):
-        return self.model(images.to(self.device, self.dtype)).float()
+        return forward_logits(self.model, images.to(self.device, self.dtype)).float()
 
     @torch.no_grad()
     def patch_tokens(self, images):

@@ -15,6 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from .families import forward_logits
+
 # one row per epoch; the val_* columns are empty when no validation split is held out (VAL_FRACTION 0)
 SUMMARY_FIELDS = ["epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "test_loss", "top1", "top5",
                   "train_img_per_s", "epoch_seconds", "skipped_images"]
@@ -37,13 +39,19 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# the tokens and position embeddings of torchvision's, timm's and Hugging Face's ViTs (class, register and
+# distillation tokens): no weight decay on them, as on biases and norms
+NO_DECAY = ("class_token", "pos_embedding", "cls_token", "reg_token", "dist_token", "pos_embed", "position_embeddings",
+            "distillation_token")
+
+
 def make_optimizer(model, lr, weight_decay):
-    """AdamW; no weight decay on biases, norms, the class token and position embeddings."""
+    """AdamW; no weight decay on biases, norms, the tokens and position embeddings (:data:`NO_DECAY`)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(("class_token", "pos_embedding")) else decay).append(p)
+        (no_decay if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
 
@@ -180,9 +188,9 @@ def train_one_epoch(model, loader, opt, device, desc="train", progress=True, che
         errors += _failed(batch)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if ok is None:
-                loss = criterion(model(images), labels)
+                loss = criterion(forward_logits(model, images), labels)
             else:
-                logits = model(images)
+                logits = forward_logits(model, images)
                 loss = criterion(logits[ok], labels[ok]) if ok.any() else logits.sum() * 0.0
                 labels = labels[ok]
         optimizer.zero_grad(set_to_none=True)
@@ -225,7 +233,7 @@ def evaluate(model, loader, device, dtype, dist=None, progress=True, desc="eval"
         ok = readable_rows(batch, device)
         errors += _failed(batch)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images).float()
+            logits = forward_logits(model, images).float()
         if ok is not None:
             totals[4] += len(labels) - int(ok.sum())
             logits, labels = logits[ok], labels[ok]

@@ -3,8 +3,10 @@ the attention swap, and what the explainer reads off the model.
 
 LXT (``lxt.efficient.monkey_patch``) rewrites the *classes* ``nn.GELU``, ``nn.LayerNorm`` and
 ``nn.MultiheadAttention`` for the whole process, and ``monkey_patch_zennit`` rewrites zennit's ``BasicHook``;
-neither offers an undo. :func:`lxt_patched` saves the original methods and restores them on exit, so training
-code and the plain explainers (Input×Gradient, Grad-CAM, ...) run unpatched in the same process.
+neither offers an undo. :func:`classes_patched` (the family's ``lrp_patched``) saves the original methods and
+restores them on exit, so training code and the plain explainers (Input×Gradient, Grad-CAM, ...) run unpatched in
+the same process; zennit's patch is every family's (:data:`vitlrp.families.attnlrp.ZENNIT`, entered by the
+Explainer for ``impl='zennit'``), and :func:`lxt_patched` applies both, as LXT's own recipe does.
 
 torchvision's ``MultiheadAttention`` applies ``in_proj_weight`` and ``out_proj.weight`` through ``F.linear``, so no
 module hook sees them; :func:`attention_as_linear` routes them through ``nn.Linear`` modules so that a Gamma rule
@@ -16,52 +18,42 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-from .registry import register_family
-
-_MISSING = object()
-_patch_depth = 0
+from .attnlrp import ZENNIT, ClassPatch
+from .registry import partition_steps, register_family
 
 
-def _patched_targets():
-    from zennit.core import BasicHook
-
+def _class_targets():
     return [(cls, name) for cls in (nn.GELU, nn.LayerNorm, nn.MultiheadAttention)
-            for name in ("forward", "original_forward")] + [(BasicHook, "forward"), (BasicHook, "backward")]
+            for name in ("forward", "original_forward")]
+
+
+def _patch_classes():
+    import torchvision.models.vision_transformer as tv_vit
+    from lxt.efficient import monkey_patch  # slow import (transformers): only when explaining
+
+    monkey_patch(tv_vit)
+
+
+CLASSES = ClassPatch(_class_targets, _patch_classes)  # LXT's rules on torchvision's ViT classes
 
 
 def lxt_active():
-    """Whether LXT's patches are in place now (inside :func:`lxt_patched`)."""
-    return _patch_depth > 0
+    """Whether LXT's class patches for torchvision's ViT are in place now."""
+    return CLASSES.active
+
+
+def classes_patched():
+    """LXT's AttnLRP class patches for torchvision's ViT, active only inside the block (the family's
+    ``lrp_patched``)."""
+    return CLASSES.applied()
 
 
 @contextmanager
 def lxt_patched():
-    """LXT's AttnLRP patches for torchvision's ViT (and for zennit's hooks), active only inside the block."""
-    global _patch_depth
-    if _patch_depth:
-        _patch_depth += 1
-        try:
-            yield
-        finally:
-            _patch_depth -= 1
-        return
-    import torchvision.models.vision_transformer as tv_vit
-    from lxt.efficient import monkey_patch, monkey_patch_zennit  # slow import (transformers): only when explaining
-
-    saved = [(cls, name, cls.__dict__.get(name, _MISSING)) for cls, name in _patched_targets()]
-    _patch_depth = 1
-    try:
-        monkey_patch(tv_vit)
-        monkey_patch_zennit()
+    """Both of LXT's patches, as LXT's own recipe applies them: torchvision's classes and zennit's hooks in LXT's
+    Input×Gradient convention (:data:`vitlrp.families.attnlrp.ZENNIT`), active only inside the block."""
+    with CLASSES.applied(), ZENNIT.applied():
         yield
-    finally:
-        for cls, name, value in saved:
-            if value is _MISSING:
-                if name in cls.__dict__:
-                    delattr(cls, name)
-            else:
-                setattr(cls, name, value)
-        _patch_depth = 0
 
 
 class LinearAttention(nn.Module):
@@ -122,7 +114,7 @@ class TorchvisionViT:
         return isinstance(model, VisionTransformer)
 
     def lrp_patched(self, model):
-        return lxt_patched()
+        return classes_patched()
 
     def lrp_active(self):
         return lxt_active()
@@ -156,3 +148,38 @@ class TorchvisionViT:
 
     def logits(self, output):
         return output
+
+    def step_parameters(self, model):
+        """The sanity checks' randomization steps; the final LayerNorm goes with the head (it reads the last block's
+        output, as the head does)."""
+        embedding = [model.conv_proj, model.class_token, model.encoder.pos_embedding]
+        return partition_steps(model, self.blocks(model), embedding, [model.heads, model.encoder.ln])
+
+    def prefix_tokens(self, model):
+        """Tokens before the patch grid: the class token."""
+        return 1
+
+    def class_token(self, model):
+        return True
+
+    def gradcam_layer(self, model):
+        """The last block's first LayerNorm: the tokens entering the last attention."""
+        return model.encoder.layers[-1].ln_1
+
+    def attention_layers(self, model):
+        """``[(module, recompute)]`` per block: ``recompute(module, x)`` gives the attention probabilities
+        ``[B, heads, N, N]`` and the module's output computed from them (rollout, GAE)."""
+        mods = [blk.self_attention for blk in model.encoder.layers]
+        if not all(isinstance(m, nn.MultiheadAttention) and m.batch_first and m._qkv_same_embed_dim for m in mods):
+            raise ValueError("attention maps need torchvision's batch-first nn.MultiheadAttention in every block")
+        return [(m, _attention) for m in mods]
+
+
+def _attention(mha, x):
+    """softmax(QKᵀ/√d) per head and the attention's output from it, as torchvision computes them."""
+    b, n, e = x.shape
+    h = mha.num_heads
+    qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).view(b, n, 3, h, e // h).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    a = (q @ k.transpose(-1, -2) * (e // h) ** -0.5).softmax(-1)
+    return a, mha.out_proj((a @ v).transpose(1, 2).reshape(b, n, e))

@@ -2,6 +2,7 @@
 every metric."""
 import torch
 
+from ..families import forward_logits
 from ..protocol import Method, target_index
 from ..runtime import RANDOM_MAP_KEY, image_seed
 from .registry import register
@@ -15,7 +16,7 @@ class RandomMaps(Method):
 
     def compute(self, x, target, ids):
         with torch.no_grad():
-            logits = self.model(x)
+            logits = forward_logits(self.model, x)
         classes = target_index(logits, target).reshape(-1).tolist()
         size = x.shape[-2:]
         seed = self.settings.seed

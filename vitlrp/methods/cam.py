@@ -1,17 +1,31 @@
-"""Grad-CAM for a ViT (pytorch-grad-cam's ``GradCAM``) on the last block's ``ln_1`` output: the tokens entering the
-last attention, class token dropped and the patch tokens laid out on their grid. The package computes the channel
-weights (token-averaged gradients) and the weighted sum; the ReLU'd map keeps its scale (no per-image min-max
-scaling) and is upsampled bilinearly (:func:`vitlrp.protocol.upsample_patches`).
+"""Grad-CAM for a ViT (pytorch-grad-cam's ``GradCAM``) on the family's ``gradcam_layer``, the last block's first
+LayerNorm (torchvision's ``ln_1``, timm's ``norm1``, Hugging Face's ``layernorm_before``): the tokens entering the
+last attention, the tokens before the patch grid (class, register, distillation tokens) dropped and the patch
+tokens laid out on their grid. The package computes the channel weights (token-averaged gradients) and the weighted
+sum; the ReLU'd map keeps its scale (no per-image min-max scaling) and is upsampled bilinearly
+(:func:`vitlrp.protocol.upsample_patches`).
 """
 import torch
 
+from ..families import family_of
 from ..protocol import Method, target_index, upsample_patches
 from .registry import register
 
 
+class _Logits(torch.nn.Module):
+    """The model with its family's logits as the output (the package calls the model and reads a tensor)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.family = model, family_of(model)
+
+    def forward(self, x):
+        return self.family.logits(self.model(x))
+
+
 @register("gradcam", "cam", "Grad-CAM on the last block's first LayerNorm (patch tokens), ReLU'd")
 class GradCAM(Method):
-    """Grad-CAM on ``encoder.layers[-1].ln_1``: ``(logits, relevance [B, H, W])``, relevance ≥ 0."""
+    """Grad-CAM on the last block's first LayerNorm: ``(logits, relevance [B, H, W])``, relevance ≥ 0."""
 
     packages = (("pytorch_grad_cam", "grad-cam"),)
     signed = False
@@ -19,16 +33,17 @@ class GradCAM(Method):
     def compute(self, x, target, ids):
         from pytorch_grad_cam import GradCAM as PackageGradCAM
 
-        model = self.model
-        grid = model.image_size // model.patch_size
+        model, family = self.model, family_of(self.model)
+        grid = family.image_size(model) // family.patch_size(model)
+        first = family.prefix_tokens(model)
 
-        def tokens_to_grid(t):  # [B, 1 + grid², D] → [B, D, grid, grid], the class token dropped
-            return t[:, 1:, :].reshape(t.shape[0], grid, grid, t.shape[2]).permute(0, 3, 1, 2)
+        def tokens_to_grid(t):  # [B, prefix + grid², D] → [B, D, grid, grid], the prefix tokens dropped
+            return t[:, first:, :].reshape(t.shape[0], grid, grid, t.shape[2]).permute(0, 3, 1, 2)
 
-        layer = model.encoder.layers[-1].ln_1
-        cam = PackageGradCAM(model, [layer], reshape_transform=tokens_to_grid)  # hooks on ln_1 until release()
+        layer = family.gradcam_layer(model)
+        cam = PackageGradCAM(_Logits(model), [layer], reshape_transform=tokens_to_grid)  # hooks until release()
         try:
-            # a fresh leaf that requires grad: the backward passes ln_1 (whose tensor hook stores the gradient)
+            # a fresh leaf that requires grad: the backward passes the layer (whose tensor hook stores the gradient)
             # without touching the parameters' .grad
             leaf = x.detach().requires_grad_(True)
             with torch.enable_grad():

@@ -7,8 +7,11 @@
   with σ = :data:`SMOOTHGRAD_STDEV`, summed over colour channels; each image's noise is seeded by the run's seed and
   the image (:func:`vitlrp.runtime.image_seed`), so its map does not depend on its batch or torchrun's sharding.
 """
+from functools import partial
+
 import torch
 
+from ..families import forward_logits
 from ..preprocess import IMAGENET_STD
 from ..protocol import Method, input_times_grad, plain_logits_and_targets, target_index
 from ..runtime import SMOOTHGRAD_KEY, image_seed
@@ -25,7 +28,7 @@ def input_x_gradient(model, images, target=None):
     device = next(model.parameters()).device
     x = images.detach().to(device).requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        logits = forward_logits(model, x)
         (grad,) = torch.autograd.grad(logits.gather(1, target_index(logits, target)).sum(), x)
     return logits.detach().float(), input_times_grad(x, grad)
 
@@ -48,8 +51,9 @@ class IntegratedGradients(Method):
 
         logits, tgt = plain_logits_and_targets(self.model, x, target)
         s = self.settings
-        attr = CaptumIG(self.model).attribute(x.detach(), baselines=0.0, target=tgt, n_steps=s.ig_steps,
-                                              internal_batch_size=max(s.rows_per_pass, 2 * len(x)))
+        attr = CaptumIG(partial(forward_logits, self.model)).attribute(
+            x.detach(), baselines=0.0, target=tgt, n_steps=s.ig_steps,
+            internal_batch_size=max(s.rows_per_pass, 2 * len(x)))
         return logits, attr.sum(1)
 
 
@@ -73,7 +77,7 @@ class SmoothGrad(Method):
         devices = [x.device] if x.device.type == "cuda" else []
         # Captum's noise is float32 whatever the input: a bf16 model gets the noisy copies cast to its dtype (the
         # same noise as in fp32)
-        saliency = Saliency(lambda noisy: self.model(noisy.to(x.dtype)))
+        saliency = Saliency(lambda noisy: forward_logits(self.model, noisy.to(x.dtype)))
         maps = []
         for k, i in enumerate(ids):
             with torch.random.fork_rng(devices=devices):

@@ -1,4 +1,4 @@
-"""Cascading top-down randomization (Adebayo et al. 2018) of a torchvision ViT's parameters.
+"""Cascading top-down randomization (Adebayo et al. 2018) of a ViT's parameters (the steps are the family's).
 
 Randomization of a parameter (:func:`randomize_parameters`): every parameter of a step, whatever module holds it
 (the attention's ``in_proj_weight``/``in_proj_bias``, the class token, the position embedding, the LayerNorms),
@@ -17,29 +17,21 @@ import zlib
 import numpy as np
 import torch
 
+from ..families import family_of
+
 FALLBACK_STD = 0.02  # spread of a randomized constant tensor that is not a weight matrix (torchvision's std of the
 #                      position embedding)
 
 
 def randomization_steps(model):
     """The cascade's steps, top down: ``head``, ``block_{L-1}`` … ``block_0``, ``embedding``."""
-    return ["head"] + [f"block_{i}" for i in reversed(range(len(model.encoder.layers)))] + ["embedding"]
+    return ["head"] + [f"block_{i}" for i in reversed(range(len(family_of(model).blocks(model))))] + ["embedding"]
 
 
 def step_parameters(model):
-    """``{step: [(name, parameter)]}`` for a torchvision ``VisionTransformer``; every parameter is in one step."""
-    owner = {}
-    for i, block in enumerate(model.encoder.layers):
-        owner.update({id(p): f"block_{i}" for p in block.parameters()})
-    owner.update({id(p): "head" for m in (model.heads, model.encoder.ln) for p in m.parameters()})
-    embedding = [*model.conv_proj.parameters(), model.class_token, model.encoder.pos_embedding]
-    owner.update({id(p): "embedding" for p in embedding})
-    steps = {s: [] for s in randomization_steps(model)}
-    for name, p in model.named_parameters():
-        if id(p) not in owner:
-            raise ValueError(f"parameter {name} belongs to no randomization step (not a torchvision ViT?)")
-        steps[owner[id(p)]].append((name, p))
-    return steps
+    """``{step: [(name, parameter)]}`` in the order of :func:`randomization_steps`; every parameter is in one step.
+    The partition is the model's family's (``family.step_parameters``: torchvision, timm, Hugging Face)."""
+    return family_of(model).step_parameters(model)
 
 
 def _param_seed(seed, name):

@@ -233,7 +233,7 @@ def test_empty_reference_means_no_paired_comparison(trained_tiny, tmp_path):
     code, stdout, stderr = run(trained_tiny, tmp_path, num_images=4, methods="baseline,random", perturb_steps=2,
                                batch_size=4, reference="")
     assert code == 0, stderr[-2000:]
-    assert "no paired comparison: REFERENCE is empty" in stdout.splitlines()
+    assert "no paired comparison: no reference method" in stdout.splitlines()
     assert not (tmp_path / "paired.csv").exists() and not (tmp_path / "forest_paired.png").exists()
     assert json.loads((tmp_path / "summary.json").read_text())["paired"]["reference"] is None
 

@@ -252,7 +252,7 @@ def better(metric):
 def paired_pointer(rows, files, width=CONSOLE_WIDTH):
     """The console's pointer to the paired comparison in its files: how many differences are significant."""
     if not rows:
-        return ["no paired comparison: REFERENCE is empty"]
+        return ["no paired comparison: no reference method"]
     ref = rows[0]["reference"]
     better_ = sum(1 for r in rows if r["significant"] and r["mean_diff"] * (1 if M.ALL_METRICS[r["metric"]].higher
                                                                            else -1) > 0)

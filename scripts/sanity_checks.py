@@ -144,8 +144,8 @@ def check(cfg, state, chosen):
             f"the runner-up + {cfg.OTHER_CLASSES}"
         print(f"Sanity checks of {len(chosen)} methods on {len(indices)} {cfg.SPLIT} images of {cfg.DATASET_ROOT} "
               f"({device}{f' x{dist.world_size}' if dist.enabled else ''}, {cfg.DTYPE})")
-        print(f"  class: {others} other classes; noise: {cfg.NOISE_SAMPLES} noisy copies; randomization: "
-              f"{n_rand if cfg.DRAWS else 0} images × {cfg.DRAWS} weight draws, {', '.join(cfg.ORDERS)}")
+        print(f"  class: {others} other classes; noise: {cfg.NOISE_SAMPLES} copies; randomization: "
+              f"{n_rand if cfg.DRAWS else 0} images × {cfg.DRAWS} draws ({', '.join(cfg.ORDERS)})")
     plain, forward = model_in(model, DTYPES[cfg.DTYPE], device)
     run = S.CheckRun(chosen, method_settings(cfg), plain, forward, s)
     keep, shard = set(indices[:cfg.FIGURE_IMAGES]), state.shard(indices)

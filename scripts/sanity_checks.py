@@ -73,7 +73,7 @@ def check_config(cfg):
         raise UserError("METHODS is empty: name at least one method")
     chosen, line = add_gamma_file(cfg, methods.parse_methods(list(cfg.METHODS), "METHODS"))
     if line:
-        print(line.replace("gamma_file", "GAMMA_FILE").replace("methods", "METHODS"))
+        print(line)
     check_run_options(cfg)
     for name, low, why in (("NOISE_SAMPLES", 0, "0 = no noise check"), ("FIGURE_IMAGES", 0, ""),
                            ("DRAWS", 0, "0 = no randomization checks"), ("OTHER_CLASSES", 1, ""),
@@ -126,9 +126,10 @@ def finish(cfg, state, chosen, parts):
     orders = tuple(cfg.ORDERS) if cfg.DRAWS else ()
     summary = V.summarize(rows, names, steps, orders)
     found = V.verdicts(summary, rows, names, steps, state.data["patches"], orders)
-    chance = V.chance_check(summary, state.data["patches"])
-    write_outputs(cfg, state, names, rows, summary, found, chance, figures, failed)
-    print_report(cfg, state, rows, summary, found, chance, failed)
+    res = dict(names=names, rows=rows, summary=summary, found=found, figures=figures, failed=failed,
+               chance=V.chance_check(summary, state.data["patches"]))
+    write_outputs(cfg, state, res)
+    print_report(cfg, state, rows, summary, found, res["chance"], failed)
     return 1 if failed else 0
 
 
@@ -166,12 +167,13 @@ def check(cfg, state, chosen):
     return rows, figures, failed
 
 
-def write_outputs(cfg, state, names, rows, summary, found, chance, figures, failed):
+def write_outputs(cfg, state, res):
+    """Every file of the run from ``res`` (the rows, summary, verdicts, chance level, figures and failed images)."""
     run, steps = state.run, state.data["steps"]
-    out = run.path
-    write_csv(out / "per_image_sanity.csv", rows, S.ROW_FIELDS)
+    out, names, found, summary = run.path, res["names"], res["found"], res["summary"]
+    write_csv(out / "per_image_sanity.csv", res["rows"], S.ROW_FIELDS)
     write_csv(out / "sanity.csv", summary, V.SUMMARY_FIELDS)
-    write_json(out / "summary.json", summary_doc(cfg, rows, summary, found, chance, failed,
+    write_json(out / "summary.json", summary_doc(cfg, res["rows"], summary, found, res["chance"], res["failed"],
                                                  len(state.data["indices"])))
     curves = []
     thresholds = {m: found[names[0]]["randomization"]["threshold"] for m in ("abs_spearman", "pixel_abs_spearman")}
@@ -181,7 +183,7 @@ def write_outputs(cfg, state, names, rows, summary, found, chance, figures, fail
         plots.sanity_curves(summary, order_steps, thresholds if order != "independent" else {}, out / name,
                             test=R.TESTS[order], title=CURVE_TITLES[order])
         curves.append(name)
-    written = write_figures(out, state.data["dataset"].preprocessing, names, steps, rows, figures)
+    written = write_figures(out, state.data["dataset"].preprocessing, names, steps, res["rows"], res["figures"])
     write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "device": str(state.device),
                                      "world_size": state.dist.world_size})
     run.finish(["per_image_sanity.csv", "sanity.csv", "summary.json", "config.json"] + curves + written)

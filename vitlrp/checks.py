@@ -67,15 +67,16 @@ def check_schedules_fit(named_schedules, model):
         schedule_values(spec, blocks, name)
 
 
-def add_gamma_file(cfg, chosen):
+def add_gamma_file(cfg, chosen, word=str.upper):
     """``chosen`` methods plus the γ of ``gamma_file`` (checked by :meth:`~vitlrp.gamma.GammaSpec.from_file` against
-    ``checkpoint_path``, unless ``gamma_file_force``), and the line saying what it added; unchanged without a file."""
+    ``checkpoint_path``, unless ``gamma_file_force``), and the line saying what it added (settings named by
+    ``word``: the script's constants); unchanged, and no line, without a file."""
     path = setting(cfg, "gamma_file", "")
     if not path:
         return chosen, ""
     extra = parse_method(GammaSpec.from_file(path, checkpoint=setting(cfg, "checkpoint_path"),
                                              force=setting(cfg, "gamma_file_force", False)).name)
     same = [m.name for m in chosen if m.identity() == extra.identity()]
-    line = f"gamma_file {path}: its γ is {extra.name}" + (f", already in methods as {same[0]}" if same
-                                                           else ", added to methods")
+    line = f"{word('gamma_file')} {path}: its γ is {extra.name}" + (
+        f", already in {word('methods')} as {same[0]}" if same else f", added to {word('methods')}")
     return chosen + ([] if same else [extra]), line

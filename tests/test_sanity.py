@@ -18,7 +18,9 @@ from test_explain import TINY, images, tiny_vit
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
+from vitlrp import stats
 from vitlrp.batch import Batch
+from vitlrp.gamma import PRESETS
 from vitlrp.methods import MethodSettings, parse_methods
 from vitlrp.models import build_vit, save_checkpoint
 from vitlrp.preprocess import Preprocessing
@@ -588,3 +590,71 @@ def test_caller_model_is_untouched_by_a_whole_batch_of_checks():
                                                    "embedding"}
     comparisons = 2 + 1 + 3 * 4 + 2  # class tests, noise, three orders of 4 steps, eMPRT and sMPRT
     assert len(rows) == 2 * 2 * comparisons
+
+
+# --- the verdicts do not hang on the classes drawn ------------------------------------------------------------------
+
+
+def class_matrix(trained, names, n_images=40):
+    """The trained mini-CUB vit_tiny on the demo's 40 sanity images: per method, per image and per other class (all
+    9), |ρ| at patch and pixel level (``{name: {level: [B, 9]}}``), from one shared forward per method class; and the
+    classes themselves, the logits, the targets and the sample indices."""
+    from vitlrp.inputs import load_model_and_split, sample_indices
+
+    _, model, dataset = load_model_and_split(trained["checkpoint"], trained["dataset_root"], "test",
+                                             torch.device("cpu"))
+    model.eval()
+    ids = sample_indices(len(dataset), n_images, 0)
+    x = torch.stack([dataset[i]["image"] for i in ids])
+    c, _ = batch_of(model, x, S.Settings(patch=16))
+    c.batch.ids = ids
+    maps, others = S.class_maps(opened(names, model), c)
+    levels = {n: [SIM.abs_rho_levels(maps[n], m, 16) for m in others[n]] for n in names}
+    return {n: {lv: np.stack([col[lv] for col in cols], 1) for lv in SIM.LEVELS} for n, cols in levels.items()}, c
+
+
+def verdict_of(values, chosen):
+    """The class verdict (both levels, 5 × chance |ρ| for 49 patches) of the per-image means over the chosen
+    columns (``chosen``: ``[B, 9]`` bool)."""
+    threshold = V.CLASS_MULTIPLE * V.chance_abs_rho(49)
+    words = []
+    for level in SIM.LEVELS:
+        per_image = np.where(chosen, values[level], 0).sum(1) / chosen.sum(1)
+        mean, half, _ = stats.t_interval(per_image)
+        words.append(V.threshold_word(mean, half, threshold))
+    return V.combine(words)
+
+
+def test_redrawing_the_classes_flips_no_verdict(trained_tiny):
+    """The demo's check on the mini-CUB (10 classes) compares every other class, so the class seed takes no part
+    in it; to test the statistic where it does, the classes are drawn as for a dataset of more than 20 classes
+    (the runner-up and 4 of the other 8, seeded) for seeds 0..10. A verdict that turns from pass to fail, or back,
+    between seed 0 and another seed is a flip; undecided is none. For comparison, the old verdict (one random
+    other class per image, the mean |ρ| against 0.6, no interval) under the same redraws."""
+    presets = list(PRESETS)
+    values, c = class_matrix(trained_tiny, presets)
+    every = np.ones((len(c.batch.ids), 9), dtype=bool)
+    assert torch.equal(c.others, draws.compared_classes(c.batch.logits, c.target, c.batch.ids, 0, 10))
+    base = {p: verdict_of(values[p], every) for p in presets}
+    print("\nverdicts with all 9 other classes:", base)
+    position = {(k, int(cls)): j for k, row in enumerate(c.others.tolist()) for j, cls in enumerate(row)}
+    words, old = {p: [] for p in presets}, {p: [] for p in presets}
+    for seed in range(11):
+        drawn = draws.compared_classes(c.batch.logits, c.target, c.batch.ids, seed, 4, all_up_to=0)
+        chosen = np.zeros_like(every)
+        for k, row in enumerate(drawn.tolist()):
+            chosen[k, [position[(k, cls)] for cls in row]] = True
+        one = np.zeros_like(every)
+        random_other = draws.other_classes(c.batch.logits, c.target, c.batch.ids, seed)[1]
+        one[np.arange(len(one)), [position[(k, int(cls))] for k, cls in enumerate(random_other)]] = True
+        for p in presets:
+            words[p].append(verdict_of(values[p], chosen))
+            old[p].append("pass" if (values[p]["patch"] * one).sum(1).mean() < 0.6 else "fail")
+    flips = sum({w[0], later} == {"pass", "fail"} for w in words.values() for later in w[1:])
+    old_flips = sum(w[0] != later for w in old.values() for later in w[1:])
+    rate, old_rate = flips / (len(presets) * 10), old_flips / (len(presets) * 10)
+    print(f"class seed redrawn 10 times, 5 presets: flip rate {rate:.0%} (verdicts {words}); the old one-class "
+          f"verdict: {old_rate:.0%} ({old})")
+    assert flips == 0
+    for p in presets:  # drawn or all, a firm verdict never contradicts the verdict over all classes
+        assert not {base[p], *words[p]} >= {"pass", "fail"}, p

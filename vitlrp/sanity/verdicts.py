@@ -198,7 +198,7 @@ def per_image(rows, test, measure, steps=None):
 def paired_verdict(scores, names, baselines=BASELINES):
     """``{method: {verdict, against: {baseline: above|below|same}, n}}`` from ``{method: {sample_idx: |ρ|}}`` (module
     docstring): Wilcoxon + Holm over the methods, per baseline; "n/a" when no baseline is among the methods."""
-    refs = [b for b in baselines if b in scores]
+    refs = [b for b in baselines if scores.get(b)]
     out = {n: dict(verdict="n/a", against={}, n=0) for n in names}
     if not refs:
         return out

@@ -44,6 +44,7 @@ SUMMARY_FIELDS = ["method", "test", "step", "measure", "mean", "ci95", "n", "n_u
 CHECKS = ("class", "class_paired", "randomization", "randomization_paired")
 CLASS_TESTS = ("class_runner_up", "class_others")
 MPRT_TESTS = ("emprt", "smprt")
+DATA_TEST = "data_randomization"  # the real model's maps against a random-label model's (.datarand)
 
 
 def chance_abs_rho(n):
@@ -63,7 +64,7 @@ def comparisons(steps, orders=tuple(TESTS)):
     step_order = {"top_down": steps, "bottom_up": steps[::-1], "independent": steps}
     out = [("class_runner_up", ""), ("class_others", "")]
     out += [(TESTS[o], s) for o in TESTS if o in orders for s in step_order[o]]
-    return out + [(t, "") for t in MPRT_TESTS] + [("noise", "")]
+    return out + [(t, "") for t in MPRT_TESTS] + [("noise", ""), (DATA_TEST, "")]
 
 
 def _by_key(rows):

@@ -306,7 +306,7 @@ def failure_lines(found):
     if found["recommended"] and not found["passed"]:
         lines.append(f"class check: NO cell of {n} passes it ({words.count('fail')} fail, {words.count('undecided')} "
                      "undecided), so the recommendation above does not pass it either: its maps may hardly depend "
-                     "on the class; --gamma-file refuses it unless --gamma-file-force true")
+                     "on the class; reading it as a gamma file is refused unless forced")
     elif words.count("fail"):
         lines.append(f"class check: {words.count('fail')} of {n} cells fail it and {words.count('undecided')} are "
                      "undecided (their maps hardly depend on the class asked, or n images cannot tell); only cells "

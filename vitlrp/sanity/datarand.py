@@ -55,11 +55,11 @@ def permuted(ckpt):
 def check_pair(real, random, real_path, random_path):
     """One UserError line unless ``random`` (a checkpoint trained on permuted labels) can stand beside ``real``."""
     if permuted(real):
-        raise UserError(f"{real_path} was trained on permuted labels: pass the real model (trained without "
-                        f"--permute-labels) first and the random-label model second")
+        raise UserError(f"{real_path} was trained on permuted labels: pass the real model (trained on the true "
+                        "labels) first and the random-label model second")
     if not permuted(random):
-        raise UserError(f"{random_path} was not trained on permuted labels: train one with the real model's recipe "
-                        f"and --permute-labels true (`make data-randomization` does) and pass its checkpoint")
+        raise UserError(f"{random_path} was not trained on permuted labels: train a model by the real model's "
+                        "recipe on permuted labels and pass its checkpoint", fix="permute_labels")
     for key, what in (("arch", "architecture"), ("image_size", "input size"), ("class_names", "classes")):
         if real[key] != random[key]:
             raise UserError(f"{real_path} and {random_path} differ in their {what}: the random-label model must be "

@@ -106,7 +106,7 @@ def finish(cfg, state, chosen, parts):
     rows = sorted((r for p in parts for r in p[0]), key=lambda r: order[r["sample_idx"]])
     failed = sorted(e for p in parts for e in p[1])
     names = [m.name for m in chosen]
-    summary = V.summarize(rows, names, [], ())
+    summary = D.summarize(rows, names)
     found = D.verdicts(summary, rows, names, state.data["patches"])
     run = state.run
     write_csv(run.path / "per_image_data_randomization.csv", rows, D.ROW_FIELDS)

@@ -54,7 +54,7 @@ def compared(real, other, n=6):
 
 
 def judged(rows, patches=36):
-    summary = V.summarize(rows, NAMES, [], ())
+    summary = D.summarize(rows, NAMES)
     return summary, D.verdicts(summary, rows, NAMES, patches)
 
 

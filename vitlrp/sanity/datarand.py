@@ -22,7 +22,6 @@ from ..errors import UserError
 from .runner import query_maps
 from .similarity import LEVELS, similarity
 from .verdicts import (
-    DATA_TEST,
     RANDOMIZATION_MULTIPLE,
     WORDS,
     chance_abs_rho,
@@ -32,8 +31,9 @@ from .verdicts import (
     paired_verdict,
     per_image,
 )
+from .verdicts import summarize as summarize_rows
 
-TEST = DATA_TEST
+TEST = "data_randomization"
 PERMUTE_KEY = 0x5EED_1AB  # mixed with the training seed: the permutation is not the draw of any other seeded choice
 ROW_FIELDS = ["method", "sample_idx", "label", "target", "predicted", "random_predicted", "test", "spearman",
               "spearman_of_abs", "ssim", "abs_spearman", "pixel_spearman", "pixel_abs_spearman"]
@@ -85,6 +85,12 @@ def compare_batch(real_methods, random_methods, c, patch, random_forward):
     for name, m in real.items():
         rows += c.rows(name, TEST, "", similarity(m, other[name], patch), random_predicted=predicted)
     return rows
+
+
+def summarize(rows, names):
+    """The rows of ``data_randomization.csv`` (sanity.csv's columns): per method and measure, the mean over the
+    images and its 95% t interval (:func:`~vitlrp.sanity.verdicts.summarize`)."""
+    return summarize_rows(rows, names, [], (), pairs=[(TEST, "")])
 
 
 def verdicts(summary, rows, names, patches):

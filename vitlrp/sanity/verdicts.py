@@ -44,7 +44,6 @@ SUMMARY_FIELDS = ["method", "test", "step", "measure", "mean", "ci95", "n", "n_u
 CHECKS = ("class", "class_paired", "randomization", "randomization_paired")
 CLASS_TESTS = ("class_runner_up", "class_others")
 MPRT_TESTS = ("emprt", "smprt")
-DATA_TEST = "data_randomization"  # the real model's maps against a random-label model's (.datarand)
 
 
 def chance_abs_rho(n):
@@ -64,7 +63,7 @@ def comparisons(steps, orders=tuple(TESTS)):
     step_order = {"top_down": steps, "bottom_up": steps[::-1], "independent": steps}
     out = [("class_runner_up", ""), ("class_others", "")]
     out += [(TESTS[o], s) for o in TESTS if o in orders for s in step_order[o]]
-    return out + [(t, "") for t in MPRT_TESTS] + [("noise", ""), (DATA_TEST, "")]
+    return out + [(t, "") for t in MPRT_TESTS] + [("noise", "")]
 
 
 def _by_key(rows):
@@ -92,15 +91,16 @@ def _num(v):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def summarize(rows, names, steps, orders=tuple(TESTS)):
+def summarize(rows, names, steps, orders=tuple(TESTS), pairs=None):
     """``sanity.csv``'s rows: per method, test, step and measure the mean of the defined values, its 95% half-width
     (module docstring), ``n`` (images), ``n_undefined`` (images whose value is undefined: a constant or non-finite
     map) and ``draws`` (weight draws, randomization tests only). Noise rows without a kept copy are left out;
-    comparisons without rows are left out."""
+    comparisons without rows are left out. ``pairs``: the ``(test, step)`` pairs summarized (default: the run's
+    :func:`comparisons`)."""
     keyed = _by_key(r for r in rows if r.get("copies") != 0)
     out = []
     for name in names:
-        for test, step in comparisons(steps, orders):
+        for test, step in pairs if pairs is not None else comparisons(steps, orders):
             mine = keyed.get((name, test, step))
             if not mine:
                 continue

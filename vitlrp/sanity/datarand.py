@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from .runner import query_maps
-from .similarity import LEVELS, similarity
+from .similarity import LEVELS, MEASURES, similarity
 from .verdicts import (
     RANDOMIZATION_MULTIPLE,
     WORDS,
@@ -35,8 +35,7 @@ from .verdicts import summarize as summarize_rows
 
 TEST = "data_randomization"
 PERMUTE_KEY = 0x5EED_1AB  # mixed with the training seed: the permutation is not the draw of any other seeded choice
-ROW_FIELDS = ["method", "sample_idx", "label", "target", "predicted", "random_predicted", "test", "spearman",
-              "spearman_of_abs", "ssim", "abs_spearman", "pixel_spearman", "pixel_abs_spearman"]
+ROW_FIELDS = ["method", "sample_idx", "label", "target", "predicted", "random_predicted", "test", *MEASURES]
 
 
 def permute_labels(ann, seed):

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv bench bench-vit-b16 sweep shortcut report clean-demo
+.PHONY: test demo venv bench bench-vit-b16 sweep data-randomization shortcut report clean-demo
 
 venv: $(STAMP)
 
@@ -32,6 +32,9 @@ DEMO_CKPT := $(DEMO)/checkpoints/vit_cub_best.pt
 # integrated_gradients,smoothgrad for the full list (30-40x Input×Gradient each: kept out so the demo stays short)
 DEMO_METHODS := baseline,conservative,balanced,aggressive,very_aggressive,input_x_gradient,random,gradcam,rollout,gae
 DEMO_TITLE := "Demo on the synthetic mini-CUB (not real birds)"
+# the demo model's recipe (the data randomization test trains a second model by it, on permuted labels)
+DEMO_TRAIN := --dataset-root $(MINI) --model vit_tiny --pretrained none --epochs 15 --batch-size 32 --lr 1e-3 \
+    --warmup-epochs 1 --num-workers 2 --overwrite true
 # figures the docs quote (docs/sanity.md, docs/sweep.md; tests/test_docs.py holds them to these lines)
 DEMO_SANITY_IMAGES := 40
 DEMO_NOISE_SAMPLES := 2
@@ -42,9 +45,7 @@ SWEEP_STEPS := 5
 # cores)
 demo: $(STAMP)
 	$(PY) scripts/make_synthetic_cub.py --dataset-root $(MINI)
-	$(PY) scripts/train_vit_cub.py --dataset-root $(MINI) --model vit_tiny --pretrained none --epochs 15 \
-	    --batch-size 32 --lr 1e-3 --warmup-epochs 1 --num-workers 2 \
-	    --overwrite true --checkpoint-dir $(DEMO)/checkpoints --output-dir $(DEMO)/train
+	$(PY) scripts/train_vit_cub.py $(DEMO_TRAIN) --checkpoint-dir $(DEMO)/checkpoints --output-dir $(DEMO)/train
 	$(PY) scripts/test_vit_forward.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-samples 12 \
 	    --compare-presets baseline,conservative,balanced,aggressive,very_aggressive \
 	    --compare-methods gradcam,rollout,gae,integrated_gradients,smoothgrad --num-workers 2 \
@@ -67,6 +68,18 @@ sweep: $(STAMP)
 	$(PY) scripts/sweep_gamma.py --checkpoint-path $(DEMO_CKPT) --dataset-root $(MINI) --num-images $(SWEEP_IMAGES) \
 	    --perturb-steps $(SWEEP_STEPS) --batch-size 48 --num-workers 2 --output-dir $(DEMO)/sweep
 	$(PY) scripts/build_gallery.py --results-dir $(DEMO) --title $(DEMO_TITLE)
+
+# Adebayo's data randomization test on the demo's checkpoint (run `make demo` first): the demo's recipe trained again
+# on permuted training labels (a few CPU minutes; its last epoch is compared), then every method's maps on the two
+# models, on the DEMO_SANITY_IMAGES images of the sanity checks.
+DR := $(DEMO)/data_randomization
+data-randomization: $(STAMP)
+	@test -f $(DEMO_CKPT) || { echo "error: $(DEMO_CKPT) not found: run make demo first"; exit 1; }
+	$(PY) scripts/train_vit_cub.py $(DEMO_TRAIN) --permute-labels true --checkpoint-dir $(DR)/checkpoints \
+	    --output-dir $(DR)/train
+	$(PY) scripts/data_randomization.py --checkpoint-path $(DEMO_CKPT) \
+	    --random-checkpoint-path $(DR)/checkpoints/vit_cub_last.pt --dataset-root $(MINI) \
+	    --num-images $(DEMO_SANITY_IMAGES) --methods $(DEMO_METHODS),gradient --num-workers 2 --output-dir $(DR)/compare
 
 # Does the explanation show the shortcut? A mini-CUB whose training images carry a class mark beside the bird,
 # a vit_tiny trained on it, every method scored on swapped-mark test pairs, and a gallery of the pairs.

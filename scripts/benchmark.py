@@ -59,11 +59,15 @@ from vitlrp.training import (
 
 PEERS = [n for n in names() if n not in ("gamma", "input_x_gradient", "random")]  # the other registered methods
 ROWS = ["one_by_one", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16", "input_x_gradient",
-        *PEERS, "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg", "gamma_sweep"]
+        *PEERS, "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg", "gamma_sweep",
+        "class_check"]
 SWEEP_CONV = [0.0, 0.1, 0.25, 0.5, 1.0, 10.0, 100.0]  # the gamma_sweep row: sweep_gamma.py's default 7 x 7 grid
 SWEEP_LIN = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]
 SWEEP_PERTURB_STEPS = 10  # as evaluate_lrp.py / sweep_gamma.py
 CUB_TEST_IMAGES = 5794
+CLASS_CHECK_OTHERS = 10  # the class_check row: the runner-up and this many seeded classes (sanity_checks.py's default)
+CLASS_CHECK_METHODS = ["balanced", "input_x_gradient", "gradient"]  # a γ-LRP preset and the gradient baselines
+CLASS_CHECK_BOUND = 0.8  # issue 29: the check of M classes costs at most this times M maps of one class
 LRP_GAMMAS = GammaSpec(1.0, 0.5)  # conv γ, Linear γ of every LRP row (both > 0: the ceiling counts every γ layer)
 
 
@@ -134,6 +138,33 @@ def sweep_row(model, x, target, device, cfg):
             "ratio_maps": many["median_s"] / one["median_s"],
             "ratio_maps_and_metrics": (many["median_s"] + metrics_all["median_s"])
             / (one["median_s"] + metrics_one["median_s"])}
+
+
+def class_check_row(model, x, target, device, cfg):
+    """The class check as sanity_checks.py runs it: per method, the maps of the explained class and of the compared
+    classes (the runner-up and CLASS_CHECK_OTHERS seeded ones) from one shared forward
+    (:meth:`~vitlrp.protocol.Method.attribute_many`), against one map of one class (the median ratio over
+    interleaved rounds of the two calls); the bound is CLASS_CHECK_BOUND × the number of classes mapped."""
+    from vitlrp.methods import parse_methods
+    from vitlrp.sanity.draws import compared_classes
+
+    with torch.no_grad():
+        logits = model(x)
+    others = compared_classes(logits, target, list(range(len(x))), 0, CLASS_CHECK_OTHERS, all_up_to=0)
+    targets = [target] + [others[:, j] for j in range(others.shape[1])]
+    per_method, total = {}, 0.0
+    for choice in parse_methods(CLASS_CHECK_METHODS, "CLASS_CHECK_METHODS"):
+        with choice.create(model, MethodSettings(impl="fused")) as method:
+            rounds = interleaved_seconds((lambda: method.attribute(x, target),
+                                          lambda: method.attribute_many(x, targets)), device, max(3, cfg.REPEATS))
+        one, many = (statistics.median(r[k] for r in rounds) for k in (0, 1))
+        per_method[choice.name] = {"one_map_s": one, "class_check_s": many, "rounds": len(rounds),
+                                   "ratio": statistics.median(b / a for a, b in rounds)}
+        total += many
+    worst = max(v["ratio"] for v in per_method.values())
+    return {"images_per_s": len(x) * len(per_method) / total, "median_s": total, "repeats": cfg.REPEATS,
+            "peak_mem_mib": None, "classes": len(targets), "bound": CLASS_CHECK_BOUND * len(targets),
+            "worst_ratio": worst, "within_bound": worst <= CLASS_CHECK_BOUND * len(targets), "methods": per_method}
 
 
 def one_by_one(model, x, target):
@@ -281,6 +312,8 @@ def run_row(name, model, x, target, device, cfg, cache):
         if name.endswith("compile") and not cuda and not cfg.COMPILE_ON_CPU:
             return {"skipped": "torch.compile rows run on CUDA only (or with --compile-on-cpu true)"}
         return train_row(name, cfg.MODEL, cfg.IMAGE_SIZE, device, cfg.TRAIN_BATCH, cfg.JPEG_IMAGES, cfg)
+    if name == "class_check":
+        return class_check_row(model, x, target, device, cfg)
     return sweep_row(model, x, target, device, cfg)  # gamma_sweep
 
 
@@ -303,24 +336,29 @@ def run_rows(model, x, target, device, cfg):
     return results
 
 
+def interleaved_seconds(calls, device, pairs):
+    """The seconds of each of ``calls`` per round of back-to-back calls (after one warm-up call each): on a shared
+    machine their ratios are steadier than those of rows measured minutes apart."""
+    for call in calls:
+        call()
+    rounds = []
+    for _ in range(pairs):
+        seconds = []
+        for call in calls:
+            sync(device)
+            t0 = time.perf_counter()
+            call()
+            sync(device)
+            seconds.append(time.perf_counter() - t0)
+        rounds.append(seconds)
+    return rounds
+
+
 def interleaved_ratios(model, x, target, device, pairs):
-    """Input×Gradient's time over fused fp32 γ-LRP's, per pair of back-to-back calls: on a shared machine a steadier
-    figure than two rows measured minutes apart."""
-    ratios = []
+    """Input×Gradient's time over fused fp32 γ-LRP's, per pair of back-to-back calls."""
     with Explainer(model, LRP_GAMMAS, MethodSettings(impl="fused")) as ex:
         calls = (lambda: input_x_gradient(model, x, target), lambda: ex.attribute(x, target))
-        for call in calls:
-            call()  # warm-up
-        for _ in range(pairs):
-            seconds = []
-            for call in calls:
-                sync(device)
-                t0 = time.perf_counter()
-                call()
-                sync(device)
-                seconds.append(time.perf_counter() - t0)
-            ratios.append(seconds[0] / seconds[1])
-    return ratios
+        return [a / b for a, b in interleaved_seconds(calls, device, pairs)]
 
 
 def fused_vs_floor(results, ceiling, model, x, target, device, cfg):
@@ -357,6 +395,12 @@ def print_summary(results, ceiling, versus):
         print(f"\ngamma_sweep: {g['cells']} cells cost {g['ratio_maps']:.1f}x one fused method (maps only: "
               f"{g['sweep_maps_s']:.2f} s vs {g['one_method_s']:.2f} s); with the metrics "
               f"{g['ratio_maps_and_metrics']:.1f}x ({g['sweep_metrics_s']:.2f} s of metrics for all cells)")
+    c = results.get("class_check")
+    if c and "skipped" not in c:
+        each = ", ".join(f"{n} {v['ratio']:.1f}x" for n, v in c["methods"].items())
+        met = "met" if c["within_bound"] else "MISSED"
+        print(f"class_check: {c['classes']} classes from one shared forward cost {each} one map (bound "
+              f"{CLASS_CHECK_BOUND:g} x {c['classes']} = {c['bound']:.1f}x: {met})")
     measured = ", ".join(f"{versus[k]:.0f}% {k[:4]}" for k in ("fp32_percent", "bf16_percent") if k in versus)
     if "fp32_percent_interleaved" in versus:
         measured += (f" (rows); {versus['fp32_percent_interleaved']:.0f}% fp32 (median of "

@@ -14,6 +14,7 @@ SEED = 0  # which images, and every random draw (random maps, SmoothGrad's noise
 METHODS = [  # presets, gamma:<conv>:<lin> (<lin> may be a schedule: gamma:1:linear:0.5:0), <preset>+attn, ...
     "baseline", "conservative", "balanced", "aggressive", "very_aggressive", "input_x_gradient", "random"]
 GAMMA_FILE = ""  # best_gamma.json of scripts/sweep_gamma.py: adds its recommended γ (FILE#metric: that best) to METHODS
+GAMMA_FILE_FORCE = False  # use GAMMA_FILE's γ even if it failed the sweep's class check or was made for another model
 REFERENCE = "balanced"  # the method every other is compared with, image by image (paired.csv); empty = no comparison
 BOOTSTRAP_SAMPLES = 5000  # resamples of the paired bootstrap interval (seeded by SEED)
 TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
@@ -39,6 +40,7 @@ from vitlrp import evaluation as E
 from vitlrp import shortcut as SC
 from vitlrp import stats as ST
 from vitlrp.checks import (
+    add_gamma_file,
     check_perturb_steps_fit,
     check_run_options,
     check_schedules_fit,
@@ -48,7 +50,6 @@ from vitlrp.checks import (
 from vitlrp.errors import UserError
 from vitlrp.families import family_of
 from vitlrp.fileio import write_csv, write_json
-from vitlrp.gamma import GammaSpec
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
 from vitlrp.methods import lrp
 from vitlrp.metrics import directions
@@ -66,13 +67,9 @@ def check_config(cfg):
     """The methods to score, with every setting checked before any work."""
     if not cfg.METHODS and not cfg.GAMMA_FILE:
         raise UserError("METHODS is empty: name at least one method")
-    chosen = methods.parse_methods(list(cfg.METHODS), "METHODS")
-    if cfg.GAMMA_FILE:
-        extra = methods.parse_method(GammaSpec.from_file(cfg.GAMMA_FILE).name)
-        same = [m.name for m in chosen if m.identity() == extra.identity()]
-        print(f"GAMMA_FILE {cfg.GAMMA_FILE}: its γ is {extra.name}" + (f", already in METHODS as {same[0]}" if same
-                                                                        else ", added to METHODS"))
-        chosen += [] if same else [extra]
+    chosen, line = add_gamma_file(cfg, methods.parse_methods(list(cfg.METHODS), "METHODS"))
+    if line:
+        print(line)
     check_run_options(cfg)
     check_scoring_options(cfg)
     if cfg.BOOTSTRAP_SAMPLES < 100:

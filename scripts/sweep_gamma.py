@@ -14,6 +14,7 @@ CONV_GAMMAS = [0.0, 0.1, 0.25, 0.5, 1.0, 10.0, 100.0]  # γ of the patch embeddi
 LIN_GAMMAS = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0]  # constant γ of every Linear layer (rows)
 SCHEDULES = ["linear:0.5:0", "linear:0:0.5", "geometric:1:0.01", "geometric:0.01:1"]  # per-block Linear γ (rows)
 TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
+OTHER_CLASSES = 10  # class check: random other classes beside the runner-up (all others when the model has <= 20)
 PERTURB_STEPS = 10  # MoRF/LeRF curve points (patches removed in this many equal steps)
 PART_TOLERANCE_PX = 15  # part pointing game radius, in model-input pixels
 ROWS_PER_PASS = 64  # at most this many perturbed images per forward
@@ -37,10 +38,13 @@ from vitlrp.explainer import Explainer
 from vitlrp.families import family_of
 from vitlrp.fileio import write_csv, write_json
 from vitlrp.gamma import PRESETS, GammaSpec
+from vitlrp.identity import file_sha256
 from vitlrp.inputs import load_model_and_split, loader, sample_indices
 from vitlrp.methods import MethodSettings
 from vitlrp.metrics import METRICS
 from vitlrp.runtime import DTYPES
+from vitlrp.sanity import verdicts as V
+from vitlrp.sanity.draws import compared_classes
 from vitlrp.scoring import ScoreSettings, ScoringRun, model_in, score_batches
 from vitlrp.step import Step, run_step
 
@@ -74,18 +78,22 @@ def prepare(cfg, state, rows_lin):
 
 
 def finish(cfg, state, cells, rows_lin, parts):
-    """Merge the ranks' rows, conclude, write and report; the exit status."""
+    """Merge the ranks' rows, conclude, write and report; the exit status (1 when images failed or the sweep could
+    recommend nothing)."""
     names = [c.name for c in cells]
-    rows, _ = E.merge_ranks([(r, {n: {} for n in names}) for r, _ in parts], names)
-    seconds = {k: sum(s[k] for _, s in parts) for k in parts[0][1]}
-    found = S.conclude(rows, names, cells, len(state.data["indices"]), {p: GammaSpec.preset(p) for p in PRESETS})
-    write_outputs(cfg, state, cells, rows_lin, rows, found, seconds)
+    rows, _ = E.merge_ranks([(r, {n: {} for n in names}) for r, _, _ in parts], names)
+    baselines = [r for _, _, part in parts for r in part]
+    seconds = {k: sum(s[k] for _, s, _ in parts) for k in parts[0][1]}
+    found = S.conclude(rows, names, cells, len(state.data["indices"]), {p: GammaSpec.preset(p) for p in PRESETS},
+                       baselines, V.patch_count(state.data["model"]))
+    write_outputs(cfg, state, cells, rows_lin, rows + baselines, found, seconds)
     print_report(cfg, state.run.path, cells, found, seconds)
-    return 1 if found["failed"] else 0
+    return 1 if found["failed"] or not found["recommended"] else 0
 
 
 def sweep(cfg, state, cells):
-    """Every cell's rows on this rank's shard, and the seconds spent on maps and metrics."""
+    """Every cell's rows on this rank's shard (with their class-check values), the gradient baselines' class-check
+    rows, and the seconds spent on maps and metrics."""
     model, dataset, indices = (state.data[k] for k in ("model", "dataset", "indices"))
     dist, device = state.dist, state.device
     names = [c.name for c in cells]
@@ -98,43 +106,55 @@ def sweep(cfg, state, cells):
     patch = family_of(model).patch_size(model)
     settings = ScoreSettings(patch, cfg.PERTURB_STEPS, cfg.PART_TOLERANCE_PX, seed=cfg.SEED,
                              rows_per_pass=cfg.ROWS_PER_PASS)
-    shard, seconds = state.shard(indices), {"maps": 0.0, "metrics": 0.0}
+    shard, seconds, held, baselines = state.shard(indices), {"maps": 0.0, "metrics": 0.0}, {}, []
     with Explainer(plain, cells[0], MethodSettings(dtype, cfg.IMPL)) as explainer, \
             tqdm(total=len(shard), desc="sweep", unit="img", disable=not dist.is_main) as bar:
         def explain(s):
             t0 = time.perf_counter()
-            maps = explainer.attribute_gammas(s.images, [s.target, s.other], cells)
+            others = compared_classes(s.batch.logits, s.target, s.ids, cfg.SEED, cfg.OTHER_CLASSES)
+            maps, held["cells"] = S.explain_cells(explainer, s, cells, others, patch)
+            held["baselines"] = S.baseline_values(plain, s, others, patch, MethodSettings(dtype))
             seconds["maps"] += time.perf_counter() - t0
-            return {name: (m.logits, m.relevance, o.relevance) for name, (m, o) in zip(names, maps)}
+            return maps
+
+        def add_class_values(s, maps, scored):
+            for name, values in held["cells"].items():
+                for k, row in enumerate(scored[name]):
+                    row.update({col: float(values[level][k]) for level, col in S.CLASS_COLUMNS.items()})
+            baselines.extend({"method": b, "sample_idx": i, "error": "", **{col: float(values[level][k]) for level,
+                              col in S.CLASS_COLUMNS.items()}} for b, values in held["baselines"].items()
+                             for k, i in enumerate(s.ids))
 
         t_all = time.perf_counter()
         rows, _ = score_batches(loader(dataset, shard, cfg.BATCH_SIZE, cfg.NUM_WORKERS, device),
                                 ScoringRun(forward, cfg.TARGET, device, settings, METRICS), explain, names,
-                                progress=bar)
+                                extra=add_class_values, progress=bar)
         seconds["metrics"] = time.perf_counter() - t_all - seconds["maps"]  # scoring and decoding
-    return rows, seconds
+    return rows, seconds, baselines
 
 
 def write_outputs(cfg, state, cells, rows_lin, rows, found, seconds):
     run, summary, doc = state.run, found["summary"], found["doc"]
     out = run.path
-    write_csv(out / "cells.csv", S.cell_rows(summary, cells, found["front"], found["sums"], found["class_failed"]),
+    write_csv(out / "cells.csv", S.cell_rows(summary, cells, found["front"], found["sums"], found["verdicts"]),
               S.CELL_FIELDS)
-    write_csv(out / "per_image.csv", rows, E.ROW_FIELDS)
+    write_csv(out / "per_image.csv", rows, E.ROW_FIELDS + list(S.CLASS_COLUMNS.values()))
     convs = list(dict.fromkeys(c.conv for c in cells))
     where = {GammaSpec(c, lin).name: (r, k) for r, lin in enumerate(rows_lin) for k, c in enumerate(convs)}
     marks = {p: where[n] for p, n in found["presets"].items() if n in where}
+    rec = (doc["recommended"] or {}).get("method")
     for metric in METRICS:
-        best = doc["best"].get(metric, {}).get("method", doc["recommended"]["method"])
+        best = doc["best"].get(metric, {}).get("method", rec)
         plots.gamma_surface(S.surface(summary, convs, rows_lin, metric), S.surface(summary, convs, rows_lin, metric,
-                            "ci95"), convs, rows_lin, metric, where[best], marks, out / f"surface_{metric}.png")
+                            "ci95"), convs, rows_lin, metric, where.get(best), marks, out / f"surface_{metric}.png")
     points = {n: tuple(summary[n][m]["mean"] for m in S.OBJECTIVES) for n in summary}
-    plots.pareto_front(points, found["front"], doc["recommended"]["method"], found["presets"], out / "pareto.png")
+    plots.pareto_front(points, found["front"], rec, found["presets"], out / "pareto.png")
     write_json(out / "config.json", {**cli.config_dict(cfg, identity=True), "device": str(state.device),
                                      "cells": len(cells), "seconds": seconds})
     write_json(out / "best_gamma.json", {
-        **doc, "n_images": found["n_ok"], "n_failed": len(found["failed"]), "failed_cells": found["failed_cells"],
-        "split": cfg.SPLIT, "checkpoint": str(Path(cfg.CHECKPOINT_PATH).resolve()),
+        **doc, "n_images": found["n_ok"], "n_scored": found["n_scored"], "n_failed": len(found["failed"]),
+        "failed_cells": found["failed_cells"], "split": cfg.SPLIT,
+        "checkpoint": str(Path(cfg.CHECKPOINT_PATH).resolve()), "checkpoint_sha256": file_sha256(cfg.CHECKPOINT_PATH),
         "dataset_root": str(cfg.DATASET_ROOT), "target": cfg.TARGET, "config": cli.config_dict(cfg)})
     run.finish(["cells.csv", "per_image.csv", "config.json", "best_gamma.json", "pareto.png"]
                + [f"surface_{metric}.png" for metric in METRICS])
@@ -142,23 +162,33 @@ def write_outputs(cfg, state, cells, rows_lin, rows, found, seconds):
 
 def print_report(cfg, out, cells, found, seconds):
     summary, doc, front, sums = found["summary"], found["doc"], found["front"], found["sums"]
-    rec = doc["recommended"]["method"]
+    rec = found["recommended"]
     print()
-    print(f"Maps: {seconds['maps']:.1f} s for {len(cells)} cells; metrics: {seconds['metrics']:.1f} s")
+    print(f"Maps: {seconds['maps']:.1f} s for {len(cells)} cells and the class check; metrics: "
+          f"{seconds['metrics']:.1f} s")
+    if not rec:
+        for line in S.failure_lines(found):
+            print(line)
+        print(f"No recommendation: {found['why']}")
+        print(f"Output directory: {out}")
+        return
     for metric, b in doc["best"].items():
         print(E.best_line(metric, b["method"], b["mean"]) + f"  ± {b['ci95']:.3f}")
     print(f"Pareto front ({', '.join(S.OBJECTIVES)}): {len(front)} of {len(cells)} cells")
-    print(f"{'':<16}{'cell':<26}" + "".join(f"{m:>17}" for m in S.OBJECTIVES) + f"{'rank sum':>10}  pareto  class")
+    print(f"{'':<16}{'cell':<22}" + "".join(f"{m:>17}" for m in S.OBJECTIVES) + f"{'ranks':>6}  front  class |ρ| px")
+    verdicts = found["verdicts"]["cells"]
     for label, name in [("recommended", rec), *found["presets"].items()]:
         if name in summary and name not in found["failed_cells"]:
             vals = "".join(f"{summary[name][m]['mean']:>10.3f} ±{summary[name][m]['ci95']:<5.3f}" for m in S.OBJECTIVES)
-            check, pareto = "fail" if name in found["class_failed"] else "pass", "yes" if name in front else "no"
-            print(f"{label:<16}{name:<26}{vals}{sums.get(name, '-'):>10}  {pareto:<6}  {check}")
-    print(f"Recommended γ: {rec} (rule: {S.RULE})")
-    print("Note: the Conv2d γ only moves relevance inside each patch, so these patch-level metrics hardly tell "
-          "Conv2d γ values apart (cells that differ only in it score nearly alike); judge it by eye or a pixel-level "
-          "measure (the sanity checks' SSIM)")
-    print(f"Use it: python scripts/test_vit_forward.py --gamma-file {out / 'best_gamma.json'}")
+            v = verdicts[name]
+            print(f"{label:<16}{name:<22}{vals}{sums.get(name, '-'):>6}  {'yes' if name in front else 'no':<5}  "
+                  f"{v['word']:<9} {v['patch'][0]:.2f} {v['pixel'][0]:.2f}")
+    print(f"Recommended γ: {rec} (rule: {found['rule']})")
+    print(found["firmness"]["line"])
+    print("Note: the Conv2d γ only moves relevance inside each patch, so the patch-level metrics hardly tell Conv2d γ "
+          "values apart; the class check judges it at pixel level too (class |ρ| px)")
+    if found["passed"]:
+        print(f"Use it: python scripts/test_vit_forward.py --gamma-file {out / 'best_gamma.json'}")
     for line in S.failure_lines(found):
         print(line)
     print(f"Output directory: {out}")

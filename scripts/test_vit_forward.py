@@ -15,6 +15,7 @@ LIN_GAMMA = 0.5  # Gamma for Linear layers (MLP + head; attention too only with 
 LIN_GAMMA_SCHEDULE = ""  # per-block Linear γ instead of LIN_GAMMA, e.g. linear:0.5:0, geometric:1:0.01, 0.5/0.3/0.1/0
 PRESET = ""  # baseline, conservative, balanced, aggressive, very_aggressive: sets both gammas (instead of the two)
 GAMMA_FILE = ""  # best_gamma.json of scripts/sweep_gamma.py: its recommended γ (FILE#box_share: that metric's best)
+GAMMA_FILE_FORCE = False  # use GAMMA_FILE's γ even if it failed the sweep's class check or was made for another model
 GAMMA_ATTENTION = False  # route the attention projections through nn.Linear so that LIN_GAMMA reaches them
 TARGET = "pred"  # explain the predicted class (pred) or the true class (label)
 BATCH_SIZE = 32  # images explained at once
@@ -49,7 +50,8 @@ from vitlrp.pages import write_heatmap_gallery
 from vitlrp.scoring import empty_maps, nonfinite_error
 from vitlrp.step import Step, run_step
 
-GAMMA_SETTINGS = ("GAMMA_FILE", "PRESET", "CONV_GAMMA", "LIN_GAMMA", "LIN_GAMMA_SCHEDULE", "GAMMA_ATTENTION")
+GAMMA_SETTINGS = ("GAMMA_FILE", "PRESET", "CONV_GAMMA", "LIN_GAMMA", "LIN_GAMMA_SCHEDULE", "GAMMA_ATTENTION",
+                  "GAMMA_FILE_FORCE", "CHECKPOINT_PATH")
 
 
 def choose_gammas(cfg):

@@ -25,7 +25,8 @@ AMP = "auto"  # auto (bf16 on CUDA, none on CPU), bf16, fp16, none
 COMPILE = False  # torch.compile the model (faster on a GPU after a minute of compiling)
 NUM_WORKERS = 8  # JPEG decoding processes per GPU
 VAL_FRACTION = 0.1  # share of each class's training images held out to pick the best epoch; 0 = pick on the test split
-SEED = 0  # model init, shuffling, augmentation and the validation split
+SEED = 0  # model init, shuffling, augmentation, the validation split (and the label permutation)
+PERMUTE_LABELS = False  # train on a seeded permutation of the training labels (Adebayo's data randomization test)
 DEVICE = "auto"  # auto, cuda, cpu
 CHECKPOINT_DIR = "checkpoints"  # vit_cub_best.pt and vit_cub_last.pt go here
 RESUME = False  # continue from CHECKPOINT_DIR/vit_cub_last.pt
@@ -68,6 +69,7 @@ from vitlrp.models import (
 )
 from vitlrp.runfolder import FolderLock, RunFolder
 from vitlrp.runtime import Distributed, resolve_device, seed_everything
+from vitlrp.sanity.datarand import permute_labels
 from vitlrp.training import SUMMARY_FIELDS, NonFiniteLoss, Recipe, Trainer, summary_row
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
@@ -75,9 +77,10 @@ OUTPUT_NAMES = ("config.json", "summary.csv", "curves.png")
 MAX_EPOCHS = 10_000  # fine-tuning on CUB takes tens of epochs: more is a typo, not a run
 # A resumed run continues the same optimisation: these settings must match the checkpoint's.
 RECIPE = ("MODEL", "PRETRAINED", "IMAGE_SIZE", "EPOCHS", "BATCH_SIZE", "LR", "WEIGHT_DECAY", "WARMUP_EPOCHS",
-          "LABEL_SMOOTHING", "GRAD_CLIP", "AMP", "VAL_FRACTION", "SEED")
-# the value a setting had before checkpoints recorded it: those runs picked the best epoch on the test split
-RECIPE_BEFORE = {"VAL_FRACTION": 0.0}
+          "LABEL_SMOOTHING", "GRAD_CLIP", "AMP", "VAL_FRACTION", "SEED", "PERMUTE_LABELS")
+# the value a setting had before checkpoints recorded it: those runs picked the best epoch on the test split and
+# trained on the true labels
+RECIPE_BEFORE = {"VAL_FRACTION": 0.0, "PERMUTE_LABELS": False}
 
 
 def _check_range(cfg, name, low, high=None, why=""):
@@ -336,6 +339,9 @@ def start_outputs(cfg, dist, trainer, split, paths, resume, preprocessing, ann):
           f"images, {ann.num_classes} classes")
     print(f"Model: {cfg.MODEL} ({cfg.PRETRAINED}), input {preprocessing.crop_size}px, AMP {trainer.dtype or 'none'}"
           + (f", resuming after epoch {resume['epoch']}" if resume else ""))
+    if cfg.PERMUTE_LABELS:
+        print(f"Labels: the {len(split.train) + len(split.val)} training labels permuted (seed {cfg.SEED}): the test "
+              "accuracy should stay at chance")
     if not len(split.val):
         print("note: VAL_FRACTION is 0: the best epoch is picked on the test split, the split the explaining scripts "
               "then score (pass --val-fraction 0.1 to hold out training images instead)", file=sys.stderr)
@@ -468,6 +474,8 @@ def main(cfg):
     check_config(cfg, dist)
     device = dist.init(resolve_device(cfg.DEVICE))
     ann = load_cub(cfg.DATASET_ROOT)
+    if cfg.PERMUTE_LABELS:  # the data randomization test's model: the images keep their place, not their class
+        ann = permute_labels(ann, cfg.SEED)
     split = check_against_data(cfg, ann)
     paths = {"ckpt": Path(cfg.CHECKPOINT_DIR), "out": Path(cfg.OUTPUT_DIR)}
     paths.update(last=paths["ckpt"] / "vit_cub_last.pt", best=paths["ckpt"] / "vit_cub_best.pt")

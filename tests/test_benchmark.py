@@ -9,7 +9,8 @@ from vitlrp import methods
 # what the speed issue asks the benchmark to measure, and every other registered method (as the registry lists them)
 EXPECTED_ROWS = ["one_by_one", "lrp_zennit_fp32", "lrp_zennit_bf16", "lrp_fused_fp32", "lrp_fused_bf16",
                  "input_x_gradient", *[n for n in methods.names() if n not in ("gamma", "input_x_gradient", "random")],
-                 "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg", "gamma_sweep"]
+                 "explain_jpeg", "train_fp32", "train_bf16", "train_bf16_compile", "train_jpeg", "gamma_sweep",
+                 "class_check"]
 
 
 def test_benchmark_runs_every_row_on_the_cpu(tmp_path):
@@ -39,6 +40,12 @@ def test_benchmark_runs_every_row_on_the_cpu(tmp_path):
     assert rows["explain_jpeg"]["cub_test_split_seconds"] > 0
     sweep = rows["gamma_sweep"]  # 49 γ cells vs one method: both ratios measured (how fast is the benchmark's job)
     assert sweep["cells"] == 49 and sweep["ratio_maps"] > 0 and sweep["ratio_maps_and_metrics"] > 0
+    check = rows["class_check"]  # the explained class, the runner-up and 10 seeded ones, from one forward per method
+    assert check["classes"] == 12 and check["bound"] == 0.8 * 12
+    assert set(check["methods"]) == {"balanced", "input_x_gradient", "gradient"}
+    assert all(v["ratio"] > 0 and v["rounds"] == 3 and v["class_check_s"] > 0 for v in check["methods"].values())
+    ratio = check["methods"]["balanced"]["ratio"]
+    assert f"class_check: 12 classes from one shared forward cost balanced {ratio:.1f}x" in out
     # the fused rule against Input×Gradient, as a percentage, beside the ceiling from the model's FLOPs
     ceiling, versus = report["ceiling"], report["fused_vs_input_x_gradient"]
     assert ceiling["gamma_layers"] == 10 and 0 < ceiling["ratio"] < 1  # conv, 4 x (fc1, fc2), head

@@ -410,10 +410,11 @@ def test_attn_with_linear_gamma_zero_says_it_changes_nothing(capsys):
 
 
 def test_methods_together_equal_separate_runs(model_x):
-    """γ methods share one forward (and backwards) in attribute_all; the maps equal each method run on its own."""
+    """γ methods share one forward (and backwards) in attribute_all, the gradient methods one forward for every
+    class; the maps equal each method run on its own."""
     model, x = model_x
     chosen = methods.parse_methods(["baseline", "balanced", "aggressive", "very_aggressive", "balanced+attn",
-                                    "random", "gae"], "METHODS")
+                                    "random", "gae", "input_x_gradient", "gradient"], "METHODS")
     other = torch.tensor([1, 0, 4])
     opened = [m.create(model, MethodSettings(seed=2)) for m in chosen]
     for m in opened:

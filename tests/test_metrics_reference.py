@@ -1,4 +1,5 @@
-"""Our metrics against Quantus 0.6 (a test-only dependency) and MoRF/LeRF against a naive per-image loop.
+"""Our metrics against Quantus 0.6 (a test-only dependency), eMPRT and sMPRT against Quantus's EfficientMPRT and
+SmoothMPRT on one randomized model, and MoRF/LeRF against a naive per-image loop.
 
 Documented relations where the definitions differ:
 - box share = Quantus ``RelevanceMassAccuracy`` on the *positive part* of the map (we ignore negative relevance;
@@ -146,3 +147,108 @@ def test_morf_lerf_match_a_naive_per_image_loop(real_maps):
     auc = M.auc(curves["morf"])
     naive_auc = [sum((a + b) / 2 for a, b in zip(c[:-1], c[1:])) / 5 for c in curves["morf"].tolist()]
     assert auc.tolist() == pytest.approx(naive_auc, abs=1e-6)
+
+
+# --- eMPRT and sMPRT (Hedström et al. 2023) against Quantus's EfficientMPRT and SmoothMPRT -------------------------
+
+
+class Randomize(torch.nn.Module):
+    """The one module Quantus can randomize (it calls ``reset_parameters``): here that loads the values our
+    randomization drew into the model that holds it, so Quantus's randomized model is ours."""
+
+    def __init__(self, owner, values):
+        super().__init__()
+        object.__setattr__(self, "owner", owner)  # not a submodule; a deep copy of the owner points at the copy
+        object.__setattr__(self, "values", values)
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            for name, p in self.owner.named_parameters():
+                p.copy_(self.values[name])
+
+
+class SmallNet(torch.nn.Module):
+    """A two-layer network on 3×8×8 images whose weights are plain parameters (no module of its own has
+    ``reset_parameters``, so Quantus's randomization reaches only :class:`Randomize`)."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.w1 = torch.nn.Parameter(torch.randn(16, 192, generator=gen) * 0.2)
+        self.w2 = torch.nn.Parameter(torch.randn(4, 16, generator=gen) * 0.5)
+
+    def forward(self, x):
+        return torch.relu(x.flatten(1) @ self.w1.T) @ self.w2.T
+
+
+@pytest.fixture(scope="module")
+def mprt_case():
+    """The small net, its copy randomized by vitlrp.sanity.randomization, the net Quantus randomizes into the same
+    values, 6 images, their classes and Input×Gradient's maps as Quantus's ``explain_func``."""
+    import copy
+
+    from vitlrp.methods import create_method
+    from vitlrp.sanity.randomization import randomize_parameters
+
+    net = SmallNet().eval()
+    randomized = copy.deepcopy(net)
+    randomize_parameters(list(randomized.named_parameters()), seed=3)
+    values = {n: p.detach().clone() for n, p in randomized.named_parameters()}
+    quantus_net = SmallNet().eval()
+    quantus_net.randomize = Randomize(quantus_net, values)
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1)) - 0.3
+    y = net(x).argmax(1)
+
+    def explain(model, inputs, targets, **kwargs):
+        with create_method("input_x_gradient", model) as m:
+            return m.attribute(torch.as_tensor(inputs), torch.as_tensor(targets)).relevance[:, None].numpy()
+
+    def ours(model, images):
+        with create_method("input_x_gradient", model) as m:
+            return m.attribute(images, y).relevance
+
+    return dict(net=net, randomized=randomized, quantus_net=quantus_net, x=x, y=y, explain=explain, ours=ours)
+
+
+def test_emprt_matches_quantus_efficient_mprt(mprt_case):
+    quantus = quantus_or_skip()
+    from vitlrp.sanity import mprt
+
+    c = mprt_case
+    metric = quantus.EfficientMPRT(complexity_func_kwargs={"n_bins": mprt.ENTROPY_BINS}, disable_warnings=True,
+                                   display_progressbar=False)
+    theirs = metric(model=c["quantus_net"], x_batch=c["x"].numpy(), y_batch=c["y"].numpy(), a_batch=None,
+                    explain_func=c["explain"], device="cpu", batch_size=6)
+    ours = mprt.entropy_rise(c["ours"](c["net"], c["x"]), c["ours"](c["randomized"], c["x"]))
+    print(f"eMPRT: ours {np.round(ours, 4)}, Quantus {np.round(theirs, 4)}, max |diff| "
+          f"{np.abs(ours - np.asarray(theirs)).max():.1e}")
+    assert np.allclose(ours, theirs, atol=1e-6) and np.ptp(ours) > 0.01
+
+
+def test_smprt_matches_quantus_smooth_mprt(mprt_case):
+    """The same noise for both (Quantus draws it from numpy's global generator: ours replays that draw), the maps
+    smoothed over 5 copies (the last noise-free), their absolute pixels compared by Spearman's ρ."""
+    quantus = quantus_or_skip()
+    from vitlrp.sanity import mprt
+    from vitlrp.sanity.similarity import ABS_PIXELS, similarity
+
+    c = mprt_case
+    samples, magnitude = 5, 0.2
+
+    def numpy_noise(k, shape):
+        return torch.from_numpy(np.random.randn(*shape))
+
+    np.random.seed(7)
+    reference = mprt.smoothed(lambda v: c["ours"](c["net"], v), c["x"], samples, magnitude, numpy_noise)
+    randomized = mprt.smoothed(lambda v: c["ours"](c["randomized"], v), c["x"], samples, magnitude, numpy_noise)
+    ours = similarity(reference, randomized, 4, extra=(ABS_PIXELS,))[ABS_PIXELS]
+    np.random.seed(7)
+    metric = quantus.SmoothMPRT(nr_samples=samples, noise_magnitude=magnitude, return_last_correlation=True,
+                                disable_warnings=True, display_progressbar=False)
+    # SmoothMPRT explains its noisy copies through quantus.explain: Captum's InputXGradient, channels summed
+    theirs = metric(model=c["quantus_net"], x_batch=c["x"].numpy(), y_batch=c["y"].numpy(),
+                    a_batch=reference[:, None].float().numpy(), explain_func=quantus.explain,
+                    explain_func_kwargs={"method": "InputXGradient"}, device="cpu", batch_size=6)
+    print(f"sMPRT: ours {np.round(ours, 4)}, Quantus {np.round(theirs, 4)}, max |diff| "
+          f"{np.abs(ours - np.asarray(theirs)).max():.1e}")
+    assert np.allclose(ours, theirs, atol=1e-4) and np.ptp(ours) > 0.01

@@ -101,16 +101,14 @@ def test_zennit_explain_many_falls_back_to_separate_runs():
 
 
 # --- surfaces, Pareto front, recommendation ---------------------------------------------------------------
-def fake_summary(values):
-    """cell name → summary entry with the given objective means (other metrics 0.5), ci95 0.01."""
-    summary = {}
-    for name, (faith, box, neg) in values.items():
-        entry = {m: {"mean": 0.5, "ci95": 0.01, "n": 4} for m in METRICS}
-        entry["class_sensitivity"] = {"mean": 0.9, "ci95": 0.01, "n": 4}  # |ρ| 0.1: passes the class check
-        entry.update(lerf_minus_morf={"mean": faith, "ci95": 0.01, "n": 4}, box_share={"mean": box, "ci95": 0.02,
-                     "n": 4}, negative_share={"mean": neg, "ci95": 0.03, "n": 4}, n_images=4, n_failed=0)
-        summary[name] = entry
-    return summary
+def sweep_rows(values, rho=None, n=12):
+    """per_image rows of ``n`` images per cell whose metrics equal ``values``: name → {metric: value} (others 0.5),
+    and whose class-check |ρ| (both levels) is ``rho[name]`` (0.1 by default: well below 5 × chance for 49 patches)
+    plus a small per-image jitter."""
+    rho = rho or {}
+    return [{"method": name, "sample_idx": i, "error": "", "empty": 0, **{m: v.get(m, 0.5) for m in METRICS},
+             "class_abs_rho": rho.get(name, 0.1) + 0.01 * (i % 3), "class_pixel_abs_rho": rho.get(name, 0.1)
+             + 0.01 * (i % 2)} for name, v in values.items() for i in range(n)]
 
 
 def test_grid_surface_pareto_and_recommendation():
@@ -121,65 +119,93 @@ def test_grid_surface_pareto_and_recommendation():
     values = {"gamma:0:0": (0.5, 0.8, 0.3), "gamma:1:0": (0.4, 0.9, 0.1), "gamma:0:0.5": (0.3, 0.7, 0.4),
               "gamma:1:0.5": (0.45, 0.85, 0.05), "gamma:0:linear:0.5:0": (0.5, 0.8, 0.3),
               "gamma:1:linear:0.5:0": (0.2, 0.6, 0.5)}
-    summary = fake_summary(values)
+    found = S.conclude(sweep_rows({n: dict(zip(S.OBJECTIVES, v)) for n, v in values.items()}), list(values), cells,
+                       12, {"baseline": GammaSpec(0.0, 0.0), "other": GammaSpec(10.0, 1.0)}, patches=49)
+    summary = found["summary"]
     surf = S.surface(summary, [0.0, 1.0], rows, "box_share")
-    assert surf == [[0.8, 0.9], [0.7, 0.85], [0.8, 0.6]]
-    assert S.surface(summary, [0.0, 1.0], rows, "box_share", "ci95") == [[0.02] * 2] * 3
+    assert surf == [[pytest.approx(v) for v in row] for row in [[0.8, 0.9], [0.7, 0.85], [0.8, 0.6]]]
+    assert S.surface(summary, [0.0, 1.0], rows, "box_share", "ci95") == [[pytest.approx(0.0)] * 2] * 3
     front = S.pareto_front(summary)
     # gamma:0:0.5 and gamma:1:linear are dominated; the two equal cells do not dominate each other
     assert set(front) == {"gamma:0:0", "gamma:1:0", "gamma:1:0.5", "gamma:0:linear:0.5:0"}
     sums = S.rank_sums(summary)
     assert sums["gamma:1:0.5"] == 3 + 2 + 1 and sums["gamma:0:0"] == 1 + 3 + 3 and sums["gamma:1:0"] == 4 + 1 + 2
     assert S.recommend(summary) == "gamma:1:0.5"
-    doc = S.best_gamma_doc(summary, cells, {"baseline": GammaSpec(0.0, 0.0), "other": GammaSpec(10.0, 1.0)})
+    doc = found["doc"]
     assert doc["recommended"]["conv_gamma"] == 1.0 and doc["recommended"]["lin_gamma"] == 0.5
     assert doc["best"]["box_share"]["method"] == "gamma:1:0"
     assert doc["best"]["negative_share"]["method"] == "gamma:1:0.5"
     assert doc["presets"]["baseline"]["pareto"] and not doc["presets"]["other"]["in_grid"]
+    assert doc["firmness"]["firm"] and {t["recommended"] for t in doc["firmness"]["table"][:4]} == {"gamma:1:0.5"}
 
 
-def sweep_rows(values):
-    """per_image rows of 4 images per cell whose metrics equal ``values``: name → {metric: value} (others 0.5)."""
-    return [{"method": name, "sample_idx": i, "error": "", "empty": 0,
-             **{m: v.get(m, 0.5) for m in METRICS}} for name, v in values.items() for i in range(4)]
-
-
-def test_the_recommendation_passes_the_class_check():
-    good = {"lerf_minus_morf": 0.3, "box_share": 0.7, "negative_share": 0.2, "class_sensitivity": 0.8}
-    shiny = {"lerf_minus_morf": 0.5, "box_share": 0.9, "negative_share": 0.0, "class_sensitivity": 0.2}  # |ρ| 0.8
-    cells = [GammaSpec(0.0, "0"), GammaSpec(1.0, "0")]
-    found = S.conclude(sweep_rows({"gamma:0:0": good, "gamma:1:0": shiny}), ["gamma:0:0", "gamma:1:0"], cells, 4,
-                       {"baseline": GammaSpec.preset("baseline")})
+def test_the_recommendation_passes_the_class_check_and_says_how_firm_it_is():
+    good = {"lerf_minus_morf": 0.3, "box_share": 0.7, "negative_share": 0.2}
+    shiny = {"lerf_minus_morf": 0.5, "box_share": 0.9, "negative_share": 0.0}
+    middling = {"lerf_minus_morf": 0.4, "box_share": 0.8, "negative_share": 0.1}
+    cells = [GammaSpec(0.0, "0"), GammaSpec(1.0, "0"), GammaSpec(0.5, "0")]
+    names = [c.name for c in cells]
+    rows = sweep_rows({"gamma:0:0": good, "gamma:1:0": shiny, "gamma:0.5:0": middling},
+                      {"gamma:0:0": 0.3, "gamma:1:0": 0.8, "gamma:0.5:0": 0.57})
+    found = S.conclude(rows, names, cells, 12, {"baseline": GammaSpec.preset("baseline")}, patches=49)
     # the class-insensitive cell dominates every objective and still is not recommended
     assert found["class_failed"] == ["gamma:1:0"] and found["front"] == ["gamma:0:0"]
     rec = found["doc"]["recommended"]
     assert rec["method"] == "gamma:0:0" and rec["sanity"]["passes_class_check"]
-    assert rec["sanity"]["class_abs_rho"] == pytest.approx(0.2)
+    assert rec["sanity"]["class_abs_rho"] == pytest.approx(0.31) and rec["sanity"]["class_verdict"] == "pass"
+    assert rec["rule"].startswith("among the cells that pass the class check (5 × chance |ρ| = 0.576)")
     assert found["doc"]["class_check_failed"] == ["gamma:1:0"]
-    rows = S.cell_rows(found["summary"], cells, found["front"], found["sums"], found["class_failed"])
-    assert [r["class_check"] for r in rows] == ["pass", "fail"] and rows[1]["rank_sum"] == ""
-    assert any("1 of 2 cells fail it" in line for line in S.failure_lines(found))
-    # when no cell passes, the best of all is named, and marked as failing
-    found = S.conclude(sweep_rows({"gamma:1:0": shiny}), ["gamma:1:0"], cells[1:], 4, {})
-    assert not found["doc"]["recommended"]["sanity"]["passes_class_check"]
-    assert any("NO cell passes" in line for line in S.failure_lines(found))
+    table = {t["rule"]: t["recommended"] for t in found["doc"]["firmness"]["table"]}
+    # |ρ| 0.575-0.58: its interval holds 0.576, passes below 0.6 and 0.7: the answer depends on the threshold
+    assert table["|ρ| < 0.5"] == "gamma:0:0" and table["|ρ| < 0.6"] == "gamma:0.5:0" == table["|ρ| < 0.7"]
+    assert not found["firmness"]["firm"] and found["firmness"]["line"].startswith("The answer changes with")
+    rows_csv = S.cell_rows(found["summary"], cells, found["front"], found["sums"], found["verdicts"])
+    assert [r["class_check"] for r in rows_csv] == ["pass", "fail", "undecided"] and rows_csv[1]["rank_sum"] == ""
+    assert any("1 of 3 cells fail it" in line for line in S.failure_lines(found))
+    # when no cell passes, the best of all is named, marked as failing, and the rule says so
+    found = S.conclude(sweep_rows({"gamma:1:0": shiny}, {"gamma:1:0": 0.8}), ["gamma:1:0"], cells[1:2], 12, {},
+                       patches=49)
+    rec = found["doc"]["recommended"]
+    assert not rec["sanity"]["passes_class_check"] and "among the cells that pass" not in rec["rule"]
+    assert rec["rule"].startswith("NO cell passes the class check")
+    assert any("NO cell of 1 passes it" in line for line in S.failure_lines(found))
 
 
 def test_a_cell_that_fails_on_every_image_is_reported_not_fatal():
-    rows = sweep_rows({"gamma:0:0": {"class_sensitivity": 0.9}})
+    rows = sweep_rows({"gamma:0:0": {}}, n=4)
     rows += [{"method": "gamma:1:0", "sample_idx": i, "error": "non-finite map: ...", "empty": 0} for i in range(4)]
-    found = S.conclude(rows, ["gamma:0:0", "gamma:1:0"], [GammaSpec(0.0, "0"), GammaSpec(1.0, "0")], 4, {})
+    found = S.conclude(rows, ["gamma:0:0", "gamma:1:0"], [GammaSpec(0.0, "0"), GammaSpec(1.0, "0")], 4, {},
+                       patches=49)
     assert found["failed_cells"] == ["gamma:1:0"] and found["failed"] == [] and found["n_ok"] == 4
     assert found["doc"]["recommended"]["method"] == "gamma:0:0"
-    assert any("gave no finite map on any image" in line and "gamma:1:0" in line for line in S.failure_lines(found))
-    with pytest.raises(UserError, match="no image could be scored in any cell"):
-        S.conclude(rows[4:], ["gamma:1:0"], [GammaSpec(1.0, "0")], 4, {})
+    assert any("scored no image" in line and "gamma:1:0" in line for line in S.failure_lines(found))
+    none = S.conclude(rows[4:], ["gamma:1:0"], [GammaSpec(1.0, "0")], 4, {}, patches=49)
+    assert none["recommended"] is None and none["doc"]["recommended"] is None and "no cell scored" in none["why"]
+
+
+def test_a_sweep_whose_maps_are_all_empty_recommends_nothing():
+    """Empty maps (a zero head): no metric and no ρ is defined; n counts no image, the class check is n/a, not
+    fail, and there is no recommendation."""
+    rows = [{"method": n, "sample_idx": i, "error": "", "empty": 1, **dict.fromkeys(METRICS, math.nan),
+             "class_abs_rho": math.nan, "class_pixel_abs_rho": math.nan} for n in ("gamma:0:0", "gamma:1:0")
+            for i in range(3)]
+    cells = [GammaSpec(0.0, "0"), GammaSpec(1.0, "0")]
+    found = S.conclude(rows, [c.name for c in cells], cells, 3, {}, patches=49)
+    assert found["recommended"] is None and found["doc"]["recommended"] is None
+    assert found["doc"]["class_check_failed"] == [] and found["n_scored"] == 0
+    csv_rows = S.cell_rows(found["summary"], cells, found["front"], found["sums"], found["verdicts"])
+    assert [(r["n_images"], r["class_check"]) for r in csv_rows] == [(0, "n/a"), (0, "n/a")]
+
+
+def write_gamma_file(path, **changes):
+    doc = {"recommended": {"conv_gamma": 1.0, "lin_gamma": "linear:0.5:0", "sanity": {"passes_class_check": True}},
+           "best": {"box_share": {"conv_gamma": 100.0, "lin_gamma": 0.0}}, **changes}
+    path.write_text(json.dumps(doc))
+    return path
 
 
 def test_read_gamma_file(tmp_path):
-    path = tmp_path / "best_gamma.json"
-    path.write_text(json.dumps({"recommended": {"conv_gamma": 1.0, "lin_gamma": "linear:0.5:0"},
-                                "best": {"box_share": {"conv_gamma": 100.0, "lin_gamma": 0.0}}}))
+    path = write_gamma_file(tmp_path / "best_gamma.json")
     assert GammaSpec.from_file(path) == GammaSpec(1.0, "linear:0.5:0")
     assert GammaSpec.from_file(f"{path}#box_share") == GammaSpec(100.0, 0.0)
     with pytest.raises(UserError, match="choose recommended, box_share"):
@@ -190,6 +216,42 @@ def test_read_gamma_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UserError, match="not a readable best_gamma.json"):
         GammaSpec.from_file(tmp_path / "bad.json")
+    (tmp_path / "run#3").mkdir()
+    hashed = write_gamma_file(tmp_path / "run#3" / "best_gamma.json", best=[1, 2])
+    assert GammaSpec.from_file(hashed) == GammaSpec(1.0, "linear:0.5:0")  # a '#' in a path is part of the path
+    with pytest.raises(UserError, match=r"no setting 'box_share' in it \(choose recommended\)"):
+        GammaSpec.from_file(f"{hashed}#box_share")  # "best": [1, 2] is no table of settings: one line, no traceback
+
+
+@pytest.mark.parametrize("doc, words", [
+    ([1, 2], "is not a best_gamma.json (it holds a JSON list, not an object)"),
+    ({"recommended": {"conv_gamma": 1.0}}, "its recommended entry has no lin_gamma (a best_gamma.json written by"),
+    ({"recommended": [1, 2]}, "its recommended entry is not an object with conv_gamma and lin_gamma"),
+    ({"recommended": None, "why": "no cell scored any image"}, "holds no recommendation: the sweep made none (no cell"),
+    ({"recommended": {"conv_gamma": 1.0, "lin_gamma": 0.5, "sanity": {"passes_class_check": False,
+                                                                      "class_verdict": "undecided"}}},
+     "its recommended setting gamma:1:0.5 did not pass the sweep's class check (undecided): its maps may hardly "
+     "depend on the class; set gamma_file_force to true to use it anyway"),
+    ({"recommended": {"conv_gamma": 1.0, "lin_gamma": 0.5}, "checkpoint_sha256": "ab" * 32, "checkpoint": "/x.pt"},
+     "was made for another checkpoint (/x.pt), sha256 abababab, not "),
+])
+def test_a_bad_or_unsafe_gamma_file_is_one_line(tmp_path, doc, words):
+    path = tmp_path / "best_gamma.json"
+    path.write_text(json.dumps(doc))
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    with pytest.raises(UserError) as info:
+        GammaSpec.from_file(path, checkpoint=ckpt)
+    assert words in str(info.value) and "\n" not in str(info.value)
+    if "force" in words:  # the user may insist
+        assert GammaSpec.from_file(path, checkpoint=ckpt, force=True) == GammaSpec(1.0, 0.5)
+
+
+def test_a_gamma_file_of_another_checkpoint_path_is_refused_without_a_hash(tmp_path):
+    path = write_gamma_file(tmp_path / "best_gamma.json", checkpoint=str(tmp_path / "other.pt"))
+    with pytest.raises(UserError, match=f"was made for the checkpoint {tmp_path / 'other.pt'}, not"):
+        GammaSpec.from_file(path, checkpoint=tmp_path / "this.pt")
+    assert GammaSpec.from_file(path, checkpoint=tmp_path / "other.pt") == GammaSpec(1.0, "linear:0.5:0")
 
 
 def test_a_folder_as_gamma_file_is_named_a_folder(tmp_path):
@@ -244,7 +306,7 @@ def test_two_processes_match_one(sweep_run, trained_tiny, tmp_path):
     assert doc["recommended"]["method"] == sweep_run["doc"]["recommended"]["method"] and doc["n_images"] == 8
 
 
-def test_sweep_writes_surfaces_csv_and_best_gamma(sweep_run):
+def test_sweep_writes_surfaces_csv_and_best_gamma(sweep_run, trained_tiny):
     out, doc = sweep_run["out"], sweep_run["doc"]
     for metric in METRICS:
         assert (out / f"surface_{metric}.png").stat().st_size > 0
@@ -256,18 +318,63 @@ def test_sweep_writes_surfaces_csv_and_best_gamma(sweep_run):
     assert all(int(c["n_images"]) == 8 for c in cells)
     assert sum(c["pareto"] == "True" for c in cells) == len(doc["pareto"]) >= 1
     rec = doc["recommended"]
-    assert rec["method"] in doc["pareto"] and rec["rule"] == S.RULE
     by_name = {c["method"]: c for c in cells}
-    passing = [c for c in cells if c["class_check"] == "pass"]
-    assert rec["sanity"]["passes_class_check"] and rec["method"] in [c["method"] for c in passing]
+    passing = [c["method"] for c in cells if c["class_check"] == "pass"]
+    # 8 images: the class check's intervals are wide; the rule says whether any cell passed
+    assert rec["method"] in doc["pareto"] and rec["sanity"]["passes_class_check"] == bool(passing)
+    assert rec["rule"] == S.rule_text(doc["firmness"]["table"][0]["rule"], bool(passing))
+    assert rec["sanity"]["class_verdict"] == by_name[rec["method"]]["class_check"]
     assert sorted(doc["class_check_failed"]) == sorted(c["method"] for c in cells if c["class_check"] == "fail")
-    for metric, best in doc["best"].items():  # the best per metric is the extreme of the cells that pass
-        col = [float(c[metric]) for c in passing if math.isfinite(float(c[metric]))]
+    candidates = [c for c in cells if c["method"] in (passing or by_name)]
+    for metric, best in doc["best"].items():  # the best per metric is the extreme of the candidates
+        col = [float(c[metric]) for c in candidates if math.isfinite(float(c[metric]))]
         assert float(by_name[best["method"]][metric]) == (max if METRICS[metric].higher else min)(col)
     assert doc["n_images"] == 8 and doc["presets"]["baseline"]["in_grid"]
     assert doc["presets"]["aggressive"]["method"] == "gamma:10:1" and doc["presets"]["aggressive"]["in_grid"]
-    assert f"Recommended γ: {rec['method']}" in sweep_run["stdout"]
-    assert "Maps: " in sweep_run["stdout"] and "metrics: " in sweep_run["stdout"]
+    assert [t["rule"] for t in doc["firmness"]["table"]] == ["5 × chance |ρ| = 0.576", "|ρ| < 0.5", "|ρ| < 0.6",
+                                                             "|ρ| < 0.7", "paired: not above input_x_gradient or "
+                                                             "gradient"]
+    assert doc["class_check"]["patches"] == 49 and set(doc["class_check"]["baselines"]) == {"input_x_gradient",
+                                                                                            "gradient"}
+    from vitlrp.identity import file_sha256
+
+    assert doc["checkpoint_sha256"] == file_sha256(trained_tiny["checkpoint"])
+    with open(out / "per_image.csv", newline="") as fh:
+        per_image = list(csv.DictReader(fh))
+    assert {r["method"] for r in per_image} == set(by_name) | {"input_x_gradient", "gradient"}
+    assert all(0 <= float(r["class_abs_rho"]) <= 1 for r in per_image)
+    stdout = sweep_run["stdout"]
+    assert f"Recommended γ: {rec['method']}" in stdout and doc["firmness"]["line"] in stdout
+    assert "Maps: " in stdout and "metrics: " in stdout
+
+
+def test_a_gamma_file_that_failed_the_class_check_is_refused_unless_forced(sweep_run, trained_tiny, tmp_path):
+    """The sweep's file with its recommendation marked as failing the class check (as a sweep where no cell passes
+    writes it) is refused in one line by every script that reads it, sanity_checks.py included, until
+    --gamma-file-force true; a passing one is refused for another checkpoint."""
+    doc = json.loads(json.dumps(sweep_run["doc"]))
+    doc["recommended"]["sanity"]["passes_class_check"] = False
+    path = tmp_path / "best_gamma.json"
+    path.write_text(json.dumps(doc))
+    common = ("--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root", trained_tiny["dataset_root"],
+              "--num-workers", 0, "--device", "cpu", "--gamma-file", path)
+    code, _, err = run_script_inprocess("test_vit_forward", *common, "--output-dir", tmp_path / "h")
+    assert code == 2 and len(error_lines(err)) == 1 and "did not pass the sweep's class check" in error_lines(err)[0]
+    assert "set GAMMA_FILE_FORCE to true" in error_lines(err)[0] and not (tmp_path / "h").exists()
+    flags = ("--num-images", 2, "--methods", "input_x_gradient", "--draws", 0, "--noise-samples", 0,
+             "--figure-images", 0, "--output-dir", tmp_path / "s")
+    code, _, err = run_script_inprocess("sanity_checks", *common, *flags)
+    assert code == 2 and "did not pass the sweep's class check" in error_lines(err)[0]
+    code, stdout, err = run_script_inprocess("sanity_checks", *common, *flags, "--gamma-file-force", "true")
+    assert code == 0, err[-2000:]
+    assert f"GAMMA_FILE {path}: its γ is {doc['recommended']['method']}, added to METHODS" in stdout
+    checked = json.loads((tmp_path / "s" / "summary.json").read_text())["verdicts"]
+    assert set(checked) == {"input_x_gradient", doc["recommended"]["method"]}
+    doc["recommended"]["sanity"]["passes_class_check"] = True
+    path.write_text(json.dumps(doc))
+    code, _, err = run_script_inprocess("evaluate_lrp", "--checkpoint-path", trained_tiny["last"], *common[2:],
+                                        "--output-dir", tmp_path / "e")
+    assert code == 2 and "was made for another checkpoint" in error_lines(err)[0] and not (tmp_path / "e").exists()
 
 
 def test_sweep_cells_equal_evaluate_lrp_on_the_same_images(sweep_run, trained_tiny, tmp_path):
@@ -276,8 +383,8 @@ def test_sweep_cells_equal_evaluate_lrp_on_the_same_images(sweep_run, trained_ti
     code, _, err = run_script_inprocess(
         "evaluate_lrp", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root", trained_tiny["dataset_root"],
         "--num-images", 8, "--batch-size", 4, "--num-workers", 0, "--device", "cpu", "--perturb-steps", 3,
-        "--methods", "gamma:0:linear:1:0", "--gamma-file", sweep_run["out"] / "best_gamma.json", "--reference", "",
-        "--output-dir", tmp_path)
+        "--methods", "gamma:0:linear:1:0", "--gamma-file", sweep_run["out"] / "best_gamma.json", "--gamma-file-force",
+        "true", "--reference", "", "--output-dir", tmp_path)
     assert code == 0, err[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())["methods"]
     with open(sweep_run["out"] / "cells.csv", newline="") as fh:
@@ -296,7 +403,8 @@ def test_best_gamma_file_drives_the_heatmap_script(sweep_run, trained_tiny, tmp_
         code, stdout, err = run_script_inprocess(
             "test_vit_forward", "--checkpoint-path", trained_tiny["checkpoint"], "--dataset-root",
             trained_tiny["dataset_root"], "--num-samples", 2, "--num-workers", 0, "--device", "cpu",
-            "--gamma-file", f"{sweep_run['out'] / 'best_gamma.json'}{pick}", "--output-dir", out)
+            "--gamma-file", f"{sweep_run['out'] / 'best_gamma.json'}{pick}", "--gamma-file-force", "true",
+            "--output-dir", out)
         assert code == 0, err[-3000:]
         config = json.loads((out / "config.json").read_text())
         assert (config["conv_gamma"], config["lin_gamma"]) == (entry["conv_gamma"], entry["lin_gamma"])

@@ -4,8 +4,8 @@ UserError line naming the setting, which the script words as its constant (:func
 from .batch import check_target_mode
 from .errors import UserError
 from .families import family_of
-from .gamma import schedule_values
-from .methods import MethodSettings
+from .gamma import GammaSpec, schedule_values
+from .methods import MethodSettings, parse_method
 from .runtime import DTYPES
 
 
@@ -52,6 +52,10 @@ def check_perturb_steps_fit(steps, model):
     """More MoRF/LeRF steps than the model has patches would repeat curve points and only cost time."""
     family = family_of(model)
     patches = (family.image_size(model) // family.patch_size(model)) ** 2
+    if patches < 2:
+        raise UserError(f"the model sees each image as {patches} patch: the perturbation metrics remove patches in "
+                        "the order of their relevance and need at least 2 (use a model with a smaller patch size or "
+                        "a larger image size)")
     if steps > patches:
         raise UserError(f"perturb_steps must be at most the number of patches ({patches}), got {steps}",
                         setting="perturb_steps")
@@ -63,3 +67,18 @@ def check_schedules_fit(named_schedules, model):
     blocks = max(len(family_of(model).blocks(model)), 1)
     for name, spec in named_schedules:
         schedule_values(spec, blocks, name)
+
+
+def add_gamma_file(cfg, chosen, word=str.upper):
+    """``chosen`` methods plus the γ of ``gamma_file`` (checked by :meth:`~vitlrp.gamma.GammaSpec.from_file` against
+    ``checkpoint_path``, unless ``gamma_file_force``), and the line saying what it added (settings named by
+    ``word``: the script's constants); unchanged, and no line, without a file."""
+    path = setting(cfg, "gamma_file", "")
+    if not path:
+        return chosen, ""
+    extra = parse_method(GammaSpec.from_file(path, checkpoint=setting(cfg, "checkpoint_path"),
+                                             force=setting(cfg, "gamma_file_force", False)).name)
+    same = [m.name for m in chosen if m.identity() == extra.identity()]
+    line = f"{word('gamma_file')} {path}: its γ is {extra.name}" + (
+        f", already in {word('methods')} as {same[0]}" if same else f", added to {word('methods')}")
+    return chosen + ([] if same else [extra]), line

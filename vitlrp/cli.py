@@ -261,6 +261,8 @@ FIXES = {
     "archive_by_hand": "download CUB_200_2011.tgz by hand and pass --archive PATH",
     "skip_md5": "pass --expected-md5 '' to skip the check",
     "drop_archive": "or drop --archive to keep this one",
+    "permute_labels": "`python scripts/train_vit_cub.py --permute-labels true` with the real model's other settings "
+                      "(`make data-randomization` does it for the demo)",
 }
 
 

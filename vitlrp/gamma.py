@@ -193,34 +193,34 @@ class GammaSpec:
         raise UserError(f"{value!r} is no γ setting: give a GammaSpec, a name, a (conv, lin) pair or a dict")
 
     @classmethod
-    def from_file(cls, spec, what="gamma_file"):
+    def from_file(cls, spec, what="gamma_file", checkpoint=None, force=False):
         """The setting of ``best_gamma.json`` (written by the γ sweep); ``path#metric`` takes that metric's best cell
-        instead of the recommended one. ``what``: the caller's name of the file (the errors' setting)."""
-        path, _, pick = str(spec).partition("#")
-        if Path(path).is_dir():
-            inside = " (it holds one: pass that file)" if (Path(path) / "best_gamma.json").is_file() else ""
-            raise UserError(f"{what} {path} is a folder, not a best_gamma.json file{inside}", setting=what)
+        instead of the recommended one (a path that is itself a file keeps its ``#``). ``what``: the caller's name
+        of the file (the errors' setting).
+
+        Refused in one line, unless ``force``: a setting that did not pass the sweep's class check, and a file made
+        for another checkpoint than ``checkpoint`` (its content hash, or its path for a file that records none)."""
+        path, pick = _split_pick(spec)
+        doc = _read_gamma_doc(path, what)
+        entry, label = _pick_entry(doc, path, pick, what)
         try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{what} {path} does not exist", fix="gamma_file", setting=what) from None
-        except (OSError, ValueError) as err:
-            raise UserError(f"{what} {path} is not a readable best_gamma.json ({err})", setting=what) from None
-        try:
-            entry = doc["recommended"] if pick in ("", "recommended") else doc["best"][pick]
             conv, lin = entry["conv_gamma"], entry["lin_gamma"]
-        except (KeyError, TypeError):
-            choices = ", ".join(["recommended", *doc.get("best", {})]) if isinstance(doc, dict) else "recommended"
-            raise UserError(f"{what} {spec}: no setting {pick or 'recommended'!r} in it (choose {choices})",
-                            setting=what) from None
-        return cls(check_gamma(f"{what} conv_gamma", conv), lin_gamma_value(lin, f"{what} lin_gamma"))
+        except KeyError as err:
+            raise UserError(f"{what} {path}: its {label} entry has no {err.args[0]} (a best_gamma.json written by "
+                            "the sweep gives conv_gamma and lin_gamma)", setting=what) from None
+        spec_ = cls(check_gamma(f"{what} conv_gamma", conv), lin_gamma_value(lin, f"{what} lin_gamma"))
+        if not force:
+            _refuse_unchecked(doc, entry, label, path, what, spec_)
+            _refuse_other_model(doc, path, what, checkpoint)
+        return spec_
 
     @classmethod
     def choose(cls, settings, given=()):
         """The setting a run asks for, and which settings chose it (a :class:`GammaChoice`).
 
         ``settings``: ``gamma_file``, ``preset``, ``conv_gamma``, ``lin_gamma``, ``lin_gamma_schedule`` and
-        ``gamma_attention`` (missing ones count as unset); ``given``: the names set explicitly (not left at their
+        ``gamma_attention`` (missing ones count as unset), and for the file's checks (:meth:`from_file`)
+        ``checkpoint_path`` and ``gamma_file_force``; ``given``: the names set explicitly (not left at their
         default). ``gamma_file`` or ``preset`` set both γ; else ``conv_gamma`` with ``lin_gamma_schedule`` or
         ``lin_gamma``. Two of them setting the same γ at once is refused (one line), never resolved silently.
         """
@@ -236,8 +236,8 @@ class GammaSpec:
                                 setting=("gamma_file", "preset", "conv_gamma", "lin_gamma", "lin_gamma_schedule"))
         attention = bool(get("gamma_attention"))
         if get("gamma_file"):
-            return GammaChoice(cls.from_file(get("gamma_file")).with_attention(attention), ("gamma_file",),
-                               get("gamma_file"))
+            spec = cls.from_file(get("gamma_file"), checkpoint=get("checkpoint_path"), force=get("gamma_file_force"))
+            return GammaChoice(spec.with_attention(attention), ("gamma_file",), get("gamma_file"))
         if get("preset"):
             return GammaChoice(cls.preset(get("preset"), attention), ("preset",), get("preset"))
         conv = check_gamma("conv_gamma", get("conv_gamma", 1.0))
@@ -246,6 +246,82 @@ class GammaSpec:
             return GammaChoice(cls(conv, lin, attention), ("conv_gamma", "lin_gamma_schedule"))
         return GammaChoice(cls(conv, check_gamma("lin_gamma", get("lin_gamma", 0.5)), attention),
                            ("conv_gamma", "lin_gamma"))
+
+
+def _split_pick(spec):
+    """``(path, metric)`` of ``path#metric``; a path that exists as given keeps its ``#``."""
+    text = str(spec)
+    if "#" not in text or Path(text).exists():
+        return text, ""
+    path, _, pick = text.rpartition("#")
+    return path, pick
+
+
+def _read_gamma_doc(path, what):
+    if Path(path).is_dir():
+        inside = " (it holds one: pass that file)" if (Path(path) / "best_gamma.json").is_file() else ""
+        raise UserError(f"{what} {path} is a folder, not a best_gamma.json file{inside}", setting=what)
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist", fix="gamma_file", setting=what) from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"{what} {path} is not a readable best_gamma.json ({err})", setting=what) from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{what} {path} is not a best_gamma.json (it holds a JSON {type(doc).__name__}, not an "
+                        "object)", setting=what)
+    return doc
+
+
+def _pick_entry(doc, path, pick, what):
+    """The entry a pick names (``''``: the recommendation) and how to name it in messages."""
+    best = doc.get("best") if isinstance(doc.get("best"), dict) else {}
+    if pick in ("", "recommended"):
+        entry = doc.get("recommended")
+        if entry is None and "recommended" in doc:
+            why = doc.get("why") if isinstance(doc.get("why"), str) else "see the sweep's console"
+            raise UserError(f"{what} {path} holds no recommendation: the sweep made none ({why})", setting=what)
+        label = "recommended"
+    else:
+        entry, label = best.get(pick), f"best {pick!r}"
+        if entry is None:
+            choices = ", ".join(["recommended", *best])
+            raise UserError(f"{what} {path}#{pick}: no setting {pick!r} in it (choose {choices})", setting=what)
+    if not isinstance(entry, dict):
+        raise UserError(f"{what} {path}: its {label} entry is not an object with conv_gamma and lin_gamma (a "
+                        "best_gamma.json written by the sweep has one)", setting=what)
+    return entry, label
+
+
+def _refuse_unchecked(doc, entry, label, path, what, spec):
+    """A setting the sweep's class check did not pass is refused (the file says so of each entry it holds)."""
+    sanity = entry.get("sanity") if isinstance(entry.get("sanity"), dict) else {}
+    passed = entry.get("passes_class_check", sanity.get("passes_class_check"))
+    if passed is False:
+        word = sanity.get("class_verdict") or entry.get("class_verdict") or "fail"
+        raise UserError(f"{what} {path}: its {label} setting {spec.name} did not pass the sweep's class check "
+                        f"({word}): its maps may hardly depend on the class; set gamma_file_force to true to use it "
+                        "anyway", setting=(what, "gamma_file_force"))
+
+
+def _refuse_other_model(doc, path, what, checkpoint):
+    """A file made for another checkpoint (by content hash, else by path) is refused."""
+    if not checkpoint or not str(checkpoint):
+        return
+    from .identity import file_sha256, short
+
+    made_for, recorded = doc.get("checkpoint_sha256"), doc.get("checkpoint")
+    now = file_sha256(checkpoint)
+    if isinstance(made_for, str) and now and made_for != now:
+        other = f" ({recorded})" if isinstance(recorded, str) else ""
+        raise UserError(f"{what} {path} was made for another checkpoint{other}, sha256 {short(made_for)}, not "
+                        f"{checkpoint} ({short(now)}): sweep this checkpoint, or set gamma_file_force to true to "
+                        "use it anyway", setting=(what, "gamma_file_force"))
+    if not isinstance(made_for, str) and isinstance(recorded, str) and recorded \
+            and Path(recorded).resolve() != Path(checkpoint).resolve():
+        raise UserError(f"{what} {path} was made for the checkpoint {recorded}, not {checkpoint}: sweep this "
+                        "checkpoint, or set gamma_file_force to true to use it anyway",
+                        setting=(what, "gamma_file_force"))
 
 
 @dataclass(frozen=True)

@@ -152,8 +152,9 @@ def gamma_surface(values, cis, convs, rows, metric, best, marks, path):
                 if np.isfinite(cis[r][c]) else f"{v[r, c]:.3f}"
             ax.text(c, r, text, ha="center", va="center", fontsize=7.5, color="white",
                     path_effects=_outline())
-    r, c = best
-    ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
+    if best is not None:  # a sweep whose maps are all empty has no best cell
+        r, c = best
+        ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
     for label, (r, c) in marks.items():
         ax.text(c + 0.45, r - 0.42, label, ha="right", va="top", fontsize=7.5, color="orange",
                 path_effects=_outline())
@@ -298,11 +299,16 @@ def forest_plot(rows, path):
     _save(fig, path, dpi=110)
 
 
-def sanity_curves(summary, steps, thresholds, path):
-    """Similarity of each method's original map to the map after each randomization step (mean and 95% interval),
-    one panel per measure; ``thresholds``: measure → the verdict's line drawn on that panel."""
+SANITY_PANELS = ("abs_spearman", "pixel_abs_spearman", "spearman", "ssim")  # the measures sanity_curves draws
+
+
+def sanity_curves(summary, steps, thresholds, path, test="randomization",
+                  title="cascading randomization, head first (left) to everything randomized (right)"):
+    """Similarity of each method's original map to the map after each randomization step of ``test`` (mean and 95%
+    interval), one panel per measure of :data:`SANITY_PANELS`; ``thresholds``: measure → the verdict's line drawn on
+    that panel."""
     plt = _plt()
-    measures = list(dict.fromkeys(r["measure"] for r in summary))
+    measures = [m for m in SANITY_PANELS if any(r["measure"] == m and r["test"] == test for r in summary)]
     methods = list(dict.fromkeys(r["method"] for r in summary))
     cols = 2
     fig, axes = plt.subplots(math.ceil(len(measures) / cols), cols, figsize=(12, 3.8 * math.ceil(len(measures) / 2)),
@@ -310,20 +316,19 @@ def sanity_curves(summary, steps, thresholds, path):
     x = list(range(len(steps)))
     for ax, measure in zip(axes.flat, measures):
         for method in methods:
-            mine = {r["step"]: r for r in summary if (r["method"], r["test"], r["measure"]) == (method, "randomization",
-                                                                                                measure)}
+            mine = {r["step"]: r for r in summary if (r["method"], r["test"], r["measure"]) == (method, test, measure)}
             mean = [mine[s]["mean"] if s in mine else math.nan for s in steps]
             half = [mine[s]["ci95"] if s in mine and math.isfinite(mine[s]["ci95"]) else 0.0 for s in steps]
             ax.errorbar(x, mean, yerr=half, marker="o", ms=3, capsize=2, label=method)
         if measure in thresholds:
             ax.axhline(thresholds[measure], color="0.3", ls="--", lw=1)
         ax.set_xticks(x, steps, rotation=45, ha="right", fontsize=8)
-        signed = measure in ("spearman", "spearman_of_abs")  # ρ may be negative; |ρ| and SSIM of |maps| hardly
+        signed = measure in ("spearman", "pixel_spearman")  # ρ may be negative; |ρ| and SSIM of |maps| hardly
         note = "\n(dashed: the verdict's threshold, read at the last step)" if measure in thresholds else ""
         ax.set(title=f"{measure}: original map vs randomized model's{note}", ylim=(-1.02 if signed else -0.02, 1.02))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(measures):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle("cascading randomization, head first (left) to everything randomized (right)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     _save(fig, path, dpi=110)

@@ -92,22 +92,37 @@ def sanity_section(folder, title="Sanity checks"):
         return missing
     by_key = {(r["method"], r["test"], r["step"], r["measure"]): r for r in doc["summary"]}
     steps = list(dict.fromkeys(r["step"] for r in doc["summary"] if r["test"] == "randomization"))
-    header = ["method", "|ρ| runner-up", "|ρ| random class", "class check", f"|ρ| after {steps[0] if steps else '-'}",
-              "|ρ| all randomized", "randomization check", "noise ρ", "noise SSIM"]
+    header = ["method", "|ρ| other classes (patch / pixel)", "class check", "paired", "|ρ| all randomized (patch / "
+              "pixel)", "randomization check", "paired (independent)", "|ρ| independent", "eMPRT", "sMPRT",
+              "noise ρ"]
     rows = []
     for method, v in doc["verdicts"].items():
         def get(test, step="", measure="abs_spearman"):
             return _ci(by_key.get((method, test, step, measure)))
 
-        rows.append([method, get("class_runner_up"), get("class_random"), _verdict(v["class"]),
-                     get("randomization", steps[0]) if steps else "n/a", get("randomization", steps[-1]) if steps
-                     else "n/a", _verdict(v["randomization"]), get("noise", measure="spearman"),
-                     get("noise", measure="ssim")])
-    t = doc.get("thresholds", {})
-    notes = [f"|ρ|: Spearman's ρ of the per-patch sums, absolute; a check passes below its threshold (class "
-             f"{t.get('class')}, randomization {t.get('randomization')}); ? marks a verdict whose 95% interval holds "
-             f"the threshold. Noise: σ = {doc.get('noise', {}).get('std')} on the model input, "
-             f"{doc.get('noise', {}).get('copies_per_image')} copies per image."]
+        independent = [r["mean"] for k, r in by_key.items() if k[0] == method and k[1] == "randomization_independent"
+                       and k[3] == "abs_spearman" and math.isfinite(r["mean"])]
+        rows.append([method, f"{get('class_others')} / {get('class_others', measure='pixel_abs_spearman')}",
+                     _verdict(v["class"]), _paired(v.get("class_paired")),
+                     f"{get('randomization', steps[-1])} / {get('randomization', steps[-1], 'pixel_abs_spearman')}"
+                     if steps else "n/a", _verdict(v["randomization"]), _paired(v.get("randomization_paired")),
+                     _num(sum(independent) / len(independent)) if independent else "n/a",
+                     get("emprt", measure="entropy_rise"), get("smprt", measure="pixel_spearman_of_abs"),
+                     get("noise", measure="spearman")])
+    t, chance = doc.get("thresholds", {}), doc.get("chance", {})
+    notes = [f"|ρ|: Spearman's ρ, absolute, of the per-patch sums / of the pixels; mean ± 95% interval over "
+             f"{doc.get('n_images', '?')} images (class: the mean over the other classes first) and, after "
+             f"randomization, over {doc.get('n_randomized', '?')} images × weight draws. A check passes when the "
+             f"interval lies below its threshold at both levels, fails when it lies above at one, else undecided "
+             f"(class {_num(t.get('class'))}, randomization {_num(t.get('randomization'))}: "
+             f"{t.get('class_multiple', '?')} × the chance |ρ| {_num(chance.get('analytic'))} of "
+             f"{chance.get('patches', '?')} patches; `random` measured {_num(chance.get('measured'))}).",
+             f"Paired: against {', '.join(doc.get('baselines', [])) or 'the gradient baselines'} on the same images "
+             "and classes (Wilcoxon, Holm): fail when significantly above every baseline, pass when above none. "
+             "eMPRT: the rise of the map's entropy once every parameter is randomized (higher: the map depended on "
+             f"them); sMPRT: ρ of the noise-smoothed absolute maps before and after. Noise: σ = "
+             f"{doc.get('noise', {}).get('std')} on the model input, {doc.get('noise', {}).get('copies_per_image')} "
+             "copies per image."]
     return Section(title, f"{Path(folder) / 'summary.json'}", doc.get("config", {}).get("command", ""), header, rows,
                    notes)
 
@@ -118,24 +133,39 @@ def _verdict(check):
     return ("**fail**" if v.word == "fail" else v.word) + ("?" if v.borderline else "")
 
 
+def _paired(check):
+    return _verdict(check) if isinstance(check, dict) and "verdict" in check else "n/a"
+
+
 def sweep_section(folder, title="Which γ: the sweep"):
     doc, missing = _read(Path(folder) / "best_gamma.json", title)
     if missing:
         return missing
     rec = doc["recommended"]
-    header = ["", "cell", "class check", "Pareto", "rank sum", "LeRF − MoRF", "box share", "negative share"]
-    rows = [["recommended", rec["method"], "pass" if rec.get("sanity", {}).get("passes_class_check") else "**fail**",
-             "yes", rec["rank_sum"], *(_num(rec["scores"][m]["mean"]) for m in
-                                       ("lerf_minus_morf", "box_share", "negative_share"))]]
+    if not rec:
+        return Section(title, missing=f"the sweep made no recommendation ({doc.get('why') or 'see its console'})")
+    header = ["", "cell", "class check", "class |ρ| patch / pixel", "Pareto", "rank sum", "LeRF − MoRF", "box share",
+              "negative share"]
+    sanity = rec.get("sanity", {})
+    rows = [["recommended", rec["method"], sanity.get("class_verdict") or ("pass" if sanity.get("passes_class_check")
+                                                                          else "**fail**"),
+             f"{_num(sanity.get('class_abs_rho'))} / {_num(sanity.get('class_pixel_abs_rho'))}", "yes",
+             rec["rank_sum"], *(_num(rec["scores"][m]["mean"]) for m in ("lerf_minus_morf", "box_share",
+                                                                        "negative_share"))]]
     for preset, p in doc.get("presets", {}).items():
         if p.get("in_grid"):
-            rows.append([preset, p["method"], p.get("class_check", ""), "yes" if p.get("pareto") else "no",
+            rows.append([preset, p["method"], p.get("class_check", ""), "", "yes" if p.get("pareto") else "no",
                          p.get("rank_sum", ""), *(_num(p.get(m)) for m in
                                                   ("lerf_minus_morf", "box_share", "negative_share"))])
     failed = doc.get("class_check_failed", [])
     shown = ", ".join(failed[:8]) + (f" and {len(failed) - 8} more (cells.csv)" if len(failed) > 8 else "")
     notes = [f"Rule: {rec['rule']}.", f"{len(failed)} cell(s) fail the class check"
              + (f": {shown}." if failed else ".")]
+    firmness = doc.get("firmness") or {}
+    if firmness.get("table"):
+        notes.append("How firm the answer is — the recommended cell under each class-check rule: " + "; ".join(
+            f"{t['rule']}: {t['recommended'] or 'none'} ({t['candidates']} cells pass)" for t in firmness["table"])
+            + (". The answer does not change." if firmness.get("firm") else ". **The answer changes with the rule.**"))
     return Section(title, f"{Path(folder) / 'best_gamma.json'}", doc.get("config", {}).get("command", ""), header,
                    rows, notes)
 

@@ -38,6 +38,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the explaining scrip
 # the key of each kind of per-image draw (image_seed's third number), so that no two kinds share a seed; the
 # tie-breaks between patches of equal relevance take the image's seed without a key
 ROAD_NOISE_KEY, OTHER_CLASS_KEY, INPUT_NOISE_KEY, FRESH_DRAW_KEY, RANDOM_MAP_KEY, SMOOTHGRAD_KEY = 1, 2, 3, 4, 5, 6
+CLASS_SET_KEY, WEIGHT_DRAW_KEY, SMOOTHING_NOISE_KEY = 7, 8, 9  # the sanity checks' classes, weights, sMPRT noise
 
 
 def image_seed(seed, sample_idx, *more):

@@ -131,3 +131,42 @@ def paired_table(scores, reference, metrics, n_boot=10000, seed=0, alpha=ALPHA):
             row["significant"] = bool(p < alpha) and row["agrees"]
         rows += block
     return rows
+
+
+def t_interval(values, level=0.95):
+    """``(mean, half-width, n)`` of the finite ``values``: Student's t interval of the mean over the units (images)
+    the values belong to, one value per unit. The half-width is NaN for fewer than two values (no spread to go by),
+    the mean NaN for none."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n < 2:
+        return float(v.mean()), math.nan, 1
+    sd = float(v.std(ddof=1))
+    return float(v.mean()), float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n), n
+
+
+def crossed_interval(matrix, n_boot=2000, seed=0, level=0.95):
+    """``(mean, half-width, n)`` of the grand mean of a ``[units, draws]`` matrix whose two factors are both random
+    (images and weight draws): a bootstrap that resamples the rows and the columns independently, each resample's
+    mean, their standard deviation as the standard error, and the normal interval ``± z · SE``. Rows holding a NaN
+    are left out; ``n`` counts the rows kept. With one column it is :func:`t_interval` of the rows (there is no draw
+    to resample); the half-width is NaN for fewer than two rows."""
+    from scipy.stats import norm
+
+    m = np.asarray(matrix, dtype=np.float64).reshape(len(matrix), -1)
+    m = m[np.isfinite(m).all(1)] if m.size else m
+    n, d = m.shape
+    if d <= 1 or n < 2:
+        mean, half, n = t_interval(m[:, 0] if d else [])
+        return mean, (half if n >= 2 else math.nan), n
+    rng = np.random.default_rng(seed)
+    # a resample's mean is w_rowsᵀ · m · w_cols, with each weight the share of the resample that drew that row/column
+    w_rows = rng.multinomial(n, np.full(n, 1 / n), size=n_boot) / n
+    w_cols = rng.multinomial(d, np.full(d, 1 / d), size=n_boot) / d
+    means = np.einsum("bi,ij,bj->b", w_rows, m, w_cols)
+    return float(m.mean()), float(norm.ppf(0.5 + level / 2) * means.std(ddof=1)), n

@@ -31,8 +31,9 @@ class Verdict:
 
 
 def read_verdict(check):
-    """The :class:`Verdict` of one entry of summary.json's ``verdicts[method]`` (``{"passed": bool | None,
-    "borderline", "abs_spearman", "ci95"}``; a ``verdict`` word, where given, wins)."""
+    """The :class:`Verdict` of one entry of summary.json's ``verdicts[method]``: its ``verdict`` word (pass, fail,
+    undecided, n/a: the sanity checks' verdicts from 95% intervals), the patch level's ``abs_spearman`` and ``ci95``;
+    files of older runs give ``{"passed": bool | None, "borderline"}`` instead."""
     if not isinstance(check, dict):
         return Verdict()
     word = check.get("verdict")
@@ -140,9 +141,14 @@ def _from_sweep(sweep_doc, checked):
     score = _mean_ci((rec.get("scores") or {}).get(HEADLINE) if isinstance(rec.get("scores"), dict) else None)[0]
     if score is None:
         return None, f"the γ sweep's pick {rec['method']} has no faithfulness score (empty maps?)"
+    pixel = _finite(sanity.get("class_pixel_abs_rho"))
     why = [f"From the γ sweep ({sweep_doc.get('n_images', '?')} images, {len(sweep_doc.get('pareto') or [])} "
            f"Pareto-optimal cells): {rec.get('rule', '')}.",
-           f"LeRF − MoRF {score:.3f}; class check passed (|ρ| {_text(sanity.get('class_abs_rho'))})."]
+           f"LeRF − MoRF {score:.3f}; class check passed (|ρ| {_text(sanity.get('class_abs_rho'))}"
+           + (f", pixel level {_text(pixel)}" if pixel is not None else "") + ")."]
+    firmness = sweep_doc.get("firmness") if isinstance(sweep_doc.get("firmness"), dict) else {}
+    if firmness.get("firm") is False and isinstance(firmness.get("line"), str):
+        why.append(firmness["line"])  # the one line saying that the answer changes with the threshold
     randomization = (_lookup(checked, rec["method"]) or {}).get("randomization")
     why.append(f"Randomization check of this setting: {randomization.text()}." if randomization else
                "The sweep checks the class dependence only; the randomization check has not been run on this "

@@ -1,6 +1,13 @@
-"""Gradient methods on the plain model: Input×Gradient, Integrated Gradients and SmoothGrad (both Captum's).
+"""Gradient methods on the plain model: Input×Gradient, the plain gradient, Integrated Gradients and SmoothGrad (both
+Captum's).
 
 - ``input_x_gradient``: the input times the gradient of the target logit, summed over colour channels.
+- ``gradient``: the gradient of the target logit itself, summed over colour channels (signed saliency, Simonyan et
+  al. 2014): the sanity checks' second gradient baseline, whose map for each class is that class's gradient with no
+  factor shared by every class (Input×Gradient's ``x``).
+
+Both serve several choices of class from one forward (:meth:`PlainGradient.attribute_many`): the class check asks
+for the maps of many classes of each image.
 - ``integrated_gradients``: Captum's IntegratedGradients from an all-zero baseline (after normalisation: the
   dataset's mean colour), ``MethodSettings.ig_steps`` Gauss-Legendre steps, summed over colour channels.
 - ``smoothgrad``: Captum's NoiseTunnel over Saliency (``|∇|``), ``MethodSettings.smoothgrad_samples`` noisy copies
@@ -13,7 +20,7 @@ import torch
 
 from ..families import forward_logits
 from ..preprocess import IMAGENET_STD
-from ..protocol import Method, input_times_grad, plain_logits_and_targets, target_index
+from ..protocol import Attribution, Method, input_times_grad, plain_logits_and_targets, target_index
 from ..runtime import SMOOTHGRAD_KEY, image_seed
 from .registry import register
 
@@ -33,10 +40,50 @@ def input_x_gradient(model, images, target=None):
     return logits.detach().float(), input_times_grad(x, grad)
 
 
-@register("input_x_gradient", "gradients", "input times the gradient of the explained logit (plain model)")
-class InputXGradient(Method):
+class PlainGradient(Method):
+    """A map from the gradient of the explained logit on the plain model (:meth:`from_gradient`), one forward for
+    every choice of classes."""
+
+    @staticmethod
+    def from_gradient(x, grad):
+        raise NotImplementedError
+
     def compute(self, x, target, ids):
-        return input_x_gradient(self.model, x, target)
+        (one,) = self._maps(x, [target])
+        return one
+
+    def attribute_many(self, x, targets, ids=None):
+        """One forward, then one backward per choice of classes in ``targets`` (the graph kept between them)."""
+        param = next(self.model.parameters())
+        x = x.to(param.device, param.dtype)
+        return [Attribution(logits.detach().float(), rel.detach().float(), target_index(logits, t).reshape(-1))
+                for t, (logits, rel) in zip(targets, self._maps(x, targets))]
+
+    def _maps(self, images, targets):
+        x = images.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(x)
+            out = []
+            for k, t in enumerate(targets):
+                (grad,) = torch.autograd.grad(logits.gather(1, target_index(logits, t)).sum(), x,
+                                              retain_graph=k < len(targets) - 1)
+                out.append((logits, self.from_gradient(x, grad)))
+        return out
+
+
+@register("input_x_gradient", "gradients", "input times the gradient of the explained logit (plain model)")
+class InputXGradient(PlainGradient):
+    @staticmethod
+    def from_gradient(x, grad):
+        return input_times_grad(x, grad)
+
+
+@register("gradient", "gradients", "the gradient of the explained logit, summed over colour channels (signed "
+          "saliency; plain model)")
+class Gradient(PlainGradient):
+    @staticmethod
+    def from_gradient(x, grad):
+        return grad.float().sum(1)
 
 
 @register("integrated_gradients", "gradients", "Captum's Integrated Gradients from the mean-colour image (ig_steps "

@@ -1,4 +1,19 @@
-"""Cascading top-down randomization (Adebayo et al. 2018) of a ViT's parameters (the steps are the family's).
+"""Randomization of a model's parameters (Adebayo et al. 2018) in three orders, over seeded weight draws;
+the steps are the model family's.
+
+Orders (:data:`ORDERS`), each a list of states built on :func:`randomization_steps` and :func:`step_parameters`:
+
+- ``top_down``: the cascade from the head down (``head``, ``block_{L-1}`` … ``block_0``, ``embedding``), each step
+  randomizing one more part; Adebayo's order;
+- ``bottom_up``: the cascade from the embedding up; Hedström et al. 2023 recommend it, because a cascade that
+  starts at the head destroys the output first and hides how much each lower part matters;
+- ``independent``: one step at a time, the rest intact. Relevance in a ViT flows along the residual path, so a map
+  that survives the randomization of one block shows that block's parameters barely shape it.
+
+States that two orders share (the head alone; the embedding alone; everything) are computed once
+(:func:`plan`). :class:`Randomizer` moves one copy of the model from state to state, redrawing or restoring only
+the parts that change; a draw's values depend on its seed and the parameter's name only, so every state of one
+draw sees the same random values.
 
 Randomization of a parameter (:func:`randomize_parameters`): every parameter of a step, whatever module holds it
 (the attention's ``in_proj_weight``/``in_proj_bias``, the class token, the position embedding, the LayerNorms),
@@ -51,6 +66,61 @@ def randomize_parameters(named, seed):
         mean = mean if math.isfinite(mean) else 0.0
         draw = torch.randn(p.shape, generator=torch.Generator().manual_seed(_param_seed(seed, name)))
         p.copy_((mean + std * draw.double()).to(p.device, p.dtype))
+
+
+ORDERS = ("top_down", "bottom_up", "independent")
+TESTS = {"top_down": "randomization", "bottom_up": "randomization_bottom_up",
+         "independent": "randomization_independent"}  # the sanity checks' test name of each order
+
+
+def order_states(model, order):
+    """``[(step, set of the steps randomized)]`` of one order (:data:`ORDERS`), named by the step each state adds."""
+    steps = randomization_steps(model)
+    if order == "independent":
+        return [(s, frozenset([s])) for s in steps]
+    if order not in ("top_down", "bottom_up"):
+        raise ValueError(f"unknown randomization order {order!r}: use {', '.join(ORDERS)}")
+    steps = steps if order == "top_down" else steps[::-1]
+    return [(s, frozenset(steps[:k + 1])) for k, s in enumerate(steps)]
+
+
+def plan(model, orders=ORDERS):
+    """The distinct states of ``orders``, in the order they are reached: ``[(set of steps randomized, [(order,
+    step), ...])]``; a state two orders share appears once, labelled for both."""
+    out = {}
+    for order in orders:
+        for step, state in order_states(model, order):
+            out.setdefault(state, []).append((order, step))
+    return list(out.items())
+
+
+class Randomizer:
+    """One deep copy of ``model`` (which stays untouched), moved between states: :meth:`state` randomizes the steps
+    of a state with a draw's seed and restores the others from the original values."""
+
+    def __init__(self, model):
+        self.model = copy.deepcopy(model).eval()
+        self.steps = step_parameters(self.model)
+        self.original = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        self.current, self.seed = set(), None
+
+    @torch.no_grad()
+    def state(self, randomized, seed):
+        """The copy with exactly the steps ``randomized`` drawn under ``seed``, the rest original."""
+        if seed != self.seed:
+            self._restore(self.current)
+            self.seed = seed
+        for step in set(randomized) - self.current:
+            randomize_parameters(self.steps[step], seed)
+        self._restore(self.current - set(randomized))
+        self.current = set(randomized)
+        return self.model
+
+    def _restore(self, steps):
+        for step in steps:
+            for name, p in self.steps[step]:
+                p.copy_(self.original[name])
+        self.current -= set(steps)
 
 
 def cascade(model, seed):

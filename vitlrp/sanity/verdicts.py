@@ -1,144 +1,372 @@
-"""Summaries of the sanity checks' rows, and their verdicts.
+"""Summaries of the sanity checks' rows, and their verdicts from statistics.
 
-Verdicts (:func:`verdicts`): the class check passes when the mean ``abs_spearman`` to the random other class is
-below :data:`CLASS_THRESHOLD`, the randomization check when the mean ``abs_spearman`` at the last step (everything
-randomized) is below :data:`RANDOMIZATION_THRESHOLD`. The numbers are reported beside every verdict.
+Intervals (:func:`summarize`). Images are the unit. A class-check value of an image is the mean over the classes it
+is compared with (the other classes are not independent units: they share the image), and the interval is Student's
+t over the images. A randomization value is one per image and weight draw, and both are random factors: the
+interval comes from a bootstrap that resamples images and draws independently (:func:`vitlrp.stats.crossed_interval`;
+with one draw, t over the images). A verdict needs two images or more; with fewer it is "undecided".
 
-Thresholds (0.6 for both), measured on the mini-CUB (a vit_tiny, 49 patches, all 200 test images; mean |ρ| ± 95%).
-The chance level of |ρ| for ``n`` patches is ``√(2 / (π (n - 1)))``, 0.115 for 49 (0.057 for ViT-B/16's 196): the
-``random`` baseline measures it (0.12 ± 0.01 in both checks). Input×Gradient, whose map for each class follows that
-class's gradient, has 0.49 ± 0.04 to the random class: not near chance, because the patch sums of x·∇ share the
-input's structure whatever the class. Rollout, the same map for every class by construction, has 1.00. The class
-threshold sits above Input×Gradient's 95% interval (up to 0.53) with a margin, at a |ρ| whose ρ² = 0.36 says that
-the patch ranking shares about a third of its variance with the other class's map on the average image. AttnLRP
-at γ = 0 (0.47) and Grad-CAM (0.51) pass, conservative (0.56 ± 0.04) passes borderline, balanced (0.74),
-aggressive (0.81), GAE (0.66) and rollout fail. After the full cascade every method of the mini-CUB lies between
-0.29 (Input×Gradient) and 0.40 (rollout), against 0.61-0.88 for AttnLRP after the head alone: the same 0.6
-separates a map that keeps its structure from one that lost it, and none keeps it here, in line with Binder et al.
-A verdict whose 95% interval holds its threshold is marked borderline. The thresholds are calibrated on one small
-model: on another model read them beside Input×Gradient and ``random`` on the same images (both default methods).
+Threshold verdicts (:func:`threshold_word`): **pass** when the upper end of the 95% interval of the mean |ρ| is below
+the threshold, **fail** when the lower end is above it, **undecided** otherwise, **n/a** when no value is defined
+(an empty map has no ranking: its ρ is undefined, which is no fail). Each level (patch, pixel) gets its word; the
+check's word is fail when a level fails, pass when both pass, else undecided.
 
-Limitation of |ρ|: it also counts anti-ordered maps as alike. Two classes that rest on disjoint pixels give their
-Input×Gradient maps ρ = -0.86 (a linear model reading two halves of the image), which fails the class check though
-the maps are as class-specific as maps can be; the signed ρ is reported beside |ρ| for that reason.
+The threshold scales with the model's number of patches ``n``: two unrelated maps give ``ρ ≈ N(0, 1/(n − 1))``, so
+the chance level of |ρ| is ``E|ρ| = √(2/π) / √(n − 1)`` (:func:`chance_abs_rho`: 0.115 for 49 patches, 0.057 for
+196), and a threshold of :data:`CLASS_MULTIPLE` times it sits the same number of null standard deviations
+(5·√(2/π) ≈ 4.0) above unrelated maps whatever the model. 5 × 0.115 = 0.58 on the 49-patch demo model, where 0.6 sat
+above Input×Gradient's interval. The ``random`` method measures the chance level (its maps for two classes or two
+models are unrelated draws): :func:`chance_check` holds the formula to it. docs/sanity.md gives the derivation.
+
+Paired verdicts (:func:`paired_verdicts`), free of any constant: each method's per-image |ρ| against each gradient
+baseline's (:data:`BASELINES`, Input×Gradient and the plain gradient, whose map for a class is that class's gradient)
+on the same images and classes; two-sided Wilcoxon signed-rank tests, Holm-corrected over the methods per baseline
+and level (:func:`vitlrp.stats.paired_table`). **fail** when its |ρ| is significantly above every baseline's (its
+maps depend on the class, or on the parameters, less than any gradient's do), **pass** when it is significantly above
+none, with enough images that a difference could have been detected at all (:func:`min_pairs`), **undecided**
+otherwise.
 """
 import math
 
+import numpy as np
+
 from ..errors import UserError
 from ..families import family_of
-from ..metrics import mean_ci
-from .similarity import MEASURES
+from ..stats import ALPHA, crossed_interval, paired_table, t_interval
+from .randomization import TESTS
+from .similarity import ABS_PIXELS, LEVELS, MEASURES, SIGNED
 
-CLASS_THRESHOLD = 0.6  # mean |ρ| to a random other class below this: the class check passes
-RANDOMIZATION_THRESHOLD = 0.6  # mean |ρ| after the last randomization step below this: the randomization check passes
-SUMMARY_FIELDS = ["method", "test", "step", "measure", "mean", "ci95", "n", "n_undefined"]
-# each verdict: its name → (test, step or None for the last randomization step, threshold of the mean |ρ|)
-CHECKS = {"class": ("class_random", "", CLASS_THRESHOLD), "randomization": ("randomization", None,
-                                                                          RANDOMIZATION_THRESHOLD)}
-
-
-def comparisons(steps):
-    """The ``(test, step)`` pairs of a run, in report order."""
-    return [("class_runner_up", ""), ("class_random", "")] + [("randomization", s) for s in steps] + [("noise", "")]
+CLASS_MULTIPLE = 5.0  # class check: pass below this many times the chance level of |ρ| (module docstring)
+RANDOMIZATION_MULTIPLE = 5.0  # randomization check: the same, for the original vs the fully randomized model
+CLASS_THRESHOLD = 0.6  # the evaluation's and the sweep's fixed reference threshold of |ρ| to one random class
+BASELINES = ("input_x_gradient", "gradient")  # the paired verdicts' references
+SUMMARY_FIELDS = ["method", "test", "step", "measure", "mean", "ci95", "n", "n_undefined", "draws"]
+CHECKS = ("class", "class_paired", "randomization", "randomization_paired")
+CLASS_TESTS = ("class_runner_up", "class_others")
+MPRT_TESTS = ("emprt", "smprt")
 
 
-def summarize(rows, names, steps):
-    """``sanity.csv``'s rows: per method, test, step and measure the mean of the defined values with its 95%
-    interval and ``n``, and ``n_undefined`` (NaN: a constant or non-finite map). Noise rows without a kept copy are
-    left out; pairs without rows are left out."""
-    out = []
-    for name in names:
-        for test, step in comparisons(steps):
-            mine = [r for r in rows if r["method"] == name and r["test"] == test and r["step"] == step
-                    and r["copies"] != 0]
-            if not mine:
-                continue
-            for measure in MEASURES:
-                values = [r[measure] for r in mine]
-                mean, half, n = mean_ci(values)
-                out.append(dict(method=name, test=test, step=step, measure=measure, mean=mean, ci95=half, n=n,
-                                n_undefined=len(values) - n))
+def chance_abs_rho(n):
+    """``E|ρ|`` of Spearman's ρ between two unrelated rankings of ``n`` items: ``√(2 / (π (n − 1)))``."""
+    return math.sqrt(2 / (math.pi * (n - 1))) if n > 1 else math.nan
+
+
+def measures_of(test):
+    """The measures a test reports."""
+    if test in CLASS_TESTS:  # SSIM for the runner-up only
+        return MEASURES + SIGNED if test == "class_runner_up" else tuple(m for m in MEASURES if m != "ssim") + SIGNED
+    return {"emprt": ("entropy_rise",), "smprt": MEASURES + (ABS_PIXELS,)}.get(test, MEASURES)
+
+
+def comparisons(steps, orders=tuple(TESTS)):
+    """The ``(test, step)`` pairs of a run, in report order (``steps``: top down)."""
+    step_order = {"top_down": steps, "bottom_up": steps[::-1], "independent": steps}
+    out = [("class_runner_up", ""), ("class_others", "")]
+    out += [(TESTS[o], s) for o in TESTS if o in orders for s in step_order[o]]
+    return out + [(t, "") for t in MPRT_TESTS] + [("noise", "")]
+
+
+def _by_key(rows):
+    out = {}
+    for r in rows:
+        out.setdefault((r["method"], r["test"], r["step"]), []).append(r)
     return out
 
 
-def _find(summary, name, test, step, measure="abs_spearman"):
+def _interval(mine, measure):
+    """``(mean, half-width, n, n_undefined, draws)`` of one comparison's rows (images × draws, module docstring)."""
+    if mine and mine[0].get("draw", "") != "":
+        draws = sorted({r["draw"] for r in mine})
+        images = sorted({r["sample_idx"] for r in mine})
+        at = {(r["sample_idx"], r["draw"]): r.get(measure, math.nan) for r in mine}
+        matrix = np.array([[_num(at.get((i, d))) for d in draws] for i in images])
+        mean, half, n = crossed_interval(matrix)
+        return mean, half, n, len(images) - n, len(draws)
+    values = [_num(r.get(measure)) for r in mine]
+    mean, half, n = t_interval(values)
+    return mean, half, n, len(values) - n, ""
+
+
+def _num(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def summarize(rows, names, steps, orders=tuple(TESTS), pairs=None):
+    """``sanity.csv``'s rows: per method, test, step and measure the mean of the defined values, its 95% half-width
+    (module docstring), ``n`` (images), ``n_undefined`` (images whose value is undefined: a constant or non-finite
+    map) and ``draws`` (weight draws, randomization tests only). Noise rows without a kept copy are left out;
+    comparisons without rows are left out. ``pairs``: the ``(test, step)`` pairs summarized (default: the run's
+    :func:`comparisons`)."""
+    keyed = _by_key(r for r in rows if r.get("copies") != 0)
+    out = []
+    for name in names:
+        for test, step in pairs if pairs is not None else comparisons(steps, orders):
+            mine = keyed.get((name, test, step))
+            if not mine:
+                continue
+            for measure in measures_of(test):
+                mean, half, n, undefined, draws = _interval(mine, measure)
+                out.append(dict(method=name, test=test, step=step, measure=measure, mean=mean, ci95=half, n=n,
+                                n_undefined=undefined, draws=draws))
+    return out
+
+
+def find(summary, name, test, step="", measure="abs_spearman"):
     return next((r for r in summary if (r["method"], r["test"], r["step"], r["measure"]) == (name, test, step,
-                                                                                             measure)), None)
+                                                                                            measure)), None)
 
 
-def verdicts(summary, names, steps):
-    """Per method and check of :data:`CHECKS` (``{'class': {...}, 'randomization': {...}}``): ``passed`` (None when
-    undefined), ``borderline`` (the 95% interval holds the threshold), the mean |ρ|, its 95% half-width, ``n``,
-    ``n_undefined`` and the threshold."""
+def threshold_word(mean, half, threshold):
+    """pass / fail / undecided / n/a of a mean ± half-width against ``threshold`` (module docstring); n/a also for a
+    threshold of 1 or more (|ρ| cannot exceed it: with under 18 patches 5 × chance is above 1)."""
+    if not math.isfinite(mean) or not threshold < 1:
+        return "n/a"
+    if not math.isfinite(half):
+        return "undecided"
+    return "pass" if mean + half < threshold else "fail" if mean - half > threshold else "undecided"
+
+
+def combine(words):
+    """One word for several levels: fail if any fails, pass if all pass, n/a if none is defined, else undecided."""
+    words = list(words)
+    if "fail" in words:
+        return "fail"
+    if all(w == "n/a" for w in words):
+        return "n/a"
+    return "pass" if all(w == "pass" for w in words) else "undecided"
+
+
+def level_verdicts(summary, name, test, step, threshold):
+    """``{level: {mean, ci95, low, high, n, n_undefined, verdict}}`` and the combined word of one comparison."""
+    levels = {}
+    for level, measure in LEVELS.items():
+        r = find(summary, name, test, step, measure) or dict(mean=math.nan, ci95=math.nan, n=0, n_undefined=0)
+        word = threshold_word(r["mean"], r["ci95"], threshold)
+        levels[level] = dict(mean=r["mean"], ci95=r["ci95"], low=r["mean"] - r["ci95"], high=r["mean"] + r["ci95"],
+                             n=r["n"], n_undefined=r["n_undefined"], verdict=word)
+    return levels, combine(v["verdict"] for v in levels.values())
+
+
+def full_step(steps, orders):
+    """``(test, step)`` at which every parameter is randomized (the end of a cascade), or None without a cascade."""
+    if "top_down" in orders:
+        return TESTS["top_down"], steps[-1]
+    if "bottom_up" in orders:
+        return TESTS["bottom_up"], steps[0]
+    return None
+
+
+def threshold_verdicts(summary, names, steps, patches, orders=tuple(TESTS)):
+    """Per method, the ``class`` and ``randomization`` threshold verdicts: ``verdict`` (the word), ``passed`` (True,
+    False, or None when undecided or n/a), the patch level's ``abs_spearman`` and ``ci95`` (what the tables show),
+    both ``levels``, ``threshold``, ``chance``, ``multiple``, ``n``, ``n_undefined``, ``test`` and ``step``."""
+    chance = chance_abs_rho(patches)
+    where = {"class": ("class_others", "", CLASS_MULTIPLE),
+             "randomization": (*(full_step(steps, orders) or ("", "")), RANDOMIZATION_MULTIPLE)}
     out = {}
     for name in names:
         out[name] = {}
-        for check, (test, step, threshold) in CHECKS.items():
-            step = steps[-1] if step is None else step
-            r = _find(summary, name, test, step) or dict(mean=math.nan, ci95=math.nan, n=0, n_undefined=0)
-            passed = None if not math.isfinite(r["mean"]) else bool(r["mean"] < threshold)
-            borderline = passed is not None and math.isfinite(r["ci95"]) and abs(r["mean"] - threshold) <= r["ci95"]
-            out[name][check] = dict(passed=passed, borderline=borderline, abs_spearman=r["mean"], ci95=r["ci95"],
-                                    n=r["n"], n_undefined=r["n_undefined"], threshold=threshold, test=test,
-                                    step=step)
+        for check, (test, step, multiple) in where.items():
+            threshold = multiple * chance
+            levels, word = level_verdicts(summary, name, test, step, threshold)
+            patch = levels["patch"]
+            out[name][check] = dict(verdict=word, passed={"pass": True, "fail": False}.get(word),
+                                    abs_spearman=patch["mean"], ci95=patch["ci95"], levels=levels,
+                                    threshold=threshold, chance=chance, multiple=multiple, n=patch["n"],
+                                    n_undefined=patch["n_undefined"], test=test, step=step)
     return out
 
 
-def _word(c):
-    word = "n/a" if c["passed"] is None else "pass" if c["passed"] else "FAIL"
-    return word + ("?" if c["borderline"] else "")
+def min_pairs(comparisons, alpha=ALPHA):
+    """The fewest pairs with which a two-sided Wilcoxon test, Holm-corrected over ``comparisons``, can reach
+    ``alpha`` at all (its smallest p-value is ``2 / 2^n``)."""
+    n = 1
+    while comparisons * 2 / 2 ** n >= alpha:
+        n += 1
+    return n
+
+
+def per_image(rows, test, measure, steps=None):
+    """``{method: {sample_idx: value}}``: the mean over draws (and over ``steps``, when given) of ``measure`` in
+    ``test``'s rows; an image whose values are not all defined is left out."""
+    acc = {}
+    for r in rows:
+        if r["test"] == test and (steps is None or r["step"] in steps):
+            acc.setdefault(r["method"], {}).setdefault(r["sample_idx"], []).append(_num(r.get(measure)))
+    return {m: {i: float(np.mean(v)) for i, v in by.items() if np.isfinite(v).all()} for m, by in acc.items()}
+
+
+def paired_verdict(scores, names, baselines=BASELINES):
+    """``{method: {verdict, against: {baseline: above|below|same}, n}}`` from ``{method: {sample_idx: |ρ|}}`` (module
+    docstring): Wilcoxon + Holm over the methods, per baseline; "n/a" when no baseline is among the methods."""
+    refs = [b for b in baselines if scores.get(b)]
+    out = {n: dict(verdict="n/a", against={}, n=0) for n in names}
+    if not refs:
+        return out
+    for ref in refs:
+        table = {m: {"v": scores[m]} for m in names if m in scores}
+        rows = paired_table(table, ref, {"v": False}, n_boot=200)
+        need = min_pairs(max(len(rows), 1))
+        for r in rows:
+            outcome = "same"
+            if r["significant"]:
+                outcome = "above" if r["mean_diff"] > 0 else "below"
+            elif r["n_pairs"] < need:
+                outcome = "too few"
+            out[r["method"]]["against"][ref] = outcome
+            out[r["method"]]["n"] = max(out[r["method"]]["n"], r["n_pairs"])
+    for name, v in out.items():
+        outcomes = list(v["against"].values())
+        if not outcomes or name in refs:  # a baseline is a reference, not a candidate
+            continue
+        if all(o == "above" for o in outcomes):
+            v["verdict"] = "fail"
+        elif all(o in ("same", "below") for o in outcomes):
+            v["verdict"] = "pass"
+        else:
+            v["verdict"] = "undecided"
+    return out
+
+
+def paired_verdicts(rows, names, steps, orders=tuple(TESTS)):
+    """Per method the ``class_paired`` verdict (the class check's per-image |ρ|) and the ``randomization_paired``
+    one (independent randomization: per image the mean |ρ| over the blocks and draws), each at both levels and
+    combined: ``{method: {check: {verdict, levels: {level: {verdict, against, n}}}}}``."""
+    blocks = [s for s in steps if s.startswith("block_")]
+    sources = {"class_paired": ("class_others", None)}
+    if "independent" in orders:
+        sources["randomization_paired"] = (TESTS["independent"], blocks)
+    out = {n: {} for n in names}
+    for check, (test, only) in sources.items():
+        levels = {level: paired_verdict(per_image(rows, test, measure, only), names)
+                  for level, measure in LEVELS.items()}
+        for n in names:
+            mine = {level: levels[level][n] for level in LEVELS}
+            out[n][check] = dict(verdict=combine(v["verdict"] for v in mine.values()), levels=mine,
+                                 baselines=[b for b in BASELINES if b in names])
+    return out
+
+
+def verdicts(summary, rows, names, steps, patches, orders=tuple(TESTS)):
+    """Every verdict of every method (:data:`CHECKS`)."""
+    found = threshold_verdicts(summary, names, steps, patches, orders)
+    for name, checks in paired_verdicts(rows, names, steps, orders).items():
+        found[name].update(checks)
+    return found
+
+
+def chance_check(summary, patches):
+    """The chance level of |ρ| by the formula, and as the ``random`` method measures it (the class check, patch
+    level) when it ran: ``{patches, analytic, measured, ci95, agrees}`` (``agrees``: the formula lies in the
+    measured 95% interval)."""
+    analytic = chance_abs_rho(patches)
+    r = find(summary, "random", "class_others")
+    out = {"patches": patches, "analytic": analytic, "measured": None, "ci95": None, "agrees": None}
+    if r and math.isfinite(r["mean"]):
+        out.update(measured=r["mean"], ci95=r["ci95"], agrees=bool(abs(r["mean"] - analytic) <= r["ci95"])
+                   if math.isfinite(r["ci95"]) else None)
+    return out
+
+
+WORDS = {"pass": "pass", "fail": "FAIL", "undecided": "undecided", "n/a": "n/a"}
+
+
+def _cell(v):
+    levels = v["levels"]
+    if not math.isfinite(levels["patch"]["mean"]):
+        return f"{'n/a':<21} {WORDS[v['verdict']]:<9}"
+    text = " / ".join(f"{lv['mean']:.2f}±{lv['ci95']:.2f}" if math.isfinite(lv["ci95"]) else f"{lv['mean']:.2f}±n/a"
+                      for lv in levels.values())
+    return f"{text:<21} {WORDS[v['verdict']]:<9}"
+
+
+def _paired_cell(v):
+    if not v:
+        return "n/a"
+    marks = {"above": ">", "below": "<", "same": "=", "too few": "?"}  # "-": the baseline itself
+    against = " ".join("".join(marks.get(lv["against"].get(b), "-") for lv in v["levels"].values())
+                       for b in v["baselines"])
+    return f"{WORDS[v['verdict']]:<9} {against}"
 
 
 def verdict_lines(found):
-    """The console's verdict table: one line per method with both checks' mean |ρ| ± 95% and pass or FAIL (``?``:
-    borderline), and a note when a verdict is borderline."""
-    heads = (f"class: |ρ| to a random class (pass < {CLASS_THRESHOLD:g})",
-             f"randomization: |ρ| at the end (pass < {RANDOMIZATION_THRESHOLD:g})")
-    lines = [f"{'method':<20} {heads[0]:<44} {heads[1]}"]
+    """The console's verdict table (lines of at most 120 columns): per method the class and randomization checks'
+    mean |ρ| ± 95% at patch / pixel level and their words, and the paired verdicts."""
+    any_v = next(iter(found.values()))
+    t = any_v["class"]
+    lines = [f"{'method':<18} {'class: |ρ| patch / pixel':<31} {'paired':<13} "
+             f"{'randomization: |ρ| patch / pixel':<31} {'paired':<13}"]
     for name, v in found.items():
-        cells = []
-        for check in ("class", "randomization"):
-            c = v[check]
-            undefined = f", {c['n_undefined']} undefined" if c["n_undefined"] else ""
-            cells.append(f"{c['abs_spearman']:.3f} ± {c['ci95']:.3f} {_word(c):<5} (n={c['n']}{undefined})")
-        lines.append(f"{name:<20} {cells[0]:<44} {cells[1]}")
-    if any(c["borderline"] for v in found.values() for c in v.values()):
-        lines.append("?: borderline, the 95% interval holds the threshold")
+        lines.append(f"{name[:18]:<18} {_cell(v['class'])} {_paired_cell(v.get('class_paired')):<13} "
+                     f"{_cell(v['randomization'])} {_paired_cell(v.get('randomization_paired')):<13}")
+    refs = " then ".join(any_v.get("class_paired", {}).get("baselines", [])) or "none run"
+    lines.append(f"pass: the 95% interval lies below {t['multiple']:g} × chance |ρ| = {t['threshold']:.3f} "
+                 f"({_patches(t['chance'])}); fail: above it at a level.")
+    lines.append(f"paired: vs {refs} at patch, pixel level (Wilcoxon + Holm): > above, < below, = alike, - itself;")
+    lines.append("fail: above every baseline, pass: above none; randomization: independent, the mean over blocks.")
     return lines
 
 
-def class_check(summary_entry):
-    """``(mean |ρ| to a random other class, whether it passes)`` of a method scored by the evaluation or the sweep:
-    its ``class_sensitivity`` is 1 − |ρ| (:func:`vitlrp.metrics.class_sensitivity`), the class check's statistic."""
+def _patches(chance):
+    n = round(2 / (math.pi * chance ** 2) + 1) if chance and math.isfinite(chance) else "?"
+    return f"chance {chance:.3f} for {n} patches"
+
+
+def class_check(summary_entry, threshold=CLASS_THRESHOLD):
+    """``(mean |ρ| to a random other class, whether it is below ``threshold``)`` of a method scored by the
+    evaluation: its ``class_sensitivity`` is 1 − |ρ| (:func:`vitlrp.metrics.class_sensitivity`). A one-class
+    indicator; the sanity checks' verdicts compare many classes."""
     mean = summary_entry["class_sensitivity"]["mean"]
     rho = 1 - mean if math.isfinite(mean) else math.nan
-    return rho, bool(rho < CLASS_THRESHOLD)
+    return rho, bool(rho < threshold)
+
+
+def patch_count(model):
+    """The number of patches a model sees (the chance level's ``n``)."""
+    family = family_of(model)
+    return (family.image_size(model) // family.patch_size(model)) ** 2
 
 
 def check_model(model):
-    """The checks need a classifier with at least two classes (a random other class); one UserError line else."""
+    """The checks need a classifier with at least two classes and a ranking of at least three patches; one
+    UserError line else."""
     classes = family_of(model).num_classes(model)
     if classes < 2:
         raise UserError(f"the checkpoint's model has {classes} class; the class check needs at least two")
+    patches = patch_count(model)
+    if patches < 3:
+        raise UserError(f"the checkpoint's model sees each image as {patches} patch{'es' if patches > 1 else ''}: "
+                        "the sanity checks rank patches and need at least 3 (use a smaller patch size or a larger "
+                        "image size)")
 
 
 def table_lines(summary):
-    """The console's table of means: ρ to the runner-up and to the random class, ρ after the first and the last
-    randomization step, SSIM after the last, and the noise check's ρ and SSIM."""
+    """The console's table of means (the patch level unless named): |ρ| to the runner-up and to the other classes,
+    the sign-corrected ρ (patch, pixel), |ρ| and SSIM at the end of the top-down cascade, |ρ| under independent
+    randomization (the mean over its steps), eMPRT, sMPRT (ρ of the absolute smoothed pixels), and the noise check's
+    ρ and SSIM."""
     names = list(dict.fromkeys(r["method"] for r in summary))
     steps = list(dict.fromkeys(r["step"] for r in summary if r["test"] == "randomization"))
-    cols = [("ρ runner-up", "class_runner_up", "", "spearman"), ("ρ random", "class_random", "", "spearman")]
+    cols = [("|ρ| run", "class_runner_up", "", "abs_spearman"), ("|ρ| oth", "class_others", "", "abs_spearman"),
+            ("ρ·sgn", "class_others", "", "sign_spearman"), ("px ρ·sgn", "class_others", "", "pixel_sign_spearman")]
     if steps:
-        cols += [(f"ρ {steps[0]}", "randomization", steps[0], "spearman"),
-                 (f"ρ {steps[-1]}", "randomization", steps[-1], "spearman"),
-                 (f"SSIM {steps[-1]}", "randomization", steps[-1], "ssim")]
-    cols += [("ρ noise", "noise", "", "spearman"), ("SSIM noise", "noise", "", "ssim")]
-    width = max(12, *(len(c[0]) + 2 for c in cols))
-    lines = [f"{'method':<20}" + "".join(f"{c[0]:>{width}}" for c in cols)]
+        cols += [("|ρ| end", "randomization", steps[-1], "abs_spearman"),
+                 ("SSIM end", "randomization", steps[-1], "ssim")]
+    cols += [("|ρ| ind", TESTS["independent"], None, "abs_spearman"), ("eMPRT", "emprt", "", "entropy_rise"),
+             ("sMPRT", "smprt", "", "pixel_spearman_of_abs"), ("ρ noise", "noise", "", "spearman"),
+             ("SSIM noi", "noise", "", "ssim")]
+    width = 9  # 18 + 11 columns of 9: the table fits 120 columns
+    lines = [f"{'method':<18}" + "".join(f"{c[0]:>{width}}" for c in cols)]
     for name in names:
         cells = []
         for _, test, step, measure in cols:
-            r = _find(summary, name, test, step, measure)
-            cells.append(f"{r['mean']:>{width}.3f}" if r and math.isfinite(r["mean"]) else f"{'n/a':>{width}}")
-        lines.append(f"{name:<20}" + "".join(cells))
+            if step is None:  # the mean over the steps of that test
+                values = [r["mean"] for r in summary if (r["method"], r["test"], r["measure"]) == (name, test, measure)
+                          and math.isfinite(r["mean"])]
+                value = sum(values) / len(values) if values else math.nan
+            else:
+                r = find(summary, name, test, step, measure)
+                value = r["mean"] if r else math.nan
+            cells.append(f"{value:>{width}.3f}" if math.isfinite(value) else f"{'n/a':>{width}}")
+        lines.append(f"{name[:18]:<18}" + "".join(cells))
     return lines

@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv bench bench-vit-b16 sweep data-randomization shortcut report clean-demo
+.PHONY: test test-slow demo venv bench bench-vit-b16 sweep data-randomization shortcut report clean-demo
 
 venv: $(STAMP)
 
@@ -20,9 +20,14 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@echo "$(VENV) is ready: $$(du -sh $(VENV) 2>/dev/null | cut -f1) on disk."
 	touch $(STAMP)
 
+# make test: ruff and every test but the slow ones (torchrun pairs, the wheel, ViT-B/16 family copies), in two pytest
+# workers of one thread each (under 5 min on 2 idle cores); make test-slow: the slow ones; .ci/run runs both
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 # The whole pipeline on the synthetic mini-CUB, through the same scripts a user runs on CUB (only flags differ).
 MINI := dataset/synthetic/CUB_200_2011

@@ -16,6 +16,14 @@ from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on a 2-core machine: one thread each (and in the scripts they start), or
+    # OpenMP's spinning threads fight over the cores and small tensor ops get 40x slower
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 # The 15 CUB part names in parts/parts.txt order, written out here independently of vitlrp.
 CUB_PART_NAMES = ("back", "beak", "belly", "breast", "crown", "forehead", "left eye", "left leg", "left wing",
                   "nape", "right eye", "right leg", "right wing", "tail", "throat")

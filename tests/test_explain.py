@@ -671,8 +671,7 @@ def test_check_gamma_accepts_and_the_presets_are_the_seeds():
         explainer(nn.Linear(1, 1), impl="fast")
 
 
-# --- the real size ----------------------------------------------------------------------------------------
-@pytest.mark.slow
+# --- the real size (in make test: the one real-size ViT-B/16 LRP test, seconds) ---------------------------
 def test_vit_b16_real_size_on_cpu():
     torch.manual_seed(0)
     model = randomize(build_vit("vit_b_16", 200), seed=0, bias_std=0.02)

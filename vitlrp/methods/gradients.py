@@ -62,7 +62,7 @@ class PlainGradient(Method):
     def _maps(self, images, targets):
         x = images.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self.model(x)
+            logits = forward_logits(self.model, x)
             out = []
             for k, t in enumerate(targets):
                 (grad,) = torch.autograd.grad(logits.gather(1, target_index(logits, t)).sum(), x,

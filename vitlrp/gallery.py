@@ -205,9 +205,10 @@ def _sanity_section(folder, prefix):
         rows.append(f"<tr><td>{esc(method)}</td>{_verdict_cell(v['class'])}{_verdict_cell(v['randomization'])}</tr>")
     t = _as_dict(doc.get("thresholds"))
     parts = [f"<p>Does each map depend on the class it explains and on the model's parameters? "
-             f"{esc(doc.get('n_images', '?'))} images. A check passes when the mean |ρ| is below its threshold (class "
-             f"{esc(t.get('class'))}, randomization {esc(t.get('randomization'))}); ? marks a verdict whose 95% "
-             "interval holds the threshold.</p>", "<div class=scroll><table>" + "\n".join(rows) + "</table></div>"]
+             f"{esc(doc.get('n_images', '?'))} images. A check passes when the 95% interval of the mean |ρ| lies "
+             f"below its threshold (class {esc(t.get('class'))}, randomization {esc(t.get('randomization'))}), "
+             "fails when it lies above, and is undecided when it holds the threshold.</p>",
+             "<div class=scroll><table>" + "\n".join(rows) + "</table></div>"]
     figures = [("curves_randomization.png", "similarity to the original map as the model is randomized"),
                ("class_pairs.png", "the explained class's map beside the runner-up's")]
     figures += [(p.name, "cascading randomization, one image") for p in sorted(folder.glob("cascade_*.png"))]
@@ -290,7 +291,8 @@ def _evidence_table(rows, recommended, with_sweep):
             cells.append(f"<td>{esc(r.sweep_class or 'not in grid')}</td><td>{num(r.sweep_faithfulness)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     return ("<div class=scroll><table>" + "\n".join(out) + "</table></div><p class=note>★ recommended. Sanity "
-            "verdicts from sanity/; ? marks a verdict whose 95% interval holds the threshold (not a clear pass).</p>")
+            "verdicts from sanity/: pass or FAIL when the 95% interval lies below or above the threshold, undecided "
+            "when it holds it.</p>")
 
 
 def incomplete_runs(results_dir):

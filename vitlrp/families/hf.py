@@ -16,9 +16,8 @@ from contextlib import nullcontext
 
 from torch import nn
 
-from ..errors import UserError
 from .attnlrp import instance_rules, patched_models
-from .registry import partition_steps, register_family, square_size
+from .registry import other_norms, partition_steps, refuse_first, register_family, square_size
 
 _CLASSES = {
     "transformers.models.vit.modeling_vit": ("ViTForImageClassification",),
@@ -37,16 +36,12 @@ def _problems(model):
     for i, layer in enumerate(_layers(model)):
         if not isinstance(layer.intermediate.intermediate_act_fn, nn.Module):
             yield f"layer {i}'s activation is a plain function (give config.hidden_act as a name, e.g. 'gelu')"
-    for mod_name, m in model.named_modules():
-        if "Norm" in type(m).__name__ and not isinstance(m, nn.LayerNorm):
-            yield f"{mod_name} is a {type(m).__name__} (supported normalisation: LayerNorm)"
+    yield from other_norms(model)
 
 
 def check_supported(model):
     """A :class:`~vitlrp.errors.UserError` naming the first part the recipe does not cover."""
-    problem = next(_problems(model), None)
-    if problem:
-        raise UserError(f"Hugging Face model {type(model).__name__}: {problem}; AttnLRP's recipe does not cover it")
+    refuse_first(_problems(model), "Hugging Face", model)
 
 
 def _attention(attn, x):

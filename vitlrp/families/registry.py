@@ -77,3 +77,18 @@ def partition_steps(model, blocks, embedding, head):
             raise ValueError(f"parameter {name} of {type(model).__name__} belongs to no randomization step")
         steps[owner[id(p)]].append((name, p))
     return steps
+
+
+def other_norms(model):
+    """A problem line for every normalisation module that is not a LayerNorm (the recipe's identity rule covers
+    LayerNorm only)."""
+    for name, m in model.named_modules():
+        if "Norm" in type(m).__name__ and not isinstance(m, torch.nn.LayerNorm):
+            yield f"{name} is a {type(m).__name__} (supported normalisation: LayerNorm)"
+
+
+def refuse_first(problems, family, model):
+    """A :class:`~vitlrp.errors.UserError` naming the first of ``problems`` (the parts the recipe does not cover)."""
+    problem = next(problems, None)
+    if problem:
+        raise UserError(f"{family} model {type(model).__name__}: {problem}; AttnLRP's recipe does not cover it")

@@ -16,9 +16,8 @@ from contextlib import nullcontext
 
 from torch import nn
 
-from ..errors import UserError
 from .attnlrp import instance_rules, patched_models
-from .registry import partition_steps, register_family, square_size
+from .registry import other_norms, partition_steps, refuse_first, register_family, square_size
 
 POOLS = ("token", "avg")
 
@@ -46,16 +45,12 @@ def _problems(model):
             yield f"block {i}'s attention is gated"
         if type(mlp) is not Mlp or not isinstance(mlp.fc1, nn.Linear):
             yield f"block {i}'s MLP is a {type(mlp).__name__} (supported: timm's Mlp; gated MLPs are not)"
-    for mod_name, m in model.named_modules():
-        if "Norm" in type(m).__name__ and not isinstance(m, nn.LayerNorm):
-            yield f"{mod_name} is a {type(m).__name__} (supported normalisation: LayerNorm)"
+    yield from other_norms(model)
 
 
 def check_supported(model):
     """A :class:`~vitlrp.errors.UserError` naming the first part the recipe does not cover."""
-    problem = next(_problems(model), None)
-    if problem:
-        raise UserError(f"timm model {type(model).__name__}: {problem}; AttnLRP's recipe does not cover it")
+    refuse_first(_problems(model), "timm", model)
 
 
 def _attention(attn, x):

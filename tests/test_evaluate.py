@@ -152,7 +152,10 @@ def test_console_is_a_table_and_a_few_lines_within_120_columns(main_run):
     assert (f"{better} differences significantly better than balanced, {worse} worse, {neither} neither, of "
             f"{len(paired)}; every row: {main_run['out'] / 'paired.csv'}, forest_paired.png") in text
     assert not any(line.startswith(("box_share ", "lerf_minus_morf ")) for line in lines)  # no paired rows
-    assert any(line.startswith("class check (mean |ρ| to a random other class below 0.6): passes ") for line in lines)
+    dependence = [line for line in lines if line.startswith("class dependence, mean |ρ| to one random other class")]
+    assert len(dependence) == 1 and "pass" not in dependence[0] and "fail" not in dependence[0]
+    rho = 1 - main_run["summary"]["methods"]["balanced"]["class_sensitivity"]["mean"]
+    assert f"balanced {rho:.2f}" in dependence[0]
 
 
 def test_balanced_beats_random_on_the_mini_cub(main_run):

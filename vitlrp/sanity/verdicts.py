@@ -38,7 +38,6 @@ from .similarity import ABS_PIXELS, LEVELS, MEASURES, SIGNED
 
 CLASS_MULTIPLE = 5.0  # class check: pass below this many times the chance level of |ρ| (module docstring)
 RANDOMIZATION_MULTIPLE = 5.0  # randomization check: the same, for the original vs the fully randomized model
-CLASS_THRESHOLD = 0.6  # the evaluation's and the sweep's fixed reference threshold of |ρ| to one random class
 BASELINES = ("input_x_gradient", "gradient")  # the paired verdicts' references
 SUMMARY_FIELDS = ["method", "test", "step", "measure", "mean", "ci95", "n", "n_undefined", "draws"]
 CHECKS = ("class", "class_paired", "randomization", "randomization_paired")
@@ -310,15 +309,6 @@ def verdict_lines(found):
 def _patches(chance):
     n = round(2 / (math.pi * chance ** 2) + 1) if chance and math.isfinite(chance) else "?"
     return f"chance {chance:.3f} for {n} patches"
-
-
-def class_check(summary_entry, threshold=CLASS_THRESHOLD):
-    """``(mean |ρ| to a random other class, whether it is below ``threshold``)`` of a method scored by the
-    evaluation: its ``class_sensitivity`` is 1 − |ρ| (:func:`vitlrp.metrics.class_sensitivity`). A one-class
-    indicator; the sanity checks' verdicts compare many classes."""
-    mean = summary_entry["class_sensitivity"]["mean"]
-    rho = 1 - mean if math.isfinite(mean) else math.nan
-    return rho, bool(rho < threshold)
 
 
 def patch_count(model):

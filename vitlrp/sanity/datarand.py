@@ -30,6 +30,7 @@ from .verdicts import (
     level_verdicts,
     paired_verdict,
     per_image,
+    plus_minus,
 )
 from .verdicts import summarize as summarize_rows
 
@@ -107,20 +108,14 @@ def verdicts(summary, rows, names, patches):
     return out
 
 
-def _pm(mean, half):
-    if not math.isfinite(mean):
-        return "n/a"
-    return f"{mean:.2f}±{half:.2f}" if math.isfinite(half) else f"{mean:.2f}±n/a"
-
-
 def lines(found, summary):
     """The console summary: per method |ρ| at patch and pixel level, SSIM, the verdict and the paired verdict."""
     out = [f"{'method':<18} {'|ρ| patch':>11} {'|ρ| pixel':>11} {'SSIM':>11}  {'verdict':<9} {'paired':<9}"]
     for name, v in found.items():
         lv = v["threshold"]["levels"]
         ssim = find(summary, name, TEST, "", "ssim") or dict(mean=math.nan, ci95=math.nan)
-        out.append(f"{name[:18]:<18} {_pm(lv['patch']['mean'], lv['patch']['ci95']):>11} "
-                   f"{_pm(lv['pixel']['mean'], lv['pixel']['ci95']):>11} {_pm(ssim['mean'], ssim['ci95']):>11}  "
+        cells = [plus_minus(m["mean"], m["ci95"]) for m in (lv["patch"], lv["pixel"], ssim)]
+        out.append(f"{name[:18]:<18} {cells[0]:>11} {cells[1]:>11} {cells[2]:>11}  "
                    f"{WORDS[v['threshold']['verdict']]:<9} {WORDS[v['paired']['verdict']]:<9}")
     t = next(iter(found.values()))["threshold"]
     out.append(f"pass: the 95% interval of |ρ| (real vs random-label model) lies below {t['multiple']:g} × chance "

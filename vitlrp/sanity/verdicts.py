@@ -270,12 +270,18 @@ def chance_check(summary, patches):
 WORDS = {"pass": "pass", "fail": "FAIL", "undecided": "undecided", "n/a": "n/a"}
 
 
+def plus_minus(mean, half):
+    """``0.52±0.03`` for the console; ``n/a`` for an undefined mean, ``±n/a`` for an undefined interval."""
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.2f}±{half:.2f}" if math.isfinite(half) else f"{mean:.2f}±n/a"
+
+
 def _cell(v):
     levels = v["levels"]
     if not math.isfinite(levels["patch"]["mean"]):
         return f"{'n/a':<21} {WORDS[v['verdict']]:<9}"
-    text = " / ".join(f"{lv['mean']:.2f}±{lv['ci95']:.2f}" if math.isfinite(lv["ci95"]) else f"{lv['mean']:.2f}±n/a"
-                      for lv in levels.values())
+    text = " / ".join(plus_minus(lv["mean"], lv["ci95"]) for lv in levels.values())
     return f"{text:<21} {WORDS[v['verdict']]:<9}"
 
 

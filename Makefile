@@ -35,7 +35,7 @@ DEMO := results/demo
 DEMO_CKPT := $(DEMO)/checkpoints/vit_cub_best.pt
 # evaluate_lrp.py's default METHODS plus the peer explainers that cost about one backward pass; add
 # integrated_gradients,smoothgrad for the full list (30-40x Input×Gradient each: kept out so the demo stays short)
-DEMO_METHODS := baseline,conservative,balanced,aggressive,very_aggressive,input_x_gradient,random,gradcam,rollout,gae
+DEMO_METHODS := baseline,conservative,balanced,aggressive,very_aggressive,input_x_gradient,gradient,random,gradcam,rollout,gae
 DEMO_TITLE := "Demo on the synthetic mini-CUB (not real birds)"
 # the demo model's recipe (the data randomization test trains a second model by it, on permuted labels)
 DEMO_TRAIN := --dataset-root $(MINI) --model vit_tiny --pretrained none --epochs 15 --batch-size 32 --lr 1e-3 \
@@ -84,7 +84,7 @@ data-randomization: $(STAMP)
 	    --output-dir $(DR)/train
 	$(PY) scripts/data_randomization.py --checkpoint-path $(DEMO_CKPT) \
 	    --random-checkpoint-path $(DR)/checkpoints/vit_cub_last.pt --dataset-root $(MINI) \
-	    --num-images $(DEMO_SANITY_IMAGES) --methods $(DEMO_METHODS),gradient --num-workers 2 --output-dir $(DR)/compare
+	    --num-images $(DEMO_SANITY_IMAGES) --methods $(DEMO_METHODS) --num-workers 2 --output-dir $(DR)/compare
 
 # Does the explanation show the shortcut? A mini-CUB whose training images carry a class mark beside the bird,
 # a vit_tiny trained on it, every method scored on swapped-mark test pairs, and a gallery of the pairs.

@@ -45,7 +45,7 @@ from vitlrp.sanity import datarand as D
 from vitlrp.sanity import verdicts as V
 from vitlrp.sanity.runner import Compared
 from vitlrp.scoring import model_in
-from vitlrp.step import Step, run_step
+from vitlrp.step import Step, in_sample_order, run_step
 
 OUTPUT_NAMES = ("data_randomization.csv", "per_image_data_randomization.csv", "summary.json", "config.json")
 # train_vit_cub.py's RECIPE but the labels (tests/test_data_randomization.py holds the two together): the settings
@@ -103,8 +103,8 @@ def compare(cfg, state, chosen):
 
 def finish(cfg, state, chosen, parts):
     """Merge, summarize, judge, write, print; the exit status (1 when images could not be read)."""
-    order = {i: k for k, i in enumerate(state.data["indices"])}
-    rows = sorted((r for p in parts for r in p[0]), key=lambda r: order[r["sample_idx"]])
+    indices = state.data["indices"]
+    rows = in_sample_order((r for p in parts for r in p[0]), indices)
     failed = sorted(e for p in parts for e in p[1])
     names = [m.name for m in chosen]
     summary = D.summarize(rows, names)
@@ -114,7 +114,7 @@ def finish(cfg, state, chosen, parts):
     write_csv(run.path / "data_randomization.csv", summary, V.SUMMARY_FIELDS)
     accuracy = agreement(rows, names[0])
     write_json(run.path / "summary.json", {
-        "n_images": len(order) - len(failed), "n_failed": len(failed), "config": cli.config_dict(cfg),
+        "n_images": len(indices) - len(failed), "n_failed": len(failed), "config": cli.config_dict(cfg),
         "failed_images": [{"sample_idx": i, "error": e} for i, e in failed], **accuracy,
         "threshold": next(iter(found.values()))["threshold"]["threshold"], "verdicts": found, "summary": summary})
     write_json(run.path / "config.json", {**cli.config_dict(cfg, identity=True), "device": str(state.device),

@@ -60,7 +60,7 @@ from vitlrp.sanity import randomization as R
 from vitlrp.sanity import runner as S
 from vitlrp.sanity import verdicts as V
 from vitlrp.scoring import model_in
-from vitlrp.step import Step, run_step
+from vitlrp.step import Step, in_sample_order, run_step
 
 # every name this script writes into OUTPUT_DIR (a finished run removes older runs' files of these names only)
 OUTPUT_NAMES = ("sanity.csv", "per_image_sanity.csv", "summary.json", "config.json", "curves_*.png", "cascade_*.png",
@@ -119,9 +119,8 @@ def settings(cfg, state):
 def finish(cfg, state, chosen, parts):
     """Merge the ranks' rows in sample order, summarize, judge, write and report; the exit status."""
     indices, steps = state.data["indices"], state.data["steps"]
-    order = {i: k for k, i in enumerate(indices)}  # the rows in sample order, whatever the shards
-    rows = sorted((r for g in parts for r in g[0]), key=lambda r: order[r["sample_idx"]])
-    figures = sorted((f for g in parts for f in g[1]), key=lambda f: order[f["sample_idx"]])
+    rows = in_sample_order((r for g in parts for r in g[0]), indices)
+    figures = in_sample_order((f for g in parts for f in g[1]), indices)
     failed = sorted(e for g in parts for e in g[2])
     names = [m.name for m in chosen]
     orders = tuple(cfg.ORDERS) if cfg.DRAWS else ()

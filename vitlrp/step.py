@@ -64,3 +64,10 @@ def run_step(step, prepare, work, finish):
     finally:
         dist.close()
     return status
+
+
+def in_sample_order(items, indices):
+    """``items`` (dicts with ``sample_idx``) gathered from every rank, in the order of ``indices`` whatever the
+    shards."""
+    order = {i: k for k, i in enumerate(indices)}
+    return sorted(items, key=lambda r: order[r["sample_idx"]])
